@@ -1,0 +1,221 @@
+"""Typed errors and their exit codes.
+
+Library code raises these; only the CLI turns them into a one-line message and an exit code.  Each class carries its
+exit code, and fields that tests and callers can inspect without parsing the message.  The table of exit codes is
+documented in docs/exit-codes.md; tests keep the two in step.
+"""
+from __future__ import annotations
+
+import errno as _errno
+import os
+from typing import Iterable, Optional, Sequence
+
+
+class VgpuctlError(Exception):
+    """Base of every error vgpuctl reports on purpose."""
+
+    exit_code = 1
+    #: short machine-readable name used in --json error output
+    kind = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:  # one line, always
+        return " ".join(self.message.split())
+
+
+# --- bad input (2) -------------------------------------------------------------------------------------------------
+class InvalidInput(VgpuctlError):
+    """Input that can never be right: a malformed UUID, a parent name with '/', an option out of range."""
+
+    exit_code = 2
+    kind = "invalid-input"
+
+
+class BadUuid(InvalidInput):
+    kind = "bad-uuid"
+
+    def __init__(self, value: str) -> None:
+        super().__init__(
+            f"{value!r} is not a UUID: expected 8-4-4-4-12 hex digits, e.g. 83b8f4f2-509f-382f-3c1e-e6bfe0fa1001"
+        )
+        self.value = value
+
+
+class BadParentName(InvalidInput):
+    kind = "bad-parent-name"
+
+    def __init__(self, value: str) -> None:
+        super().__init__(
+            f"{value!r} is not a parent device name: give a PCI address (0000:3b:00.0) or a plain device name "
+            "(mtty), without '/' or '..'"
+        )
+        self.value = value
+
+
+# --- something named does not exist (3) ----------------------------------------------------------------------------
+class NotFound(VgpuctlError):
+    exit_code = 3
+    kind = "not-found"
+
+
+class UnknownParent(NotFound):
+    kind = "unknown-parent"
+
+    def __init__(self, name: str, known: Sequence[str] = ()) -> None:
+        hint = f"; known parents: {', '.join(known)}" if known else "; no parent is registered for vGPUs on this host"
+        super().__init__(f"parent {name} is not registered for mediated devices{hint}")
+        self.name = name
+        self.known = tuple(known)
+
+
+class UnknownType(NotFound):
+    kind = "unknown-type"
+
+    def __init__(self, type_id: str, parent: Optional[str], known: Sequence[str] = ()) -> None:
+        where = f" on parent {parent}" if parent else ""
+        hint = f"; types there: {', '.join(known)}" if known else ""
+        super().__init__(f"type {type_id} is not offered{where}{hint}")
+        self.type_id = type_id
+        self.parent = parent
+        self.known = tuple(known)
+
+
+class UnknownInstance(NotFound):
+    kind = "unknown-instance"
+
+    def __init__(self, uuid: str) -> None:
+        super().__init__(f"no vGPU instance {uuid} exists on this host (see 'vgpuctl list')")
+        self.uuid = uuid
+
+
+# --- capacity (4) --------------------------------------------------------------------------------------------------
+class NoCapacity(VgpuctlError):
+    exit_code = 4
+    kind = "no-capacity"
+
+    def __init__(self, type_id: str, parent: str, detail: str = "") -> None:
+        extra = f" ({detail})" if detail else ""
+        super().__init__(f"no available instances of {type_id} on {parent}{extra}; destroy one or choose another parent")
+        self.type_id = type_id
+        self.parent = parent
+
+
+# --- conflicts with what exists (5) --------------------------------------------------------------------------------
+class AlreadyExists(VgpuctlError):
+    exit_code = 5
+    kind = "already-exists"
+
+    def __init__(self, uuid: str, parent: Optional[str] = None) -> None:
+        where = f" on parent {parent}" if parent else ""
+        super().__init__(f"a device with uuid {uuid} already exists{where}; pick another uuid or omit --uuid")
+        self.uuid = uuid
+        self.parent = parent
+
+
+# --- device in use (6) ---------------------------------------------------------------------------------------------
+class DeviceInUse(VgpuctlError):
+    exit_code = 6
+    kind = "in-use"
+
+    def __init__(self, uuid: str, holders: Iterable[str]) -> None:
+        self.holders = tuple(holders)
+        super().__init__(
+            f"device {uuid} is in use by {', '.join(self.holders)}; stop or detach the VM first (nothing was changed)"
+        )
+        self.uuid = uuid
+
+
+# --- not ours (7) --------------------------------------------------------------------------------------------------
+class NotOwned(VgpuctlError):
+    exit_code = 7
+    kind = "not-owned"
+
+    def __init__(self, uuid: str) -> None:
+        super().__init__(f"device {uuid} was not created by vgpuctl; pass --foreign to act on it anyway")
+        self.uuid = uuid
+
+
+# --- vgpuctl's own state or config is broken (8) -------------------------------------------------------------------
+class StateError(VgpuctlError):
+    exit_code = 8
+    kind = "state"
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+class ConfigError(VgpuctlError):
+    """A configuration file is invalid; carries file, line and key where known."""
+
+    exit_code = 8
+    kind = "config"
+
+    def __init__(self, path: str, problem: str, *, line: Optional[int] = None, key: Optional[str] = None) -> None:
+        loc = path if line is None else f"{path}:{line}"
+        what = f" {key}:" if key else ""
+        super().__init__(f"{loc}:{what} {problem}")
+        self.path = path
+        self.line = line
+        self.key = key
+        self.problem = problem
+
+
+# --- the host said no (9) ------------------------------------------------------------------------------------------
+class HostIOError(VgpuctlError):
+    exit_code = 9
+    kind = "host-io"
+
+    def __init__(self, path: str, err: int, action: str = "write") -> None:
+        name = _errno.errorcode.get(err, str(err))
+        super().__init__(f"{action} {path} failed: {name} ({os.strerror(err)})")
+        self.path = path
+        self.errno = err
+        self.action = action
+
+
+class ParentGone(VgpuctlError):
+    exit_code = 10
+    kind = "parent-gone"
+
+    def __init__(self, parent: str) -> None:
+        super().__init__(f"parent {parent} went away (driver unloading or device removed); retry when it is back")
+        self.parent = parent
+
+
+# --- concurrency (11) ----------------------------------------------------------------------------------------------
+class LockTimeout(VgpuctlError):
+    exit_code = 11
+    kind = "lock-timeout"
+
+    def __init__(self, path: str, seconds: float) -> None:
+        super().__init__(f"another vgpuctl holds {path} (waited {seconds:g} s); retry, or raise --lock-timeout")
+        self.path = path
+
+
+# --- libvirt (12) --------------------------------------------------------------------------------------------------
+class LibvirtError(VgpuctlError):
+    exit_code = 12
+    kind = "libvirt"
+
+
+#: Every exit code, for the docs and the tests that keep docs and code in step.
+EXIT_CODES = {
+    0: "success",
+    1: "unexpected internal error (a bug: please report it with the command line)",
+    2: "invalid input or usage: malformed UUID, bad parent name, unknown option",
+    3: "not found: unknown parent, type or instance",
+    4: "no capacity: the type has no available instances on that parent",
+    5: "already exists: the UUID is taken on some parent",
+    6: "in use: a process or VM holds the device; nothing was changed",
+    7: "not owned: the device was not created by vgpuctl (use --foreign)",
+    8: "vgpuctl's state or configuration file is corrupt, unsafe or invalid",
+    9: "host I/O error: the kernel refused a sysfs operation (path and errno in the message)",
+    10: "parent went away during the operation (driver unloading)",
+    11: "timed out waiting for the vgpuctl lock held by another process",
+    12: "libvirt error: daemon unreachable, domain unknown, or it refused the change",
+}

@@ -1,0 +1,168 @@
+"""The host model: parents, vGPU types and instances, as frozen values.
+
+Backends (``vgpuctl.host.*``) read the host into these; placement, planning and rendering are pure functions over
+them.  The model does not say how an instance is made: the kernel's mdev interface (identity = UUID) and NVIDIA's
+per-VF interface (identity = the VF's PCI address) both produce the same three records, told apart by ``backend``.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Dict, Iterable, Optional, Tuple
+
+
+class BackendKind(str, Enum):
+    MDEV = "mdev"  #: kernel mdev core: sys/class/mdev_bus, identity is a UUID
+    NVIDIA_VF = "nvidia-vf"  #: NVIDIA vendor VFIO: sys/bus/pci/devices/<VF>/nvidia/current_vgpu_type
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Vendor(str, Enum):
+    NVIDIA = "nvidia"
+    INTEL = "intel"
+    OTHER = "other"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+PCI_VENDORS = {"0x10de": Vendor.NVIDIA, "0x8086": Vendor.INTEL}
+
+UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+PCI_ADDR_RE = re.compile(
+    r"^(?:(?P<domain>[0-9a-fA-F]{4}):)?(?P<bus>[0-9a-fA-F]{2}):(?P<slot>[0-9a-fA-F]{2})\.(?P<fn>[0-7])$"
+)
+DEVICE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:+-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class Parent:
+    """A device that can host vGPUs: a PCI function (GPU, SR-IOV VF) or a virtual parent such as ``mtty``."""
+
+    name: str  #: canonical name: lowercase full PCI address, or the device name
+    backend: BackendKind = BackendKind.MDEV
+    pci: bool = False  #: a PCI function (else a virtual device)
+    vendor_id: Optional[str] = None  #: "0x10de"
+    device_id: Optional[str] = None  #: "0x1eb8"
+    numa_node: Optional[int] = None  #: None where sysfs has none or says -1
+    driver: Optional[str] = None  #: bound driver's name
+    physical_gpu: Optional[str] = None  #: the physical function a VF belongs to; the parent itself otherwise
+    is_vf: bool = False
+
+    @property
+    def vendor(self) -> Vendor:
+        return PCI_VENDORS.get(self.vendor_id or "", Vendor.OTHER)
+
+    @property
+    def gpu(self) -> str:
+        """The physical GPU this parent is part of: what type-mixing and per-GPU counting group by."""
+        return self.physical_gpu or self.name
+
+
+@dataclass(frozen=True)
+class VgpuType:
+    """One vGPU type offered on one parent, with its description parsed where the vendor has a format."""
+
+    parent: str
+    type_id: str  #: "nvidia-222", "i915-GVTg_V5_4", "mtty-1"
+    name: Optional[str] = None  #: "GRID T4-2Q"
+    device_api: Optional[str] = None  #: "vfio-pci"
+    available: int = 0  #: available_instances as the host reports it now
+    description: str = ""  #: raw description text ("" where the type has none)
+    framebuffer_mib: Optional[int] = None
+    num_heads: Optional[int] = None
+    max_resolution: Optional[str] = None
+    max_instance: Optional[int] = None
+    frl_config: Optional[int] = None
+    weight: Optional[int] = None  #: Intel GVT-g time-slice weight
+    series: Optional[str] = None  #: NVIDIA series letter: Q, B, A or C
+    #: every field the description parser recognised, as text, in description order
+    fields: Tuple[Tuple[str, str], ...] = ()
+
+    @property
+    def profile(self) -> Optional[str]:
+        """The profile part of the name: ``T4-2Q`` for ``GRID T4-2Q`` / ``NVIDIA T4-2Q``."""
+        if not self.name:
+            return None
+        return self.name.split()[-1]
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One existing vGPU: an mdev (identity: UUID) or a typed NVIDIA VF (identity: the VF's PCI address)."""
+
+    uuid: str
+    parent: str
+    type_id: str
+    backend: BackendKind = BackendKind.MDEV
+    iommu_group: Optional[int] = None
+    driver: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """Everything one read of the host found.  Sorted: parents by name, types by (parent, id), instances by uuid."""
+
+    parents: Tuple[Parent, ...] = ()
+    types: Tuple[VgpuType, ...] = ()
+    instances: Tuple[Instance, ...] = ()
+    _by_parent: Dict[str, Parent] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_parent", {p.name: p for p in self.parents})
+
+    def parent(self, name: str) -> Optional[Parent]:
+        return self._by_parent.get(name)
+
+    def types_on(self, parent: str) -> Tuple[VgpuType, ...]:
+        return tuple(t for t in self.types if t.parent == parent)
+
+    def type_on(self, parent: str, type_id: str) -> Optional[VgpuType]:
+        for t in self.types:
+            if t.parent == parent and t.type_id == type_id:
+                return t
+        return None
+
+    def instances_on(self, parent: str) -> Tuple[Instance, ...]:
+        return tuple(i for i in self.instances if i.parent == parent)
+
+    def instance(self, uuid: str) -> Optional[Instance]:
+        for i in self.instances:
+            if i.uuid == uuid:
+                return i
+        return None
+
+
+def canonical_uuid(value: str) -> Optional[str]:
+    """Lowercase UUID, or None if ``value`` is not one (the kernel accepts uppercase and stores lowercase)."""
+    if not isinstance(value, str) or not UUID_RE.match(value):
+        return None
+    return value.lower()
+
+
+def canonical_parent_name(value: str) -> Optional[str]:
+    """Canonical parent name, or None if ``value`` could reach outside sysfs or is not a name at all.
+
+    PCI addresses get their domain and are lowercased (``3B:00.0`` -> ``0000:3b:00.0``); other names are kept as
+    given and matched case-insensitively against the host by the caller.
+    """
+    if not isinstance(value, str) or "/" in value or "\0" in value or value in (".", ".."):
+        return None
+    m = PCI_ADDR_RE.match(value)
+    if m:
+        domain = m.group("domain") or "0000"
+        return f"{domain}:{m.group('bus')}:{m.group('slot')}.{m.group('fn')}".lower()
+    if ".." in value or not DEVICE_NAME_RE.match(value):
+        return None
+    return value
+
+
+def sorted_inventory(parents: Iterable[Parent], types: Iterable[VgpuType], instances: Iterable[Instance]) -> Inventory:
+    return Inventory(
+        parents=tuple(sorted(parents, key=lambda p: p.name)),
+        types=tuple(sorted(types, key=lambda t: (t.parent, t.type_id))),
+        instances=tuple(sorted(instances, key=lambda i: (i.parent, i.uuid))),
+    )
