@@ -1,0 +1,96 @@
+"""The ``vgpuctl`` command line: parse, call the library, render.  Nothing else lives here.
+
+Sub-commands are imported only when invoked (``COMMANDS`` maps each name to ``module:function``), so that
+``vgpuctl list`` does not pay for libvirt, jinja2 or YAML.  Every option can also come from the environment:
+the global ones from the variables named in their help, the others from ``VGPUCTL_<COMMAND>_<OPTION>``.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from typing import Any, List, Optional
+
+import click
+
+from . import __version__
+from .errors import VgpuctlError
+
+COMMANDS = {
+    "parents": "vgpuctl.commands.inventory:parents",
+    "types": "vgpuctl.commands.inventory:types",
+    "list": "vgpuctl.commands.inventory:list_instances",
+    "create": "vgpuctl.commands.lifecycle:create",
+    "destroy": "vgpuctl.commands.lifecycle:destroy",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> List[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> Optional[click.Command]:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except VgpuctlError as e:
+            click.echo(f"vgpuctl: error: {e}", err=True)
+            ctx.exit(e.exit_code)
+
+
+@click.group(
+    cls=LazyGroup,
+    context_settings={"auto_envvar_prefix": "VGPUCTL", "help_option_names": ["-h", "--help"]},
+)
+@click.option(
+    "--root",
+    envvar="VGPUCTL_ROOT",
+    default="/",
+    show_default=True,
+    metavar="DIR",
+    help="Host root: sysfs is DIR/sys, state DIR/var/lib/vgpuctl, config DIR/etc/vgpuctl. [env VGPUCTL_ROOT]",
+)
+@click.option(
+    "--connect",
+    envvar="VGPUCTL_LIBVIRT_URI",
+    default="qemu:///system",
+    show_default=True,
+    metavar="URI",
+    help="libvirt URI; 'none' disables libvirt. [env VGPUCTL_LIBVIRT_URI]",
+)
+@click.option(
+    "--lock-timeout",
+    envvar="VGPUCTL_LOCK_TIMEOUT",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long a mutating command waits for another vgpuctl's lock. [env VGPUCTL_LOCK_TIMEOUT]",
+)
+@click.option("-v", "--verbose", count=True, help="Log more on stderr (-v info, -vv debug).")
+@click.version_option(__version__, prog_name="vgpuctl")
+@click.pass_context
+def cli(ctx: click.Context, root: str, connect: str, lock_timeout: float, verbose: int) -> None:
+    """Manage virtual GPUs (mediated devices) on this host."""
+    from .commands._common import Settings
+
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
+        format="vgpuctl: %(levelname)s: %(message)s",
+    )
+    ctx.obj = Settings(root=root, connect=connect, lock_timeout=lock_timeout)
+
+
+def main() -> None:
+    cli.main(prog_name="vgpuctl")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""``vgpuctl parents``, ``types`` and ``list``: read-only views of the host."""
+from __future__ import annotations
+
+from typing import Optional
+
+import click
+
+from ._common import build_lifecycle, json_option, render, settings
+from .records import (
+    INSTANCE_COLUMNS,
+    PARENT_COLUMNS,
+    TYPE_COLUMNS,
+    instance_record,
+    parent_record,
+    type_record,
+)
+
+parent_option = click.option("--parent", "-p", metavar="PARENT", help="Only this parent (PCI address or name).")
+
+
+@click.command()
+@json_option
+def parents(as_json: bool) -> None:
+    """Devices that can host vGPUs, with vendor, NUMA node and driver."""
+    inv = build_lifecycle(settings()).host.inventory()
+    recs = [parent_record(p, inv) for p in inv.parents]
+    render(recs, PARENT_COLUMNS, as_json=as_json, empty="no vGPU-capable parent devices found")
+
+
+@click.command()
+@parent_option
+@json_option
+def types(parent: Optional[str], as_json: bool) -> None:
+    """vGPU types per parent, with parsed capacity (framebuffer, heads, max and available instances)."""
+    host = build_lifecycle(settings()).host
+    inv = host.inventory()
+    only = host.resolve_parent(parent, inv) if parent else None
+    recs = [type_record(t) for t in inv.types if only is None or t.parent == only]
+    render(recs, TYPE_COLUMNS, as_json=as_json, empty="no vGPU types found")
+
+
+@click.command("list")
+@parent_option
+@json_option
+def list_instances(parent: Optional[str], as_json: bool) -> None:
+    """Existing vGPU instances, who owns them and who uses them."""
+    lc = build_lifecycle(settings())
+    inv, state = lc.read()
+    only = lc.host.resolve_parent(parent, inv) if parent else None
+    shown = [i for i in inv.instances if only is None or i.parent == only]
+    users = lc.users(shown)
+    recs = [instance_record(i, inv, owned=i.uuid in state.owned, used_by=users.get(i.uuid, ())) for i in shown]
+    render(recs, INSTANCE_COLUMNS, as_json=as_json, empty="no vGPU instances")

@@ -1,0 +1,43 @@
+"""``vgpuctl create`` and ``vgpuctl destroy``."""
+from __future__ import annotations
+
+from typing import Optional
+
+import click
+
+from ._common import build_lifecycle, info, json_option, record, settings
+from .records import instance_record
+
+
+@click.command()
+@click.option("--parent", "-p", required=True, metavar="PARENT", help="Parent device: PCI address or name (mtty).")
+@click.option("--type", "-t", "type_id", required=True, metavar="TYPE", help="Type id (nvidia-222) or name (T4-2Q).")
+@click.option("--uuid", "-u", metavar="UUID", help="UUID for the new device (default: a fresh random one).")
+@json_option
+def create(parent: str, type_id: str, uuid: Optional[str], as_json: bool) -> None:
+    """Create one vGPU instance and record it as owned by vgpuctl."""
+    inst = build_lifecycle(settings()).create(parent=parent, type_id=type_id, uuid=uuid)
+    if as_json:
+        import json
+
+        click.echo(json.dumps(instance_record(inst, owned=True), indent=2))
+    else:
+        click.echo(inst.uuid)
+        info(f"created {inst.uuid} ({inst.type_id} on {inst.parent})")
+
+
+@click.command()
+@click.argument("uuid")
+@click.option("--foreign", is_flag=True, help="Also destroy a device that vgpuctl did not create.")
+@json_option
+def destroy(uuid: str, foreign: bool, as_json: bool) -> None:
+    """Destroy one vGPU instance; refuses while a process or VM uses it."""
+    inst = build_lifecycle(settings()).destroy(uuid, foreign=foreign)
+    if as_json:
+        import json
+
+        click.echo(
+            json.dumps(record("vgpuctl.destroyed/v1", uuid=inst.uuid, parent=inst.parent, type_id=inst.type_id), indent=2)
+        )
+    else:
+        info(f"destroyed {inst.uuid} ({inst.type_id} on {inst.parent})")

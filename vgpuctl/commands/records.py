@@ -1,0 +1,101 @@
+"""Flat JSON records (one per parent, type or instance) and the table columns that show them."""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from ..model import Instance, Inventory, Parent, VgpuType
+from ._common import record
+
+PARENT_SCHEMA = "vgpuctl.parent/v1"
+TYPE_SCHEMA = "vgpuctl.type/v1"
+INSTANCE_SCHEMA = "vgpuctl.instance/v1"
+
+PARENT_COLUMNS = [
+    ("PARENT", "parent"),
+    ("BACKEND", "backend"),
+    ("VENDOR", "vendor_id"),
+    ("DEVICE", "device_id"),
+    ("NUMA", "numa_node"),
+    ("DRIVER", "driver"),
+    ("GPU", "gpu"),
+    ("TYPES", "types"),
+    ("INSTANCES", "instances"),
+]
+TYPE_COLUMNS = [
+    ("PARENT", "parent"),
+    ("TYPE", "type_id"),
+    ("NAME", "name"),
+    ("AVAIL", "available"),
+    ("MAX", "max_instance"),
+    ("FB_MIB", "framebuffer_mib"),
+    ("HEADS", "num_heads"),
+    ("RESOLUTION", "max_resolution"),
+    ("SERIES", "series"),
+    ("WEIGHT", "weight"),
+    ("API", "device_api"),
+]
+INSTANCE_COLUMNS = [
+    ("UUID", "uuid"),
+    ("PARENT", "parent"),
+    ("TYPE", "type_id"),
+    ("NAME", "type_name"),
+    ("GROUP", "iommu_group"),
+    ("OWNED", "owned"),
+    ("USED_BY", "used_by"),
+]
+
+
+def parent_record(p: Parent, inv: Inventory) -> Dict[str, Any]:
+    return record(
+        PARENT_SCHEMA,
+        parent=p.name,
+        backend=str(p.backend),
+        pci=p.pci,
+        vendor=str(p.vendor),
+        vendor_id=p.vendor_id,
+        device_id=p.device_id,
+        numa_node=p.numa_node,
+        driver=p.driver,
+        gpu=p.gpu,
+        is_vf=p.is_vf,
+        types=len(inv.types_on(p.name)),
+        instances=len(inv.instances_on(p.name)),
+    )
+
+
+def type_record(t: VgpuType) -> Dict[str, Any]:
+    return record(
+        TYPE_SCHEMA,
+        parent=t.parent,
+        type_id=t.type_id,
+        name=t.name,
+        device_api=t.device_api,
+        available=t.available,
+        max_instance=t.max_instance,
+        framebuffer_mib=t.framebuffer_mib,
+        num_heads=t.num_heads,
+        max_resolution=t.max_resolution,
+        frl_config=t.frl_config,
+        series=t.series,
+        weight=t.weight,
+        description=t.description,
+        fields={k: v for k, v in t.fields},
+    )
+
+
+def instance_record(
+    i: Instance, inv: Optional[Inventory] = None, *, owned: Optional[bool] = None, used_by: Sequence[str] = ()
+) -> Dict[str, Any]:
+    t = inv.type_on(i.parent, i.type_id) if inv else None
+    return record(
+        INSTANCE_SCHEMA,
+        uuid=i.uuid,
+        parent=i.parent,
+        type_id=i.type_id,
+        type_name=t.name if t else None,
+        backend=str(i.backend),
+        iommu_group=i.iommu_group,
+        driver=i.driver,
+        owned=owned,
+        used_by=list(used_by),
+    )

@@ -1,0 +1,19 @@
+"""The interface every host backend implements."""
+from __future__ import annotations
+
+from typing import List, Protocol, Tuple
+
+from ..model import BackendKind, Instance, Parent, VgpuType
+
+
+class Backend(Protocol):
+    kind: BackendKind
+
+    def read(self) -> Tuple[List[Parent], List[VgpuType], List[Instance]]:
+        """One consistent-enough read of this backend's parents, types and instances."""
+
+    def create(self, *, parent: str, type_id: str, uuid: str) -> Instance:
+        """Make one instance; raise a typed error for each way the host refuses.  Preconditions are the caller's."""
+
+    def remove(self, instance: Instance) -> None:
+        """Remove one instance and confirm it is gone.  The caller has checked that nothing holds it."""

@@ -1,0 +1,151 @@
+"""Create and destroy vGPU instances safely.
+
+Every precondition is checked under the host lock before the first write; the intent is journalled in the state file
+before the host is touched; a failure after the write is rolled back.  Nothing here prints: errors are typed, and
+the CLI renders them.
+"""
+from __future__ import annotations
+
+import os
+import uuid as uuidlib
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Protocol, Sequence
+
+from .errors import AlreadyExists, BadParentName, BadUuid, DeviceInUse, NoCapacity, NotOwned, UnknownInstance, UnknownType
+from .host import Host
+from .model import Instance, Inventory, VgpuType, canonical_parent_name, canonical_uuid
+from .state import HostLock, Intent, State, StateStore
+
+
+class UsageCheck(Protocol):
+    """Something that can say who uses an instance: processes holding it open, libvirt domains referencing it."""
+
+    def users(self, instances: Sequence[Instance]) -> Dict[str, List[str]]:
+        """Describe the users of each used instance, keyed by uuid; unused instances are absent."""
+
+
+class ProcessHolders:
+    """Processes that hold an instance's VFIO group open (as QEMU does)."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+
+    def users(self, instances: Sequence[Instance]) -> Dict[str, List[str]]:
+        return {u: [str(h) for h in hs] for u, hs in self.host.holders(instances).items()}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    instance: Instance
+    owned: bool
+
+
+class Lifecycle:
+    def __init__(
+        self,
+        host: Host,
+        *,
+        lock_timeout: float = 30.0,
+        usage_checks: Optional[Sequence[UsageCheck]] = None,
+    ) -> None:
+        self.host = host
+        self.store = StateStore(host.paths)
+        self.lock_timeout = lock_timeout
+        self.usage_checks: List[UsageCheck] = (
+            list(usage_checks) if usage_checks is not None else [ProcessHolders(host)]
+        )
+
+    # --- reading ---------------------------------------------------------------------------------------------------
+    def read(self) -> "tuple[Inventory, State]":
+        """Inventory and ownership without the lock (for read-only commands)."""
+        return self.host.inventory(), self.store.load()
+
+    def users(self, instances: Sequence[Instance]) -> Dict[str, List[str]]:
+        out: Dict[str, List[str]] = {}
+        for check in self.usage_checks:
+            for u, who in check.users(instances).items():
+                out.setdefault(u, []).extend(who)
+        return out
+
+    def _locked_state(self, inventory: Inventory) -> State:
+        """Load the state and settle what a crashed run left pending (caller holds the lock)."""
+        state = self.store.load()
+        if state.pending:
+            state = state.recover(i.uuid for i in inventory.instances)
+            self.store.save(state)
+        return state
+
+    # --- create ----------------------------------------------------------------------------------------------------
+    def create(self, *, parent: str, type_id: str, uuid: Optional[str] = None) -> Instance:
+        if uuid is None:
+            want = str(uuidlib.uuid4())
+        else:
+            want = canonical_uuid(uuid) or ""
+            if not want:
+                raise BadUuid(uuid)
+        if canonical_parent_name(parent) is None:
+            raise BadParentName(parent)
+        with HostLock(self.host.paths, self.lock_timeout):
+            inv = self.host.inventory()
+            state = self._locked_state(inv)
+            pname = self.host.resolve_parent(parent, inv)
+            vtype = find_type(inv, pname, type_id)
+            if vtype.available <= 0:
+                raise NoCapacity(vtype.type_id, pname, detail="available_instances is 0")
+            clash = inv.instance(want)
+            if clash is not None or os.path.lexists(self.host.paths.mdev_devices / want):
+                raise AlreadyExists(want, clash.parent if clash else None)
+            intent = Intent("create", want, pname, vtype.type_id, str(inv.parent(pname).backend))  # type: ignore[union-attr]
+            self.store.save(state.with_intent(intent))
+            try:
+                inst = self.host.create(parent=pname, type_id=vtype.type_id, uuid=want, inventory=inv)
+            except BaseException:
+                self.store.save(state)  # the host refused: nothing was made, forget the intent
+                raise
+            try:
+                self.store.save(state.settle(intent, exists=True))
+            except BaseException:
+                self.host.remove(inst)  # cannot record ownership: undo the create rather than leak it
+                self.store.save(state)
+                raise
+            return inst
+
+    # --- destroy ---------------------------------------------------------------------------------------------------
+    def destroy(self, uuid: str, *, foreign: bool = False) -> Instance:
+        want = canonical_uuid(uuid)
+        if want is None:
+            raise BadUuid(uuid)
+        with HostLock(self.host.paths, self.lock_timeout):
+            inv = self.host.inventory()
+            state = self._locked_state(inv)
+            inst = inv.instance(want)
+            if inst is None:
+                raise UnknownInstance(want)
+            if want not in state.owned and not foreign:
+                raise NotOwned(want)
+            who = self.users([inst]).get(want)
+            if who:
+                raise DeviceInUse(want, who)
+            intent = Intent("remove", want, inst.parent, inst.type_id, str(inst.backend))
+            self.store.save(state.with_intent(intent))
+            try:
+                self.host.remove(inst)
+            except BaseException:
+                still = os.path.lexists(self.host.paths.mdev_devices / want)
+                self.store.save(state.settle(intent, exists=still) if want in state.owned else state)
+                raise
+            self.store.save(state.settle(intent, exists=False))
+            return inst
+
+
+def find_type(inventory: Inventory, parent: str, type_id: str) -> VgpuType:
+    """The type ``type_id`` names on ``parent``: by id, else by name or profile name, case-insensitively."""
+    offered = inventory.types_on(parent)
+    for t in offered:
+        if t.type_id == type_id:
+            return t
+    key = type_id.strip().lower()
+    matches = [t for t in offered if key in ((t.name or "").lower(), (t.profile or "").lower(), t.type_id.lower())]
+    if len(matches) == 1:
+        return matches[0]
+    raise UnknownType(type_id, parent, [t.type_id for t in (matches or offered)])

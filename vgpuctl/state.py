@@ -1,0 +1,169 @@
+"""vgpuctl's own records: which instances it created (ownership) and what it was in the middle of (intents).
+
+The state file ``var/lib/vgpuctl/state.json`` is written atomically (temp file in the same directory, fsync, rename,
+fsync of the directory), so a reader sees the old or the new file, never half of one.  Every mutating command holds
+the exclusive lock ``run/vgpuctl/lock`` from its first check to its last write.
+
+Before each host write, the command records its intent (``pending``); after it, the outcome.  A run killed between
+the two leaves the intent behind, and the next locked command settles it against the host with ``recover``: a create
+whose device exists is adopted as owned, one whose device does not is dropped; a removal whose device is gone drops
+the ownership record.  So a crash at any point never leaves a device that vgpuctl made but does not know.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import stat
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from typing import Dict, Iterable, Optional, Tuple
+
+from .errors import LockTimeout, StateError
+from .paths import HostPaths
+
+SCHEMA = "vgpuctl.state/v1"
+
+
+@dataclass(frozen=True)
+class Owned:
+    uuid: str
+    parent: str
+    type_id: str
+    backend: str = "mdev"
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Intent:
+    op: str  #: "create" or "remove"
+    uuid: str
+    parent: str
+    type_id: str
+    backend: str = "mdev"
+
+
+@dataclass(frozen=True)
+class State:
+    owned: Dict[str, Owned] = field(default_factory=dict)
+    pending: Tuple[Intent, ...] = ()
+
+    def with_intent(self, intent: Intent) -> "State":
+        return replace(self, pending=self.pending + (intent,))
+
+    def settle(self, intent: Intent, *, exists: bool, now: Optional[float] = None) -> "State":
+        """The state once ``intent`` is over and the device ``exists`` (or not) on the host."""
+        owned = dict(self.owned)
+        if exists:
+            prev = owned.get(intent.uuid)
+            owned[intent.uuid] = prev or Owned(
+                intent.uuid, intent.parent, intent.type_id, intent.backend, now if now is not None else time.time()
+            )
+        else:
+            owned.pop(intent.uuid, None)
+        return State(owned=owned, pending=tuple(p for p in self.pending if p != intent))
+
+    def recover(self, existing: Iterable[str]) -> "State":
+        """Settle every intent a crashed run left, against the uuids that exist on the host now."""
+        present = set(existing)
+        state = self
+        for intent in self.pending:
+            state = state.settle(intent, exists=intent.uuid in present)
+        return state
+
+    def to_json(self) -> dict:
+        return {
+            "schema": SCHEMA,
+            "owned": [vars(o) for o in sorted(self.owned.values(), key=lambda o: o.uuid)],
+            "pending": [vars(p) for p in self.pending],
+        }
+
+
+class StateStore:
+    def __init__(self, paths: HostPaths) -> None:
+        self.path = paths.state_file
+
+    def load(self) -> State:
+        path = os.fspath(self.path)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return State()
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise StateError(path, "is a symlink; refusing to trust it") from None
+            raise StateError(path, f"cannot read: {os.strerror(e.errno or 0)}") from None
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if st.st_mode & stat.S_IWOTH:
+                raise StateError(path, "is world-writable; fix with: chmod 0644 " + path)
+            raw = f.read()
+        try:
+            doc = json.loads(raw)
+            if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+                raise ValueError(f"schema is not {SCHEMA}")
+            owned = {o["uuid"]: Owned(**o) for o in doc["owned"]}
+            pending = tuple(Intent(**p) for p in doc["pending"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise StateError(
+                path, f"is corrupt ({e}); move it aside and run 'vgpuctl export' or re-adopt devices with --foreign"
+            ) from None
+        return State(owned=owned, pending=pending)
+
+    def save(self, state: State) -> None:
+        directory = os.path.dirname(os.fspath(self.path))
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+        data = (json.dumps(state.to_json(), indent=1, sort_keys=True) + "\n").encode()
+        fd, tmp = tempfile.mkstemp(prefix=".state.", dir=directory)
+        try:
+            os.fchmod(fd, 0o644)
+            os.write(fd, data)
+            os.fsync(fd)
+            os.close(fd)
+            fd = -1
+            os.replace(tmp, self.path)
+            dfd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+
+
+class HostLock:
+    """Exclusive ``flock`` on ``run/vgpuctl/lock``; waits up to ``timeout`` seconds, then raises ``LockTimeout``."""
+
+    def __init__(self, paths: HostPaths, timeout: float = 30.0) -> None:
+        self.path = paths.lock_file
+        self.timeout = timeout
+        self._fd: Optional[int] = None
+
+    def __enter__(self) -> "HostLock":
+        os.makedirs(os.path.dirname(os.fspath(self.path)), mode=0o755, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise LockTimeout(os.fspath(self.path), self.timeout) from None
+                time.sleep(0.02)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
