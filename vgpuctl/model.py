@@ -138,7 +138,7 @@ class Inventory:
 
 def canonical_uuid(value: str) -> Optional[str]:
     """Lowercase UUID, or None if ``value`` is not one (the kernel accepts uppercase and stores lowercase)."""
-    if not isinstance(value, str) or not UUID_RE.match(value):
+    if not isinstance(value, str) or not UUID_RE.fullmatch(value):
         return None
     return value.lower()
 
@@ -151,11 +151,11 @@ def canonical_parent_name(value: str) -> Optional[str]:
     """
     if not isinstance(value, str) or "/" in value or "\0" in value or value in (".", ".."):
         return None
-    m = PCI_ADDR_RE.match(value)
+    m = PCI_ADDR_RE.fullmatch(value)
     if m:
         domain = m.group("domain") or "0000"
         return f"{domain}:{m.group('bus')}:{m.group('slot')}.{m.group('fn')}".lower()
-    if ".." in value or not DEVICE_NAME_RE.match(value):
+    if ".." in value or not DEVICE_NAME_RE.fullmatch(value):
         return None
     return value
 

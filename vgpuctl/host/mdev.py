@@ -48,7 +48,7 @@ class MdevBackend:
         return Parent(
             name=name,
             backend=self.kind,
-            pci=bool(PCI_ADDR_RE.match(name)),
+            pci=bool(PCI_ADDR_RE.fullmatch(name)),
             vendor_id=read_attr(d / "vendor"),
             device_id=read_attr(d / "device"),
             numa_node=None if numa is None or numa < 0 else numa,
