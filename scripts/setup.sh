@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Set up everything vgpuctl's demo and tests need on a Debian 12 host (run as root): Debian packages, then a
+# virtual environment in .venv with vgpuctl installed editable.  Idempotent and quick when already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  fuse3 libfuse3-3          # the simulated host is a FUSE filesystem
+  python3-venv python3-dev gcc pkg-config
+  libvirt-dev               # libvirt-python builds against it
+  libvirt-daemon-system     # real libvirtd for the libvirt tests
+  mdevctl hyperfine         # benchmarks compare against mdevctl
+)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.vgpuctl-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+  .venv/bin/python -m pip install -q -e ".[test]"
+  touch "$stamp"
+fi
