@@ -7,7 +7,6 @@ the CLI renders them.
 from __future__ import annotations
 
 import os
-import uuid as uuidlib
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Protocol, Sequence
 
@@ -78,6 +77,8 @@ class Lifecycle:
     # --- create ----------------------------------------------------------------------------------------------------
     def create(self, *, parent: str, type_id: str, uuid: Optional[str] = None) -> Instance:
         if uuid is None:
+            import uuid as uuidlib  # only create pays for it
+
             want = str(uuidlib.uuid4())
         else:
             want = canonical_uuid(uuid) or ""

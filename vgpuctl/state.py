@@ -16,7 +16,6 @@ import fcntl
 import json
 import os
 import stat
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from typing import Dict, Iterable, Optional, Tuple
@@ -113,6 +112,8 @@ class StateStore:
         return State(owned=owned, pending=pending)
 
     def save(self, state: State) -> None:
+        import tempfile  # only mutating commands pay for it
+
         directory = os.path.dirname(os.fspath(self.path))
         os.makedirs(directory, mode=0o755, exist_ok=True)
         data = (json.dumps(state.to_json(), indent=1, sort_keys=True) + "\n").encode()
