@@ -55,6 +55,15 @@ class BadParentName(InvalidInput):
         self.value = value
 
 
+class AmbiguousType(InvalidInput):
+    kind = "ambiguous-type"
+
+    def __init__(self, name: str, candidates: Sequence[str]) -> None:
+        self.candidates = tuple(candidates)
+        super().__init__(f"type {name!r} is ambiguous: it names {', '.join(self.candidates)}; give the type id instead")
+        self.name = name
+
+
 # --- something named does not exist (3) ----------------------------------------------------------------------------
 class NotFound(VgpuctlError):
     exit_code = 3
@@ -101,6 +110,20 @@ class NoCapacity(VgpuctlError):
         super().__init__(f"no available instances of {type_id} on {parent}{extra}; destroy one or choose another parent")
         self.type_id = type_id
         self.parent = parent
+
+
+class NoPlacement(NoCapacity):
+    """No GPU can take a request under the placement policy; ``refusals`` says why, per physical GPU."""
+
+    kind = "no-placement"
+
+    def __init__(self, type_id: str, refusals: Sequence["tuple[str, str, str]"] = ()) -> None:
+        #: (gpu, reason, detail) per physical GPU, reason being a placement.Refusal value ("full", "type-mix", ...)
+        self.refusals = tuple(refusals)
+        why = "; ".join(f"{g}: {r}" + (f" ({d})" if d else "") for g, r, d in self.refusals) or "no vGPU-capable GPU"
+        VgpuctlError.__init__(self, f"no GPU can take a {type_id}: {why}")
+        self.type_id = type_id
+        self.parent = None
 
 
 # --- conflicts with what exists (5) --------------------------------------------------------------------------------
@@ -207,9 +230,9 @@ class LibvirtError(VgpuctlError):
 EXIT_CODES = {
     0: "success",
     1: "unexpected internal error (a bug: please report it with the command line)",
-    2: "invalid input or usage: malformed UUID, bad parent name, unknown option",
+    2: "invalid input or usage: malformed UUID, bad parent name, unknown option, ambiguous type name",
     3: "not found: unknown parent, type or instance",
-    4: "no capacity: the type has no available instances on that parent",
+    4: "no capacity: the type has no available instances on that parent, or no GPU can take it under the policy",
     5: "already exists: the UUID is taken on some parent",
     6: "in use: a process or VM holds the device; nothing was changed",
     7: "not owned: the device was not created by vgpuctl (use --foreign)",
