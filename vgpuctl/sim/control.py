@@ -1,0 +1,121 @@
+"""``SimHost``: a simulated host for tests, started and stopped as a context manager.
+
+Everything goes through the mounted filesystem, as any other process would: the control methods write to
+ROOT/sys/.vgpusim/*, the convenience methods read and write ordinary sysfs attributes.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno as _errno
+import os
+import uuid as _uuid
+from pathlib import Path
+from typing import Iterator, List, Optional, Union
+
+from vgpuctl.paths import HostPaths
+from vgpuctl.sim import daemon
+from vgpuctl.sim.machine import CONTROL_DIR
+
+
+def write_attr(path: "str | os.PathLike[str]", value: str) -> None:
+    """One write(2) of ``value`` to a sysfs attribute; the kernel's errno comes back as OSError."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
+def errno_name(err: Union[int, str]) -> str:
+    if isinstance(err, int):
+        return _errno.errorcode.get(err, str(err))
+    return err
+
+
+class SimHost:
+    """``with SimHost("t4x2", tmp_path) as sim:`` mounts the profile at tmp_path/sys in a daemon process."""
+
+    def __init__(self, profile: "str | os.PathLike[str]", root: "str | os.PathLike[str]", *,
+                 start_timeout: float = daemon.START_TIMEOUT) -> None:
+        self.profile = profile
+        self.root = Path(os.path.abspath(os.fspath(root)))
+        self.paths = HostPaths.from_root(self.root)
+        self.sys = self.root / "sys"
+        self.control_dir = self.sys / CONTROL_DIR
+        self.start_timeout = start_timeout
+        self.pid: Optional[int] = None
+
+    # --- lifecycle ---------------------------------------------------------------------------------------------
+    def start(self) -> "SimHost":
+        self.pid = daemon.start(self.profile, self.root, timeout=self.start_timeout)
+        return self
+
+    def stop(self) -> None:
+        daemon.stop(self.root)
+        self.pid = None
+
+    def __enter__(self) -> "SimHost":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- test controls -----------------------------------------------------------------------------------------
+    def control(self, name: str, value: str) -> None:
+        write_attr(self.control_dir / name, value + "\n")
+
+    def fail_next(self, target: str, err: Union[int, str]) -> None:
+        """The next write to ``target`` ("create", "remove" or a path suffix) fails with ``err``, once."""
+        self.control("fail_next", f"{target} {errno_name(err)}")
+
+    def clear_failures(self) -> None:
+        self.control("fail_next", "clear")
+
+    def unregister(self, parent: str) -> None:
+        self.control("unregister", parent)
+
+    def register(self, parent: str) -> None:
+        self.control("register", parent)
+
+    def reboot(self) -> None:
+        self.control("reboot", "1")
+
+    def set_remove_block_seconds(self, seconds: float) -> None:
+        self.control("remove_block_seconds", f"{seconds:g}")
+
+    def events(self) -> List[str]:
+        return (self.control_dir / "events").read_text().splitlines()
+
+    # --- conveniences over plain sysfs ---------------------------------------------------------------------------
+    def parent_dir(self, parent: str) -> Path:
+        return self.paths.mdev_bus / parent
+
+    def type_dir(self, parent: str, type_id: str) -> Path:
+        return self.parent_dir(parent) / "mdev_supported_types" / type_id
+
+    def available(self, parent: str, type_id: str) -> int:
+        return int((self.type_dir(parent, type_id) / "available_instances").read_text())
+
+    def create(self, parent: str, type_id: str, uuid: Optional[str] = None) -> str:
+        """Write ``uuid`` (a random one by default) to the type's create; returns it lowercased."""
+        uuid = uuid or str(_uuid.uuid4())
+        write_attr(self.type_dir(parent, type_id) / "create", uuid + "\n")
+        return uuid.lower()
+
+    def remove(self, uuid: str, value: str = "1") -> None:
+        write_attr(self.paths.mdev_devices / uuid / "remove", value + "\n")
+
+    def instances(self) -> List[str]:
+        return sorted(os.listdir(self.paths.mdev_devices))
+
+    def group_of(self, uuid: str) -> int:
+        return int(os.path.basename(os.readlink(self.paths.mdev_devices / uuid / "iommu_group")))
+
+    @contextlib.contextmanager
+    def hold(self, uuid: str) -> Iterator[int]:
+        """Hold the mdev's ROOT/dev/vfio/<group> open, as QEMU does while a VM uses it; yields the fd."""
+        fd = os.open(self.paths.dev_vfio / str(self.group_of(uuid)), os.O_RDWR)
+        try:
+            yield fd
+        finally:
+            os.close(fd)

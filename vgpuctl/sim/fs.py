@@ -1,0 +1,212 @@
+"""The FUSE filesystem that serves a ``Machine``'s tree as sysfs does.
+
+Files read as "text\\n", are opened with direct_io (no page cache, so every read sees the current state) and report
+st_size 4096; entries and attributes are not cached by the kernel either.  Opening an attribute for an access it
+lacks fails with EACCES even for root (kernfs does the same).  Writes go to the machine; a write's errno is what the
+simulated kernel says.  A ``remove`` of an mdev whose ``dev/vfio/<group>`` some process holds open blocks, outside
+the machine's lock, until the holder lets go or ``remove_block_seconds`` pass (then EBUSY).
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import time
+from typing import Any, Dict, Iterable, List, Optional
+
+import mfusepy
+
+from vgpuctl.sim.machine import Dir, File, Link, Machine, SimError
+
+log = logging.getLogger("vgpusim")
+
+POLL_SECONDS = 0.05
+
+
+def holders(path: str, proc: str = "/proc") -> List[int]:
+    """Pids of processes with a file descriptor open on ``path``."""
+    wanted = {os.path.abspath(path), os.path.realpath(path)}
+    found = []
+    try:
+        pids = [p for p in os.listdir(proc) if p.isdigit()]
+    except OSError:
+        return []
+    for pid in pids:
+        fd_dir = os.path.join(proc, pid, "fd")
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(os.path.join(fd_dir, fd))
+            except OSError:
+                continue
+            if target in wanted:
+                found.append(int(pid))
+                break
+    return found
+
+
+class SimFS(mfusepy.Operations):
+    use_ns = True
+
+    def __init__(self, machine: Machine) -> None:
+        self.m = machine
+        self.started_ns = time.time_ns()
+
+    # --- setup ------------------------------------------------------------------------------------------------
+    def init_with_config(self, conn: Any, config: Any) -> None:
+        if config is not None:
+            config.entry_timeout = 0.0
+            config.negative_timeout = 0.0
+            config.attr_timeout = 0.0
+            config.direct_io = 1
+            config.kernel_cache = 0
+            config.auto_cache = 0
+
+    # --- lookup -----------------------------------------------------------------------------------------------
+    def _node(self, path: str) -> object:
+        node = self.m.tree.get(path)
+        if node is None:
+            raise mfusepy.FuseOSError(errno.ENOENT)
+        return node
+
+    def getattr(self, path: str, fh: Any = None) -> Dict[str, Any]:
+        node = self._node(path)
+        t = self.started_ns
+        st: Dict[str, Any] = {"st_uid": 0, "st_gid": 0, "st_atime": t, "st_mtime": t, "st_ctime": t}
+        if isinstance(node, Dir):
+            st.update(st_mode=stat.S_IFDIR | node.mode, st_nlink=2, st_size=0)
+        elif isinstance(node, File):
+            st.update(st_mode=stat.S_IFREG | node.mode, st_nlink=1, st_size=4096)
+        else:
+            assert isinstance(node, Link)
+            st.update(st_mode=stat.S_IFLNK | 0o777, st_nlink=1, st_size=len(node.target))
+        return st
+
+    def readlink(self, path: str) -> str:
+        node = self._node(path)
+        if not isinstance(node, Link):
+            raise mfusepy.FuseOSError(errno.EINVAL)
+        return node.target
+
+    def readdir(self, path: str, fh: Any) -> Iterable[str]:
+        node = self._node(path)
+        if not isinstance(node, Dir):
+            raise mfusepy.FuseOSError(errno.ENOTDIR)
+        return [".", ".."] + list(node.children)
+
+    def statfs(self, path: str) -> Dict[str, Any]:
+        return {"f_bsize": 4096, "f_frsize": 4096, "f_namemax": 255}
+
+    # --- files ------------------------------------------------------------------------------------------------
+    def open(self, path: str, fi: Any) -> int:
+        node = self._node(path)
+        if isinstance(node, Dir):
+            raise mfusepy.FuseOSError(errno.EISDIR)
+        assert isinstance(node, File)
+        acc = fi.flags & os.O_ACCMODE
+        if acc in (os.O_RDONLY, os.O_RDWR) and not node.mode & 0o444:
+            raise mfusepy.FuseOSError(errno.EACCES)
+        if acc in (os.O_WRONLY, os.O_RDWR) and not node.mode & 0o222:
+            raise mfusepy.FuseOSError(errno.EACCES)
+        fi.direct_io = 1
+        return 0
+
+    def read(self, path: str, size: int, offset: int, fh: Any) -> bytes:
+        node = self.m.tree.get(path)
+        if not isinstance(node, File):
+            raise mfusepy.FuseOSError(errno.ENODEV)  # the attribute went away under an open file
+        return node.content[offset:offset + size]
+
+    def truncate(self, path: str, length: int, fh: Any = None) -> int:
+        node = self._node(path)
+        if not isinstance(node, File) or not node.mode & 0o222:
+            raise mfusepy.FuseOSError(errno.EACCES)
+        return 0  # sysfs ignores O_TRUNC, so `echo x > attr` works
+
+    def write(self, path: str, data: bytes, offset: int, fh: Any) -> int:
+        node = self.m.tree.get(path)
+        if not isinstance(node, File) or node.action is None:
+            raise mfusepy.FuseOSError(errno.ENODEV)
+        try:
+            self._write(path, node.action, bytes(data))
+        except SimError as e:
+            log.info("write %s %r -> %s", path, bytes(data), errno.errorcode.get(e.errno, e.errno))
+            raise mfusepy.FuseOSError(e.errno) from None
+        except Exception:
+            log.exception("write %s %r failed", path, bytes(data))
+            raise mfusepy.FuseOSError(errno.EIO) from None
+        log.info("write %s %r -> ok", path, bytes(data))
+        return len(data)
+
+    def _write(self, path: str, action: tuple, data: bytes) -> None:
+        m = self.m
+        kind = action[0]
+        if kind == "ctl":
+            self._control(action[1], data.decode("utf-8", "replace"))
+            return
+        with m.lock:
+            m.take_failure(path)
+        if kind == "create":
+            m.create(action[1], action[2], data)
+        elif kind == "remove":
+            self._remove(action[1], data)
+        elif kind == "numvfs":
+            with m.lock:
+                fn = m.functions[action[1]]
+                try:
+                    value = int(data.decode().strip())
+                except ValueError:
+                    raise SimError(errno.EINVAL) from None
+                if value != len(fn.vfs):
+                    raise SimError(errno.EBUSY, "changing the number of VFs is not simulated")
+        else:
+            raise SimError(errno.EIO, f"unknown action {kind}")
+
+    def _remove(self, uuid: str, data: bytes) -> None:
+        m = self.m
+        inst = m.begin_remove(uuid, data)
+        if inst is None:
+            return
+        gf = m.group_file(inst.group)
+        deadline = time.monotonic() + m.remove_block_seconds
+        try:
+            while gf is not None:
+                held = holders(gf)
+                if not held:
+                    break
+                if m.instances.get(uuid) is not inst:
+                    return  # lost meanwhile (unregister, reboot)
+                if time.monotonic() >= deadline:
+                    log.info("remove %s: still held by %s after %gs", uuid, held, m.remove_block_seconds)
+                    raise SimError(errno.EBUSY, f"held by pid {', '.join(map(str, held))}")
+                time.sleep(POLL_SECONDS)
+        except BaseException:
+            m.abort_remove(inst)
+            raise
+        m.finish_remove(inst)
+
+    def _control(self, name: str, text: str) -> None:
+        m = self.m
+        if name == "fail_next":
+            for line in text.splitlines() or [""]:
+                m.add_fail_rule(line)
+        elif name == "unregister":
+            m.unregister(text.strip())
+        elif name == "register":
+            m.register(text.strip())
+        elif name == "reboot":
+            m.reboot()
+        elif name == "remove_block_seconds":
+            m.set_remove_block_seconds(text)
+        else:
+            raise SimError(errno.EINVAL, name)
+
+
+def serve(machine: Machine, mountpoint: str) -> None:
+    """Mount and serve until unmounted or signalled (blocks)."""
+    mfusepy.FUSE(SimFS(machine), mountpoint, raw_fi=True, foreground=True, allow_other=True, fsname="vgpusim",
+                 subtype="vgpusim")

@@ -1,0 +1,532 @@
+"""The simulated host: one in-memory model of parents, types, pools and instances, and the sysfs tree rendered from it.
+
+``Machine`` owns the state and every rule (uuid parsing, duplicate check, capacity, vendor rules, group numbers);
+``render`` turns the state into an immutable ``Tree`` (path -> node) that the FUSE layer serves and ``materialize``
+writes to disk.  Paths in a tree are absolute under the sysfs root ("/devices/...", "/class/..."); symlink targets
+are stored as absolute tree paths and written relative to the link, as sysfs does.
+
+Locking: every method that reads or changes the state takes ``self.lock``; the FUSE layer does the blocking part of
+a held ``remove`` outside it (see ``begin_remove`` / ``finish_remove``).
+"""
+from __future__ import annotations
+
+import errno
+import os
+import posixpath
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
+
+from vgpuctl.sim.profile import DeviceSpec, ModelSpec, Profile, TypeSpec
+
+CONTROL_DIR = ".vgpusim"
+EVENTS_KEPT = 1000
+
+#: Access modes of sysfs attributes as the kernel creates them.
+RO, RW, WO = 0o444, 0o644, 0o200
+
+
+class SimError(OSError):
+    """A write the simulated kernel refuses: carries the errno the writer's write(2) gets."""
+
+    def __init__(self, err: int, detail: str = "") -> None:
+        super().__init__(err, os.strerror(err) + (f": {detail}" if detail else ""))
+
+
+# --- the tree -------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Dir:
+    children: Tuple[str, ...]
+    mode: int = 0o755
+
+
+@dataclass(frozen=True)
+class File:
+    content: bytes
+    mode: int = RO
+    #: what a write does: ("create", parent, type), ("remove", uuid), ("numvfs", pf), ("ctl", name); None: read-only
+    action: Optional[Tuple[str, ...]] = None
+
+
+@dataclass(frozen=True)
+class Link:
+    target: str  #: relative, as readlink(2) returns it
+
+
+Node = "Dir | File | Link"
+Tree = Dict[str, object]
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.nodes: Dict[str, object] = {}
+        self.children: Dict[str, List[str]] = {"/": []}
+
+    def _add(self, path: str, node: object) -> None:
+        parent = posixpath.dirname(path)
+        self.mkdir(parent)
+        if path not in self.nodes:
+            self.children[parent].append(posixpath.basename(path))
+        self.nodes[path] = node
+
+    def mkdir(self, path: str) -> None:
+        if path in self.children:
+            return
+        parent = posixpath.dirname(path)
+        self.mkdir(parent)
+        self.children[parent].append(posixpath.basename(path))
+        self.children[path] = []
+
+    def file(self, path: str, text: str, mode: int = RO, action: Optional[Tuple[str, ...]] = None) -> None:
+        self._add(path, File(text.encode(), mode, action))
+
+    def link(self, path: str, target: str) -> None:
+        self._add(path, Link(posixpath.relpath(target, posixpath.dirname(path))))
+
+    def tree(self) -> Tree:
+        out: Tree = dict(self.nodes)
+        for path, names in self.children.items():
+            out[path] = Dir(tuple(sorted(names)))
+        return out
+
+
+# --- the state ------------------------------------------------------------------------------------------------------
+@dataclass
+class Function:
+    """A PCI function or a virtual device, as the profile made it."""
+
+    name: str
+    model: ModelSpec
+    devpath: str  #: "/devices/pci0000:00/0000:3b:00.0" or "/devices/virtual/mtty/mtty"
+    group: Optional[int] = None  #: IOMMU group (PCI functions)
+    numa_node: Optional[int] = None
+    physfn: Optional[str] = None  #: PF address of a VF
+    vfs: List[str] = field(default_factory=list)
+    is_parent: bool = False  #: has mdev_supported_types when registered
+    registered: bool = True
+
+    @property
+    def gpu(self) -> str:
+        return self.physfn or self.name
+
+
+@dataclass
+class Instance:
+    uuid: str
+    parent: str
+    type_id: str
+    group: int
+    removing: bool = False
+
+
+def vf_address(pf: str, offset: int, stride: int, index: int) -> str:
+    """PCI address of VF ``index`` (0-based) of ``pf``: routing id = PF's + offset + index * stride."""
+    domain, bus, devfn = pf.split(":")
+    dev, fn = devfn.split(".")
+    rid = (int(bus, 16) << 8 | int(dev, 16) << 3 | int(fn)) + offset + index * stride
+    return f"{domain}:{rid >> 8 & 0xff:02x}:{rid >> 3 & 0x1f:02x}.{rid & 7}"
+
+
+def parse_uuid_write(data: bytes) -> str:
+    """The uuid a write to ``create`` names, as the 6.1 mdev core parses it: 36 or 37 bytes, 8-4-4-4-12 hex digits
+    in the first 36 (a 37th byte, usually the newline, is not looked at); uppercase accepted, result lowercase."""
+    if len(data) not in (36, 37):
+        raise SimError(errno.EINVAL, f"uuid must be 36 characters, got {len(data)} bytes")
+    text = data[:36].decode("ascii", "replace")
+    for i, ch in enumerate(text):
+        if i in (8, 13, 18, 23):
+            if ch != "-":
+                raise SimError(errno.EINVAL, "malformed uuid")
+        elif ch not in "0123456789abcdefABCDEF":
+            raise SimError(errno.EINVAL, "malformed uuid")
+    return text.lower()
+
+
+_KSTRTOUL = re.compile(r"\+?(?:0[xX](?P<hex>[0-9a-fA-F]+)|0(?P<oct>[0-7]*)|(?P<dec>[1-9][0-9]*))\n?")
+
+
+def kstrtoul(data: bytes) -> int:
+    """The kernel's kstrtoul(buf, 0): one optional trailing newline; 0x.. hex, 0.. octal, else decimal."""
+    mt = _KSTRTOUL.fullmatch(data.decode("ascii", "replace"))
+    if mt is None:
+        raise SimError(errno.EINVAL, "not an unsigned integer")
+    if mt.group("hex") is not None:
+        value = int(mt.group("hex"), 16)
+    elif mt.group("oct") is not None:
+        value = int(mt.group("oct") or "0", 8)
+    else:
+        value = int(mt.group("dec"), 10)
+    if value > 2**64 - 1:
+        raise SimError(errno.EINVAL, "out of range")  # remove_store maps every kstrtoul failure to EINVAL
+    return value
+
+
+def parse_errno(text: str) -> int:
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    code = getattr(errno, text.upper(), None)
+    if not isinstance(code, int):
+        raise SimError(errno.EINVAL, f"{text!r} is not an errno name")
+    return code
+
+
+class Machine:
+    """The simulated host.  ``dev_vfio``: directory where a group's file appears while its mdev exists (None: none)."""
+
+    def __init__(self, profile: Profile, *, dev_vfio: Optional[str] = None, pid: Optional[int] = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.profile = profile
+        self.dev_vfio = dev_vfio
+        self.pid = pid
+        self.lock = threading.RLock()
+        self.clock = clock
+        self.functions: Dict[str, Function] = {}
+        self.instances: Dict[str, Instance] = {}
+        self.fail_rules: List[Tuple[str, int]] = []
+        self.remove_block_seconds = 10.0
+        self.events: List[str] = []
+        self.event_seq = 0
+        self._build(profile)
+        self.group_base = max([f.group for f in self.functions.values() if f.group is not None] + [0]) + 1
+        self.tree: Tree = {}
+        self.rerender()
+
+    # --- construction ------------------------------------------------------------------------------------------
+    def _build(self, profile: Profile) -> None:
+        next_group = profile.first_iommu_group
+        used = {d.iommu_group for d in profile.devices if d.iommu_group is not None}
+
+        def group(explicit: Optional[int]) -> int:
+            nonlocal next_group
+            if explicit is not None:
+                return explicit
+            while next_group in used:
+                next_group += 1
+            used.add(next_group)
+            return next_group
+
+        for dev in profile.devices:
+            m = dev.model
+            if m.kind == "virtual":
+                self.functions[dev.name] = Function(
+                    name=dev.name, model=m, devpath=f"/devices/virtual/{m.class_name}/{dev.name}", is_parent=True)
+                continue
+            pf = Function(name=dev.name, model=m, devpath=f"/devices/pci0000:00/{dev.name}",
+                          group=group(dev.iommu_group), numa_node=dev.numa_node, is_parent=m.mdev_on == "pf")
+            self.functions[pf.name] = pf
+            if m.sriov:
+                for i in range(m.sriov.numvfs):
+                    addr = vf_address(pf.name, m.sriov.offset, m.sriov.stride, i)
+                    pf.vfs.append(addr)
+                    self.functions[addr] = Function(
+                        name=addr, model=m, devpath=f"/devices/pci0000:00/{addr}", group=group(None),
+                        numa_node=dev.numa_node, physfn=pf.name, is_parent=m.mdev_on == "vf")
+
+    # --- queries ------------------------------------------------------------------------------------------------
+    def parents(self) -> List[Function]:
+        return [f for f in self.functions.values() if f.is_parent and f.registered]
+
+    def type_spec(self, parent: str, type_id: str) -> TypeSpec:
+        for t in self.functions[parent].model.types:
+            if t.id == type_id:
+                return t
+        raise KeyError(type_id)
+
+    def available(self, parent: str, type_id: str) -> int:
+        with self.lock:
+            fn = self.functions[parent]
+            spec = self.type_spec(parent, type_id)
+            live = [i for i in self.instances.values()]
+            if fn.model.capacity == "nvidia":
+                on_gpu = [i for i in live if self.functions[i.parent].gpu == fn.gpu]
+                if any(i.type_id != type_id for i in on_gpu):
+                    return 0
+                free = max(0, (spec.max_instance or 0) - len(on_gpu))
+                if fn.physfn is not None:  # one vGPU per VF
+                    return 0 if any(i.parent == parent for i in live) else min(1, free)
+                return free
+            used: Dict[str, int] = {}
+            for inst in live:
+                if inst.parent == parent:
+                    for res, c in self.type_spec(parent, inst.type_id).cost:
+                        used[res] = used.get(res, 0) + c
+            pool = dict(fn.model.pool)
+            return max(0, min((pool[res] - used.get(res, 0)) // c for res, c in spec.cost))
+
+    # --- events, groups, failures ---------------------------------------------------------------------------------
+    def _event(self, action: str, devpath: str, **env: str) -> None:
+        self.event_seq += 1
+        extra = "".join(f" {k}={v}" for k, v in env.items())
+        self.events.append(f"{self.event_seq} {action} {devpath}{extra}")
+        del self.events[:-EVENTS_KEPT]
+
+    def _alloc_group(self) -> int:
+        """Lowest free group number above the PCI functions' groups (the kernel's IDA hands out the lowest free)."""
+        taken = {i.group for i in self.instances.values()}
+        n = self.group_base
+        while n in taken:
+            n += 1
+        return n
+
+    def group_file(self, group: int) -> Optional[str]:
+        return os.path.join(self.dev_vfio, str(group)) if self.dev_vfio else None
+
+    def take_failure(self, path: str) -> None:
+        """Raise the errno of the first fail_next rule matching ``path`` (a tree path), consuming the rule."""
+        for idx, (suffix, err) in enumerate(self.fail_rules):
+            if path == suffix or path.endswith("/" + suffix.lstrip("/")):
+                del self.fail_rules[idx]
+                raise SimError(err, f"fail_next {suffix}")
+
+    # --- kernel operations ----------------------------------------------------------------------------------------
+    def create(self, parent: str, type_id: str, data: bytes) -> str:
+        """A write to mdev_supported_types/<type>/create; returns the new mdev's uuid."""
+        with self.lock:
+            fn = self.functions.get(parent)
+            if fn is None or not fn.is_parent or not fn.registered:
+                raise SimError(errno.ENODEV, f"parent {parent} is not registered")
+            uuid = parse_uuid_write(data)
+            if uuid in self.instances:
+                raise SimError(errno.EEXIST, f"{uuid} exists")
+            if self.available(parent, type_id) < 1:
+                raise SimError(fn.model.full_errno, f"no available instances of {type_id} on {parent}")
+            inst = Instance(uuid=uuid, parent=parent, type_id=type_id, group=self._alloc_group())
+            self.instances[uuid] = inst
+            gf = self.group_file(inst.group)
+            if gf:
+                with open(gf, "w"):
+                    pass
+            self._event("add", f"{fn.devpath}/{uuid}", MDEV_TYPE=type_id)
+            self.rerender()
+            return uuid
+
+    def begin_remove(self, uuid: str, data: bytes) -> Optional[Instance]:
+        """First half of a write to <mdev>/remove.  Returns the instance to remove (now marked removing: its
+        ``remove`` attribute and bus link are gone, as while the kernel waits for the device's user), or None when
+        the write does nothing ("0", or another writer got there first)."""
+        with self.lock:
+            value = kstrtoul(data)
+            inst = self.instances.get(uuid)
+            if value == 0 or inst is None or inst.removing:
+                return None
+            inst.removing = True
+            self.rerender()
+            return inst
+
+    def abort_remove(self, inst: Instance) -> None:
+        with self.lock:
+            if self.instances.get(inst.uuid) is inst:
+                inst.removing = False
+                self.rerender()
+
+    def finish_remove(self, inst: Instance) -> None:
+        with self.lock:
+            if self.instances.get(inst.uuid) is inst:
+                self._drop(inst)
+                self.rerender()
+
+    def _drop(self, inst: Instance) -> None:
+        del self.instances[inst.uuid]
+        gf = self.group_file(inst.group)
+        if gf:
+            try:
+                os.unlink(gf)
+            except FileNotFoundError:
+                pass
+        self._event("remove", f"{self.functions[inst.parent].devpath}/{inst.uuid}", MDEV_TYPE=inst.type_id)
+
+    def remove_now(self, uuid: str) -> None:
+        """Remove without the in-use wait (materialize, tests of the model)."""
+        inst = self.begin_remove(uuid, b"1")
+        if inst is not None:
+            self.finish_remove(inst)
+
+    # --- test controls --------------------------------------------------------------------------------------------
+    def _resolve_parents(self, name: str) -> List[Function]:
+        name = name.strip()
+        fn = self.functions.get(name) or self.functions.get(name.lower())
+        if fn is None:
+            raise SimError(errno.ENODEV, f"no device {name}")
+        if fn.is_parent:
+            return [fn]
+        vfs = [self.functions[v] for v in fn.vfs if self.functions[v].is_parent]
+        if not vfs:
+            raise SimError(errno.EINVAL, f"{name} is not an mdev parent")
+        return vfs
+
+    def unregister(self, name: str) -> None:
+        """The parent's driver unregisters from the mdev core (driver unload): its instances are lost."""
+        with self.lock:
+            for fn in self._resolve_parents(name):
+                for inst in [i for i in self.instances.values() if i.parent == fn.name]:
+                    self._drop(inst)
+                if fn.registered:
+                    fn.registered = False
+                    self._event("change", fn.devpath, MDEV_STATE="unregistered")
+            self.rerender()
+
+    def register(self, name: str) -> None:
+        with self.lock:
+            for fn in self._resolve_parents(name):
+                if not fn.registered:
+                    fn.registered = True
+                    self._event("change", fn.devpath, MDEV_STATE="registered")
+            self.rerender()
+
+    def reboot(self) -> None:
+        """As after a reboot: no instances, every parent registered, no pending failures."""
+        with self.lock:
+            for inst in list(self.instances.values()):
+                self._drop(inst)
+            for fn in self.functions.values():
+                fn.registered = True
+            self.fail_rules.clear()
+            self._event("reboot", "/")
+            self.rerender()
+
+    def add_fail_rule(self, text: str) -> None:
+        with self.lock:
+            line = text.strip()
+            if line in ("", "clear"):
+                self.fail_rules.clear()
+            else:
+                parts = line.split()
+                if len(parts) != 2:
+                    raise SimError(errno.EINVAL, "write '<create|remove|path-suffix> <ERRNO>' or 'clear'")
+                self.fail_rules.append((parts[0], parse_errno(parts[1])))
+            self.rerender()
+
+    def set_remove_block_seconds(self, text: str) -> None:
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise SimError(errno.EINVAL, "seconds expected") from None
+        if value < 0:
+            raise SimError(errno.EINVAL, "seconds must be >= 0")
+        with self.lock:
+            self.remove_block_seconds = value
+            self.rerender()
+
+    # --- rendering ------------------------------------------------------------------------------------------------
+    def rerender(self) -> None:
+        with self.lock:
+            self.tree = render(self)
+
+
+CONTROL_README = """\
+vgpusim control directory: the only part of this tree no kernel has.  Write a line to a file:
+  fail_next             '<create|remove|path-suffix> <ERRNO>': the next write to a matching attribute
+                        fails with that errno, once.  'clear' drops pending rules.  Read: pending rules.
+  unregister            '<parent>': the parent's driver leaves the mdev core; its mdevs are lost.
+                        A PF name means all its VF parents.
+  register              '<parent>': the parent comes back, empty.
+  reboot                anything: every mdev is gone and every parent registered, as after a reboot.
+  remove_block_seconds  how long a write to 'remove' of a held mdev (someone has dev/vfio/<group> open)
+                        blocks before failing with EBUSY (default 10).
+  events                read: 'SEQ ACTION DEVPATH KEY=VALUE...' lines (add, remove, change, reboot).
+  profile, pid          read: the profile's name and the daemon's pid.
+"""
+
+
+def render(m: Machine) -> Tree:
+    b = _Builder()
+    for d in ("/bus/pci/devices", "/bus/mdev/devices", "/bus/mdev/drivers", "/class/mdev_bus",
+              "/kernel/iommu_groups", "/devices/virtual"):
+        b.mkdir(d)
+    by_parent: Dict[str, List[Instance]] = {}
+    for inst in sorted(m.instances.values(), key=lambda i: i.uuid):
+        by_parent.setdefault(inst.parent, []).append(inst)
+    for fn in m.functions.values():
+        md = fn.model
+        base = fn.devpath
+        if md.kind == "pci":
+            _render_pci(b, m, fn)
+        elif fn.registered:
+            b.file(f"{base}/uevent", f"MAJOR=0\nMINOR=0\nDEVNAME={fn.name}\n", RW)
+            b.link(f"{base}/subsystem", f"/class/{md.class_name}")
+            b.link(f"/class/{md.class_name}/{fn.name}", base)
+        else:
+            continue  # a virtual parent's module is gone, and its device with it
+        if not (fn.is_parent and fn.registered):
+            continue
+        b.link(f"/class/mdev_bus/{fn.name}", base)
+        b.mkdir(f"/bus/mdev/drivers/{md.mdev_driver}")
+        for t in md.types:
+            tdir = f"{base}/mdev_supported_types/{t.id}"
+            if t.name is not None:
+                b.file(f"{tdir}/name", t.name + "\n")
+            if t.description is not None:
+                b.file(f"{tdir}/description", t.description + "\n")
+            b.file(f"{tdir}/device_api", t.device_api + "\n")
+            b.file(f"{tdir}/available_instances", f"{m.available(fn.name, t.id)}\n")
+            b.file(f"{tdir}/create", "", WO, ("create", fn.name, t.id))
+            b.mkdir(f"{tdir}/devices")
+        for inst in by_parent.get(fn.name, []):
+            idir = f"{base}/{inst.uuid}"
+            b.link(f"{base}/mdev_supported_types/{inst.type_id}/devices/{inst.uuid}", idir)
+            b.link(f"{idir}/mdev_type", f"{base}/mdev_supported_types/{inst.type_id}")
+            b.link(f"{idir}/driver", f"/bus/mdev/drivers/{md.mdev_driver}")
+            b.link(f"{idir}/subsystem", "/bus/mdev")
+            b.link(f"{idir}/iommu_group", f"/kernel/iommu_groups/{inst.group}")
+            b.file(f"{idir}/uevent", f"DRIVER={md.mdev_driver}\nMDEV_TYPE={inst.type_id}\n", RW)
+            b.mkdir(f"{idir}/power")
+            b.link(f"/kernel/iommu_groups/{inst.group}/devices/{inst.uuid}", idir)
+            b.link(f"/bus/mdev/drivers/{md.mdev_driver}/{inst.uuid}", idir)
+            if not inst.removing:
+                b.file(f"{idir}/remove", "", WO, ("remove", inst.uuid))
+                b.link(f"/bus/mdev/devices/{inst.uuid}", idir)
+    _render_control(b, m)
+    return b.tree()
+
+
+def _render_pci(b: _Builder, m: Machine, fn: Function) -> None:
+    md, base = fn.model, fn.devpath
+    b.file(f"{base}/vendor", f"{md.vendor}\n")
+    b.file(f"{base}/device", f"{md.device}\n")
+    if md.subsystem_vendor:
+        b.file(f"{base}/subsystem_vendor", f"{md.subsystem_vendor}\n")
+    if md.subsystem_device:
+        b.file(f"{base}/subsystem_device", f"{md.subsystem_device}\n")
+    b.file(f"{base}/class", f"{md.pci_class}\n")
+    b.file(f"{base}/numa_node", f"{fn.numa_node if fn.numa_node is not None else -1}\n", RW)
+    pci_id = f"{(md.vendor or '')[2:].upper()}:{(md.device or '')[2:].upper()}"
+    uevent = f"DRIVER={md.driver}\n" if md.driver else ""
+    uevent += f"PCI_CLASS={(md.pci_class or '0x0')[2:].upper().lstrip('0')}\nPCI_ID={pci_id}\n"
+    uevent += f"PCI_SLOT_NAME={fn.name}\n"
+    b.file(f"{base}/uevent", uevent, RW)
+    b.link(f"{base}/subsystem", "/bus/pci")
+    b.link(f"/bus/pci/devices/{fn.name}", base)
+    if md.driver:
+        b.link(f"{base}/driver", f"/bus/pci/drivers/{md.driver}")
+        b.link(f"/bus/pci/drivers/{md.driver}/{fn.name}", base)
+    if fn.group is not None:
+        b.link(f"{base}/iommu_group", f"/kernel/iommu_groups/{fn.group}")
+        b.link(f"/kernel/iommu_groups/{fn.group}/devices/{fn.name}", base)
+        b.file(f"/kernel/iommu_groups/{fn.group}/type", "DMA\n")
+    if md.sriov and fn.physfn is None:
+        b.file(f"{base}/sriov_totalvfs", f"{md.sriov.totalvfs}\n")
+        b.file(f"{base}/sriov_numvfs", f"{len(fn.vfs)}\n", RW, ("numvfs", fn.name))
+        b.file(f"{base}/sriov_offset", f"{md.sriov.offset}\n")
+        b.file(f"{base}/sriov_stride", f"{md.sriov.stride}\n")
+        b.file(f"{base}/sriov_vf_device", f"{(md.device or '0x')[2:]}\n")
+        for k, vf in enumerate(fn.vfs):
+            b.link(f"{base}/virtfn{k}", m.functions[vf].devpath)
+    if fn.physfn is not None:
+        b.link(f"{base}/physfn", m.functions[fn.physfn].devpath)
+
+
+def _render_control(b: _Builder, m: Machine) -> None:
+    c = f"/{CONTROL_DIR}"
+    b.file(f"{c}/README", CONTROL_README)
+    b.file(f"{c}/fail_next", "".join(f"{s} {errno.errorcode.get(e, e)}\n" for s, e in m.fail_rules), RW,
+           ("ctl", "fail_next"))
+    b.file(f"{c}/unregister", "", WO, ("ctl", "unregister"))
+    b.file(f"{c}/register", "", WO, ("ctl", "register"))
+    b.file(f"{c}/reboot", "", WO, ("ctl", "reboot"))
+    b.file(f"{c}/remove_block_seconds", f"{m.remove_block_seconds:g}\n", RW, ("ctl", "remove_block_seconds"))
+    b.file(f"{c}/events", "".join(e + "\n" for e in m.events))
+    b.file(f"{c}/profile", f"{m.profile.name}\n")
+    b.file(f"{c}/pid", f"{m.pid if m.pid is not None else ''}\n")

@@ -1,0 +1,348 @@
+"""Simulated-host profiles: YAML data files that describe the hardware of one host.
+
+A profile names device *models* (a GPU board, a sample driver) and the *devices* of the host built from them.  The
+schema (version 1) rejects unknown keys.  Shipped profiles live in ``vgpuctl/sim/profiles/<name>.yaml``; the header
+comment of each says where its tables come from.
+
+Schema, version 1 (every key below; anything else is an error)::
+
+    version: 1
+    summary: one line
+    include: [other-profile, ...]     # take `models` from these profiles (devices are not included)
+    first_iommu_group: 10             # auto-numbered IOMMU groups of PCI functions start here
+    models:
+      <key>:                          # a model included from elsewhere may be overridden key by key
+        kind: pci | virtual
+        # pci only:
+        vendor: "0x10de"
+        device: "0x1eb8"
+        subsystem_vendor: "0x10de"
+        subsystem_device: "0x12a2"
+        class: "0x030200"
+        driver: nvidia                # the PCI driver bound to the function(s)
+        sriov: {totalvfs: 16, numvfs: 16, offset: 4, stride: 1}   # VFs appear as PCI functions
+        mdev_on: pf | vf              # where mdev_supported_types live (vf: on every VF, one vGPU per VF)
+        # virtual only: the device is /sys/devices/virtual/<class_name>/<device name>
+        class_name: mtty
+        # both:
+        mdev_driver: mtty             # the driver mdevs bind to: /sys/bus/mdev/drivers/<mdev_driver>
+        capacity: nvidia | pool
+        #   nvidia: each type has max_instance; once a type has an instance on a physical GPU every other type on
+        #           that GPU shows 0 available (homogeneous, time-sliced vGPU).  With mdev_on: vf a VF holds at
+        #           most one vGPU and shows 1 or 0.  A create that finds 0 available fails with full_errno.
+        #   pool:   the parent has the resources in `pool`; a type costs `cost` of them (a cost for a resource
+        #           defaults to the type's field of the same name); available = min(free // cost).
+        pool: {ports: 24}
+        full_errno: ENOSPC            # errno of a create that finds no capacity (the mdev core's EUSERS for
+                                      # drivers that use its counter, such as mdpy; ENOSPC for the rest,
+                                      # NVIDIA included: its driver refuses because available_instances is 0)
+        description: nvidia | gvt | text | none   # how a type's description file is written (none: no file)
+        name_prefix: "GRID "          # prepended to each type's name
+        types:
+          - {id: nvidia-222, name: T4-1B, ...fields...}
+
+    devices:
+      - {pci: "0000:3b:00.0", model: t4, numa_node: 0, iommu_group: 40}   # iommu_group optional
+      - {virtual: mtty, model: mtty}
+
+Type fields: ``id`` (the type-id directory name), ``name``, ``device_api`` (default ``vfio-pci``), ``cost``
+(mapping, pool capacity), ``max_instance`` (nvidia capacity), ``text`` (description: text), and the description
+fields: nvidia ``num_heads, frl_config, framebuffer`` (MiB) ``, max_resolution, max_instance``; gvt
+``low_gm_size, high_gm_size`` (MB) ``, fence, resolution, weight``.
+"""
+from __future__ import annotations
+
+import errno as _errno
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+from vgpuctl.errors import ConfigError
+
+PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
+
+_TOP_KEYS = {"version", "summary", "include", "first_iommu_group", "models", "devices"}
+_MODEL_KEYS = {
+    "kind", "vendor", "device", "subsystem_vendor", "subsystem_device", "class", "driver", "sriov", "mdev_on",
+    "class_name", "mdev_driver", "capacity", "pool", "full_errno", "description", "name_prefix", "types",
+}
+_SRIOV_KEYS = {"totalvfs", "numvfs", "offset", "stride"}
+_TYPE_KEYS = {
+    "id", "name", "device_api", "cost", "max_instance", "text",
+    "num_heads", "frl_config", "framebuffer", "max_resolution",
+    "low_gm_size", "high_gm_size", "fence", "resolution", "weight",
+}
+_DEVICE_KEYS = {"pci", "virtual", "model", "numa_node", "iommu_group"}
+
+
+@dataclass(frozen=True)
+class TypeSpec:
+    id: str
+    name: Optional[str]
+    device_api: str
+    description: Optional[str]  #: the description file's text, None where the file is absent
+    max_instance: Optional[int]
+    cost: Tuple[Tuple[str, int], ...]
+
+
+@dataclass(frozen=True)
+class SriovSpec:
+    totalvfs: int
+    numvfs: int
+    offset: int
+    stride: int
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    key: str
+    kind: str
+    mdev_driver: str
+    capacity: str
+    full_errno: int
+    types: Tuple[TypeSpec, ...]
+    vendor: Optional[str] = None
+    device: Optional[str] = None
+    subsystem_vendor: Optional[str] = None
+    subsystem_device: Optional[str] = None
+    pci_class: Optional[str] = None
+    driver: Optional[str] = None
+    sriov: Optional[SriovSpec] = None
+    mdev_on: str = "pf"
+    class_name: Optional[str] = None
+    pool: Tuple[Tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    name: str  #: PCI address or virtual device name
+    model: ModelSpec
+    numa_node: Optional[int] = None
+    iommu_group: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    path: str
+    summary: str
+    first_iommu_group: int
+    devices: Tuple[DeviceSpec, ...] = field(default=())
+
+
+def list_profiles() -> List[str]:
+    """Names of the shipped profiles, sorted."""
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+
+
+def profile_path(name_or_path: "str | os.PathLike[str]") -> Path:
+    """The YAML file for a shipped profile name or a path; ConfigError if there is none."""
+    text = os.fspath(name_or_path)
+    if os.sep in text or text.endswith((".yaml", ".yml")):
+        path = Path(text)
+    else:
+        path = PROFILE_DIR / f"{text}.yaml"
+    if not path.is_file():
+        known = ", ".join(list_profiles())
+        raise ConfigError(text, f"no such profile (shipped profiles: {known}; or give a path to a YAML file)")
+    return path.resolve()
+
+
+def load_profile(name_or_path: "str | os.PathLike[str]") -> Profile:
+    path = profile_path(name_or_path)
+    raw = _read_yaml(path)
+    models = _models_of(path, raw, seen=(str(path),))
+    devices = raw.get("devices")
+    if not isinstance(devices, list) or not devices:
+        raise ConfigError(str(path), "needs a non-empty list", key="devices")
+    specs = []
+    names = set()
+    for i, dev in enumerate(devices):
+        where = f"devices[{i}]"
+        _mapping(path, dev, where, _DEVICE_KEYS)
+        if ("pci" in dev) == ("virtual" in dev):
+            raise ConfigError(str(path), "give exactly one of pci: or virtual:", key=where)
+        name = str(dev.get("pci") or dev.get("virtual"))
+        model = models.get(dev.get("model"))
+        if model is None:
+            raise ConfigError(str(path), f"unknown model {dev.get('model')!r}; known: {', '.join(sorted(models))}",
+                              key=where)
+        if ("pci" in dev) != (model.kind == "pci"):
+            raise ConfigError(str(path), f"model {model.key} is of kind {model.kind}", key=where)
+        if "pci" in dev:
+            from vgpuctl.model import canonical_parent_name, PCI_ADDR_RE
+
+            if not PCI_ADDR_RE.match(name):
+                raise ConfigError(str(path), f"{name!r} is not a PCI address", key=where)
+            name = canonical_parent_name(name) or name
+        if name in names:
+            raise ConfigError(str(path), f"device {name} appears twice", key=where)
+        names.add(name)
+        specs.append(DeviceSpec(name=name, model=model, numa_node=_opt_int(path, dev, "numa_node", where),
+                                iommu_group=_opt_int(path, dev, "iommu_group", where)))
+    return Profile(
+        name=path.stem, path=str(path), summary=str(raw.get("summary", "")),
+        first_iommu_group=int(raw.get("first_iommu_group", 10)), devices=tuple(specs),
+    )
+
+
+# --- helpers -------------------------------------------------------------------------------------------------------
+def _read_yaml(path: Path) -> Dict[str, Any]:
+    import yaml
+
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise ConfigError(str(path), f"not valid YAML: {getattr(e, 'problem', e)}",
+                          line=mark.line + 1 if mark else None) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(str(path), "a profile is a YAML mapping")
+    _mapping(path, raw, None, _TOP_KEYS)
+    if raw.get("version") != 1:
+        raise ConfigError(str(path), f"unsupported version {raw.get('version')!r} (this simulator reads 1)",
+                          key="version")
+    return raw
+
+
+def _mapping(path: Path, value: Any, where: Optional[str], allowed: set) -> None:
+    if not isinstance(value, dict):
+        raise ConfigError(str(path), "expected a mapping", key=where)
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        raise ConfigError(str(path), f"unexpected field {unknown[0]!r}", key=where)
+
+
+def _opt_int(path: Path, d: Mapping[str, Any], key: str, where: str) -> Optional[int]:
+    v = d.get(key)
+    if v is None:
+        return None
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise ConfigError(str(path), f"{key} must be an integer", key=where)
+    return v
+
+
+def _models_of(path: Path, raw: Mapping[str, Any], seen: Tuple[str, ...]) -> Dict[str, ModelSpec]:
+    return {key: _model(path, key, m) for key, m in _raw_models(path, raw, seen).items()}
+
+
+def _raw_models(path: Path, raw: Mapping[str, Any], seen: Tuple[str, ...]) -> Dict[str, Dict[str, Any]]:
+    out: Dict[str, Dict[str, Any]] = {}
+    for inc in raw.get("include") or []:
+        inc_path = profile_path(inc)
+        if str(inc_path) in seen:
+            raise ConfigError(str(path), f"include loop through {inc}", key="include")
+        out.update({k: dict(v) for k, v in _raw_models(inc_path, _read_yaml(inc_path), seen + (str(inc_path),)).items()})
+    for key, model in (raw.get("models") or {}).items():
+        _mapping(path, model, f"models.{key}", _MODEL_KEYS)
+        out.setdefault(key, {}).update(model)
+    return out
+
+
+def _errno_value(path: Path, value: Any, where: str) -> int:
+    if isinstance(value, int):
+        return value
+    code = getattr(_errno, str(value), None)
+    if not isinstance(code, int):
+        raise ConfigError(str(path), f"{value!r} is not an errno name", key=where)
+    return code
+
+
+def _model(path: Path, key: str, m: Mapping[str, Any]) -> ModelSpec:
+    where = f"models.{key}"
+    kind = m.get("kind")
+    if kind not in ("pci", "virtual"):
+        raise ConfigError(str(path), "kind must be pci or virtual", key=where)
+    capacity = m.get("capacity", "pool")
+    if capacity not in ("nvidia", "pool"):
+        raise ConfigError(str(path), "capacity must be nvidia or pool", key=where)
+    desc_format = m.get("description", "none")
+    if desc_format not in ("nvidia", "gvt", "text", "none"):
+        raise ConfigError(str(path), "description must be nvidia, gvt, text or none", key=where)
+    mdev_on = m.get("mdev_on", "pf")
+    if mdev_on not in ("pf", "vf"):
+        raise ConfigError(str(path), "mdev_on must be pf or vf", key=where)
+    sriov = None
+    if m.get("sriov") is not None:
+        _mapping(path, m["sriov"], f"{where}.sriov", _SRIOV_KEYS)
+        s = m["sriov"]
+        sriov = SriovSpec(totalvfs=int(s["totalvfs"]), numvfs=int(s.get("numvfs", s["totalvfs"])),
+                          offset=int(s.get("offset", 1)), stride=int(s.get("stride", 1)))
+    if mdev_on == "vf" and (sriov is None or sriov.numvfs < 1):
+        raise ConfigError(str(path), "mdev_on: vf needs sriov with numvfs >= 1", key=where)
+    if kind == "virtual" and not m.get("class_name"):
+        raise ConfigError(str(path), "a virtual model needs class_name", key=where)
+    if not m.get("mdev_driver"):
+        raise ConfigError(str(path), "needs mdev_driver", key=where)
+    pool = tuple((str(k), int(v)) for k, v in (m.get("pool") or {}).items())
+    if capacity == "pool" and not pool:
+        raise ConfigError(str(path), "capacity: pool needs pool resources", key=where)
+    prefix = str(m.get("name_prefix", ""))
+    types = []
+    ids = set()
+    for i, t in enumerate(m.get("types") or []):
+        twhere = f"{where}.types[{i}]"
+        _mapping(path, t, twhere, _TYPE_KEYS)
+        if not t.get("id"):
+            raise ConfigError(str(path), "a type needs id", key=twhere)
+        if t["id"] in ids:
+            raise ConfigError(str(path), f"type {t['id']} appears twice", key=twhere)
+        ids.add(t["id"])
+        if capacity == "nvidia" and not isinstance(t.get("max_instance"), int):
+            raise ConfigError(str(path), "capacity: nvidia needs max_instance on every type", key=twhere)
+        cost: List[Tuple[str, int]] = []
+        if capacity == "pool":
+            given = t.get("cost") or {}
+            for res, _total in pool:
+                c = given.get(res, t.get(res, 0))
+                if not isinstance(c, int) or c < 0:
+                    raise ConfigError(str(path), f"cost of {res} must be a non-negative integer", key=twhere)
+                if c:
+                    cost.append((res, c))
+            if not cost:
+                raise ConfigError(str(path), "type costs nothing from the pool", key=twhere)
+        types.append(TypeSpec(
+            id=str(t["id"]),
+            name=(prefix + str(t["name"])) if t.get("name") is not None else None,
+            device_api=str(t.get("device_api", "vfio-pci")),
+            description=_description(path, desc_format, t, twhere),
+            max_instance=t.get("max_instance"),
+            cost=tuple(cost),
+        ))
+    if not types:
+        raise ConfigError(str(path), "a model needs at least one type", key=where)
+    return ModelSpec(
+        key=key, kind=kind, mdev_driver=str(m["mdev_driver"]), capacity=capacity,
+        full_errno=_errno_value(path, m.get("full_errno", "ENOSPC"), where), types=tuple(types),
+        vendor=_hex(m.get("vendor")), device=_hex(m.get("device")),
+        subsystem_vendor=_hex(m.get("subsystem_vendor")), subsystem_device=_hex(m.get("subsystem_device")),
+        pci_class=_hex(m.get("class")), driver=m.get("driver"), sriov=sriov, mdev_on=mdev_on,
+        class_name=m.get("class_name"), pool=pool,
+    )
+
+
+def _hex(v: Any) -> Optional[str]:
+    if v is None:
+        return None
+    return str(v).lower()
+
+
+def _description(path: Path, fmt: str, t: Mapping[str, Any], where: str) -> Optional[str]:
+    def need(*keys: str) -> None:
+        missing = [k for k in keys if t.get(k) is None]
+        if missing:
+            raise ConfigError(str(path), f"description: {fmt} needs {', '.join(missing)}", key=where)
+
+    if fmt == "none":
+        return None
+    if fmt == "text":
+        need("text")
+        return str(t["text"])
+    if fmt == "nvidia":
+        need("num_heads", "frl_config", "framebuffer", "max_resolution", "max_instance")
+        return (f"num_heads={t['num_heads']}, frl_config={t['frl_config']}, framebuffer={t['framebuffer']}M, "
+                f"max_resolution={t['max_resolution']}, max_instance={t['max_instance']}")
+    need("low_gm_size", "high_gm_size", "fence", "resolution", "weight")
+    return (f"low_gm_size: {t['low_gm_size']}MB\nhigh_gm_size: {t['high_gm_size']}MB\nfence: {t['fence']}\n"
+            f"resolution: {t['resolution']}\nweight: {t['weight']}")
