@@ -226,6 +226,23 @@ class LibvirtError(VgpuctlError):
     kind = "libvirt"
 
 
+# --- the host does not match the desired state (13) ----------------------------------------------------------------
+class NotConverged(VgpuctlError):
+    """``check`` found differences, or ``apply`` could not carry out every action (blocked or failed, listed)."""
+
+    exit_code = 13
+    kind = "not-converged"
+
+    def __init__(self, remaining: int, blocked: int = 0, failed: int = 0) -> None:
+        super().__init__(
+            f"the host does not match the desired state: {remaining} action(s) left"
+            f" ({blocked} blocked, {failed} failed); see the list above"
+        )
+        self.remaining = remaining
+        self.blocked = blocked
+        self.failed = failed
+
+
 #: Every exit code, for the docs and the tests that keep docs and code in step.
 EXIT_CODES = {
     0: "success",
@@ -241,4 +258,5 @@ EXIT_CODES = {
     10: "parent went away during the operation (driver unloading)",
     11: "timed out waiting for the vgpuctl lock held by another process",
     12: "libvirt error: daemon unreachable, domain unknown, or it refused the change",
+    13: "not converged: the host differs from the desired state (check), or apply left blocked or failed actions",
 }
