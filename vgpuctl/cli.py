@@ -22,6 +22,11 @@ COMMANDS = {
     "list": "vgpuctl.commands.inventory:list_instances",
     "create": "vgpuctl.commands.lifecycle:create",
     "destroy": "vgpuctl.commands.lifecycle:destroy",
+    "plan": "vgpuctl.commands.reconcile:plan_cmd",
+    "apply": "vgpuctl.commands.reconcile:apply",
+    "check": "vgpuctl.commands.reconcile:check",
+    "export": "vgpuctl.commands.reconcile:export",
+    "service": "vgpuctl.commands.reconcile:service",
 }
 
 
