@@ -1,0 +1,729 @@
+"""Placement: which parent gets the next vGPU, and why every other GPU did not.
+
+Everything here is a pure function of an ``Inventory`` (what the host reports), a ``Policy`` (what the operator
+allows), a ``Request`` and a ``Usage`` (who uses which instance, from libvirt).  Equal inputs give equal decisions.
+
+Rules the engine always honours, per physical GPU (``Parent.gpu``):
+
+* **NVIDIA, time-sliced on the physical function** (mdev parents that are not VFs): one type per GPU, and at most the
+  type's ``max_instance`` instances.  With heterogeneous mode reported for the GPU (``Usage.modes``), equal-size mode
+  allows several types of one framebuffer size, mixed-size mode any types that fit the GPU's framebuffer.
+* **NVIDIA, SR-IOV** (types on VFs, A16/A100/Ada class, and NVIDIA's vendor VFIO): one vGPU per VF; the count of a
+  type and the type-mixing rule are per physical GPU, over all its VFs.
+* **Other vendors** (GVT-g, samples): the host's ``available_instances``, trusted as is.
+
+The host's ``available_instances`` is always an upper bound too: a GPU the host calls full is full.
+
+``apply``/``release`` update an inventory as the host would after a create or remove, so that sequences of decisions
+can be simulated (property tests, the churn benchmark, ``defrag --plan``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
+
+from .errors import AmbiguousType, UnknownType
+from .model import BackendKind, Instance, Inventory, Parent, Vendor, VgpuType
+from .policy import GpuRule, NumaMode, Policy, Strategy
+
+_UNBOUNDED = 1 << 30
+
+
+class Refusal(str, Enum):
+    """Why a GPU cannot take a request, in the order the engine checks."""
+
+    NOT_OFFERED = "not-offered"  #: the GPU has no such type (another model)
+    RESERVED = "reserved"  #: the policy reserves the GPU (for other tenants)
+    NOT_ALLOWED = "not-allowed"  #: the policy does not allow this type or series here
+    QUOTA = "quota"  #: the tenant's instance or framebuffer quota would be exceeded
+    NUMA = "numa"  #: NUMA affinity required, and the GPU is on another node
+    ANTI_AFFINITY = "anti-affinity"  #: a member of the domain's anti-affinity group is on this GPU
+    TYPE_MIX = "type-mix"  #: the GPU holds another type, which its mixing rule forbids next to this one
+    FULL = "full"  #: no room left for this type
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class GpuKind(str, Enum):
+    TIME_SLICED = "time-sliced"  #: NVIDIA vGPUs on the physical function
+    SRIOV = "sriov"  #: NVIDIA vGPUs on SR-IOV VFs, one per VF
+    OTHER = "other"  #: any other vendor: the host's available_instances decide
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class MixMode(str, Enum):
+    """How types may share one physical GPU (NVIDIA)."""
+
+    HOMOGENEOUS = "homogeneous"  #: one type per GPU (before vGPU 17, and the default)
+    EQUAL_SIZE = "equal-size"  #: heterogeneous: several types of one framebuffer size
+    MIXED_SIZE = "mixed-size"  #: heterogeneous: any types that fit the framebuffer
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# --- inputs --------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Consumer:
+    """Who uses one instance: the domain, its tenant label and its anti-affinity labels (from its metadata)."""
+
+    domain: Optional[str] = None
+    tenant: Optional[str] = None
+    groups: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What the host's sysfs does not say: who uses each instance, and GPUs with heterogeneous mode enabled."""
+
+    consumers: Tuple[Tuple[str, Consumer], ...] = ()  #: (instance uuid, consumer), sorted by uuid
+    modes: Tuple[Tuple[str, MixMode], ...] = ()  #: (physical GPU, mode) where it is not homogeneous
+    _consumers: Dict[str, Consumer] = field(default_factory=dict, compare=False, repr=False)
+    _modes: Dict[str, MixMode] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "consumers", tuple(sorted(self.consumers, key=lambda kv: kv[0])))
+        object.__setattr__(self, "modes", tuple(sorted(self.modes, key=lambda kv: kv[0])))
+        object.__setattr__(self, "_consumers", dict(self.consumers))
+        object.__setattr__(self, "_modes", dict(self.modes))
+
+    @classmethod
+    def of(
+        cls, consumers: Optional[Mapping[str, Consumer]] = None, *, modes: Optional[Mapping[str, MixMode]] = None
+    ) -> "Usage":
+        return cls(consumers=tuple((consumers or {}).items()), modes=tuple((modes or {}).items()))
+
+    def consumer(self, uuid: str) -> Optional[Consumer]:
+        return self._consumers.get(uuid)
+
+    def mode(self, gpu: str) -> MixMode:
+        return self._modes.get(gpu, MixMode.HOMOGENEOUS)
+
+    def with_consumer(self, uuid: str, consumer: Consumer) -> "Usage":
+        d = dict(self._consumers)
+        d[uuid] = consumer
+        return Usage(consumers=tuple(d.items()), modes=self.modes)
+
+    def without(self, uuid: str) -> "Usage":
+        return Usage(consumers=tuple((u, c) for u, c in self.consumers if u != uuid), modes=self.modes)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One vGPU to place.  ``numa_nodes``, ``tenant`` and ``groups`` come from the domain (numatune, metadata)."""
+
+    type: str  #: type id (nvidia-222) or profile name (T4-2Q, GRID T4-2Q), case-insensitive
+    domain: Optional[str] = None
+    tenant: Optional[str] = None
+    numa_nodes: Tuple[int, ...] = ()
+    numa: Optional[NumaMode] = None  #: overrides the policy's NUMA mode
+    groups: Tuple[str, ...] = ()  #: anti-affinity group labels besides the policy's domain globs
+
+
+# --- outputs -------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Verdict:
+    """One physical GPU's answer to a request: feasible (with its rank) or refused (with the reason)."""
+
+    gpu: str
+    rule: str  #: the policy rule that covers the GPU
+    reason: Optional[Refusal]  #: None: the GPU can take it
+    detail: str = ""
+    parent: Optional[str] = None  #: where the instance would go on this GPU
+    type_id: Optional[str] = None  #: the matching type on this GPU
+    rank: Optional[int] = None  #: 1 is the choice; None for refused GPUs
+    numa_node: Optional[int] = None
+    fullness: float = 0.0  #: share of the GPU in use before the placement, 0..1
+    loss: float = 0.0  #: capacity the placement takes from the allowed profiles, in whole GPUs' worth
+
+    @property
+    def feasible(self) -> bool:
+        return self.reason is None
+
+
+@dataclass(frozen=True)
+class Decision:
+    request: Request
+    verdicts: Tuple[Verdict, ...]  #: feasible GPUs by rank, then refused GPUs by name
+    strategy: Optional[Strategy] = None  #: the chosen GPU's strategy
+
+    @property
+    def chosen(self) -> Optional[Verdict]:
+        first = self.verdicts[0] if self.verdicts else None
+        return first if first is not None and first.feasible else None
+
+    @property
+    def placed(self) -> bool:
+        return self.chosen is not None
+
+    @property
+    def parent(self) -> Optional[str]:
+        return self.chosen.parent if self.chosen else None
+
+    @property
+    def gpu(self) -> Optional[str]:
+        return self.chosen.gpu if self.chosen else None
+
+    @property
+    def type_id(self) -> Optional[str]:
+        return self.chosen.type_id if self.chosen else None
+
+    def refusals(self) -> Tuple[Tuple[str, str, str], ...]:
+        """(gpu, reason, detail) for every refused GPU, by GPU name."""
+        return tuple((v.gpu, str(v.reason), v.detail) for v in self.verdicts if v.reason is not None)
+
+
+# --- type names ----------------------------------------------------------------------------------------------------
+def _identity(t: VgpuType) -> str:
+    return (t.profile or t.type_id).lower()
+
+
+def _label(t: VgpuType) -> str:
+    return f"{t.type_id} ({t.name})" if t.name else t.type_id
+
+
+def resolve_type(inventory: Inventory, name: str) -> Tuple[VgpuType, ...]:
+    """Every offer on the host of the type ``name`` names: by id first, else by full or profile name.
+
+    Case-insensitive.  One name may be offered by many parents (every T4 offers T4-2Q); it is ambiguous when it names
+    different profiles, or two types on one parent.  Raises ``UnknownType`` or ``AmbiguousType``.
+    """
+    key = name.strip().lower()
+    by_id = [t for t in inventory.types if t.type_id.lower() == key]
+    matches = by_id or [
+        t for t in inventory.types if key in ((t.name or "").strip().lower(), (t.profile or "").lower())
+    ]
+    if not matches:
+        known = sorted({t.profile or t.type_id for t in inventory.types})
+        raise UnknownType(name, None, known)
+    identities = {_identity(t) for t in matches}
+    per_parent: Dict[str, set] = {}
+    for t in matches:
+        per_parent.setdefault(t.parent, set()).add(t.type_id)
+    if len(identities) > 1 or any(len(ids) > 1 for ids in per_parent.values()):
+        raise AmbiguousType(name, sorted({_label(t) for t in matches}))
+    return tuple(matches)
+
+
+# --- per-GPU state -------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Offer:
+    """One type on one physical GPU, over all its parents."""
+
+    vtype: VgpuType  #: the type as the first parent offering it reports it
+    free_parents: Tuple[str, ...]  #: parents that can take one now (host says available; a VF must be unused)
+    host_available: int  #: what the host says can still be created on this GPU
+
+    @property
+    def type_id(self) -> str:
+        return self.vtype.type_id
+
+
+@dataclass(frozen=True)
+class GpuState:
+    gpu: str
+    kind: GpuKind
+    mode: MixMode
+    parents: Tuple[Parent, ...]
+    offers: Tuple[Offer, ...]
+    counts: Tuple[Tuple[str, int], ...]  #: instances per type id on this GPU
+    used_fb: int  #: MiB held by its instances (where the types say)
+    total_fb: Optional[int]  #: MiB, the largest framebuffer x max_instance among its types
+    fb_of: Tuple[Tuple[str, Optional[int]], ...]  #: framebuffer per type id seen on the GPU
+    occupied: FrozenSet[str]  #: parents that hold an instance
+
+    @property
+    def numa_node(self) -> Optional[int]:
+        return next((p.numa_node for p in self.parents if p.numa_node is not None), None)
+
+    @property
+    def vendor_id(self) -> Optional[str]:
+        return self.parents[0].vendor_id if self.parents else None
+
+    @property
+    def device_id(self) -> Optional[str]:
+        return self.parents[0].device_id if self.parents else None
+
+    @property
+    def model(self) -> Optional[str]:
+        """``T4`` from ``GRID T4-2Q``: what a policy's ``model`` glob matches."""
+        for o in self.offers:
+            if o.vtype.profile and "-" in o.vtype.profile:
+                return o.vtype.profile.split("-")[0]
+        return None
+
+    @property
+    def instances(self) -> int:
+        return sum(c for _, c in self.counts)
+
+    def offer(self, type_id: str) -> Optional[Offer]:
+        for o in self.offers:
+            if o.type_id == type_id:
+                return o
+        return None
+
+    def fullness(self) -> float:
+        n = self.instances
+        if n == 0:
+            return 0.0
+        fb = dict(self.fb_of)
+        if self.kind is not GpuKind.OTHER and self.total_fb and all(fb.get(t) for t, _ in self.counts):
+            return min(1.0, self.used_fb / self.total_fb)
+        if self.kind is GpuKind.SRIOV:
+            return len(self.occupied) / len(self.parents)
+        room = max((o.host_available for o in self.offers), default=0)
+        return n / (n + room)
+
+
+def gpu_kind(parents: Sequence[Parent]) -> GpuKind:
+    if not parents or parents[0].vendor is not Vendor.NVIDIA:
+        return GpuKind.OTHER
+    if any(p.is_vf or p.backend is BackendKind.NVIDIA_VF for p in parents):
+        return GpuKind.SRIOV
+    return GpuKind.TIME_SLICED
+
+
+def gpu_states(inventory: Inventory, usage: Optional[Usage] = None) -> Tuple[GpuState, ...]:
+    """One state per physical GPU, sorted by GPU name."""
+    usage = usage or Usage()
+    by_gpu: Dict[str, List[Parent]] = {}
+    for p in inventory.parents:
+        by_gpu.setdefault(p.gpu, []).append(p)
+    types_by_parent: Dict[str, List[VgpuType]] = {}
+    for t in inventory.types:
+        types_by_parent.setdefault(t.parent, []).append(t)
+    inst_by_parent: Dict[str, List[Instance]] = {}
+    for i in inventory.instances:
+        inst_by_parent.setdefault(i.parent, []).append(i)
+    return tuple(
+        _gpu_state(gpu, tuple(by_gpu[gpu]), types_by_parent, inst_by_parent, usage.mode(gpu)) for gpu in sorted(by_gpu)
+    )
+
+
+def _gpu_state(
+    gpu: str,
+    parents: Tuple[Parent, ...],
+    types_by_parent: Mapping[str, List[VgpuType]],
+    inst_by_parent: Mapping[str, List[Instance]],
+    mode: MixMode,
+) -> GpuState:
+    kind = gpu_kind(parents)
+    occupied = frozenset(p.name for p in parents if inst_by_parent.get(p.name))
+    offers: Dict[str, Tuple[VgpuType, List[str], int]] = {}
+    fb_of: Dict[str, Optional[int]] = {}
+    total_fb: Optional[int] = None
+    for p in parents:
+        for t in types_by_parent.get(p.name, ()):
+            fb_of.setdefault(t.type_id, t.framebuffer_mib)
+            if t.framebuffer_mib and t.max_instance:
+                total_fb = max(total_fb or 0, t.framebuffer_mib * t.max_instance)
+            first, free, avail = offers.get(t.type_id, (t, [], 0))
+            usable = t.available > 0 and not (kind is GpuKind.SRIOV and p.name in occupied)
+            if usable:
+                free.append(p.name)
+                avail += t.available if kind is not GpuKind.SRIOV else 1
+            offers[t.type_id] = (first, free, avail)
+    counts: Dict[str, int] = {}
+    for p in parents:
+        for i in inst_by_parent.get(p.name, ()):
+            counts[i.type_id] = counts.get(i.type_id, 0) + 1
+    used_fb = sum((fb_of.get(tid) or 0) * n for tid, n in counts.items())
+    return GpuState(
+        gpu=gpu,
+        kind=kind,
+        mode=mode if kind is not GpuKind.OTHER else MixMode.HOMOGENEOUS,
+        parents=parents,
+        offers=tuple(Offer(vtype=v, free_parents=tuple(f), host_available=a) for _, (v, f, a) in sorted(offers.items())),
+        counts=tuple(sorted(counts.items())),
+        used_fb=used_fb,
+        total_fb=total_fb,
+        fb_of=tuple(sorted(fb_of.items())),
+        occupied=occupied,
+    )
+
+
+def _mix_conflict(g: GpuState, type_id: str, counts: Mapping[str, int]) -> Optional[str]:
+    """The other type on ``g`` whose presence forbids ``type_id`` there, or None."""
+    if g.kind is GpuKind.OTHER or g.mode is MixMode.MIXED_SIZE:
+        return None
+    fb = dict(g.fb_of)
+    for other, n in sorted(counts.items()):
+        if n <= 0 or other == type_id:
+            continue
+        if g.mode is MixMode.HOMOGENEOUS or fb.get(other) != fb.get(type_id):
+            return other
+    return None
+
+
+def _rule_room(g: GpuState, vtype: VgpuType, counts: Mapping[str, int], used_fb: int, free_vfs: int) -> int:
+    """How many more of ``vtype`` the vendor's rules allow on ``g`` (ignoring what the host reports)."""
+    if g.kind is GpuKind.OTHER:
+        return _UNBOUNDED
+    if _mix_conflict(g, vtype.type_id, counts) is not None:
+        return 0
+    room = _UNBOUNDED
+    if vtype.max_instance is not None:
+        room = vtype.max_instance - counts.get(vtype.type_id, 0)
+    if g.mode is not MixMode.HOMOGENEOUS and g.total_fb and vtype.framebuffer_mib:
+        room = min(room, (g.total_fb - used_fb) // vtype.framebuffer_mib)
+    if g.kind is GpuKind.SRIOV:
+        room = min(room, free_vfs)
+    return max(room, 0)
+
+
+def headroom(g: GpuState, type_id: str, *, added: Optional[str] = None) -> int:
+    """How many more of ``type_id`` fit on ``g`` now, or after one more ``added`` (a type id) were placed there."""
+    o = g.offer(type_id)
+    if o is None:
+        return 0
+    counts = dict(g.counts)
+    used = g.used_fb
+    host = o.host_available
+    free_vfs = len(g.parents) - len(g.occupied)
+    if added is not None:
+        counts[added] = counts.get(added, 0) + 1
+        used += dict(g.fb_of).get(added) or 0
+        if g.kind is GpuKind.SRIOV:
+            host -= 1  # one VF taken
+            free_vfs -= 1
+        elif added == type_id:
+            host -= 1
+    host = max(host, 0)
+    if g.kind is GpuKind.OTHER:
+        return host
+    return min(host, _rule_room(g, o.vtype, counts, used, free_vfs))
+
+
+# --- the decision --------------------------------------------------------------------------------------------------
+def rule_for(policy: Policy, g: GpuState) -> Tuple[int, GpuRule]:
+    """(tier, rule): the first rule of the policy that matches ``g``, else the default after all of them."""
+    addresses = [g.gpu] + [p.name for p in g.parents]
+    for i, r in enumerate(policy.rules):
+        if r.match.matches(
+            addresses=addresses, vendor_id=g.vendor_id, device_id=g.device_id, numa_node=g.numa_node, model=g.model
+        ):
+            return i, r
+    return len(policy.rules), policy.default
+
+
+def place(inventory: Inventory, policy: Policy, request: Request, *, usage: Optional[Usage] = None) -> Decision:
+    """Choose the parent for ``request``: a ``Decision`` with one verdict per physical GPU.
+
+    Raises ``UnknownType``/``AmbiguousType`` for a type name that names nothing or more than one profile; a request
+    no GPU can take is a ``Decision`` that is not ``placed`` (its ``refusals`` say why, per GPU).
+    """
+    return _decide(inventory, policy, request, usage or Usage(), only=None)
+
+
+def _decide(
+    inventory: Inventory,
+    policy: Policy,
+    request: Request,
+    usage: Usage,
+    *,
+    only: Optional[FrozenSet[str]],
+    gpus: Optional[Tuple[GpuState, ...]] = None,
+) -> Decision:
+    wanted = resolve_type(inventory, request.type)
+    wanted_ids = {t.type_id for t in wanted}
+    states = gpus if gpus is not None else gpu_states(inventory, usage)
+    numa_mode = request.numa or policy.numa
+    tenant_count, tenant_fb = _tenant_usage(inventory, usage, request.tenant)
+    quota = policy.quota(request.tenant)
+    blockers = _anti_affinity_blockers(inventory, policy, request, usage)
+
+    feasible: List[Tuple[tuple, Verdict, Strategy]] = []
+    refused: List[Verdict] = []
+    for g in states:
+        if only is not None and g.gpu not in only:
+            continue
+        tier, rule = rule_for(policy, g)
+        offer = next((o for o in g.offers if o.type_id in wanted_ids), None)
+        base = dict(gpu=g.gpu, rule=rule.name, numa_node=g.numa_node, fullness=g.fullness())
+        if offer is None:
+            refused.append(Verdict(reason=Refusal.NOT_OFFERED, detail=f"offers no {request.type}", **base))  # type: ignore[arg-type]
+            continue
+        vt = offer.vtype
+        base["type_id"] = vt.type_id
+
+        def no(reason: Refusal, detail: str) -> None:
+            refused.append(Verdict(reason=reason, detail=detail, **base))  # type: ignore[arg-type]
+
+        if not rule.admits_tenant(request.tenant):
+            no(Refusal.RESERVED, f"rule {rule.name} reserves it" + (f" for {', '.join(rule.reserved_for)}" if rule.reserved_for else ""))
+            continue
+        if not rule.allows(vt):
+            no(Refusal.NOT_ALLOWED, f"rule {rule.name} does not allow {vt.profile or vt.type_id}")
+            continue
+        if quota is not None:
+            if quota.max_instances is not None and tenant_count + 1 > quota.max_instances:
+                no(Refusal.QUOTA, f"tenant {request.tenant} has {tenant_count} of {quota.max_instances} instances")
+                continue
+            fb = vt.framebuffer_mib or 0
+            if quota.max_framebuffer_mib is not None and tenant_fb + fb > quota.max_framebuffer_mib:
+                no(
+                    Refusal.QUOTA,
+                    f"tenant {request.tenant} holds {tenant_fb} MiB; +{fb} exceeds {quota.max_framebuffer_mib} MiB",
+                )
+                continue
+        numa_rank = 0
+        if request.numa_nodes and numa_mode is not NumaMode.IGNORE:
+            node = g.numa_node
+            numa_rank = 1 if node is None else (0 if node in request.numa_nodes else 2)
+            if numa_rank == 2 and numa_mode is NumaMode.REQUIRE:
+                no(Refusal.NUMA, f"on NUMA node {node}, domain needs {','.join(map(str, request.numa_nodes))}")
+                continue
+        if g.gpu in blockers:
+            group, other = blockers[g.gpu]
+            no(Refusal.ANTI_AFFINITY, f"{other} of group {group} is here")
+            continue
+        counts = dict(g.counts)
+        clash = _mix_conflict(g, vt.type_id, counts)
+        if clash is not None:
+            held = g.offer(clash)
+            no(Refusal.TYPE_MIX, f"holds {(held.vtype.profile if held else None) or clash} ({g.mode})")
+            continue
+        room = headroom(g, vt.type_id)
+        if room <= 0 or not offer.free_parents:
+            no(Refusal.FULL, f"{vt.profile or vt.type_id}: {counts.get(vt.type_id, 0)} in use, none available")
+            continue
+        loss = _loss(g, rule, vt.type_id)
+        fullness = base["fullness"]
+        strat = -fullness if rule.strategy is Strategy.PACK else fullness  # type: ignore[operator]
+        key = (numa_rank, tier, strat, loss, g.gpu)
+        detail = f"{rule.strategy}, {room} more {vt.profile or vt.type_id} fit"
+        if numa_rank == 1:
+            detail += ", NUMA node unknown"
+        elif numa_rank == 2:
+            detail += f", remote NUMA node {g.numa_node}"
+        feasible.append(
+            (key, Verdict(reason=None, detail=detail, parent=offer.free_parents[0], loss=loss, **base), rule.strategy)  # type: ignore[arg-type]
+        )
+    feasible.sort(key=lambda x: x[0])
+    ranked = tuple(replace(v, rank=i + 1) for i, (_, v, _) in enumerate(feasible))
+    refused.sort(key=lambda v: v.gpu)
+    return Decision(request=request, verdicts=ranked + tuple(refused), strategy=feasible[0][2] if feasible else None)
+
+
+def _loss(g: GpuState, rule: GpuRule, type_id: str) -> float:
+    """What placing one ``type_id`` on ``g`` costs the profiles the rule allows there: the sum over those profiles of
+    the share of a full GPU of that profile that it removes.  Lower keeps more capacity for the other profiles."""
+    total = 0.0
+    for o in g.offers:
+        if not rule.allows(o.vtype):
+            continue
+        before = headroom(g, o.type_id)
+        if before <= 0:
+            continue
+        after = headroom(g, o.type_id, added=type_id)
+        norm = o.vtype.max_instance or before
+        total += (before - after) / norm
+    return round(total, 9)
+
+
+def _tenant_usage(inventory: Inventory, usage: Usage, tenant: Optional[str]) -> Tuple[int, int]:
+    if tenant is None:
+        return 0, 0
+    n = fb = 0
+    for i in inventory.instances:
+        c = usage.consumer(i.uuid)
+        if c is not None and c.tenant == tenant:
+            n += 1
+            t = inventory.type_on(i.parent, i.type_id)
+            fb += (t.framebuffer_mib or 0) if t else 0
+    return n, fb
+
+
+def _anti_affinity_blockers(
+    inventory: Inventory, policy: Policy, request: Request, usage: Usage
+) -> Dict[str, Tuple[str, str]]:
+    """{gpu: (group, other domain)} for GPUs that hold another member of one of the request's groups."""
+    mine = set(policy.groups_of(request.domain, request.groups))
+    if not mine:
+        return {}
+    out: Dict[str, Tuple[str, str]] = {}
+    for i in inventory.instances:
+        c = usage.consumer(i.uuid)
+        if c is None or c.domain is None or c.domain == request.domain:
+            continue
+        shared = sorted(mine.intersection(policy.groups_of(c.domain, c.groups)))
+        p = inventory.parent(i.parent)
+        if shared and p is not None and p.gpu not in out:
+            out[p.gpu] = (shared[0], c.domain)
+    return out
+
+
+# --- simulating the host -------------------------------------------------------------------------------------------
+def apply(inventory: Inventory, *, parent: str, type_id: str, uuid: str, usage: Optional[Usage] = None) -> Inventory:
+    """The inventory after creating ``uuid`` of ``type_id`` on ``parent``, with ``available`` counts updated as the
+    vendor's rules say (NVIDIA) or by one (other vendors)."""
+    p = inventory.parent(parent)
+    if p is None or inventory.type_on(parent, type_id) is None:
+        raise UnknownType(type_id, parent, [t.type_id for t in inventory.types_on(parent)])
+    inst = Instance(uuid=uuid, parent=parent, type_id=type_id, backend=p.backend)
+    instances = tuple(sorted(inventory.instances + (inst,), key=lambda i: (i.parent, i.uuid)))
+    return _recount(inventory, instances, p.gpu, parent, type_id, -1, usage or Usage())
+
+
+def release(inventory: Inventory, uuid: str, *, usage: Optional[Usage] = None) -> Inventory:
+    """The inventory after removing instance ``uuid``."""
+    inst = inventory.instance(uuid)
+    if inst is None:
+        from .errors import UnknownInstance
+
+        raise UnknownInstance(uuid)
+    p = inventory.parent(inst.parent)
+    instances = tuple(i for i in inventory.instances if i.uuid != uuid)
+    gpu = p.gpu if p is not None else inst.parent
+    return _recount(inventory, instances, gpu, inst.parent, inst.type_id, +1, usage or Usage())
+
+
+def _recount(
+    inventory: Inventory,
+    instances: Tuple[Instance, ...],
+    gpu: str,
+    parent: str,
+    type_id: str,
+    delta: int,
+    usage: Usage,
+) -> Inventory:
+    parents = tuple(p for p in inventory.parents if p.gpu == gpu)
+    names = {p.name for p in parents}
+    kind = gpu_kind(parents)
+    types_by_parent: Dict[str, List[VgpuType]] = {}
+    for t in inventory.types:
+        if t.parent in names:
+            types_by_parent.setdefault(t.parent, []).append(t)
+    inst_by_parent: Dict[str, List[Instance]] = {}
+    for i in instances:
+        if i.parent in names:
+            inst_by_parent.setdefault(i.parent, []).append(i)
+    after = _gpu_state(gpu, parents, types_by_parent, inst_by_parent, usage.mode(gpu))
+    counts = dict(after.counts)
+    free_vfs = len(parents) - len(after.occupied)
+    new_types = []
+    for t in inventory.types:
+        if t.parent not in names:
+            new_types.append(t)
+            continue
+        base = t.available + (delta if (t.parent == parent and t.type_id == type_id) else 0)
+        if kind is GpuKind.OTHER:
+            avail = base
+        elif kind is GpuKind.SRIOV:  # one per VF; the GPU-wide count and mixing rule decide for the free VFs
+            room = _rule_room(after, t, counts, after.used_fb, free_vfs)
+            avail = 0 if t.parent in after.occupied else min(room, 1)
+        else:  # time-sliced: recount from max_instance; without it, keep the host's figure less the change
+            room = _rule_room(after, t, counts, after.used_fb, 0)
+            avail = room if t.max_instance is not None else min(room, base)
+        new_types.append(t if t.available == max(avail, 0) else replace(t, available=max(avail, 0)))
+    return Inventory(parents=inventory.parents, types=tuple(new_types), instances=instances)
+
+
+# --- defragmentation -----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Move:
+    uuid: str
+    type_id: str
+    domain: Optional[str]
+    from_parent: str
+    from_gpu: str
+    to_parent: str
+    to_gpu: str
+
+
+@dataclass(frozen=True)
+class DefragPlan:
+    moves: Tuple[Move, ...]
+    freed: Tuple[str, ...]  #: physical GPUs the moves empty
+    before_free: int  #: GPUs without instances before
+    after: Optional[Inventory] = field(default=None, compare=False, repr=False)
+
+
+def plan_defrag(inventory: Inventory, policy: Policy, *, usage: Optional[Usage] = None) -> DefragPlan:
+    """Moves (instance -> another GPU, each needing its VM's restart) that empty the most whole GPUs, greedily:
+    GPUs with the fewest instances are tried first; a GPU is emptied only if every instance on it fits elsewhere
+    under the policy, on a GPU that is in use and is not being emptied.  Pure: nothing moves."""
+    usage = usage or Usage()
+    states = gpu_states(inventory, usage)
+    before_free = sum(1 for g in states if g.instances == 0)
+    order = sorted((g for g in states if g.instances), key=lambda g: (g.instances, g.used_fb, g.gpu))
+    inv = inventory
+    moves: List[Move] = []
+    freed: List[str] = []
+    receivers: set = set()
+    for g in order:
+        if g.gpu in receivers:
+            continue
+        trial = inv
+        trial_moves: List[Move] = []
+        for inst in sorted(
+            (i for i in trial.instances if (trial.parent(i.parent) or Parent(i.parent)).gpu == g.gpu), key=lambda i: i.uuid
+        ):
+            c = usage.consumer(inst.uuid) or Consumer()
+            without = release(trial, inst.uuid, usage=usage)
+            used = frozenset(
+                s.gpu for s in gpu_states(without, usage) if s.instances and s.gpu != g.gpu and s.gpu not in freed
+            )
+            req = Request(type=inst.type_id, domain=c.domain, tenant=c.tenant, groups=c.groups)
+            d = _decide(without, policy, req, usage, only=used)
+            if not d.placed:
+                trial_moves = []
+                break
+            trial = apply(without, parent=d.parent, type_id=d.type_id, uuid=inst.uuid, usage=usage)  # type: ignore[arg-type]
+            trial_moves.append(
+                Move(
+                    uuid=inst.uuid,
+                    type_id=inst.type_id,
+                    domain=c.domain,
+                    from_parent=inst.parent,
+                    from_gpu=g.gpu,
+                    to_parent=d.parent,  # type: ignore[arg-type]
+                    to_gpu=d.gpu,  # type: ignore[arg-type]
+                )
+            )
+        else:
+            inv = trial
+            moves += trial_moves
+            freed.append(g.gpu)
+            receivers.update(m.to_gpu for m in trial_moves)
+    return DefragPlan(moves=tuple(moves), freed=tuple(freed), before_free=before_free, after=inv)
+
+
+def occupancy(inventory: Inventory) -> Dict[str, Dict[str, int]]:
+    """{gpu: {type id: instances}}: what the invariants (one type per GPU, max_instance) are checked against."""
+    out: Dict[str, Dict[str, int]] = {}
+    for i in inventory.instances:
+        p = inventory.parent(i.parent)
+        gpu = p.gpu if p else i.parent
+        out.setdefault(gpu, {})
+        out[gpu][i.type_id] = out[gpu].get(i.type_id, 0) + 1
+    return out
+
+
+__all__ = [
+    "Consumer",
+    "Decision",
+    "DefragPlan",
+    "GpuKind",
+    "GpuState",
+    "MixMode",
+    "Move",
+    "Offer",
+    "Refusal",
+    "Request",
+    "Usage",
+    "Verdict",
+    "apply",
+    "gpu_states",
+    "headroom",
+    "occupancy",
+    "place",
+    "plan_defrag",
+    "release",
+    "resolve_type",
+    "rule_for",
+]
