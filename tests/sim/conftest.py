@@ -8,7 +8,7 @@ import pytest
 
 def fuse_usable() -> bool:
     try:
-        import mfusepy  # noqa: F401
+        import mfusepy  # noqa: F401  (libfuse3 must load)
     except (ImportError, OSError):
         return False
     return os.geteuid() == 0 and os.path.exists("/dev/fuse") and shutil.which("fusermount3") is not None

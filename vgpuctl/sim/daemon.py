@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Tuple
 
 from vgpuctl.sim.machine import CONTROL_DIR, Dir, File, Link, Machine
-from vgpuctl.sim.profile import Profile, load_profile, profile_path
+from vgpuctl.sim.profile import Profile, load_profile
 
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0

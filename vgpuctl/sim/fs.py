@@ -13,7 +13,7 @@ import logging
 import os
 import stat
 import time
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List
 
 import mfusepy
 

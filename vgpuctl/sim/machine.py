@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
-from vgpuctl.sim.profile import DeviceSpec, ModelSpec, Profile, TypeSpec
+from vgpuctl.sim.profile import ModelSpec, Profile, TypeSpec
 
 CONTROL_DIR = ".vgpusim"
 EVENTS_KEPT = 1000
