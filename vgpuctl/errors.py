@@ -226,6 +226,89 @@ class LibvirtError(VgpuctlError):
     kind = "libvirt"
 
 
+class LibvirtUnavailable(LibvirtError):
+    """A Python module the libvirt integration needs (libvirt-python, jinja2) is not installed."""
+
+    kind = "libvirt-unavailable"
+
+    def __init__(self, module: str) -> None:
+        super().__init__(
+            f"the Python module {module} is not installed; install it with: pip install 'vgpuctl[libvirt]' "
+            "(or pass --connect none to work without libvirt)"
+        )
+        self.module = module
+
+
+class LibvirtConnectError(LibvirtError):
+    """libvirtd is unreachable or refused the connection."""
+
+    kind = "libvirt-connect"
+
+    def __init__(self, uri: str, detail: str) -> None:
+        super().__init__(
+            f"cannot connect to libvirt at {uri}: {detail}; start libvirtd (systemctl start libvirtd), "
+            "check --connect / VGPUCTL_LIBVIRT_URI, or pass --connect none to work without libvirt"
+        )
+        self.uri = uri
+        self.detail = detail
+
+
+class DomainNotFound(LibvirtError):
+    kind = "domain-not-found"
+
+    def __init__(self, domain: str, uri: str) -> None:
+        super().__init__(f"no domain named {domain!r} at {uri} (see 'virsh -c {uri} list --all')")
+        self.domain = domain
+        self.uri = uri
+
+
+class LibvirtRefused(LibvirtError):
+    """libvirt refused a change (attach, detach, metadata); nothing vgpuctl made is left behind."""
+
+    kind = "libvirt-refused"
+
+    def __init__(self, action: str, domain: str, detail: str) -> None:
+        super().__init__(f"libvirt refused to {action} domain {domain!r}: {detail}")
+        self.action = action
+        self.domain = domain
+        self.detail = detail
+
+
+class HookError(LibvirtError):
+    """The libvirt hook could not do its job (bad arguments, bad domain XML, out of time)."""
+
+    kind = "hook"
+
+
+# --- libvirt-side conflicts and misses (6, 3, 8) --------------------------------------------------------------------
+class AttachedElsewhere(DeviceInUse):
+    kind = "attached-elsewhere"
+
+    def __init__(self, uuid: str, domains: Iterable[str]) -> None:
+        self.domains = tuple(domains)
+        super().__init__(uuid, [f"domain {d!r}" for d in self.domains])
+        self.message = (
+            f"device {uuid} is already attached to {', '.join(repr(d) for d in self.domains)}; "
+            "detach it there first (nothing was changed)"
+        )
+
+
+class NotAttached(NotFound):
+    kind = "not-attached"
+
+    def __init__(self, domain: str, uuid: Optional[str] = None) -> None:
+        what = f"device {uuid}" if uuid else "any vGPU managed by vgpuctl"
+        super().__init__(f"domain {domain!r} has no {what} attached (in the live or persistent XML you chose)")
+        self.domain = domain
+        self.uuid = uuid
+
+
+class TemplateError(ConfigError):
+    """A device template is broken: syntax, an undefined name, or XML that is not exactly one <hostdev>."""
+
+    kind = "template"
+
+
 # --- the host does not match the desired state (13) ----------------------------------------------------------------
 class NotConverged(VgpuctlError):
     """``check`` found differences, or ``apply`` could not carry out every action (blocked or failed, listed)."""
@@ -253,7 +336,7 @@ EXIT_CODES = {
     5: "already exists: the UUID is taken on some parent",
     6: "in use: a process or VM holds the device; nothing was changed",
     7: "not owned: the device was not created by vgpuctl (use --foreign)",
-    8: "vgpuctl's state or configuration file is corrupt, unsafe or invalid",
+    8: "vgpuctl's state, configuration or device template is corrupt, unsafe or invalid",
     9: "host I/O error: the kernel refused a sysfs operation (path and errno in the message)",
     10: "parent went away during the operation (driver unloading)",
     11: "timed out waiting for the vgpuctl lock held by another process",
