@@ -22,6 +22,8 @@ COMMANDS = {
     "list": "vgpuctl.commands.inventory:list_instances",
     "create": "vgpuctl.commands.lifecycle:create",
     "destroy": "vgpuctl.commands.lifecycle:destroy",
+    "place": "vgpuctl.commands.placement:place",
+    "defrag": "vgpuctl.commands.placement:defrag",
     "plan": "vgpuctl.commands.reconcile:plan_cmd",
     "apply": "vgpuctl.commands.reconcile:apply",
     "check": "vgpuctl.commands.reconcile:check",
