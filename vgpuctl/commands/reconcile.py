@@ -1,0 +1,211 @@
+"""``vgpuctl plan``, ``apply``, ``check``, ``export`` and ``service``: the desired state and the reconciler.
+
+Text output is one line per action (``+ create``, ``- destroy``, ``~ attach``; blocked ones say why); ``--json`` is
+one object ``{"schema": "vgpuctl.reconcile/v1", "command", "changed", "converged", "actions", "before", "after"}``
+that the Ansible module passes through (``changed`` is what a real run would change, or did).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Dict, List, Optional, Sequence
+
+import click
+
+from ..errors import ConfigError, NotConverged
+from ..model import Inventory
+from ..plan import Action, Plan, predicted
+from ._common import build_lifecycle, info, json_option, record, settings
+
+SCHEMA = "vgpuctl.reconcile/v1"
+
+
+def build_reconciler(s: Any) -> Any:
+    """The reconciler over ``build_lifecycle``'s object graph, with placement and libvirt where they exist."""
+    from ..apply import Reconciler
+
+    return Reconciler(build_lifecycle(s), placer=_placer(s), attachments=_attachments(s))
+
+
+def _placer(s: Any) -> Any:
+    from ..apply import policy_placer
+
+    try:
+        from .. import placement  # noqa: F401  (the placement engine; without it only pinned parents work)
+    except ImportError:
+        return None
+    return policy_placer(s.paths)
+
+
+def _attachments(s: Any) -> Any:
+    if s.connect == "none":
+        return None
+    try:
+        from .. import virt  # noqa: F401  (the libvirt layer; optional until it lands)
+    except ImportError:
+        return None
+    provider = getattr(virt, "attachments_provider", None)
+    return provider(s.connect) if provider is not None else None
+
+
+# --- records ------------------------------------------------------------------------------------------------------
+def action_record(a: Action, *, outcome: Optional[str] = None, error: Optional[str] = None) -> Dict[str, Any]:
+    rec = record(
+        "vgpuctl.action/v1",
+        op=str(a.op),
+        uuid=a.uuid,
+        parent=a.parent,
+        type_id=a.type_id,
+        name=a.name,
+        domain=a.domain,
+        mode=str(a.mode) if a.mode else None,
+        why=a.why,
+        blocked=str(a.block) if a.block else None,
+        detail=a.detail or None,
+    )
+    if outcome is not None:
+        rec["outcome"] = outcome
+        rec["error"] = error
+    return rec
+
+
+def instances_of(inv: Inventory, owned: Sequence[str]) -> List[Dict[str, Any]]:
+    own = set(owned)
+    return [
+        {"uuid": i.uuid, "parent": i.parent, "type_id": i.type_id, "owned": i.uuid in own} for i in inv.instances
+    ]
+
+
+def _emit(doc: Dict[str, Any]) -> None:
+    click.echo(json.dumps(doc, indent=2))
+
+
+def _fail_if_not_converged(p: Plan, failed: int = 0) -> None:
+    if not p.empty or failed:
+        raise NotConverged(len(p.actions), blocked=len(p.blocked), failed=failed)
+
+
+# --- commands -----------------------------------------------------------------------------------------------------
+@click.command("plan")
+@json_option
+def plan_cmd(as_json: bool) -> None:
+    """Show what 'apply' would change to reach the desired state; change nothing."""
+    from ..spec import validate
+
+    rec = build_reconciler(settings())
+    desired = rec.desired()
+    obs = rec.observe(desired)
+    validate(desired, obs.inventory)
+    p = obs.plan
+    if as_json:
+        after = [{"uuid": u, "parent": par, "type_id": t} for u, par, t in predicted(obs.inventory, p)]
+        _emit(record(SCHEMA, command="plan", changed=bool(p.runnable), converged=p.empty,
+                     actions=[action_record(a) for a in p.actions],
+                     before=instances_of(obs.inventory, list(obs.state.owned)), after=after))
+        return
+    for a in p.actions:
+        click.echo(a.line())
+    if p.empty:
+        info("no changes: the host matches the desired state")
+    else:
+        info(f"{len(p.runnable)} action(s) to run, {len(p.blocked)} blocked")
+
+
+@click.command()
+@json_option
+def apply(as_json: bool) -> None:
+    """Converge the host to the desired state: run the plan under the lock, then verify; exit 13 if not converged."""
+    from ..spec import validate
+
+    rec = build_reconciler(settings())
+    desired = rec.desired()
+    validate(desired, rec.host.inventory())
+    result = rec.apply(desired)
+    done = {id(s.action): s for s in result.steps}
+    if as_json:
+        actions = []
+        for a in result.before.plan.actions:
+            s = done.get(id(a))
+            if s is not None:
+                actions.append(action_record(a, outcome="done" if s.ok else "failed", error=s.error))
+            else:
+                actions.append(action_record(a, outcome="blocked" if a.block else "skipped", error=None))
+        _emit(record(SCHEMA, command="apply", changed=result.changed, converged=result.converged,
+                     actions=actions, remaining=[action_record(a) for a in result.after.plan.actions],
+                     before=instances_of(result.before.inventory, list(result.before.state.owned)),
+                     after=instances_of(result.after.inventory, list(result.after.state.owned))))
+    else:
+        for s in result.steps:
+            click.echo(s.action.line() + ("" if s.ok else f" [failed: {s.error}]"))
+        for a in result.before.plan.blocked:
+            click.echo(a.line())
+        if result.converged:
+            info("converged" if result.changed else "no changes: the host matches the desired state")
+    _fail_if_not_converged(result.after.plan, failed=len(result.failed))
+
+
+@click.command()
+@json_option
+def check(as_json: bool) -> None:
+    """Exit 0 if the host matches the desired state; else list the differences and exit 13."""
+    rec = build_reconciler(settings())
+    obs = rec.observe(rec.desired())
+    p = obs.plan
+    if as_json:
+        _emit(record(SCHEMA, command="check", changed=False, converged=p.empty,
+                     actions=[action_record(a) for a in p.actions],
+                     before=instances_of(obs.inventory, list(obs.state.owned)),
+                     after=instances_of(obs.inventory, list(obs.state.owned))))
+    else:
+        for a in p.actions:
+            click.echo(a.line())
+    _fail_if_not_converged(p)
+
+
+@click.command()
+@click.option("--output", "-o", type=click.Path(dir_okay=False, allow_dash=True), default="-", show_default=True,
+              help="Write the desired-state file here ('-': stdout).")
+@json_option
+def export(output: str, as_json: bool) -> None:
+    """Write the host's vgpuctl-owned instances as a desired-state file (explicit uuids and parents)."""
+    from ..spec import export_doc, render_doc
+
+    rec = build_reconciler(settings())
+    try:
+        desired = rec.desired()
+    except ConfigError as e:  # a broken config must not stop an export of what exists: names are then generic
+        info(f"ignoring the desired state for names: {e}")
+        desired = None
+    inv, state = rec.host.inventory(), rec.store.load()
+    doc = export_doc(inv, list(state.owned), desired)
+    if as_json:
+        owned = instances_of(inv, list(state.owned))
+        _emit(record(SCHEMA, command="export", changed=False, converged=True, actions=[], before=owned, after=owned,
+                     desired=doc))
+        return
+    text = render_doc(doc)
+    if output == "-":
+        sys.stdout.write(text)
+    else:
+        with open(output, "w") as f:
+            f.write(text)
+        info(f"wrote {output}")
+
+
+@click.command()
+@click.option("--resync-interval", type=click.FloatRange(min=1), default=300.0, show_default=True,
+              metavar="SECONDS", help="Full re-check of the host this often, whatever the events say.")
+@click.option("--watch", type=click.Choice(["auto", "udev", "poll"]), default="auto", show_default=True,
+              help="How to notice host changes: kernel uevents (pyudev), polling sysfs, or udev when available.")
+@click.option("--poll-interval", type=click.FloatRange(min=0.05), default=2.0, show_default=True,
+              metavar="SECONDS", help="With --watch poll: how often to list the parent and mdev directories.")
+def service(resync_interval: float, watch: str, poll_interval: float) -> None:
+    """Run the reconciling service in the foreground (for systemd Type=notify)."""
+    from ..service import Service, ServiceOptions, Watch
+
+    s = settings()
+    svc = Service(
+        lambda: build_reconciler(s),
+        ServiceOptions(resync_interval=resync_interval, watch=Watch(watch), poll_interval=poll_interval),
+    )
+    sys.exit(svc.run())

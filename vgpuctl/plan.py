@@ -1,0 +1,266 @@
+"""The planner: what must change on the host to reach the desired state.  Pure: no I/O, no clock, no randomness.
+
+``plan(inventory, state, desired, ...)`` compares what the host has (``Inventory``), what vgpuctl owns (``State``)
+and what the files ask for (``DesiredState``), and returns a ``Plan``: actions in the order ``apply`` runs them
+(destroys first, to free capacity, then creates in file order, then attaches).  An action that must not or cannot
+run now carries a ``Block`` with the reason; it stays in the plan, so a plan is empty only when the host matches.
+
+The safety rules live here, in one place the property tests check:
+
+- only instances in ``state.owned`` are ever destroyed (a foreign device in the way blocks the create instead);
+- an instance someone uses (``users``: processes, libvirt domains) is never destroyed: its destroy is blocked;
+- a parent that is not registered yet blocks its instances with ``PARENT_MISSING``, which the service retries.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
+
+from .model import Instance, Inventory
+from .spec import AttachMode, DesiredInstance, DesiredState, host_parent, resolve_type
+from .state import State
+
+
+class Op(str, Enum):
+    CREATE = "create"
+    DESTROY = "destroy"
+    ATTACH = "attach"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def sign(self) -> str:
+        return {"create": "+", "destroy": "-", "attach": "~"}[self.value]
+
+
+class Block(str, Enum):
+    IN_USE = "in-use"  #: a process or domain uses the device: it is never removed
+    FOREIGN = "foreign"  #: a device vgpuctl does not own has the desired uuid but another type or parent
+    PARENT_MISSING = "parent-missing"  #: the parent is not registered (driver loading): retried with backoff
+    TYPE_UNKNOWN = "type-unknown"  #: the parent does not offer the type
+    NO_PLACEMENT = "no-placement"  #: the placement engine found no parent, or is not available
+    LIBVIRT = "libvirt"  #: attaching needs libvirt, which is not configured
+    DEPENDS = "depends"  #: waits for another blocked action of the same instance
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def retryable(self) -> bool:
+        """Whether time alone may clear it (the service retries these with backoff)."""
+        return self in (Block.PARENT_MISSING, Block.NO_PLACEMENT, Block.IN_USE, Block.DEPENDS)
+
+
+@dataclass(frozen=True)
+class Action:
+    op: Op
+    uuid: str
+    parent: Optional[str]
+    type_id: str  #: the resolved type id; the type as written where it did not resolve
+    name: Optional[str] = None  #: desired instance name (None for an instance only the state file knows)
+    domain: Optional[str] = None
+    mode: Optional[AttachMode] = None
+    why: str = ""
+    block: Optional[Block] = None
+    detail: str = ""  #: what blocks it, for people
+
+    @property
+    def blocked(self) -> bool:
+        return self.block is not None
+
+    def line(self) -> str:
+        """``+ create UUID TYPE on PARENT (name)`` and friends; blocked ones end with ``[blocked: why]``."""
+        if self.op is Op.ATTACH:
+            text = f"~ attach {self.uuid} to {self.domain} ({self.mode})"
+        else:
+            text = f"{self.op.sign} {self.op} {self.uuid} {self.type_id} on {self.parent or '?'}"
+        extras = [x for x in (self.name, self.why) if x]
+        if extras:
+            text += f" ({'; '.join(extras)})"
+        if self.block is not None:
+            text += f" [blocked: {self.block}: {self.detail}]"
+        return text
+
+
+@dataclass(frozen=True)
+class Plan:
+    actions: Tuple[Action, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.actions
+
+    @property
+    def runnable(self) -> Tuple[Action, ...]:
+        return tuple(a for a in self.actions if a.block is None)
+
+    @property
+    def blocked(self) -> Tuple[Action, ...]:
+        return tuple(a for a in self.actions if a.block is not None)
+
+
+#: A placement engine: called as ``placer(inventory, to_place, creates, destroys)`` with the desired instances that
+#: need a parent, the plan's runnable creates so far as (uuid, parent, type id) and the uuids it destroys; returns
+#: instance name -> parent, or a ``PlacementFailure`` saying why none.  Pure, like the planner.
+Placer = Callable[
+    [Inventory, Sequence[DesiredInstance], Sequence[Tuple[str, str, str]], Sequence[str]],
+    Mapping[str, "str | PlacementFailure"],
+]
+
+
+@dataclass(frozen=True)
+class PlacementFailure:
+    reason: str
+
+
+Users = Mapping[str, Sequence[str]]
+Attachments = Mapping[str, FrozenSet[str]]
+
+
+def _matches(inst: Instance, d: DesiredInstance, inventory: Inventory) -> bool:
+    """Whether the existing ``inst`` already is ``d``: the right type, and the pinned parent if one is pinned."""
+    if d.parent is not None and host_parent(inventory, d.parent) != inst.parent:
+        return False
+    return resolve_type(inventory, inst.parent, d.type) == inst.type_id
+
+
+def destroy_candidates(inventory: Inventory, state: State, desired: DesiredState) -> Tuple[Instance, ...]:
+    """Owned instances the plan would destroy if nobody used them: whose in-use check is worth its cost."""
+    want = desired.by_uuid()
+    out = []
+    for inst in inventory.instances:
+        if inst.uuid not in state.owned:
+            continue
+        d = want.get(inst.uuid)
+        if d is None or not _matches(inst, d, inventory):
+            out.append(inst)
+    return tuple(out)
+
+
+def plan(
+    inventory: Inventory,
+    state: State,
+    desired: DesiredState,
+    *,
+    users: Optional[Users] = None,
+    attachments: Optional[Attachments] = None,
+    placer: Optional[Placer] = None,
+) -> Plan:
+    """The actions that take ``inventory`` to ``desired``.  ``users``: who uses which instance (uuid -> holders);
+    ``attachments``: uuid -> domains it is attached to, or None when libvirt is not configured; ``placer``: the
+    placement engine, or None (then only instances with a parent can be placed)."""
+    users = users or {}
+    want = desired.by_uuid()
+    destroys: List[Action] = []
+    creates: List[Action] = []
+    attaches: List[Action] = []
+    blocked_uuids: Dict[str, str] = {}  #: uuid -> why its create must wait
+
+    # 1. owned instances that are not wanted, or not as they are: destroy unless in use
+    for inst in inventory.instances:
+        if inst.uuid not in state.owned:
+            continue
+        d = want.get(inst.uuid)
+        if d is not None and _matches(inst, d, inventory):
+            continue
+        why = "not in the desired state" if d is None else "desired with another type or parent"
+        who = list(users.get(inst.uuid, ()))
+        if who:
+            destroys.append(
+                Action(Op.DESTROY, inst.uuid, inst.parent, inst.type_id, d.name if d else None, why=why,
+                       block=Block.IN_USE, detail="in use by " + ", ".join(who))
+            )
+            blocked_uuids[inst.uuid] = f"the old device is in use by {', '.join(who)}"
+        else:
+            destroys.append(Action(Op.DESTROY, inst.uuid, inst.parent, inst.type_id, d.name if d else None, why=why))
+
+    # 2. desired instances that do not exist as wanted: create (pinned first, then placed)
+    freed = {a.uuid for a in destroys if a.block is None}
+    to_place: List[DesiredInstance] = []
+    for d in desired.instances:
+        inst = inventory.instance(d.uuid)
+        if inst is not None and _matches(inst, d, inventory):
+            continue
+        if inst is not None and inst.uuid not in freed:
+            if d.uuid in blocked_uuids:
+                creates.append(_blocked_create(d, inst.parent, d.type, Block.DEPENDS, blocked_uuids[d.uuid]))
+            else:
+                creates.append(
+                    _blocked_create(d, inst.parent, d.type, Block.FOREIGN,
+                                    f"a device vgpuctl does not own has this uuid ({inst.type_id} on {inst.parent})")
+                )
+            continue
+        if d.parent is None:
+            to_place.append(d)
+            continue
+        parent = host_parent(inventory, d.parent)
+        if parent is None:
+            creates.append(_blocked_create(d, d.parent, d.type, Block.PARENT_MISSING,
+                                           f"parent {d.parent} is not registered (yet)"))
+            continue
+        tid = resolve_type(inventory, parent, d.type)
+        if tid is None:
+            creates.append(_blocked_create(d, parent, d.type, Block.TYPE_UNKNOWN,
+                                           f"{parent} does not offer type {d.type}"))
+            continue
+        creates.append(Action(Op.CREATE, d.uuid, parent, tid, d.name, why="desired"))
+
+    if to_place:
+        if placer is None:
+            for d in to_place:
+                creates.append(_blocked_create(d, None, d.type, Block.NO_PLACEMENT,
+                                               "no placement engine is installed: give this instance a parent"))
+        elif not inventory.parents:
+            for d in to_place:
+                creates.append(_blocked_create(d, None, d.type, Block.PARENT_MISSING, "no parent is registered (yet)"))
+        else:
+            pinned = [(a.uuid, a.parent or "", a.type_id) for a in creates if a.block is None]
+            placed = placer(inventory, to_place, pinned, sorted(freed))
+            for d in to_place:
+                where = placed.get(d.name)
+                if isinstance(where, str):
+                    tid = resolve_type(inventory, where, d.type)
+                    if tid is not None:
+                        creates.append(Action(Op.CREATE, d.uuid, where, tid, d.name, why="placed"))
+                        continue
+                    where = PlacementFailure(f"placement chose {where}, which does not offer {d.type}")
+                reason = where.reason if isinstance(where, PlacementFailure) else "no parent fits"
+                creates.append(_blocked_create(d, None, d.type, Block.NO_PLACEMENT, reason))
+
+    # 3. attachments
+    creates_by_uuid = {a.uuid: a for a in creates}
+    for d in desired.instances:
+        if d.domain is None:
+            continue
+        create = creates_by_uuid.get(d.uuid)
+        inst = inventory.instance(d.uuid)
+        parent = create.parent if create is not None else (inst.parent if inst else None)
+        type_id = create.type_id if create is not None else (inst.type_id if inst else d.type)
+        if attachments is None:
+            attaches.append(Action(Op.ATTACH, d.uuid, parent, type_id, d.name, d.domain, d.attach, why="desired",
+                                   block=Block.LIBVIRT, detail="libvirt not configured"))
+            continue
+        if d.domain in attachments.get(d.uuid, frozenset()) and create is None:
+            continue
+        if create is not None and create.block is not None:
+            attaches.append(Action(Op.ATTACH, d.uuid, parent, type_id, d.name, d.domain, d.attach, why="desired",
+                                   block=Block.DEPENDS, detail="the device cannot be created yet"))
+        else:
+            attaches.append(Action(Op.ATTACH, d.uuid, parent, type_id, d.name, d.domain, d.attach, why="desired"))
+
+    destroys.sort(key=lambda a: a.uuid)
+    return Plan(actions=tuple(destroys + creates + attaches))
+
+
+def _blocked_create(d: DesiredInstance, parent: Optional[str], type_id: str, block: Block, detail: str) -> Action:
+    return Action(Op.CREATE, d.uuid, parent, type_id, d.name, why="desired", block=block, detail=detail)
+
+
+def predicted(inventory: Inventory, p: Plan) -> Tuple[Tuple[str, str, str], ...]:
+    """(uuid, parent, type) of the instances once the plan's runnable actions are done: the 'after' of a dry run."""
+    gone = {a.uuid for a in p.runnable if a.op is Op.DESTROY}
+    now = {(i.uuid, i.parent, i.type_id) for i in inventory.instances if i.uuid not in gone}
+    now |= {(a.uuid, a.parent or "", a.type_id) for a in p.runnable if a.op is Op.CREATE}
+    return tuple(sorted(now))

@@ -1,0 +1,383 @@
+"""The desired state: which vGPU instances this host should have, read from ``etc/vgpuctl``.
+
+Files: ``etc/vgpuctl/vgpuctl.yaml`` (optional) and then ``etc/vgpuctl/conf.d/*.yaml`` in name order.  Every file has
+``version: 1``; their ``instances`` are merged into one set, and an instance name defined twice (in one file or two)
+is an error.  Parsing is strict: unknown keys, wrong types, duplicate uuids or names are ``ConfigError``s naming the
+file, the line and the key, raised before anything on the host is touched.  The schema is in docs/desired-state.md::
+
+    version: 1
+    instances:
+      web-1:                            # the instance's name: [A-Za-z0-9_.-]+, unique over all files
+        uuid: 0f4c...                   # optional: derived from the name when absent (uuid5, stable forever)
+        type: T4-2Q                     # type id (nvidia-231) or name/profile (GRID T4-2Q, T4-2Q)
+        parent: "0000:3b:00.0"          # a parent device ...
+        placement: {tenant: a, numa_node: 0}   # ... or a placement request (exactly one of the two)
+        domain: web-1                   # optional: libvirt domain to attach the device to
+        attach: config                  # live | config | both (default config); only with domain
+
+Checks that need the host (the type is offered, pinned instances fit a parent) are in ``validate``; the planner
+never raises for them but shows the instance as blocked, so the service keeps running while a driver loads.
+PyYAML is imported only here, when a file is parsed: read-only commands such as ``vgpuctl list`` never load it.
+"""
+from __future__ import annotations
+
+import os
+import re
+import uuid as uuidlib
+from collections import Counter
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from .errors import ConfigError, UnknownType
+from .model import Inventory, canonical_parent_name, canonical_uuid
+
+MAIN_FILE = "vgpuctl.yaml"
+DROPIN_DIR = "conf.d"
+SPEC_VERSION = 1
+#: uuid5 namespace of derived instance uuids.  Never change it: derived uuids must stay the same across releases.
+UUID_NAMESPACE = uuidlib.UUID("6f0b3f63-3a51-4d8e-9d0c-7e1b5a2c9a40")
+NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+
+_TOP_KEYS = ("version", "instances")
+_INSTANCE_KEYS = ("uuid", "type", "parent", "placement", "domain", "attach")
+_PLACEMENT_KEYS = ("tenant", "numa_node")
+
+
+class AttachMode(str, Enum):
+    LIVE = "live"  #: hot-plug into the running domain only
+    CONFIG = "config"  #: the persistent definition only (takes effect at the next start)
+    BOTH = "both"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Mark:
+    """Where something was written: file and 1-based line."""
+
+    path: str
+    line: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class PlacementRequest:
+    tenant: Optional[str] = None
+    numa_node: Optional[int] = None  #: only parents on this NUMA node (or without NUMA information)
+
+
+@dataclass(frozen=True)
+class DesiredInstance:
+    name: str
+    uuid: str  #: canonical lowercase; derived from the name when the file gives none
+    type: str  #: as written: an id or a name, resolved per parent with ``lifecycle.find_type``
+    parent: Optional[str] = None  #: canonical parent name, or None when placed
+    placement: Optional[PlacementRequest] = None
+    domain: Optional[str] = None
+    attach: AttachMode = AttachMode.CONFIG
+    uuid_derived: bool = False
+    mark: Mark = Mark("<none>")
+    #: line of each key, for errors found later (validation against the host)
+    key_lines: Tuple[Tuple[str, int], ...] = ()
+
+    def line_of(self, key: str) -> Optional[int]:
+        for k, line in self.key_lines:
+            if k == key:
+                return line
+        return self.mark.line
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    instances: Tuple[DesiredInstance, ...] = ()
+    files: Tuple[str, ...] = ()  #: the files read, in merge order
+
+    def by_uuid(self) -> Dict[str, DesiredInstance]:
+        return {d.uuid: d for d in self.instances}
+
+
+def derive_uuid(name: str) -> str:
+    """The stable uuid of an instance the file gives no uuid for."""
+    return str(uuidlib.uuid5(UUID_NAMESPACE, "vgpuctl-instance:" + name))
+
+
+def spec_files(config_dir: "os.PathLike[str] | str") -> List[Path]:
+    """The desired-state files under ``config_dir`` in merge order (main file first, then conf.d by name)."""
+    base = Path(config_dir)
+    files = []
+    if (base / MAIN_FILE).is_file():
+        files.append(base / MAIN_FILE)
+    dropins = base / DROPIN_DIR
+    if dropins.is_dir():
+        files += sorted(p for p in dropins.iterdir() if p.suffix == ".yaml" and p.is_file() and not p.name.startswith("."))
+    return files
+
+
+def load(config_dir: "os.PathLike[str] | str") -> DesiredState:
+    """Read and merge every desired-state file; no file at all is an empty desired state."""
+    parsed: List[DesiredInstance] = []
+    paths = spec_files(config_dir)
+    for p in paths:
+        try:
+            text = p.read_text()
+        except OSError as e:
+            raise ConfigError(os.fspath(p), f"cannot read: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(os.fspath(p), "is not UTF-8 text") from None
+        parsed += parse(text, path=os.fspath(p)).instances
+    return merge(parsed, files=tuple(os.fspath(p) for p in paths))
+
+
+def merge(instances: Sequence[DesiredInstance], *, files: Tuple[str, ...] = ()) -> DesiredState:
+    seen_names: Dict[str, DesiredInstance] = {}
+    seen_uuids: Dict[str, DesiredInstance] = {}
+    for d in instances:
+        if d.name in seen_names:
+            first = seen_names[d.name]
+            raise ConfigError(
+                d.mark.path, f"instance {d.name} is already defined at {first.mark.path}:{first.mark.line}",
+                line=d.mark.line, key=f"instances.{d.name}",
+            )
+        if d.uuid in seen_uuids:
+            first = seen_uuids[d.uuid]
+            raise ConfigError(
+                d.mark.path,
+                f"uuid {d.uuid} is also used by instance {first.name} ({first.mark.path}:{first.mark.line})",
+                line=d.line_of("uuid"), key=f"instances.{d.name}.uuid",
+            )
+        seen_names[d.name] = d
+        seen_uuids[d.uuid] = d
+    return DesiredState(instances=tuple(instances), files=files)
+
+
+def parse(text: str, *, path: str = "<spec>") -> DesiredState:
+    """Parse one desired-state document (no merging, no host checks)."""
+    import yaml  # lazily: only commands that read the desired state pay for PyYAML
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise ConfigError(
+            path, f"is not valid YAML: {getattr(e, 'problem', None) or e}", line=mark.line + 1 if mark else None
+        ) from None
+    return _Parser(path, yaml).document(root)
+
+
+class _Parser:
+    def __init__(self, path: str, yaml: Any) -> None:
+        self.path = path
+        self.yaml = yaml
+
+    def fail(self, node: Any, key: Optional[str], problem: str) -> ConfigError:
+        return ConfigError(self.path, problem, line=node.start_mark.line + 1 if node is not None else None, key=key)
+
+    def mapping(self, node: Any, key: Optional[str], allowed: Optional[Sequence[str]]) -> Dict[str, Tuple[Any, Any]]:
+        """``{key: (key_node, value_node)}``; rejects duplicates and keys outside ``allowed`` (None: any)."""
+        if not isinstance(node, self.yaml.MappingNode):
+            raise self.fail(node, key, "must be a mapping")
+        out: Dict[str, Tuple[Any, Any]] = {}
+        for knode, vnode in node.value:
+            if not isinstance(knode, self.yaml.ScalarNode):
+                raise self.fail(knode, key, "keys must be plain strings")
+            k = str(knode.value)
+            full = f"{key}.{k}" if key else k
+            if k == "<<":
+                raise self.fail(knode, full, "merge keys (<<) are not supported")
+            if allowed is not None and k not in allowed:
+                raise self.fail(knode, full, f"unknown key; expected one of: {', '.join(allowed)}")
+            if k in out:
+                raise self.fail(knode, full, "duplicate key")
+            out[k] = (knode, vnode)
+        return out
+
+    def scalar(self, node: Any, key: str) -> Any:
+        if not isinstance(node, self.yaml.ScalarNode):
+            raise self.fail(node, key, "must be a single value")
+        return self.yaml.SafeLoader(" ").construct_object(node)  # type: ignore[no-untyped-call]
+
+    def string(self, node: Any, key: str) -> str:
+        v = self.scalar(node, key)
+        if isinstance(v, bool) or v is None or isinstance(v, (list, dict)):
+            raise self.fail(node, key, "must be a string")
+        if not isinstance(v, str):
+            v = node.value  # numbers and the like: keep what was written (a type id "63" stays "63")
+        if not v.strip():
+            raise self.fail(node, key, "must not be empty")
+        return v
+
+    def integer(self, node: Any, key: str, minimum: int = 0) -> int:
+        v = self.scalar(node, key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            raise self.fail(node, key, f"must be an integer >= {minimum}")
+        return v
+
+    def document(self, root: Any) -> DesiredState:
+        if root is None:
+            raise ConfigError(self.path, "is empty; it needs at least 'version: 1'", line=1)
+        top = self.mapping(root, None, _TOP_KEYS)
+        if "version" not in top:
+            raise self.fail(root, "version", "is required: add 'version: 1'")
+        vnode = top["version"][1]
+        if self.scalar(vnode, "version") != SPEC_VERSION:
+            raise self.fail(vnode, "version", f"unsupported version {vnode.value!r}; this vgpuctl reads version 1")
+        instances: List[DesiredInstance] = []
+        if "instances" in top:
+            inode = top["instances"][1]
+            if isinstance(inode, self.yaml.ScalarNode) and inode.tag.endswith(":null"):
+                pass  # "instances:" with nothing under it
+            else:
+                for name, (knode, vnode) in self.mapping(inode, "instances", None).items():
+                    instances.append(self.instance(name, knode, vnode))
+        return merge(instances, files=(self.path,))
+
+    def instance(self, name: str, knode: Any, node: Any) -> DesiredInstance:
+        key = f"instances.{name}"
+        if not NAME_RE.fullmatch(name):
+            raise self.fail(knode, key, "instance names are 1-64 of A-Z a-z 0-9 _ . - (not starting with . or -)")
+        fields = self.mapping(node, key, _INSTANCE_KEYS)
+        lines = tuple((k, kn.start_mark.line + 1) for k, (kn, _) in fields.items())
+        if "type" not in fields:
+            raise self.fail(node, f"{key}.type", "is required (a type id such as nvidia-231 or a name such as T4-2Q)")
+        vtype = self.string(fields["type"][1], f"{key}.type")
+        uuid, derived = None, False
+        if "uuid" in fields:
+            raw = self.string(fields["uuid"][1], f"{key}.uuid")
+            uuid = canonical_uuid(raw)
+            if uuid is None:
+                raise self.fail(fields["uuid"][1], f"{key}.uuid", f"{raw!r} is not a UUID (8-4-4-4-12 hex digits)")
+        else:
+            uuid, derived = derive_uuid(name), True
+        parent = placement = None
+        if ("parent" in fields) == ("placement" in fields):
+            raise self.fail(node, key, "give exactly one of 'parent' and 'placement'")
+        if "parent" in fields:
+            raw = self.string(fields["parent"][1], f"{key}.parent")
+            parent = canonical_parent_name(raw)
+            if parent is None:
+                raise self.fail(fields["parent"][1], f"{key}.parent", f"{raw!r} is not a PCI address or device name")
+        else:
+            placement = self.placement(fields["placement"][1], f"{key}.placement")
+        domain = self.string(fields["domain"][1], f"{key}.domain") if "domain" in fields else None
+        attach = AttachMode.CONFIG
+        if "attach" in fields:
+            if domain is None:
+                raise self.fail(fields["attach"][0], f"{key}.attach", "needs 'domain'")
+            raw = self.string(fields["attach"][1], f"{key}.attach")
+            try:
+                attach = AttachMode(raw)
+            except ValueError:
+                raise self.fail(
+                    fields["attach"][1], f"{key}.attach", f"must be one of: {', '.join(m.value for m in AttachMode)}"
+                ) from None
+        return DesiredInstance(
+            name=name, uuid=uuid, type=vtype, parent=parent, placement=placement, domain=domain, attach=attach,
+            uuid_derived=derived, mark=Mark(self.path, knode.start_mark.line + 1), key_lines=lines,
+        )
+
+    def placement(self, node: Any, key: str) -> PlacementRequest:
+        if isinstance(node, self.yaml.ScalarNode) and node.tag.endswith(":null"):
+            return PlacementRequest()
+        f = self.mapping(node, key, _PLACEMENT_KEYS)
+        return PlacementRequest(
+            tenant=self.string(f["tenant"][1], f"{key}.tenant") if "tenant" in f else None,
+            numa_node=self.integer(f["numa_node"][1], f"{key}.numa_node") if "numa_node" in f else None,
+        )
+
+
+# --- checks against the host --------------------------------------------------------------------------------------
+def resolve_type(inventory: Inventory, parent: str, wanted: str) -> Optional[str]:
+    """The type id ``wanted`` names on ``parent``, or None if that parent does not offer it."""
+    from .lifecycle import find_type
+
+    try:
+        return find_type(inventory, parent, wanted).type_id
+    except UnknownType:
+        return None
+    except Exception as e:  # AmbiguousType and friends: also "does not resolve to one type"
+        if getattr(e, "exit_code", None) is not None:
+            return None
+        raise
+
+
+def host_parent(inventory: Inventory, name: str) -> Optional[str]:
+    """The registered parent ``name`` refers to (case-insensitively), or None."""
+    low = name.lower()
+    for p in inventory.parents:
+        if p.name.lower() == low:
+            return p.name
+    return None
+
+
+def validate(desired: DesiredState, inventory: Inventory) -> None:
+    """Raise ``ConfigError`` for what the host proves wrong: a type no registered parent offers, more instances
+    pinned to a parent than the type's ``max_instance`` allows.  A parent that is not registered (yet) is not an
+    error: its instances wait.  While no parent at all is registered nothing is checked."""
+    if not inventory.parents:
+        return
+    pinned: Counter = Counter()
+    for d in desired.instances:
+        key = f"instances.{d.name}.type"
+        if d.parent is not None:
+            parent = host_parent(inventory, d.parent)
+            if parent is None:
+                continue
+            tid = resolve_type(inventory, parent, d.type)
+            if tid is None:
+                offered = ", ".join(t.type_id for t in inventory.types_on(parent)) or "none"
+                raise ConfigError(
+                    d.mark.path, f"parent {parent} does not offer type {d.type} (it offers: {offered})",
+                    line=d.line_of("type"), key=key,
+                )
+            pinned[(parent, tid)] += 1
+            vt = inventory.type_on(parent, tid)
+            limit = vt.max_instance if vt is not None else None
+            if limit is not None and pinned[(parent, tid)] > limit:
+                raise ConfigError(
+                    d.mark.path,
+                    f"{pinned[(parent, tid)]} instances of {tid} pinned to {parent}, which holds at most {limit}",
+                    line=d.line_of("parent"), key=f"instances.{d.name}.parent",
+                )
+        elif not any(resolve_type(inventory, p.name, d.type) for p in inventory.parents):
+            raise ConfigError(
+                d.mark.path, f"no registered parent offers type {d.type} (see 'vgpuctl types')",
+                line=d.line_of("type"), key=key,
+            )
+
+
+# --- export -------------------------------------------------------------------------------------------------------
+def export_doc(inventory: Inventory, owned: Sequence[str], desired: Optional[DesiredState] = None) -> Dict[str, Any]:
+    """The desired-state document for the owned instances that exist: explicit uuid, type id and parent.  Names
+    come from ``desired`` where it has the uuid, else ``vgpu-<first 8 hex digits>``."""
+    names = {d.uuid: d for d in desired.instances} if desired is not None else {}
+    own = set(owned)
+    instances: Dict[str, Dict[str, Any]] = {}
+    for inst in sorted(inventory.instances, key=lambda i: i.uuid):
+        if inst.uuid not in own:
+            continue
+        d = names.get(inst.uuid)
+        name = d.name if d is not None else f"vgpu-{inst.uuid[:8]}"
+        entry: Dict[str, Any] = {"uuid": inst.uuid, "type": inst.type_id, "parent": inst.parent}
+        if d is not None and d.domain:
+            entry["domain"] = d.domain
+            entry["attach"] = str(d.attach)
+        instances[name] = entry
+    return {"version": SPEC_VERSION, "instances": instances}
+
+
+def render_doc(doc: Dict[str, Any]) -> str:
+    """YAML text for ``export_doc``'s document (written by hand: strings JSON-quoted, which YAML reads back)."""
+    import json
+
+    lines = ["# vgpuctl desired state, exported from the host's vgpuctl-owned instances", f"version: {doc['version']}"]
+    if not doc["instances"]:
+        lines.append("instances: {}")
+    else:
+        lines.append("instances:")
+        for name, entry in doc["instances"].items():
+            lines.append(f"  {name}:")
+            for k, v in entry.items():
+                lines.append(f"    {k}: {json.dumps(v)}")
+    return "\n".join(lines) + "\n"
