@@ -269,3 +269,26 @@ def test_cli_start_status_stop(tmp_path):
     bad = cli("start", "nosuch", str(tmp_path / "r2"), check_rc=1).stderr
     assert "no such profile" in bad and len(bad.strip().splitlines()) == 1
     assert "t4x2" in cli("profiles").stdout
+
+
+def test_stop_cleans_up_after_a_crashed_daemon(tmp_path):
+    from vgpuctl.sim import SimHost
+    from vgpuctl.sim.daemon import pid_alive, is_mounted
+
+    link = tmp_path / "link"
+    (tmp_path / "real").mkdir()
+    link.symlink_to(tmp_path / "real")  # a root reached through a symlink
+    sim = SimHost("mtty", link / "r").start()
+    try:
+        sim.create("mtty", "mtty-1", U1)
+        os.kill(sim.pid, 9)
+        deadline = time.monotonic() + 5
+        while pid_alive(sim.pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert errno_of(os.listdir, sim.sys) == errno.ENOTCONN
+        assert is_mounted(sim.sys)
+    finally:
+        sim.stop()
+    assert not is_mounted(sim.sys) and os.listdir(sim.paths.dev_vfio) == []
+    with SimHost("mtty", link / "r") as again:  # and it starts again
+        assert again.instances() == []

@@ -97,7 +97,7 @@ def _ctl(args: argparse.Namespace) -> int:
     if len(args.args) != want:
         print(f"vgpuctl-sim: ctl {args.action} takes {want} argument(s)", file=sys.stderr)
         return 2
-    sim = SimHost("unused", args.root)
+    sim = SimHost.attach(args.root)
     a = args.args
     if args.action == "fail-next":
         sim.fail_next(a[0], a[1])

@@ -45,6 +45,14 @@ class SimHost:
         self.start_timeout = start_timeout
         self.pid: Optional[int] = None
 
+    @classmethod
+    def attach(cls, root: "str | os.PathLike[str]") -> "SimHost":
+        """A handle on the simulator already running at ROOT (started elsewhere); ``stop`` stops it."""
+        sim = cls("", root)
+        sim.profile = (sim.control_dir / "profile").read_text().strip()
+        sim.pid = daemon.read_pid(sim.root)
+        return sim
+
     # --- lifecycle ---------------------------------------------------------------------------------------------
     def start(self) -> "SimHost":
         self.pid = daemon.start(self.profile, self.root, timeout=self.start_timeout)

@@ -40,7 +40,8 @@ def _unescape_mount(path: str) -> str:
 def is_mounted(path: "str | os.PathLike[str]") -> bool:
     """Whether ``path`` is a mount point (read from mountinfo: works for a FUSE mount whose daemon is gone, where
     stat fails with ENOTCONN)."""
-    want = os.path.abspath(os.fspath(path))
+    path = os.path.abspath(os.fspath(path))
+    want = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
     try:
         with open("/proc/self/mountinfo") as f:
             for line in f:
@@ -52,7 +53,7 @@ def is_mounted(path: "str | os.PathLike[str]") -> bool:
     return False
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -128,11 +129,11 @@ def stop(root: "str | os.PathLike[str]", *, timeout: float = STOP_TIMEOUT) -> bo
         was = True
         if subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True).returncode != 0:
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
-    if pid is not None and _pid_alive(pid):
+    if pid is not None and pid_alive(pid):
         was = True
         deadline = time.monotonic() + timeout
         sent = None
-        while _pid_alive(pid):
+        while pid_alive(pid):
             now = time.monotonic()
             if now >= deadline and sent is None:
                 os.kill(pid, signal.SIGTERM)
@@ -155,7 +156,7 @@ def status(root: "str | os.PathLike[str]") -> Optional[Tuple[str, int]]:
     """(profile name, pid) of a running simulator, or None."""
     root = Path(os.path.abspath(os.fspath(root)))
     pid = read_pid(root)
-    if pid is None or not _pid_alive(pid) or not is_mounted(root / "sys"):
+    if pid is None or not pid_alive(pid) or not is_mounted(root / "sys"):
         return None
     try:
         name = (root / "sys" / CONTROL_DIR / "profile").read_text().strip()
