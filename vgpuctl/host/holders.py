@@ -33,9 +33,8 @@ def find_holders(paths: HostPaths, groups: Iterable[int]) -> Dict[int, List[Hold
     if not wanted:
         return found
     proc = os.fspath(paths.proc)
-    me = os.getpid()
     for entry in os.scandir(proc):
-        if not entry.name.isdigit() or int(entry.name) == me:
+        if not entry.name.isdigit():
             continue
         fd_dir = os.path.join(proc, entry.name, "fd")
         try:
