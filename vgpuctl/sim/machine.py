@@ -191,8 +191,7 @@ class Machine:
         self.event_seq = 0
         self._build(profile)
         self.group_base = max([f.group for f in self.functions.values() if f.group is not None] + [0]) + 1
-        self.tree: Tree = {}
-        self.rerender()
+        self._tree: Optional[Tree] = None
 
     # --- construction ------------------------------------------------------------------------------------------
     def _build(self, profile: Profile) -> None:
@@ -412,8 +411,20 @@ class Machine:
 
     # --- rendering ------------------------------------------------------------------------------------------------
     def rerender(self) -> None:
+        """Note a change: the tree is rendered again on its next read."""
         with self.lock:
-            self.tree = render(self)
+            self._tree = None
+
+    @property
+    def tree(self) -> Tree:
+        """The current sysfs tree (immutable; a change makes a new one)."""
+        tree = self._tree
+        if tree is None:
+            with self.lock:
+                if self._tree is None:
+                    self._tree = render(self)
+                tree = self._tree
+        return tree
 
 
 CONTROL_README = """\
