@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Protocol, Sequence
 
 from .errors import AlreadyExists, BadParentName, BadUuid, DeviceInUse, NoCapacity, NotOwned, UnknownInstance, UnknownType
-from .host import Host
+from .host import Host, TypeScope
 from .model import Instance, Inventory, VgpuType, canonical_parent_name, canonical_uuid
 from .state import HostLock, Intent, State, StateStore
 
@@ -55,9 +55,9 @@ class Lifecycle:
         )
 
     # --- reading ---------------------------------------------------------------------------------------------------
-    def read(self) -> "tuple[Inventory, State]":
+    def read(self, *, types: TypeScope = TypeScope.ALL) -> "tuple[Inventory, State]":
         """Inventory and ownership without the lock (for read-only commands)."""
-        return self.host.inventory(), self.store.load()
+        return self.host.inventory(types=types), self.store.load()
 
     def users(self, instances: Sequence[Instance]) -> Dict[str, List[str]]:
         out: Dict[str, List[str]] = {}

@@ -292,3 +292,25 @@ def test_stop_cleans_up_after_a_crashed_daemon(tmp_path):
     assert not is_mounted(sim.sys) and os.listdir(sim.paths.dev_vfio) == []
     with SimHost("mtty", link / "r") as again:  # and it starts again
         assert again.instances() == []
+
+
+def test_many_blocked_removes_do_not_stall_other_operations(sim_factory):
+    sim = sim_factory("mtty")
+    uuids = [sim.create("mtty", "mtty-1") for _ in range(14)]  # more than libfuse's default 10 workers
+    fds = [os.open(sim.paths.dev_vfio / str(sim.group_of(u)), os.O_RDONLY) for u in uuids]
+    removers = [threading.Thread(target=sim.remove, args=(u,)) for u in uuids]
+    try:
+        for th in removers:
+            th.start()
+        time.sleep(0.3)
+        seen = []
+        reader = threading.Thread(target=lambda: seen.append(sim.available("mtty", "mtty-1")))
+        reader.start()
+        reader.join(1.0)
+        assert seen == [10]
+    finally:
+        for fd in fds:
+            os.close(fd)
+        for th in removers:
+            th.join(5)
+    assert sim.instances() == []

@@ -5,6 +5,8 @@ from typing import Optional
 
 import click
 
+from ..host import TypeScope
+
 from ._common import build_lifecycle, json_option, render, settings
 from .records import (
     INSTANCE_COLUMNS,
@@ -45,7 +47,7 @@ def types(parent: Optional[str], as_json: bool) -> None:
 def list_instances(parent: Optional[str], as_json: bool) -> None:
     """Existing vGPU instances, who owns them and who uses them."""
     lc = build_lifecycle(settings())
-    inv, state = lc.read()
+    inv, state = lc.read(types=TypeScope.USED)
     only = lc.host.resolve_parent(parent, inv) if parent else None
     shown = [i for i in inv.instances if only is None or i.parent == only]
     users = lc.users(shown)

@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Sequence
 from ..errors import BadParentName, UnknownParent
 from ..model import BackendKind, Instance, Inventory, canonical_parent_name, sorted_inventory
 from ..paths import HostPaths
-from .base import Backend
+from .base import Backend, TypeScope
 from .holders import Holder, find_holders
 from .mdev import MdevBackend
 
@@ -31,14 +31,15 @@ class Host:
                 return b
         raise KeyError(kind)
 
-    def inventory(self) -> Inventory:
-        parents, types, instances = [], [], []
+    def inventory(self, *, types: TypeScope = TypeScope.ALL) -> Inventory:
+        """Everything the backends see; ``types`` limits which type tables are read (see ``TypeScope``)."""
+        parents, vtypes, instances = [], [], []
         for b in self.backends:
-            p, t, i = b.read()
+            p, t, i = b.read(types=types)
             parents += p
-            types += t
+            vtypes += t
             instances += i
-        return sorted_inventory(parents, types, instances)
+        return sorted_inventory(parents, vtypes, instances)
 
     def resolve_parent(self, name: str, inventory: Inventory) -> str:
         """The canonical name of the registered parent ``name`` refers to (case-insensitive), or a typed error."""
@@ -66,4 +67,4 @@ class Host:
         return {groups[g]: h for g, h in find_holders(self.paths, groups).items()}
 
 
-__all__ = ["Host", "Holder", "Backend", "MdevBackend"]
+__all__ = ["Host", "Holder", "Backend", "MdevBackend", "TypeScope"]

@@ -17,6 +17,7 @@ from ..describe import typed_fields
 from ..errors import AlreadyExists, BadUuid, HostIOError, NoCapacity, ParentGone, UnknownInstance
 from ..model import PCI_ADDR_RE, BackendKind, Instance, Parent, VgpuType
 from ..paths import HostPaths
+from .base import TypeScope
 from .sysfs import link_name, listdir, read_attr, read_int, write_attr
 
 
@@ -27,17 +28,17 @@ class MdevBackend:
         self.paths = paths
 
     # --- inventory -------------------------------------------------------------------------------------------------
-    def read(self) -> Tuple[List[Parent], List[VgpuType], List[Instance]]:
-        parents: List[Parent] = []
-        types: List[VgpuType] = []
-        for name in listdir(self.paths.mdev_bus):
-            parent = self._read_parent(name)
-            if parent is None:  # unregistered while we looked
-                continue
-            parents.append(parent)
-            types += self._read_types(name)
+    def read(self, *, types: TypeScope = TypeScope.ALL) -> Tuple[List[Parent], List[VgpuType], List[Instance]]:
+        parents = [p for p in (self._read_parent(n) for n in listdir(self.paths.mdev_bus)) if p]
         instances = [i for i in (self._read_instance(u) for u in listdir(self.paths.mdev_devices)) if i]
-        return parents, types, instances
+        vtypes: List[VgpuType] = []
+        if types is TypeScope.ALL:
+            for p in parents:
+                vtypes += self._read_types(p.name)
+        elif types is TypeScope.USED:
+            for parent, type_id in sorted({(i.parent, i.type_id) for i in instances}):
+                vtypes += self._read_types(parent, only=type_id)
+        return parents, vtypes, instances
 
     def _read_parent(self, name: str) -> Optional[Parent]:
         d = self.paths.mdev_bus / name
@@ -57,10 +58,10 @@ class MdevBackend:
             is_vf=os.path.islink(physfn),
         )
 
-    def _read_types(self, parent: str) -> List[VgpuType]:
+    def _read_types(self, parent: str, only: Optional[str] = None) -> List[VgpuType]:
         base = self.paths.mdev_bus / parent / "mdev_supported_types"
         out = []
-        for type_id in listdir(base):
+        for type_id in [only] if only else listdir(base):
             d = base / type_id
             available = read_int(d / "available_instances")
             if available is None:  # the type vanished with its parent
@@ -81,20 +82,22 @@ class MdevBackend:
         return out
 
     def _read_instance(self, uuid: str) -> Optional[Instance]:
+        # Plain readlinks, no realpath: under FUSE every resolved component is a round trip, and the kernel's links
+        # already name what we need (…/<parent>/<uuid>, ../mdev_supported_types/<type>, …/iommu_groups/<n>).
         link = self.paths.mdev_devices / uuid
-        real = os.path.realpath(link)
-        type_link = os.path.join(real, "mdev_type")
-        type_real = os.path.realpath(type_link)
-        if not os.path.isdir(real) or not os.path.isdir(type_real):
+        try:
+            parent = os.path.basename(os.path.dirname(os.readlink(link)))
+            type_id = os.path.basename(os.readlink(link / "mdev_type"))
+        except OSError:  # removed while we looked
             return None
-        group = link_name(os.path.join(real, "iommu_group"))
+        group = link_name(link / "iommu_group")
         return Instance(
             uuid=uuid,
-            parent=os.path.basename(os.path.dirname(real)),
-            type_id=os.path.basename(type_real),
+            parent=parent,
+            type_id=type_id,
             backend=self.kind,
             iommu_group=int(group) if group and group.isdigit() else None,
-            driver=link_name(os.path.join(real, "driver")),
+            driver=link_name(link / "driver"),
         )
 
     # --- lifecycle -------------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from vgpuctl.sim.machine import Dir, File, Link, Machine, SimError
 log = logging.getLogger("vgpusim")
 
 POLL_SECONDS = 0.05
+MAX_THREADS = 256
 
 
 def holders(path: str, proc: str = "/proc") -> List[int]:
@@ -208,5 +209,7 @@ class SimFS(mfusepy.Operations):
 
 def serve(machine: Machine, mountpoint: str) -> None:
     """Mount and serve until unmounted or signalled (blocks)."""
+    # A held `remove` keeps its worker thread; libfuse's default cap (10 workers) would let ten of them stall every
+    # other operation, so allow many more.
     mfusepy.FUSE(SimFS(machine), mountpoint, raw_fi=True, foreground=True, allow_other=True, fsname="vgpusim",
-                 subtype="vgpusim")
+                 subtype="vgpusim", max_threads=MAX_THREADS)
