@@ -1,0 +1,185 @@
+"""Device XML from jinja2 templates: the ``<hostdev>`` that gives a domain its vGPU.
+
+Built-in templates live in the package (``vgpuctl/data/templates``); a file of the same name in
+``etc/vgpuctl/templates`` overrides one.  Rendering is sandboxed (a template cannot reach Python internals) and every
+value is XML-escaped, so a domain name or a metadata value containing ``'"<>&`` cannot inject markup.  The result is
+parsed and must be exactly one ``<hostdev>`` element; any failure is a ``TemplateError`` naming the file and line.
+
+jinja2 is imported only when something is rendered, so importing this module costs nothing.
+"""
+from __future__ import annotations
+
+import os
+import stat
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from .errors import ConfigError, LibvirtUnavailable, TemplateError
+from .model import PCI_ADDR_RE, BackendKind, Instance, VgpuType
+from .paths import HostPaths
+
+BUILTIN_DIR = Path(__file__).resolve().parent / "data" / "templates"
+MDEV_TEMPLATE = "mdev-hostdev.xml.j2"
+PCI_TEMPLATE = "pci-hostdev.xml.j2"
+#: device_api values the mdev core reports, which are also libvirt's hostdev ``model`` values
+MDEV_MODELS = ("vfio-pci", "vfio-ccw", "vfio-ap")
+
+
+@dataclass(frozen=True)
+class Rendered:
+    xml: str  #: one ``<hostdev>`` element, as rendered
+    template: str  #: the file it came from
+
+
+def alias_for(ident: str) -> str:
+    """The user alias (``ua-`` prefix, libvirt >= 3.9) vgpuctl gives a device: ``ua-vgpu-<uuid or pci address>``."""
+    return "ua-vgpu-" + "".join(c if c.isalnum() or c == "-" else "-" for c in ident.lower())
+
+
+def device_context(
+    instance: Instance,
+    vtype: Optional[VgpuType],
+    *,
+    domain: str,
+    display: Optional[bool] = None,
+    ramfb: Optional[bool] = None,
+) -> "tuple[str, Dict[str, Any]]":
+    """The template name and context for ``instance``: mdev hostdev, or PCI hostdev for a per-VF vGPU."""
+    common: Dict[str, Any] = {
+        "domain": domain,
+        "parent": instance.parent,
+        "type_id": instance.type_id,
+        "type_name": vtype.name if vtype else None,
+        "alias": alias_for(instance.uuid),
+    }
+    if instance.backend == BackendKind.NVIDIA_VF:
+        m = PCI_ADDR_RE.match(instance.uuid)
+        if not m:
+            raise ConfigError(instance.uuid, "a per-VF vGPU's identity must be a PCI address")
+        common.update(
+            address=instance.uuid,
+            domain_nr="0x" + (m.group("domain") or "0000").lower(),
+            bus="0x" + m.group("bus").lower(),
+            slot="0x" + m.group("slot").lower(),
+            function="0x" + m.group("fn"),
+        )
+        return PCI_TEMPLATE, common
+    api = vtype.device_api if vtype else None
+    common.update(
+        uuid=instance.uuid,
+        model=api if api in MDEV_MODELS else "vfio-pci",
+        display=display,
+        ramfb=ramfb,
+    )
+    return MDEV_TEMPLATE, common
+
+
+class Templates:
+    """The device templates of one host: overrides in ``etc/vgpuctl/templates``, then the built-in ones."""
+
+    def __init__(self, paths: HostPaths, *, builtin: Path = BUILTIN_DIR) -> None:
+        self.override_dir = paths.config_dir / "templates"
+        self.search: List[Path] = [self.override_dir, builtin]
+        self._env: Any = None
+
+    def _environment(self) -> Any:
+        if self._env is None:
+            try:
+                import jinja2
+                from jinja2.sandbox import SandboxedEnvironment
+            except ImportError:
+                raise LibvirtUnavailable("jinja2") from None
+            self._env = SandboxedEnvironment(
+                loader=jinja2.FileSystemLoader([os.fspath(p) for p in self.search]),
+                autoescape=True,
+                undefined=jinja2.StrictUndefined,
+                keep_trailing_newline=False,
+                auto_reload=False,
+            )
+        return self._env
+
+    def source_of(self, name: str) -> Path:
+        """The file ``name`` resolves to (an override if there is one)."""
+        for d in self.search:
+            if (d / name).is_file():
+                return d / name
+        raise ConfigError(os.fspath(self.search[-1] / name), "template not found (looked in "
+                          + ", ".join(os.fspath(d) for d in self.search) + ")")
+
+    def render(self, name: str, context: Dict[str, Any]) -> Rendered:
+        path = self.source_of(name)
+        _refuse_unsafe(path, self.override_dir)
+        env = self._environment()
+        import jinja2
+
+        try:
+            text = env.get_template(name).render(**context)
+        except jinja2.TemplateSyntaxError as e:
+            raise TemplateError(e.filename or os.fspath(path), e.message or str(e), line=e.lineno) from None
+        except jinja2.TemplateError as e:
+            raise TemplateError(os.fspath(path), _one_line(e), line=_template_line(e, os.fspath(path))) from None
+        return Rendered(xml=check_hostdev(text, os.fspath(path)), template=os.fspath(path))
+
+    def for_instance(
+        self,
+        instance: Instance,
+        vtype: Optional[VgpuType],
+        *,
+        domain: str,
+        display: Optional[bool] = None,
+        ramfb: Optional[bool] = None,
+    ) -> Rendered:
+        name, ctx = device_context(instance, vtype, domain=domain, display=display, ramfb=ramfb)
+        return self.render(name, ctx)
+
+
+def check_hostdev(text: str, source: str) -> str:
+    """``text`` stripped, if it is exactly one well-formed ``<hostdev>`` element; else a ``TemplateError``."""
+    body = text.strip()
+    if "<!" in body.replace("<!--", ""):
+        raise TemplateError(source, "rendered XML contains a DOCTYPE, ENTITY or CDATA section; a device template may not")
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError as e:
+        try:  # several top-level elements: say how many devices, not "junk after document element"
+            root = ET.fromstring(f"<_>{body}</_>")
+        except ET.ParseError:
+            raise TemplateError(source, f"rendered XML is not well-formed ({_one_line(e)} of the rendered text)") from None
+    count = sum(1 for el in root.iter() if el.tag == "hostdev")
+    if root.tag != "hostdev" or count != 1:
+        where = "" if root.tag == "_" else f" under <{root.tag}>"
+        raise TemplateError(
+            source, f"renders {count} <hostdev> element(s){where}; a device template must render exactly one "
+            "<hostdev> as its only top-level element"
+        )
+    return body
+
+
+def _refuse_unsafe(path: Path, override_dir: Path) -> None:
+    """An override that anyone can write would let anyone choose what devices VMs get: refuse it."""
+    if path.parent != override_dir:
+        return
+    for p in (path, override_dir):
+        st = os.stat(p)
+        if st.st_mode & stat.S_IWOTH:
+            raise ConfigError(os.fspath(p), f"is world-writable; fix with: chmod o-w {os.fspath(p)}")
+
+
+def _template_line(e: BaseException, filename: str) -> Optional[int]:
+    """The line of ``filename`` where a render-time error happened (jinja2 rewrites tracebacks to template lines)."""
+    line = None
+    tb = e.__traceback__
+    while tb is not None:
+        if os.path.abspath(tb.tb_frame.f_code.co_filename) == os.path.abspath(filename):
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return getattr(e, "lineno", None) or line
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
+
+
+__all__: Sequence[str] = ["Templates", "Rendered", "check_hostdev", "device_context", "alias_for", "BUILTIN_DIR"]
