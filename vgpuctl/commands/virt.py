@@ -1,0 +1,122 @@
+"""``vgpuctl attach``, ``detach`` and ``hook``: give libvirt domains their vGPUs."""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from typing import Optional, Tuple
+
+import click
+
+from ..errors import InvalidInput
+from ._common import build_lifecycle, info, json_option, record, settings
+
+ATTACHED_SCHEMA = "vgpuctl.attached/v1"
+DETACHED_SCHEMA = "vgpuctl.detached/v1"
+
+scope_options = [
+    click.option("--config", "config", is_flag=True,
+                 help="Change the persistent definition (survives restarts)."),
+    click.option("--live", "live", is_flag=True, help="Change the running domain (hot-plug)."),
+]
+
+
+def _scope(f):  # type: ignore[no-untyped-def]
+    for opt in reversed(scope_options):
+        f = opt(f)
+    return f
+
+
+def _attachments():  # type: ignore[no-untyped-def]
+    from ..templates import Templates
+    from ..virt import Attachments, Virt
+
+    s = settings()
+    if s.connect == "none":
+        raise InvalidInput("attach and detach need libvirt: drop --connect none (or VGPUCTL_LIBVIRT_URI=none)")
+    lc = build_lifecycle(s)
+    return Attachments(Virt.open(s.connect), lc, Templates(s.paths))
+
+
+@click.command()
+@click.argument("domain")
+@click.option("--uuid", "-u", metavar="UUID", help="The vGPU to attach; with --parent/--type, the new one's uuid.")
+@click.option("--parent", "-p", metavar="PARENT", help="Create a new vGPU on this parent (with --type) and attach it.")
+@click.option("--type", "-t", "type_id", metavar="TYPE", help="Type of the new vGPU (id or name).")
+@_scope
+@click.option("--display/--no-display", default=None, help="Use the vGPU as the domain's display (default: libvirt's).")
+@click.option("--ramfb", is_flag=True, default=None, help="Boot display through ramfb (implies --display).")
+@json_option
+def attach(domain: str, uuid: Optional[str], parent: Optional[str], type_id: Optional[str], config: bool, live: bool,
+           display: Optional[bool], ramfb: Optional[bool], as_json: bool) -> None:
+    """Attach a vGPU to DOMAIN, creating it first with --parent/--type.
+
+    Without --config or --live, the running domain gets it if DOMAIN runs, else the persistent definition (as
+    'virsh attach-device --current').  The device XML comes from the template mdev-hostdev.xml.j2 (override it in
+    etc/vgpuctl/templates); ownership is recorded in the domain's metadata.  A vGPU another domain references is
+    refused; if libvirt rejects the attach, a vGPU created for it is destroyed again.
+    """
+    a = _attachments()
+    try:
+        r = a.attach(domain, uuid=uuid, parent=parent, type_id=type_id, live=live, config=config, display=display,
+                     ramfb=ramfb)
+    finally:
+        a.virt.close()
+    if as_json:
+        click.echo(json.dumps(record(ATTACHED_SCHEMA, domain=r.domain, domain_uuid=r.domain_uuid, uuid=r.instance.uuid,
+                                     parent=r.instance.parent, type_id=r.instance.type_id, live=r.scope.live,
+                                     config=r.scope.config, created=r.created, changed=r.changed), indent=2))
+        return
+    click.echo(r.instance.uuid)
+    made = f"created and " if r.created else ""
+    what = "attached" if r.changed else "already attached"
+    info(f"{made}{what} {r.instance.uuid} ({r.instance.type_id} on {r.instance.parent}) to {r.domain!r} ({r.scope})")
+
+
+@click.command()
+@click.argument("domain")
+@click.option("--uuid", "-u", metavar="UUID", help="Only this vGPU (default: every vGPU vgpuctl manages in DOMAIN).")
+@click.option("--destroy", is_flag=True, help="Destroy the vGPUs after detaching them (only ones vgpuctl created).")
+@_scope
+@json_option
+def detach(domain: str, uuid: Optional[str], destroy: bool, config: bool, live: bool, as_json: bool) -> None:
+    """Detach vGPUs from DOMAIN (same --config/--live default as attach), and drop them from its metadata."""
+    a = _attachments()
+    try:
+        results = a.detach(domain, uuid=uuid, live=live, config=config, destroy=destroy)
+    finally:
+        a.virt.close()
+    if as_json:
+        click.echo(json.dumps([record(DETACHED_SCHEMA, domain=r.domain, domain_uuid=r.domain_uuid, uuid=r.uuid,
+                                      live=r.scope.live, config=r.scope.config, destroyed=r.destroyed)
+                               for r in results], indent=2))
+        return
+    for r in results:
+        click.echo(r.uuid)
+        info(f"detached {r.uuid} from {r.domain!r} ({r.scope})" + ("; destroyed it" if r.destroyed else ""))
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=20.0, show_default=True, metavar="SECONDS",
+              help="Give up after this long (libvirt waits for the hook while it holds the domain).")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def hook(timeout: float, args: Tuple[str, ...]) -> None:
+    """libvirt qemu hook: create a domain's vGPUs at prepare/begin, destroy them at release/end.
+
+    Install as /etc/libvirt/hooks/qemu:  exec vgpuctl --connect none hook qemu "$@"
+    ARGS are what libvirt passes (qemu DOMAIN OPERATION SUB-OP EXTRA); the domain XML is read from stdin.
+    Exits non-zero only when a start should be aborted; never contacts libvirt.
+    """
+    from ..hook import Hook
+
+    s = settings()
+    # the hook runs under libvirt's domain lock: no libvirt usage check, and no wait longer than the bound
+    s = replace(s, connect="none", lock_timeout=min(s.lock_timeout, timeout * 0.8))
+
+    def read_stdin() -> str:
+        if sys.stdin is None or sys.stdin.isatty():
+            return ""
+        return sys.stdin.read()
+
+    code = Hook(build_lifecycle(s), s.paths).run(args, read_stdin, timeout=timeout)
+    sys.exit(code)

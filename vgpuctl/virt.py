@@ -1,0 +1,588 @@
+"""libvirt access: the one module that imports libvirt, and only when a connection is opened.
+
+Three layers, top to bottom:
+
+* pure XML: ``parse_domain`` reads the facts vgpuctl needs from a domain's XML (which vGPUs its hostdevs reference,
+  which of them vgpuctl manages according to its ``<metadata>``); ``metadata_xml`` writes that metadata.  No libvirt.
+* ``Virt``: one open connection.  Every libvirt error leaves it as a typed ``LibvirtError`` naming the URI or the
+  domain, never as a traceback.  ``snapshot()`` reads every domain once, for commands that ask about many instances.
+* ``Attachments`` (attach/detach with templates, ownership metadata and roll-back) and ``DomainUsers`` (the
+  ``UsageCheck`` that lets ``destroy`` refuse a device a domain references).
+
+Ownership metadata, in the domain XML (persistent and/or live, like the device itself)::
+
+    <metadata>
+      <vgpuctl:vgpus xmlns:vgpuctl="https://vgpuctl.dev/xmlns/1">
+        <vgpuctl:vgpu uuid="..." parent="mtty" type="mtty-1" backend="mdev"/>
+      </vgpuctl:vgpus>
+    </metadata>
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import time
+import uuid as uuidlib
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from .errors import (
+    AttachedElsewhere,
+    BadUuid,
+    DomainNotFound,
+    InvalidInput,
+    LibvirtConnectError,
+    LibvirtRefused,
+    LibvirtUnavailable,
+    LockTimeout,
+    NotAttached,
+    NotOwned,
+    UnknownInstance,
+)
+from .model import PCI_ADDR_RE, BackendKind, Instance, canonical_parent_name, canonical_uuid
+from .paths import HostPaths
+
+log = logging.getLogger("vgpuctl.virt")
+
+NS = "https://vgpuctl.dev/xmlns/1"
+NS_KEY = "vgpuctl"
+
+# libvirt's constants, so that this module's pure parts do not need the binding
+AFFECT_LIVE = 1
+AFFECT_CONFIG = 2
+XML_INACTIVE = 2
+METADATA_ELEMENT = 2
+
+
+# --- pure XML ------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Scope:
+    """Which of a domain's definitions a change affects: the running one, the persistent one, or both."""
+
+    live: bool
+    config: bool
+
+    @property
+    def flags(self) -> int:
+        return (AFFECT_LIVE if self.live else 0) | (AFFECT_CONFIG if self.config else 0)
+
+    def __bool__(self) -> bool:
+        return self.live or self.config
+
+    def __str__(self) -> str:
+        return "+".join(n for n, on in (("live", self.live), ("config", self.config)) if on) or "none"
+
+
+def resolve_scope(*, live: bool, config: bool, running: bool) -> Scope:
+    """What ``virsh attach-device --current`` does when neither flag is given: live if running, else persistent."""
+    if live or config:
+        return Scope(live=live, config=config)
+    return Scope(live=running, config=not running)
+
+
+@dataclass(frozen=True)
+class ManagedVgpu:
+    """One vGPU vgpuctl attached to a domain, as recorded in the domain's metadata."""
+
+    uuid: str  #: mdev uuid, or the VF's PCI address for a per-VF vGPU
+    parent: str = ""
+    type_id: str = ""
+    backend: str = "mdev"
+
+
+@dataclass(frozen=True)
+class DomainXml:
+    """What vgpuctl needs from one domain XML document."""
+
+    name: str
+    uuid: str
+    devices: Tuple[str, ...] = ()  #: vGPU identities the hostdevs reference (mdev uuids, PCI addresses)
+    managed: Tuple[ManagedVgpu, ...] = ()  #: vgpuctl's metadata entries
+
+    def managed_entry(self, ident: str) -> Optional[ManagedVgpu]:
+        for m in self.managed:
+            if m.uuid == ident:
+                return m
+        return None
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def hostdev_identity(el: ET.Element) -> Optional[str]:
+    """The vGPU a ``<hostdev>`` element references: an mdev uuid, or a PCI address; None for anything else."""
+    addr = el.find("source/address")
+    if addr is None:
+        return None
+    kind = el.get("type")
+    if kind == "mdev":
+        return canonical_uuid(addr.get("uuid", ""))
+    if kind == "pci":
+        try:
+            dom, bus, slot, fn = (int(addr.get(k, "0"), 0) for k in ("domain", "bus", "slot", "function"))
+        except ValueError:
+            return None
+        return f"{dom:04x}:{bus:02x}:{slot:02x}.{fn:x}"
+    return None
+
+
+def parse_domain(text: str) -> DomainXml:
+    """Parse a domain XML document; ``ValueError`` (with a one-line reason) if it is not one."""
+    if "<!DOCTYPE" in text or "<!ENTITY" in text:
+        raise ValueError("domain XML with a DOCTYPE or ENTITY declaration is refused")
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError as e:
+        raise ValueError(f"not well-formed XML ({e})") from None
+    if root.tag != "domain":
+        raise ValueError(f"the document element is <{root.tag}>, not <domain>")
+    name = (root.findtext("name") or "").strip()
+    if not name:
+        raise ValueError("the domain XML has no <name>")
+    devices = sorted({i for i in (hostdev_identity(h) for h in root.iterfind("devices/hostdev")) if i})
+    managed: List[ManagedVgpu] = []
+    for el in root.iterfind("metadata/*"):
+        if el.tag != f"{{{NS}}}vgpus":
+            continue
+        for v in el:
+            if _local(v.tag) != "vgpu":
+                continue
+            ident = canonical_uuid(v.get("uuid", "")) or canonical_parent_name(v.get("uuid", ""))
+            if ident:
+                managed.append(ManagedVgpu(ident, v.get("parent", ""), v.get("type", ""), v.get("backend", "mdev")))
+    return DomainXml(name=name, uuid=(root.findtext("uuid") or "").strip(), devices=tuple(devices),
+                     managed=tuple(managed))
+
+
+def metadata_xml(entries: Iterable[ManagedVgpu]) -> str:
+    """The metadata element for ``setMetadata`` (libvirt adds the namespace and prefix); values are XML-escaped."""
+    root = ET.Element("vgpus")
+    for e in sorted(entries, key=lambda e: e.uuid):
+        ET.SubElement(root, "vgpu", {"uuid": e.uuid, "parent": e.parent, "type": e.type_id, "backend": e.backend})
+    return ET.tostring(root, encoding="unicode")
+
+
+def match_xml(ident: str) -> str:
+    """The least ``<hostdev>`` libvirt needs to find the device referencing ``ident`` (it matches on the source)."""
+    m = PCI_ADDR_RE.match(ident)
+    if m and canonical_uuid(ident) is None:
+        h = ET.Element("hostdev", {"mode": "subsystem", "type": "pci", "managed": "no"})
+        ET.SubElement(ET.SubElement(h, "source"), "address", {
+            "domain": "0x" + (m.group("domain") or "0000"), "bus": "0x" + m.group("bus"),
+            "slot": "0x" + m.group("slot"), "function": "0x" + m.group("fn")})
+    else:
+        h = ET.Element("hostdev", {"mode": "subsystem", "type": "mdev", "model": "vfio-pci"})
+        ET.SubElement(ET.SubElement(h, "source"), "address", {"uuid": ident})
+    return ET.tostring(h, encoding="unicode")
+
+
+# --- what the domains of a host reference ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DomainInfo:
+    name: str
+    uuid: str
+    running: bool
+    persistent: bool
+    live: Optional[DomainXml] = None  #: the running definition (running domains only)
+    config: Optional[DomainXml] = None  #: the persistent definition (persistent domains only)
+
+    def xml_for(self, scope: Scope) -> List[DomainXml]:
+        return [x for x, on in ((self.live, scope.live), (self.config, scope.config)) if on and x is not None]
+
+
+@dataclass(frozen=True)
+class DomainUse:
+    """One domain referencing one vGPU."""
+
+    domain: str
+    domain_uuid: str
+    running: bool
+    live: bool  #: the running domain's XML references it (QEMU has, or is about to have, the device)
+    config: bool  #: the persistent definition references it
+
+    @property
+    def stale(self) -> bool:
+        """Only a definition references it, not a running domain: ``destroy --force`` may override this one."""
+        return not (self.running and self.live)
+
+    def describe(self) -> str:
+        if self.running and self.live:
+            return f"domain {self.domain!r} (running)"
+        if self.running:
+            return f"domain {self.domain!r} (running; in its persistent config, for the next start)"
+        return f"domain {self.domain!r} (defined, shut off)"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Every domain at one URI, read once."""
+
+    uri: str
+    domains: Tuple[DomainInfo, ...] = ()
+
+    def uses(self, ident: str) -> Tuple[DomainUse, ...]:
+        out = []
+        for d in self.domains:
+            live = d.live is not None and ident in d.live.devices
+            config = d.config is not None and ident in d.config.devices
+            if live or config:
+                out.append(DomainUse(d.name, d.uuid, d.running, live, config))
+        return tuple(sorted(out, key=lambda u: u.domain))
+
+
+# --- the connection ------------------------------------------------------------------------------------------------
+def _binding() -> Any:
+    try:
+        import libvirt
+    except ImportError:
+        raise LibvirtUnavailable("libvirt (libvirt-python)") from None
+    # libvirt prints every error to stderr by default; vgpuctl reports them itself, once, as typed errors
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    return libvirt
+
+
+def _detail(e: Exception) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+class Virt:
+    """One open libvirt connection.  Build it with ``Virt.open(uri)``; tests pass a ``test:///<file>`` URI."""
+
+    def __init__(self, conn: Any, uri: str) -> None:
+        self.conn = conn
+        self.uri = uri
+        self.lv = _binding()
+
+    @classmethod
+    def open(cls, uri: str, *, readonly: bool = False) -> "Virt":
+        lv = _binding()
+        try:
+            conn = lv.openReadOnly(uri) if readonly else lv.open(uri)
+        except lv.libvirtError as e:
+            raise LibvirtConnectError(uri, _detail(e)) from None
+        if conn is None:
+            raise LibvirtConnectError(uri, "libvirt returned no connection")
+        return cls(conn, uri)
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except Exception:  # closing a dead connection is not worth reporting
+            pass
+
+    def __enter__(self) -> "Virt":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _error(self, e: Exception, action: str, domain: str) -> Exception:
+        code = e.get_error_code() if hasattr(e, "get_error_code") else None
+        if code == self.lv.VIR_ERR_NO_DOMAIN:
+            return DomainNotFound(domain, self.uri)
+        if code in (self.lv.VIR_ERR_SYSTEM_ERROR, self.lv.VIR_ERR_RPC, self.lv.VIR_ERR_NO_CONNECT,
+                    self.lv.VIR_ERR_INVALID_CONN, self.lv.VIR_ERR_AUTH_FAILED):
+            return LibvirtConnectError(self.uri, _detail(e))
+        return LibvirtRefused(action, domain, _detail(e))
+
+    # --- reading ---------------------------------------------------------------------------------------------------
+    def lookup(self, name: str) -> Any:
+        try:
+            return self.conn.lookupByName(name)
+        except self.lv.libvirtError as e:
+            raise self._error(e, "look up", name) from None
+
+    def info(self, dom: Any, name: str = "") -> DomainInfo:
+        name = name or dom.name()
+        try:
+            running = bool(dom.isActive())
+            persistent = bool(dom.isPersistent())
+            live = _parse(dom.XMLDesc(0), name) if running else None
+            config = _parse(dom.XMLDesc(XML_INACTIVE), name) if persistent else None
+            uuid = dom.UUIDString()
+        except self.lv.libvirtError as e:
+            raise self._error(e, "read", name) from None
+        return DomainInfo(name=name, uuid=uuid, running=running, persistent=persistent, live=live, config=config)
+
+    def snapshot(self) -> Snapshot:
+        try:
+            doms = self.conn.listAllDomains(0)
+        except self.lv.libvirtError as e:
+            raise LibvirtConnectError(self.uri, _detail(e)) from None
+        infos = []
+        for d in doms:
+            try:
+                infos.append(self.info(d))
+            except DomainNotFound:  # undefined while we looked
+                continue
+        return Snapshot(self.uri, tuple(sorted(infos, key=lambda i: i.name)))
+
+    # --- changing --------------------------------------------------------------------------------------------------
+    def attach_device(self, dom: Any, name: str, xml: str, scope: Scope) -> None:
+        try:
+            dom.attachDeviceFlags(xml, scope.flags)
+        except self.lv.libvirtError as e:
+            raise self._error(e, f"attach a device ({scope}) to", name) from None
+
+    def detach_device(self, dom: Any, name: str, xml: str, scope: Scope) -> None:
+        try:
+            dom.detachDeviceFlags(xml, scope.flags)
+        except self.lv.libvirtError as e:
+            raise self._error(e, f"detach a device ({scope}) from", name) from None
+
+    def set_managed(self, dom: Any, name: str, entries: Sequence[ManagedVgpu], scope: Scope) -> None:
+        """Replace vgpuctl's metadata in ``scope`` (one definition at a time); no entries removes it."""
+        text = metadata_xml(entries) if entries else None
+        try:
+            dom.setMetadata(METADATA_ELEMENT, text, NS_KEY, NS, scope.flags)
+        except self.lv.libvirtError as e:
+            raise self._error(e, f"record vgpuctl metadata ({scope}) in", name) from None
+
+
+def _parse(text: str, name: str) -> DomainXml:
+    try:
+        return parse_domain(text)
+    except ValueError as e:  # libvirt gave us something we cannot read: report, do not guess
+        raise LibvirtRefused("read the XML of", name, str(e)) from None
+
+
+# --- the usage check -----------------------------------------------------------------------------------------------
+class DomainUsers:
+    """``UsageCheck``: the libvirt domains whose live or persistent XML references an instance.
+
+    One connection and one read of every domain per call.  With ``include_stale=False`` (``destroy --force``) a
+    definition alone no longer counts, but a running domain that has the device always does.
+    """
+
+    def __init__(self, uri: str, *, include_stale: bool = True) -> None:
+        self.uri = uri
+        self.include_stale = include_stale
+        #: what the last call read, so a command can show domains without a second read
+        self.last: Optional[Snapshot] = None
+
+    def read(self) -> Snapshot:
+        with Virt.open(self.uri, readonly=True) as v:
+            self.last = v.snapshot()
+        return self.last
+
+    def users(self, instances: Sequence[Instance]) -> Dict[str, List[str]]:
+        if not instances:
+            return {}
+        snap = self.read()
+        out: Dict[str, List[str]] = {}
+        for i in instances:
+            uses = [u for u in snap.uses(i.uuid) if self.include_stale or not u.stale]
+            if uses:
+                out[i.uuid] = [u.describe() for u in uses]
+        return out
+
+
+# --- attach and detach ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AttachResult:
+    domain: str
+    domain_uuid: str
+    instance: Instance
+    scope: Scope
+    created: bool  #: vgpuctl made the instance for this attach
+    changed: bool  #: anything changed (False: it was attached and recorded already)
+
+
+@dataclass(frozen=True)
+class DetachResult:
+    domain: str
+    domain_uuid: str
+    uuid: str
+    scope: Scope
+    destroyed: bool
+
+
+class VirtLock:
+    """Serialises vgpuctl's attach/detach (``run/vgpuctl/virt.lock``), so two attaches cannot both take one vGPU.
+
+    Separate from the host lock, which ``Lifecycle`` takes inside it for create and destroy.
+    """
+
+    def __init__(self, paths: HostPaths, timeout: float) -> None:
+        self.path = paths.run_dir / "virt.lock"
+        self.timeout = timeout
+        self._fd = -1
+
+    def __enter__(self) -> "VirtLock":
+        os.makedirs(self.path.parent, mode=0o755, exist_ok=True)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() >= deadline:
+                    os.close(self._fd)
+                    self._fd = -1
+                    if e.errno in (errno.EAGAIN, errno.EACCES):
+                        raise LockTimeout(os.fspath(self.path), self.timeout) from None
+                    raise
+                time.sleep(0.05)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class Attachments:
+    """Give domains their vGPUs and take them back.  Collaborators come in; nothing here opens them."""
+
+    def __init__(self, virt: Virt, lifecycle: Any, templates: Any) -> None:
+        self.virt = virt
+        self.lc = lifecycle  # vgpuctl.lifecycle.Lifecycle
+        self.templates = templates  # vgpuctl.templates.Templates
+
+    def _domain(self, name: str, *, live: bool, config: bool, action: str) -> "tuple[Any, DomainInfo, Scope]":
+        dom = self.virt.lookup(name)
+        info = self.virt.info(dom, name)
+        scope = resolve_scope(live=live, config=config, running=info.running)
+        if scope.live and not info.running:
+            raise LibvirtRefused(action, name, "the domain is not running; use --config for its persistent definition")
+        if scope.config and not info.persistent:
+            raise LibvirtRefused(action, name, "the domain is transient (no persistent definition); use --live")
+        return dom, info, scope
+
+    def attach(
+        self,
+        domain: str,
+        *,
+        uuid: Optional[str] = None,
+        parent: Optional[str] = None,
+        type_id: Optional[str] = None,
+        live: bool = False,
+        config: bool = False,
+        display: Optional[bool] = None,
+        ramfb: Optional[bool] = None,
+    ) -> AttachResult:
+        """Attach an existing instance (``uuid``) or a new one (``parent`` and ``type_id``, optionally ``uuid``)."""
+        creating = parent is not None or type_id is not None
+        if creating and (parent is None or type_id is None):
+            raise InvalidInput("give both --parent and --type to create a vGPU for the domain, or --uuid alone")
+        if not creating and uuid is None:
+            raise InvalidInput("say which vGPU to attach: --uuid UUID, or --parent PARENT --type TYPE to create one")
+        if ramfb and display is False:
+            raise InvalidInput("--ramfb needs the vGPU's display: drop --no-display")
+        if ramfb and display is None:
+            display = True
+        want = str(uuidlib.uuid4()) if uuid is None else canonical_uuid(uuid)
+        if want is None:
+            raise BadUuid(uuid or "")
+        with VirtLock(self.lc.host.paths, self.lc.lock_timeout):
+            dom, info, scope = self._domain(domain, live=live, config=config, action="attach a vGPU to")
+            inv, _state = self.lc.read()
+            if creating:
+                from .lifecycle import find_type
+
+                pname = self.lc.host.resolve_parent(parent, inv)
+                vtype = find_type(inv, pname, type_id)
+                planned = Instance(uuid=want, parent=pname, type_id=vtype.type_id,
+                                   backend=inv.parent(pname).backend)  # type: ignore[union-attr]
+            else:
+                existing = inv.instance(want)
+                if existing is None:
+                    raise UnknownInstance(want)
+                planned = existing
+                vtype = inv.type_on(existing.parent, existing.type_id)
+            others = [u.domain for u in self.virt.snapshot().uses(planned.uuid) if u.domain_uuid != info.uuid]
+            if others:
+                raise AttachedElsewhere(planned.uuid, others)
+            rendered = self.templates.for_instance(planned, vtype, domain=info.name, display=display, ramfb=ramfb)
+            entry = ManagedVgpu(planned.uuid, planned.parent, planned.type_id, str(planned.backend))
+            missing = Scope(
+                live=scope.live and planned.uuid not in (info.live.devices if info.live else ()),
+                config=scope.config and planned.uuid not in (info.config.devices if info.config else ()),
+            )
+            unrecorded = [x for x in info.xml_for(scope) if x.managed_entry(planned.uuid) != entry]
+            if not missing and not unrecorded:
+                return AttachResult(info.name, info.uuid, planned, scope, created=False, changed=False)
+
+            inst = self.lc.create(parent=planned.parent, type_id=planned.type_id, uuid=want) if creating else planned
+            attached = False
+            try:
+                if missing:
+                    self.virt.attach_device(dom, info.name, rendered.xml, missing)
+                    attached = True
+                for x, one in ((info.live, Scope(True, False)), (info.config, Scope(False, True))):
+                    if x is not None and (scope.live if one.live else scope.config):
+                        kept = [m for m in x.managed if m.uuid != entry.uuid]
+                        self.virt.set_managed(dom, info.name, kept + [entry], one)
+            except BaseException:
+                self._undo(dom, info.name, inst.uuid, missing if attached else Scope(False, False), created=creating)
+                raise
+            return AttachResult(info.name, info.uuid, inst, scope, created=creating, changed=True)
+
+    def _undo(self, dom: Any, name: str, ident: str, attached: Scope, *, created: bool) -> None:
+        """Best-effort roll-back of a failed attach: take the device back, destroy what this attach created."""
+        if attached:
+            try:
+                self.virt.detach_device(dom, name, match_xml(ident), attached)
+            except Exception as e:
+                log.warning("roll-back: could not detach %s from %r again: %s", ident, name, e)
+        if created:
+            try:
+                self.lc.destroy(ident)
+            except Exception as e:
+                log.warning("roll-back: could not destroy %s, which this attach created: %s", ident, e)
+
+    def detach(
+        self,
+        domain: str,
+        *,
+        uuid: Optional[str] = None,
+        live: bool = False,
+        config: bool = False,
+        destroy: bool = False,
+    ) -> List[DetachResult]:
+        """Detach one vGPU (``uuid``), or every one vgpuctl manages in the domain; optionally destroy them."""
+        want: Optional[str] = None
+        if uuid is not None:
+            want = canonical_uuid(uuid) or (canonical_parent_name(uuid) if PCI_ADDR_RE.match(uuid) else None)
+            if want is None:
+                raise BadUuid(uuid)
+        with VirtLock(self.lc.host.paths, self.lc.lock_timeout):
+            dom, info, scope = self._domain(domain, live=live, config=config, action="detach a vGPU from")
+            xmls = info.xml_for(scope)
+            if want is not None:
+                if not any(want in x.devices for x in xmls):
+                    raise NotAttached(info.name, want)
+                targets = [want]
+            else:
+                targets = sorted({m.uuid for x in xmls for m in x.managed if m.uuid in x.devices})
+                if not targets:
+                    raise NotAttached(info.name)
+            if destroy:
+                inv, state = self.lc.read()
+                for t in targets:  # preconditions before the first change
+                    if inv.instance(t) is not None and t not in state.owned:
+                        raise NotOwned(t)
+            for t in targets:
+                where = Scope(
+                    live=scope.live and info.live is not None and t in info.live.devices,
+                    config=scope.config and info.config is not None and t in info.config.devices,
+                )
+                if where:
+                    self.virt.detach_device(dom, info.name, match_xml(t), where)
+            for x, one in ((info.live, Scope(True, False)), (info.config, Scope(False, True))):
+                if x is not None and (scope.live if one.live else scope.config):
+                    kept = [m for m in x.managed if m.uuid not in targets]
+                    if len(kept) != len(x.managed):
+                        self.virt.set_managed(dom, info.name, kept, one)
+            out = []
+            for t in targets:
+                gone = False
+                if destroy and self.lc.read()[0].instance(t) is not None:
+                    self.lc.destroy(t)
+                    gone = True
+                out.append(DetachResult(info.name, info.uuid, t, scope, destroyed=gone))
+            return out
