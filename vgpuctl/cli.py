@@ -29,6 +29,9 @@ COMMANDS = {
     "check": "vgpuctl.commands.reconcile:check",
     "export": "vgpuctl.commands.reconcile:export",
     "service": "vgpuctl.commands.reconcile:service",
+    "attach": "vgpuctl.commands.virt:attach",
+    "detach": "vgpuctl.commands.virt:detach",
+    "hook": "vgpuctl.commands.virt:hook",
 }
 
 
