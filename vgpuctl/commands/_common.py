@@ -9,7 +9,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 import click
 
 from ..host import Host
-from ..lifecycle import Lifecycle
+from ..lifecycle import Lifecycle, ProcessHolders, UsageCheck
 from ..paths import HostPaths
 
 
@@ -32,9 +32,20 @@ def build_host(s: Settings) -> Host:
     return Host(s.paths)
 
 
-def build_lifecycle(s: Settings) -> Lifecycle:
-    """The one place that wires a Lifecycle: host, lock timeout, and the checks that say who uses a device."""
-    return Lifecycle(build_host(s), lock_timeout=s.lock_timeout)
+def build_lifecycle(s: Settings, *, stale_ok: bool = False) -> Lifecycle:
+    """The one place that wires a Lifecycle: host, lock timeout, and the checks that say who uses a device.
+
+    Processes holding a device always count; so do libvirt domains referencing it, unless ``connect`` is ``none``.
+    ``stale_ok`` (``destroy --force``) stops counting a domain whose *definition* alone references the device; a
+    running domain that has it still counts.  libvirt itself is imported only when a check first runs.
+    """
+    host = build_host(s)
+    checks: List[UsageCheck] = [ProcessHolders(host)]
+    if s.connect != "none":
+        from ..virt import DomainUsers
+
+        checks.append(DomainUsers(s.connect, include_stale=not stale_ok))
+    return Lifecycle(host, lock_timeout=s.lock_timeout, usage_checks=checks)
 
 
 def json_option(f: Callable) -> Callable:
