@@ -1,12 +1,14 @@
 """``vgpuctl parents``, ``types`` and ``list``: read-only views of the host."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Dict, Optional, Sequence
 
 import click
 
 from ..host import TypeScope
 
+from ..lifecycle import Lifecycle
+from ..model import Instance
 from ._common import build_lifecycle, json_option, render, settings
 from .records import (
     INSTANCE_COLUMNS,
@@ -50,6 +52,25 @@ def list_instances(parent: Optional[str], as_json: bool) -> None:
     inv, state = lc.read(types=TypeScope.USED)
     only = lc.host.resolve_parent(parent, inv) if parent else None
     shown = [i for i in inv.instances if only is None or i.parent == only]
-    users = lc.users(shown)
-    recs = [instance_record(i, inv, owned=i.uuid in state.owned, used_by=users.get(i.uuid, ())) for i in shown]
+    users = lc.users(shown)  # the one read of libvirt, when it is enabled
+    doms = _domains(lc, shown)
+    recs = [
+        instance_record(i, inv, owned=i.uuid in state.owned, used_by=users.get(i.uuid, ()), **doms.get(i.uuid, {}))
+        for i in shown
+    ]
     render(recs, INSTANCE_COLUMNS, as_json=as_json, empty="no vGPU instances")
+
+
+def _domains(lc: Lifecycle, shown: Sequence[Instance]) -> Dict[str, Dict[str, Any]]:
+    """Per instance, the domains referencing it and whether one runs with it, from the snapshot the libvirt usage
+    check just read (no second read); empty when libvirt is disabled."""
+    if settings().connect == "none":
+        return {}
+    from ..virt import DomainUsers, Snapshot
+
+    snap = next((c.last for c in lc.usage_checks if isinstance(c, DomainUsers) and c.last), None) or Snapshot("")
+    out: Dict[str, Dict[str, Any]] = {}
+    for i in shown:
+        uses = snap.uses(i.uuid)
+        out[i.uuid] = {"domains": [u.domain for u in uses], "running": any(not u.stale for u in uses)}
+    return out

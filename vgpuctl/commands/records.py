@@ -41,6 +41,8 @@ INSTANCE_COLUMNS = [
     ("NAME", "type_name"),
     ("GROUP", "iommu_group"),
     ("OWNED", "owned"),
+    ("DOMAINS", "domains"),
+    ("RUNNING", "running"),
     ("USED_BY", "used_by"),
 ]
 
@@ -84,8 +86,16 @@ def type_record(t: VgpuType) -> Dict[str, Any]:
 
 
 def instance_record(
-    i: Instance, inv: Optional[Inventory] = None, *, owned: Optional[bool] = None, used_by: Sequence[str] = ()
+    i: Instance,
+    inv: Optional[Inventory] = None,
+    *,
+    owned: Optional[bool] = None,
+    used_by: Sequence[str] = (),
+    domains: Optional[Sequence[str]] = None,
+    running: Optional[bool] = None,
 ) -> Dict[str, Any]:
+    """``domains``: libvirt domains whose live or persistent XML references the instance, ``running``: whether one
+    of them runs with it; both None when libvirt was not asked (``--connect none``)."""
     t = inv.type_on(i.parent, i.type_id) if inv else None
     return record(
         INSTANCE_SCHEMA,
@@ -97,5 +107,7 @@ def instance_record(
         iommu_group=i.iommu_group,
         driver=i.driver,
         owned=owned,
+        domains=list(domains) if domains is not None else None,
+        running=running,
         used_by=list(used_by),
     )
