@@ -29,10 +29,16 @@ def create(parent: str, type_id: str, uuid: Optional[str], as_json: bool) -> Non
 @click.command()
 @click.argument("uuid")
 @click.option("--foreign", is_flag=True, help="Also destroy a device that vgpuctl did not create.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Destroy even though a libvirt domain definition (not running with it) still references the device; "
+    "never overrides a running domain or a process holding it.",
+)
 @json_option
-def destroy(uuid: str, foreign: bool, as_json: bool) -> None:
-    """Destroy one vGPU instance; refuses while a process or VM uses it."""
-    inst = build_lifecycle(settings()).destroy(uuid, foreign=foreign)
+def destroy(uuid: str, foreign: bool, force: bool, as_json: bool) -> None:
+    """Destroy one vGPU instance; refuses while a process or VM uses it, or a defined domain references it."""
+    inst = build_lifecycle(settings(), stale_ok=force).destroy(uuid, foreign=foreign)
     if as_json:
         import json
 
