@@ -198,9 +198,11 @@ def test_remove_returns_when_holder_lets_go_and_others_go_on_meanwhile(sim_facto
     t0 = time.monotonic()
     th = threading.Thread(target=lambda: done.append(sim.remove(U1)))
     th.start()
-    time.sleep(0.2)
-    assert not done and th.is_alive()  # blocked
+    deadline = time.monotonic() + 3
+    while (sim.paths.mdev_devices / U1).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert not (sim.paths.mdev_devices / U1).exists()  # its bus link and remove are gone meanwhile
+    assert not done and th.is_alive()  # blocked
     sim.create("mtty", "mtty-2", U2)  # the simulator is not stuck
     assert sim.available("mtty", "mtty-1") == 21
     th.join(5)
