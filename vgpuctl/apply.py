@@ -149,11 +149,9 @@ class Reconciler:
                 self.host.remove(existing)
         except VgpuctlError as e:
             state = self._settle_after_failure(journalled, intent, a, state, e)
-            log.warning("%s failed: %s", a.line(), e)
             return state, Step(a, False, str(e), e.kind)
         state = journalled.settle(intent, exists=a.op is Op.CREATE)
         self.store.save(state)
-        log.info("%s", a.line())
         return state, Step(a, True)
 
     def _settle_after_failure(

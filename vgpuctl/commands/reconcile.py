@@ -206,6 +206,7 @@ def service(resync_interval: float, watch: str, poll_interval: float) -> None:
     s = settings()
     svc = Service(
         lambda: build_reconciler(s),
+        s.paths,
         ServiceOptions(resync_interval=resync_interval, watch=Watch(watch), poll_interval=poll_interval),
     )
     sys.exit(svc.run())
