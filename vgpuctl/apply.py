@@ -3,9 +3,9 @@
 ``Reconciler.apply`` holds the host lock (``run/vgpuctl/lock``) from the first read to the last write.  Under it, it
 first settles what a crashed run left in the state file's intent journal (``State.recover``), then plans, then runs
 the plan's runnable actions one by one, each journalled: the intent is saved to ``var/lib/vgpuctl/state.json``
-before the host is touched and settled after.  A kill -9 at any point therefore leaves either a pending intent the
-next run settles against the host, or a settled state; never a device that neither the desired state nor the state
-file knows.  A step that fails is recorded and the rest of the plan still runs.  Finally the host is read again and
+before the host is touched, and its outcome goes out with the next save (one fsync'd write per step).  A kill -9
+at any point therefore leaves either a pending intent the next run settles against the host, or a settled state;
+never a device that neither the desired state nor the state file knows.  A step that fails is recorded and the rest of the plan still runs.  Finally the host is read again and
 planned again: the run converged when that plan is empty.
 
 ``Reconciler`` is also what ``plan``, ``check`` and the service use to observe the host without the lock.
@@ -128,6 +128,8 @@ class Reconciler:
                 state, step = self._run(action, state, before.inventory)
                 steps.append(step)
                 on_step(step)
+            if steps:
+                self.store.save(state)  # the last step's outcome (earlier ones went out with the next intent)
             after = self.observe(desired, state=state)
         return ApplyResult(before, tuple(steps), after, interrupted)
 
@@ -150,9 +152,9 @@ class Reconciler:
         except VgpuctlError as e:
             state = self._settle_after_failure(journalled, intent, a, state, e)
             return state, Step(a, False, str(e), e.kind)
-        state = journalled.settle(intent, exists=a.op is Op.CREATE)
-        self.store.save(state)
-        return state, Step(a, True)
+        # settled in memory only: the next step's intent (or the final save) writes it; a crash before that leaves
+        # this intent pending, and recovery settles it against the host exactly as this line would
+        return journalled.settle(intent, exists=a.op is Op.CREATE), Step(a, True)
 
     def _settle_after_failure(
         self, journalled: State, intent: Intent, a: Action, old: State, error: VgpuctlError
@@ -163,7 +165,6 @@ class Reconciler:
             state = old  # nothing was made by us (or someone else made that uuid meanwhile): forget the intent
         else:
             state = journalled.settle(intent, exists=exists)
-        self.store.save(state)
         return state
 
 
