@@ -8,9 +8,19 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Protocol, Sequence
+from typing import Callable, Dict, List, Optional, Protocol, Sequence
 
-from .errors import AlreadyExists, BadParentName, BadUuid, DeviceInUse, NoCapacity, NotOwned, UnknownInstance, UnknownType
+from .errors import (
+    AlreadyExists,
+    BadParentName,
+    BadUuid,
+    DeviceInUse,
+    InvalidInput,
+    NoCapacity,
+    NotOwned,
+    UnknownInstance,
+    UnknownType,
+)
 from .host import Host, TypeScope
 from .model import Instance, Inventory, VgpuType, canonical_parent_name, canonical_uuid
 from .state import HostLock, Intent, State, StateStore
@@ -75,7 +85,16 @@ class Lifecycle:
         return state
 
     # --- create ----------------------------------------------------------------------------------------------------
-    def create(self, *, parent: str, type_id: str, uuid: Optional[str] = None) -> Instance:
+    def create(
+        self,
+        *,
+        parent: Optional[str] = None,
+        type_id: str,
+        uuid: Optional[str] = None,
+        placer: Optional[Callable[[Inventory], str]] = None,
+    ) -> Instance:
+        """Create one instance on ``parent``; without one, ``placer`` chooses it from the inventory read under the
+        lock (``vgpuctl.placement``), so the choice and the create see the same host."""
         if uuid is None:
             import uuid as uuidlib  # only create pays for it
 
@@ -84,11 +103,16 @@ class Lifecycle:
             want = canonical_uuid(uuid) or ""
             if not want:
                 raise BadUuid(uuid)
-        if canonical_parent_name(parent) is None:
+        if parent is None and placer is None:
+            raise InvalidInput("create needs a parent, or a placement policy to choose one")
+        if parent is not None and canonical_parent_name(parent) is None:
             raise BadParentName(parent)
         with HostLock(self.host.paths, self.lock_timeout):
             inv = self.host.inventory()
             state = self._locked_state(inv)
+            # --- placement: choose the parent when none was given (vgpuctl.placement) ---
+            if parent is None:
+                parent = placer(inv)  # type: ignore[misc]  # raises NoPlacement when no GPU fits
             pname = self.host.resolve_parent(parent, inv)
             vtype = find_type(inv, pname, type_id)
             if vtype.available <= 0:

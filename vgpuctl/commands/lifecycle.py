@@ -10,13 +10,32 @@ from .records import instance_record
 
 
 @click.command()
-@click.option("--parent", "-p", required=True, metavar="PARENT", help="Parent device: PCI address or name (mtty).")
+@click.option(
+    "--parent", "-p", metavar="PARENT", help="Parent device: PCI address or name (mtty); default: placed by the policy."
+)
 @click.option("--type", "-t", "type_id", required=True, metavar="TYPE", help="Type id (nvidia-222) or name (T4-2Q).")
 @click.option("--uuid", "-u", metavar="UUID", help="UUID for the new device (default: a fresh random one).")
+@click.option("--tenant", metavar="TENANT", help="Without --parent: tenant for quotas and reserved GPUs.")
+@click.option("--domain", "-d", metavar="DOMAIN", help="Without --parent: the domain (anti-affinity groups).")
+@click.option("--policy", "policy_file", metavar="FILE", help="Without --parent: placement policy file.")
 @json_option
-def create(parent: str, type_id: str, uuid: Optional[str], as_json: bool) -> None:
-    """Create one vGPU instance and record it as owned by vgpuctl."""
-    inst = build_lifecycle(settings()).create(parent=parent, type_id=type_id, uuid=uuid)
+def create(
+    parent: Optional[str],
+    type_id: str,
+    uuid: Optional[str],
+    tenant: Optional[str],
+    domain: Optional[str],
+    policy_file: Optional[str],
+    as_json: bool,
+) -> None:
+    """Create one vGPU instance and record it as owned by vgpuctl; without --parent, the placement policy picks it."""
+    s = settings()
+    placer = None
+    if parent is None:  # placement (vgpuctl.commands.placement) chooses under the lifecycle's lock
+        from .placement import placer_for
+
+        placer = placer_for(s, type_id, tenant=tenant, domain=domain, policy_file=policy_file)
+    inst = build_lifecycle(s).create(parent=parent, type_id=type_id, uuid=uuid, placer=placer)
     if as_json:
         import json
 

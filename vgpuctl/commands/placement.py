@@ -1,7 +1,7 @@
 """``vgpuctl place`` and ``vgpuctl defrag --plan``: ask the placement engine, print its answer, change nothing."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import click
 
@@ -70,6 +70,27 @@ def placement_for(
     """The decision for ``request`` under the configured policy; what ``create`` without ``--parent`` uses too."""
     policy = load_settings_policy(s, policy_file)
     return place_request(inventory, policy, request, usage=build_usage(s, inventory))
+
+
+def placer_for(
+    s: Settings,
+    type_name: str,
+    *,
+    tenant: Optional[str] = None,
+    domain: Optional[str] = None,
+    policy_file: Optional[str] = None,
+) -> Callable[[Inventory], str]:
+    """For ``create`` without ``--parent``: a function from the inventory (read under the lock) to the chosen parent."""
+    policy = load_settings_policy(s, policy_file)  # read before the lock: a bad file fails fast
+
+    def choose(inventory: Inventory) -> str:
+        d = place_request(inventory, policy, Request(type=type_name, tenant=tenant, domain=domain),
+                          usage=build_usage(s, inventory))
+        if d.parent is None:
+            raise NoPlacement(type_name, d.refusals())
+        return d.parent
+
+    return choose
 
 
 def verdict_record(v: Verdict, inv: Inventory) -> Dict[str, Any]:
@@ -235,4 +256,4 @@ def _move_line(m: Any, inv: Inventory) -> str:
     return f"~ move {m.uuid} {name} {m.from_parent} -> {m.to_parent}{who}: restart needed"
 
 
-__all__: Sequence[str] = ["place", "defrag", "placement_for", "build_usage"]
+__all__: Sequence[str] = ["place", "defrag", "placement_for", "placer_for", "build_usage"]
