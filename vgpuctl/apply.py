@@ -5,8 +5,13 @@ first settles what a crashed run left in the state file's intent journal (``Stat
 the plan's runnable actions one by one, each journalled: the intent is saved to ``var/lib/vgpuctl/state.json``
 before the host is touched, and its outcome goes out with the next save (one fsync'd write per step).  A kill -9
 at any point therefore leaves either a pending intent the next run settles against the host, or a settled state;
-never a device that neither the desired state nor the state file knows.  A step that fails is recorded and the rest of the plan still runs.  Finally the host is read again and
-planned again: the run converged when that plan is empty.
+never a device that neither the desired state nor the state file knows.  A step that fails is recorded and the rest
+of the plan still runs.  Finally the host is read again and planned again: the run converged when that plan is empty.
+
+Attach and detach steps go to the ``AttachmentBackend`` (``virt.AttachmentSource``: the code path of ``vgpuctl
+attach``/``detach``), journalled the same way.  Both are idempotent, so recovery only drops their intent and the next
+plan redoes what an interrupted one left undone.  With a backend, ``apply`` takes its attach lock before the host
+lock, in the order ``vgpuctl attach --parent --type`` takes them.
 
 ``Reconciler`` is also what ``plan``, ``check`` and the service use to observe the host without the lock.
 """
@@ -14,10 +19,12 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, ContextManager, Dict, Optional, Protocol, Sequence, Set, Tuple
 
-from .errors import AlreadyExists, VgpuctlError
+from .errors import AlreadyExists, LibvirtConnectError, LibvirtUnavailable, VgpuctlError
+from .hook import HookRecords
 from .lifecycle import Lifecycle
 from .model import Inventory
 from .plan import Action, Attachments, Op, PlacementFailure, Placer, Plan, destroy_candidates, plan
@@ -25,6 +32,25 @@ from .spec import DesiredInstance, DesiredState, PlacementRequest, load
 from .state import HostLock, Intent, State
 
 log = logging.getLogger("vgpuctl.apply")
+
+
+class AttachmentBackend(Protocol):
+    """libvirt for the reconciler (``virt.AttachmentSource``).  Errors are ``VgpuctlError``s."""
+
+    def session(self) -> ContextManager[Any]:
+        """Everything read inside comes from one read of libvirt."""
+
+    def observe(self, inventory: Inventory) -> Attachments:
+        """uuid -> the domains that reference it (or whose vgpuctl metadata records it)."""
+
+    def lock(self) -> ContextManager[Any]:
+        """The attach lock, taken before the host lock."""
+
+    def attach(self, action: Action) -> bool:
+        """Attach as the action says (idempotent); whether anything changed."""
+
+    def detach(self, action: Action) -> None:
+        """Detach as the action says and drop vgpuctl's record of it."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +96,7 @@ class Reconciler:
         lifecycle: Lifecycle,
         *,
         placer: Optional[Placer] = None,
-        attachments: Optional[Callable[[Inventory], Attachments]] = None,
+        attachments: Optional[AttachmentBackend] = None,
     ) -> None:
         self.lifecycle = lifecycle
         self.host = lifecycle.host
@@ -92,12 +118,25 @@ class Reconciler:
         return self._plan(inv, state, desired)
 
     def _plan(self, inv: Inventory, state: State, desired: DesiredState) -> Observation:
-        candidates = destroy_candidates(inv, state, desired)
-        users = self.lifecycle.users(candidates) if candidates else {}
+        on_demand = HookRecords(self.host.paths).all()
+        candidates = destroy_candidates(inv, state, desired, on_demand)
         attached: Optional[Attachments] = None
-        if self.attachments is not None:
-            attached = self.attachments(inv) if _wants_domains(desired) else {}
-        return Observation(inv, state, plan(inv, state, desired, users=users, attachments=attached, placer=self.placer))
+        unreadable: Optional[str] = None
+        # one read of libvirt serves the in-use check and the attachments
+        with self.attachments.session() if self.attachments is not None else nullcontext():
+            users = self.lifecycle.users(candidates) if candidates else {}
+            if self.attachments is not None and desired.instances:
+                try:
+                    attached = self.attachments.observe(inv)
+                except (LibvirtConnectError, LibvirtUnavailable) as e:
+                    if _wants_domains(desired):  # the devices still converge; the attaches wait (retried)
+                        unreadable = f"libvirt unreachable: {e}"
+                    else:  # only a detach could follow, and none is known: nothing to wait for
+                        attached = {}
+            elif self.attachments is not None:
+                attached = {}
+        return Observation(inv, state, plan(inv, state, desired, users=users, attachments=attached, placer=self.placer,
+                                            libvirt_error=unreadable, on_demand=on_demand))
 
     # --- apply -----------------------------------------------------------------------------------------------------
     def apply(
@@ -107,7 +146,10 @@ class Reconciler:
         should_stop: Callable[[], bool] = lambda: False,
         on_step: Callable[[Step], None] = lambda s: None,
     ) -> ApplyResult:
-        with HostLock(self.host.paths, self.lifecycle.lock_timeout):
+        with ExitStack() as locks:
+            if self.attachments is not None:
+                locks.enter_context(self.attachments.lock())
+            locks.enter_context(HostLock(self.host.paths, self.lifecycle.lock_timeout))
             inv = self.host.inventory()
             state = self.store.load()
             present = {i.uuid for i in inv.instances}
@@ -121,11 +163,17 @@ class Reconciler:
             before = self._plan(inv, state, desired)
             steps = []
             interrupted = False
+            failed: Set[str] = set()  #: uuids whose create failed: their attach is not tried
             for action in before.plan.runnable:
                 if should_stop():
                     interrupted = True
                     break
-                state, step = self._run(action, state, before.inventory)
+                if action.op is Op.ATTACH and action.uuid in failed:
+                    step = Step(action, False, "the device was not created", "depends")
+                else:
+                    state, step = self._run(action, state, before.inventory)
+                if not step.ok and action.op is Op.CREATE:
+                    failed.add(action.uuid)
                 steps.append(step)
                 on_step(step)
             if steps:
@@ -134,9 +182,8 @@ class Reconciler:
         return ApplyResult(before, tuple(steps), after, interrupted)
 
     def _run(self, a: Action, state: State, inv: Inventory) -> "tuple[State, Step]":
-        if a.op is Op.ATTACH:
-            # attaching is done by the libvirt layer; without one the planner blocks attach actions
-            return state, Step(a, False, "libvirt not configured", "libvirt")
+        if a.op in (Op.ATTACH, Op.DETACH):
+            return self._run_libvirt(a, state, inv)
         existing = inv.instance(a.uuid)
         parent = inv.parent(a.parent or "")
         backend = str(existing.backend if existing else parent.backend if parent else "mdev")
@@ -155,6 +202,25 @@ class Reconciler:
         # settled in memory only: the next step's intent (or the final save) writes it; a crash before that leaves
         # this intent pending, and recovery settles it against the host exactly as this line would
         return journalled.settle(intent, exists=a.op is Op.CREATE), Step(a, True)
+
+    def _run_libvirt(self, a: Action, state: State, inv: Inventory) -> "tuple[State, Step]":
+        """An attach or detach: journalled, then done by the backend; a refusal is this step's failure only."""
+        if self.attachments is None:  # the planner blocks these without libvirt; a plan from elsewhere might not
+            return state, Step(a, False, "libvirt not configured", "libvirt")
+        existing = inv.instance(a.uuid)
+        intent = Intent(str(a.op), a.uuid, a.parent or "", a.type_id,
+                        str(existing.backend) if existing else "mdev")
+        journalled = state.with_intent(intent)
+        self.store.save(journalled)
+        try:
+            if a.op is Op.ATTACH:
+                self.attachments.attach(a)
+            else:
+                self.attachments.detach(a)
+        except VgpuctlError as e:
+            log.warning("%s failed: %s", a.line(), e)
+            return journalled.settle(intent, exists=True), Step(a, False, str(e), e.kind)
+        return journalled.settle(intent, exists=True), Step(a, True)
 
     def _settle_after_failure(
         self, journalled: State, intent: Intent, a: Action, old: State, error: VgpuctlError

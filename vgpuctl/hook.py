@@ -95,6 +95,18 @@ class HookRecords:
         except (ValueError, KeyError, TypeError):
             return []  # a torn record is worth nothing: the next release will not destroy what it cannot name
 
+    def all(self) -> List[str]:
+        """Every vGPU the hook created and has not destroyed yet, for any domain (the desired state leaves them be)."""
+        try:
+            names = sorted(os.listdir(self.dir))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        out: List[str] = []
+        for n in names:
+            if n.endswith(".json") and not n.startswith("."):
+                out += self.load(n[: -len(".json")])
+        return sorted(set(out))
+
     def save(self, domain_uuid: str, domain: str, created: Sequence[str]) -> None:
         path = self._path(domain_uuid)
         if not created:

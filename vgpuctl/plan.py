@@ -2,20 +2,25 @@
 
 ``plan(inventory, state, desired, ...)`` compares what the host has (``Inventory``), what vgpuctl owns (``State``)
 and what the files ask for (``DesiredState``), and returns a ``Plan``: actions in the order ``apply`` runs them
-(destroys first, to free capacity, then creates in file order, then attaches).  An action that must not or cannot
-run now carries a ``Block`` with the reason; it stays in the plan, so a plan is empty only when the host matches.
+(detaches first, so a device can move between domains, then destroys, to free capacity, then creates in file order,
+then attaches).  An action that must not or cannot run now carries a ``Block`` with the reason; it stays in the plan,
+so a plan is empty only when the host matches.
 
 The safety rules live here, in one place the property tests check:
 
 - only instances in ``state.owned`` are ever destroyed (a foreign device in the way blocks the create instead);
 - an instance someone uses (``users``: processes, libvirt domains) is never destroyed: its destroy is blocked;
-- a parent that is not registered yet blocks its instances with ``PARENT_MISSING``, which the service retries.
+- a parent that is not registered yet blocks its instances with ``PARENT_MISSING``, which the service retries;
+- what the libvirt hook created for a running domain (``on_demand``) is the hook's to destroy, not the plan's;
+- only attachments vgpuctl made (recorded in the domain's vgpuctl metadata) are ever detached, and only from a
+  desired instance whose ``domain`` no longer names that domain; an instance dropped from the desired state keeps
+  its domain, and its destroy stays blocked while the domain references it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Collection, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 
 from .model import Instance, Inventory
 from .spec import AttachMode, DesiredInstance, DesiredState, host_parent, resolve_type
@@ -26,13 +31,14 @@ class Op(str, Enum):
     CREATE = "create"
     DESTROY = "destroy"
     ATTACH = "attach"
+    DETACH = "detach"
 
     def __str__(self) -> str:
         return self.value
 
     @property
     def sign(self) -> str:
-        return {"create": "+", "destroy": "-", "attach": "~"}[self.value]
+        return {"create": "+", "destroy": "-", "attach": "~", "detach": "~"}[self.value]
 
 
 class Block(str, Enum):
@@ -42,6 +48,7 @@ class Block(str, Enum):
     TYPE_UNKNOWN = "type-unknown"  #: the parent does not offer the type
     NO_PLACEMENT = "no-placement"  #: the placement engine found no parent, or is not available
     LIBVIRT = "libvirt"  #: attaching needs libvirt, which is not configured
+    LIBVIRT_DOWN = "libvirt-unreachable"  #: libvirt is configured but could not be read: retried
     DEPENDS = "depends"  #: waits for another blocked action of the same instance
 
     def __str__(self) -> str:
@@ -50,7 +57,7 @@ class Block(str, Enum):
     @property
     def retryable(self) -> bool:
         """Whether time alone may clear it (the service retries these with backoff)."""
-        return self in (Block.PARENT_MISSING, Block.NO_PLACEMENT, Block.IN_USE, Block.DEPENDS)
+        return self in (Block.PARENT_MISSING, Block.NO_PLACEMENT, Block.IN_USE, Block.DEPENDS, Block.LIBVIRT_DOWN)
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,8 @@ class Action:
         """``+ create UUID TYPE on PARENT (name)`` and friends; blocked ones end with ``[blocked: why]``."""
         if self.op is Op.ATTACH:
             text = f"~ attach {self.uuid} to {self.domain} ({self.mode})"
+        elif self.op is Op.DETACH:
+            text = f"~ detach {self.uuid} from {self.domain} ({self.mode})"
         else:
             text = f"{self.op.sign} {self.op} {self.uuid} {self.type_id} on {self.parent or '?'}"
         extras = [x for x in (self.name, self.why) if x]
@@ -115,8 +124,47 @@ class PlacementFailure:
     reason: str
 
 
+@dataclass(frozen=True)
+class DomainAttachment:
+    """One libvirt domain referencing one instance, as the attachment source read it."""
+
+    domain: str
+    running: bool = False
+    live: bool = False  #: the running domain's XML references the device
+    config: bool = False  #: the persistent definition references it
+    recorded_live: bool = False  #: vgpuctl's metadata in the running XML records it (as the host has it)
+    recorded_config: bool = False  #: vgpuctl's metadata in the persistent definition records it
+
+    @property
+    def recorded(self) -> bool:
+        """vgpuctl attached it: its metadata in either definition names the device."""
+        return self.recorded_live or self.recorded_config
+
+    def satisfies(self, mode: AttachMode) -> bool:
+        """Whether every definition ``mode`` asks for has the device and vgpuctl's record of it."""
+        live_ok = self.live and self.recorded_live
+        config_ok = self.config and self.recorded_config
+        if mode is AttachMode.LIVE:
+            return live_ok
+        if mode is AttachMode.CONFIG:
+            return config_ok
+        return live_ok and config_ok
+
+    @property
+    def present(self) -> Optional[AttachMode]:
+        """The definitions a detach must clean (device or record), as a mode; None when neither."""
+        live = self.live or self.recorded_live
+        config = self.config or self.recorded_config
+        if live and config:
+            return AttachMode.BOTH
+        if live:
+            return AttachMode.LIVE
+        return AttachMode.CONFIG if config else None
+
+
 Users = Mapping[str, Sequence[str]]
-Attachments = Mapping[str, FrozenSet[str]]
+#: uuid -> the domains whose live or persistent XML references it (or whose vgpuctl metadata records it)
+Attachments = Mapping[str, FrozenSet[DomainAttachment]]
 
 
 def _matches(inst: Instance, d: DesiredInstance, inventory: Inventory) -> bool:
@@ -126,12 +174,14 @@ def _matches(inst: Instance, d: DesiredInstance, inventory: Inventory) -> bool:
     return resolve_type(inventory, inst.parent, d.type) == inst.type_id
 
 
-def destroy_candidates(inventory: Inventory, state: State, desired: DesiredState) -> Tuple[Instance, ...]:
+def destroy_candidates(
+    inventory: Inventory, state: State, desired: DesiredState, on_demand: Collection[str] = ()
+) -> Tuple[Instance, ...]:
     """Owned instances the plan would destroy if nobody used them: whose in-use check is worth its cost."""
     want = desired.by_uuid()
     out = []
     for inst in inventory.instances:
-        if inst.uuid not in state.owned:
+        if inst.uuid not in state.owned or (inst.uuid in on_demand and inst.uuid not in want):
             continue
         d = want.get(inst.uuid)
         if d is None or not _matches(inst, d, inventory):
@@ -147,15 +197,20 @@ def plan(
     users: Optional[Users] = None,
     attachments: Optional[Attachments] = None,
     placer: Optional[Placer] = None,
+    libvirt_error: Optional[str] = None,
+    on_demand: Collection[str] = (),
 ) -> Plan:
     """The actions that take ``inventory`` to ``desired``.  ``users``: who uses which instance (uuid -> holders);
-    ``attachments``: uuid -> domains it is attached to, or None when libvirt is not configured; ``placer``: the
-    placement engine, or None (then only instances with a parent can be placed)."""
+    ``attachments``: uuid -> the domains that reference it (``DomainAttachment``), or None when libvirt is not
+    configured (``libvirt_error``: or configured but unreadable, and why); ``placer``: the placement engine, or None
+    (then only instances with a parent can be placed); ``on_demand``: instances the libvirt hook made for a running
+    domain, which the desired state neither destroys nor reports unless it declares them."""
     users = users or {}
     want = desired.by_uuid()
     destroys: List[Action] = []
     creates: List[Action] = []
     attaches: List[Action] = []
+    detaches: List[Action] = []
     blocked_uuids: Dict[str, str] = {}  #: uuid -> why its create must wait
 
     # 1. owned instances that are not wanted, or not as they are: destroy unless in use
@@ -163,6 +218,8 @@ def plan(
         if inst.uuid not in state.owned:
             continue
         d = want.get(inst.uuid)
+        if d is None and inst.uuid in on_demand:
+            continue  # the hook's, for as long as its domain runs
         if d is not None and _matches(inst, d, inventory):
             continue
         why = "not in the desired state" if d is None else "desired with another type or parent"
@@ -229,29 +286,44 @@ def plan(
                 reason = where.reason if isinstance(where, PlacementFailure) else "no parent fits"
                 creates.append(_blocked_create(d, None, d.type, Block.NO_PLACEMENT, reason))
 
-    # 3. attachments
+    # 3. attachments: detach what vgpuctl attached to a domain the instance no longer names, then attach
     creates_by_uuid = {a.uuid: a for a in creates}
     for d in desired.instances:
-        if d.domain is None:
-            continue
         create = creates_by_uuid.get(d.uuid)
         inst = inventory.instance(d.uuid)
         parent = create.parent if create is not None else (inst.parent if inst else None)
         type_id = create.type_id if create is not None else (inst.type_id if inst else d.type)
+        current = sorted(attachments.get(d.uuid, frozenset()) if attachments is not None else (),
+                         key=lambda a: a.domain)
+        for att in current:
+            mode = att.present
+            if att.domain != d.domain and att.recorded and mode is not None:
+                why = f"desired in domain {d.domain}" if d.domain else "no domain desired"
+                detaches.append(Action(Op.DETACH, d.uuid, parent, type_id, d.name, att.domain, mode, why=why))
+        if d.domain is None:
+            continue
         if attachments is None:
             attaches.append(Action(Op.ATTACH, d.uuid, parent, type_id, d.name, d.domain, d.attach, why="desired",
-                                   block=Block.LIBVIRT, detail="libvirt not configured"))
+                                   block=Block.LIBVIRT_DOWN if libvirt_error else Block.LIBVIRT,
+                                   detail=libvirt_error or "libvirt not configured"))
             continue
-        if d.domain in attachments.get(d.uuid, frozenset()) and create is None:
+        here = next((a for a in current if a.domain == d.domain), None)
+        if here is not None and here.satisfies(d.attach) and create is None:
             continue
+        foreign = [a.domain for a in current if a.domain != d.domain and not a.recorded and (a.live or a.config)]
         if create is not None and create.block is not None:
             attaches.append(Action(Op.ATTACH, d.uuid, parent, type_id, d.name, d.domain, d.attach, why="desired",
                                    block=Block.DEPENDS, detail="the device cannot be created yet"))
+        elif foreign:
+            attaches.append(Action(Op.ATTACH, d.uuid, parent, type_id, d.name, d.domain, d.attach, why="desired",
+                                   block=Block.IN_USE,
+                                   detail="referenced by " + ", ".join(f"domain {n!r}" for n in foreign)
+                                   + ", which vgpuctl did not attach it to"))
         else:
             attaches.append(Action(Op.ATTACH, d.uuid, parent, type_id, d.name, d.domain, d.attach, why="desired"))
 
     destroys.sort(key=lambda a: a.uuid)
-    return Plan(actions=tuple(destroys + creates + attaches))
+    return Plan(actions=tuple(detaches + destroys + creates + attaches))
 
 
 def _blocked_create(d: DesiredInstance, parent: Optional[str], type_id: str, block: Block, detail: str) -> Action:

@@ -24,6 +24,7 @@ from .errors import LockTimeout, StateError
 from .paths import HostPaths
 
 SCHEMA = "vgpuctl.state/v1"
+LIBVIRT_OPS = ("attach", "detach")  #: intents that change a domain, not a device
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class Owned:
 
 @dataclass(frozen=True)
 class Intent:
-    op: str  #: "create" or "remove"
+    op: str  #: "create" or "remove"; "attach" or "detach" (a libvirt change: never about ownership)
     uuid: str
     parent: str
     type_id: str
@@ -53,9 +54,14 @@ class State:
         return replace(self, pending=self.pending + (intent,))
 
     def settle(self, intent: Intent, *, exists: bool, now: Optional[float] = None) -> "State":
-        """The state once ``intent`` is over and the device ``exists`` (or not) on the host."""
+        """The state once ``intent`` is over and the device ``exists`` (or not) on the host.
+
+        An attach or detach intent only leaves the journal: ownership is about devices, and the next plan redoes
+        whatever part of an interrupted (idempotent) attach or detach is missing."""
         owned = dict(self.owned)
-        if exists:
+        if intent.op in LIBVIRT_OPS:
+            pass
+        elif exists:
             prev = owned.get(intent.uuid)
             owned[intent.uuid] = prev or Owned(
                 intent.uuid, intent.parent, intent.type_id, intent.backend, now if now is not None else time.time()

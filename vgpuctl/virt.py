@@ -26,8 +26,9 @@ import os
 import time
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, FrozenSet, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from .errors import (
     AttachedElsewhere,
@@ -42,8 +43,11 @@ from .errors import (
     NotOwned,
     UnknownInstance,
 )
-from .model import PCI_ADDR_RE, BackendKind, Instance, canonical_parent_name, canonical_uuid
+from .model import PCI_ADDR_RE, BackendKind, Instance, Inventory, canonical_parent_name, canonical_uuid
 from .paths import HostPaths
+
+if TYPE_CHECKING:  # the planner's types; plan.py imports nothing from here
+    from .plan import Action, DomainAttachment
 
 log = logging.getLogger("vgpuctl.virt")
 
@@ -363,11 +367,28 @@ class DomainUsers:
         self.include_stale = include_stale
         #: what the last call read, so a command can show domains without a second read
         self.last: Optional[Snapshot] = None
+        self._sessions = 0
 
     def read(self) -> Snapshot:
+        """Every domain, read now; inside ``session()`` the session's first read is reused."""
+        if self._sessions and self.last is not None:
+            return self.last
         with Virt.open(self.uri, readonly=True) as v:
             self.last = v.snapshot()
         return self.last
+
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        """One read of libvirt for everything inside (a plan: the in-use check and the attachments together).
+
+        Never wrap a check that guards a change in it: ``Lifecycle.destroy`` must see libvirt as it is then."""
+        if not self._sessions:
+            self.last = None
+        self._sessions += 1
+        try:
+            yield
+        finally:
+            self._sessions -= 1
 
     def users(self, instances: Sequence[Instance]) -> Dict[str, List[str]]:
         if not instances:
@@ -479,48 +500,66 @@ class Attachments:
         if want is None:
             raise BadUuid(uuid or "")
         with VirtLock(self.lc.host.paths, self.lc.lock_timeout):
-            dom, info, scope = self._domain(domain, live=live, config=config, action="attach a vGPU to")
-            inv, _state = self.lc.read()
-            if creating:
-                from .lifecycle import find_type
+            return self.attach_held(domain, uuid=want, creating=creating, parent=parent, type_id=type_id, live=live,
+                                    config=config, display=display, ramfb=ramfb)
 
-                pname = self.lc.host.resolve_parent(parent, inv)
-                vtype = find_type(inv, pname, type_id)
-                planned = Instance(uuid=want, parent=pname, type_id=vtype.type_id,
-                                   backend=inv.parent(pname).backend)  # type: ignore[union-attr]
-            else:
-                existing = inv.instance(want)
-                if existing is None:
-                    raise UnknownInstance(want)
-                planned = existing
-                vtype = inv.type_on(existing.parent, existing.type_id)
-            others = [u.domain for u in self.virt.snapshot().uses(planned.uuid) if u.domain_uuid != info.uuid]
-            if others:
-                raise AttachedElsewhere(planned.uuid, others)
-            rendered = self.templates.for_instance(planned, vtype, domain=info.name, display=display, ramfb=ramfb)
-            entry = ManagedVgpu(planned.uuid, planned.parent, planned.type_id, str(planned.backend))
-            missing = Scope(
-                live=scope.live and planned.uuid not in (info.live.devices if info.live else ()),
-                config=scope.config and planned.uuid not in (info.config.devices if info.config else ()),
-            )
-            unrecorded = [x for x in info.xml_for(scope) if x.managed_entry(planned.uuid) != entry]
-            if not missing and not unrecorded:
-                return AttachResult(info.name, info.uuid, planned, scope, created=False, changed=False)
+    def attach_held(
+        self,
+        domain: str,
+        *,
+        uuid: str,
+        creating: bool = False,
+        parent: Optional[str] = None,
+        type_id: Optional[str] = None,
+        live: bool = False,
+        config: bool = False,
+        display: Optional[bool] = None,
+        ramfb: Optional[bool] = None,
+    ) -> AttachResult:
+        """``attach`` for a caller that holds the ``VirtLock`` already (``vgpuctl apply``); ``uuid`` is canonical."""
+        want = uuid
+        dom, info, scope = self._domain(domain, live=live, config=config, action="attach a vGPU to")
+        inv, _state = self.lc.read()
+        if creating:
+            from .lifecycle import find_type
 
-            inst = self.lc.create(parent=planned.parent, type_id=planned.type_id, uuid=want) if creating else planned
-            attached = False
-            try:
-                if missing:
-                    self.virt.attach_device(dom, info.name, rendered.xml, missing)
-                    attached = True
-                for x, one in ((info.live, Scope(True, False)), (info.config, Scope(False, True))):
-                    if x is not None and (scope.live if one.live else scope.config):
-                        kept = [m for m in x.managed if m.uuid != entry.uuid]
-                        self.virt.set_managed(dom, info.name, kept + [entry], one)
-            except BaseException:
-                self._undo(dom, info.name, inst.uuid, missing if attached else Scope(False, False), created=creating)
-                raise
-            return AttachResult(info.name, info.uuid, inst, scope, created=creating, changed=True)
+            pname = self.lc.host.resolve_parent(parent, inv)
+            vtype = find_type(inv, pname, type_id)
+            planned = Instance(uuid=want, parent=pname, type_id=vtype.type_id,
+                               backend=inv.parent(pname).backend)  # type: ignore[union-attr]
+        else:
+            existing = inv.instance(want)
+            if existing is None:
+                raise UnknownInstance(want)
+            planned = existing
+            vtype = inv.type_on(existing.parent, existing.type_id)
+        others = [u.domain for u in self.virt.snapshot().uses(planned.uuid) if u.domain_uuid != info.uuid]
+        if others:
+            raise AttachedElsewhere(planned.uuid, others)
+        rendered = self.templates.for_instance(planned, vtype, domain=info.name, display=display, ramfb=ramfb)
+        entry = ManagedVgpu(planned.uuid, planned.parent, planned.type_id, str(planned.backend))
+        missing = Scope(
+            live=scope.live and planned.uuid not in (info.live.devices if info.live else ()),
+            config=scope.config and planned.uuid not in (info.config.devices if info.config else ()),
+        )
+        unrecorded = [x for x in info.xml_for(scope) if x.managed_entry(planned.uuid) != entry]
+        if not missing and not unrecorded:
+            return AttachResult(info.name, info.uuid, planned, scope, created=False, changed=False)
+
+        inst = self.lc.create(parent=planned.parent, type_id=planned.type_id, uuid=want) if creating else planned
+        attached = False
+        try:
+            if missing:
+                self.virt.attach_device(dom, info.name, rendered.xml, missing)
+                attached = True
+            for x, one in ((info.live, Scope(True, False)), (info.config, Scope(False, True))):
+                if x is not None and (scope.live if one.live else scope.config):
+                    kept = [m for m in x.managed if m.uuid != entry.uuid]
+                    self.virt.set_managed(dom, info.name, kept + [entry], one)
+        except BaseException:
+            self._undo(dom, info.name, inst.uuid, missing if attached else Scope(False, False), created=creating)
+            raise
+        return AttachResult(info.name, info.uuid, inst, scope, created=creating, changed=True)
 
     def _undo(self, dom: Any, name: str, ident: str, attached: Scope, *, created: bool) -> None:
         """Best-effort roll-back of a failed attach: take the device back, destroy what this attach created."""
@@ -551,38 +590,154 @@ class Attachments:
             if want is None:
                 raise BadUuid(uuid)
         with VirtLock(self.lc.host.paths, self.lc.lock_timeout):
-            dom, info, scope = self._domain(domain, live=live, config=config, action="detach a vGPU from")
-            xmls = info.xml_for(scope)
-            if want is not None:
-                if not any(want in x.devices for x in xmls):
-                    raise NotAttached(info.name, want)
-                targets = [want]
-            else:
-                targets = sorted({m.uuid for x in xmls for m in x.managed if m.uuid in x.devices})
-                if not targets:
-                    raise NotAttached(info.name)
-            if destroy:
-                inv, state = self.lc.read()
-                for t in targets:  # preconditions before the first change
-                    if inv.instance(t) is not None and t not in state.owned:
-                        raise NotOwned(t)
-            for t in targets:
-                where = Scope(
-                    live=scope.live and info.live is not None and t in info.live.devices,
-                    config=scope.config and info.config is not None and t in info.config.devices,
-                )
-                if where:
-                    self.virt.detach_device(dom, info.name, match_xml(t), where)
-            for x, one in ((info.live, Scope(True, False)), (info.config, Scope(False, True))):
-                if x is not None and (scope.live if one.live else scope.config):
-                    kept = [m for m in x.managed if m.uuid not in targets]
-                    if len(kept) != len(x.managed):
-                        self.virt.set_managed(dom, info.name, kept, one)
-            out = []
-            for t in targets:
-                gone = False
-                if destroy and self.lc.read()[0].instance(t) is not None:
-                    self.lc.destroy(t)
-                    gone = True
-                out.append(DetachResult(info.name, info.uuid, t, scope, destroyed=gone))
-            return out
+            return self.detach_held(domain, uuid=want, live=live, config=config, destroy=destroy)
+
+    def detach_held(
+        self,
+        domain: str,
+        *,
+        uuid: Optional[str] = None,
+        live: bool = False,
+        config: bool = False,
+        destroy: bool = False,
+    ) -> List[DetachResult]:
+        """``detach`` for a caller that holds the ``VirtLock`` already; ``uuid`` is canonical (or None: all)."""
+        want = uuid
+        dom, info, scope = self._domain(domain, live=live, config=config, action="detach a vGPU from")
+        xmls = info.xml_for(scope)
+        if want is not None:
+            # a metadata entry alone (an earlier detach interrupted between its two steps) is cleaned up too
+            if not any(want in x.devices or x.managed_entry(want) is not None for x in xmls):
+                raise NotAttached(info.name, want)
+            targets = [want]
+        else:
+            targets = sorted({m.uuid for x in xmls for m in x.managed if m.uuid in x.devices})
+            if not targets:
+                raise NotAttached(info.name)
+        if destroy:
+            inv, state = self.lc.read()
+            for t in targets:  # preconditions before the first change
+                if inv.instance(t) is not None and t not in state.owned:
+                    raise NotOwned(t)
+        for t in targets:
+            where = Scope(
+                live=scope.live and info.live is not None and t in info.live.devices,
+                config=scope.config and info.config is not None and t in info.config.devices,
+            )
+            if where:
+                self.virt.detach_device(dom, info.name, match_xml(t), where)
+        for x, one in ((info.live, Scope(True, False)), (info.config, Scope(False, True))):
+            if x is not None and (scope.live if one.live else scope.config):
+                kept = [m for m in x.managed if m.uuid not in targets]
+                if len(kept) != len(x.managed):
+                    self.virt.set_managed(dom, info.name, kept, one)
+        out = []
+        for t in targets:
+            gone = False
+            if destroy and self.lc.read()[0].instance(t) is not None:
+                self.lc.destroy(t)
+                gone = True
+            out.append(DetachResult(info.name, info.uuid, t, scope, destroyed=gone))
+        return out
+
+
+# --- the desired state's view of libvirt ---------------------------------------------------------------------------
+def domain_attachments(snap: Snapshot, inventory: Inventory) -> Dict[str, FrozenSet["DomainAttachment"]]:
+    """uuid -> the domains whose live or persistent XML references it, or whose vgpuctl metadata records it.
+
+    A record counts when it describes the instance as the host has it (parent, type, backend); a stale one (the
+    instance was re-made with another type) makes ``apply`` write it again."""
+    from .plan import DomainAttachment
+
+    def recorded(x: Optional[DomainXml], ident: str) -> bool:
+        if x is None:
+            return False
+        m = x.managed_entry(ident)
+        if m is None:
+            return False
+        inst = inventory.instance(ident)
+        return inst is None or m == ManagedVgpu(inst.uuid, inst.parent, inst.type_id, str(inst.backend))
+
+    out: Dict[str, set] = {}
+    for d in snap.domains:
+        idents = set()
+        for x in (d.live, d.config):
+            if x is not None:
+                idents.update(x.devices)
+                idents.update(m.uuid for m in x.managed)
+        for ident in idents:
+            out.setdefault(ident, set()).add(DomainAttachment(
+                domain=d.name,
+                running=d.running,
+                live=d.live is not None and ident in d.live.devices,
+                config=d.config is not None and ident in d.config.devices,
+                recorded_live=recorded(d.live, ident),
+                recorded_config=recorded(d.config, ident),
+            ))
+    return {k: frozenset(v) for k, v in out.items()}
+
+
+class AttachmentSource:
+    """The reconciler's libvirt side (``apply.AttachmentBackend``): what the domains reference, read once per plan,
+    and the attach/detach steps of ``vgpuctl apply``, done by ``Attachments`` (same templates, metadata and scopes as
+    ``vgpuctl attach --live/--config``).
+
+    ``users`` is the lifecycle's ``DomainUsers`` for the same URI, so that a plan's in-use check and its attachments
+    come from one read (``session``); one of its own otherwise.
+    """
+
+    def __init__(self, uri: str, lifecycle: Any, *, users: Optional[DomainUsers] = None,
+                 templates: Any = None) -> None:
+        self.uri = uri
+        self.lc = lifecycle  # vgpuctl.lifecycle.Lifecycle
+        if users is None:
+            users = next((c for c in getattr(lifecycle, "usage_checks", ())
+                          if isinstance(c, DomainUsers) and c.uri == uri), None) or DomainUsers(uri)
+        self.users = users
+        self._templates = templates
+
+    @property
+    def templates(self) -> Any:
+        if self._templates is None:
+            from .templates import Templates  # jinja2: only when something is attached
+
+            self._templates = Templates(self.lc.host.paths)
+        return self._templates
+
+    def session(self) -> Any:
+        return self.users.session()
+
+    def observe(self, inventory: Inventory) -> Dict[str, FrozenSet["DomainAttachment"]]:
+        """The attachments now (inside ``session``: as the session read them)."""
+        return domain_attachments(self.users.read(), inventory)
+
+    def lock(self) -> VirtLock:
+        """The attach lock; ``apply`` takes it before the host lock, in the order ``vgpuctl attach`` does."""
+        return VirtLock(self.lc.host.paths, self.lc.lock_timeout)
+
+    def attach(self, action: "Action") -> bool:
+        """Attach ``action.uuid`` to ``action.domain`` in ``action.mode``'s definitions; whether anything changed.
+        The caller holds ``lock()``."""
+        live, config = _mode_scope(action)
+        with Virt.open(self.uri) as v:
+            r = Attachments(v, self.lc, self.templates).attach_held(
+                action.domain or "", uuid=action.uuid, live=live, config=config)
+        return r.changed
+
+    def detach(self, action: "Action") -> None:
+        """Detach ``action.uuid`` from ``action.domain`` and drop vgpuctl's record of it.  The caller holds
+        ``lock()``."""
+        live, config = _mode_scope(action)
+        with Virt.open(self.uri) as v:
+            Attachments(v, self.lc, self.templates).detach_held(
+                action.domain or "", uuid=action.uuid, live=live, config=config)
+
+
+def _mode_scope(action: "Action") -> Tuple[bool, bool]:
+    mode = str(action.mode or "config")
+    return mode in ("live", "both"), mode in ("config", "both")
+
+
+def attachments_provider(uri: str, lifecycle: Any) -> AttachmentSource:
+    """What ``commands.reconcile`` looks for: the attachment source for ``uri``, attaching with ``lifecycle``."""
+    return AttachmentSource(uri, lifecycle)

@@ -3,7 +3,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vgpuctl.model import Instance, Inventory, sorted_inventory
-from vgpuctl.plan import Block, Op, PlacementFailure, plan
+from dataclasses import replace
+
+from vgpuctl.plan import Block, DomainAttachment, Op, PlacementFailure, plan
+from vgpuctl.spec import AttachMode
 from vgpuctl.state import Owned, State
 
 from helpers import PARENTS, desired, inventory, state, want
@@ -79,7 +82,52 @@ def test_attach_without_libvirt_is_blocked_and_with_it_planned_once():
     p = plan(inv, st_, d)
     assert ops(p) == [("attach", U1, "mtty", "mtty-1", "libvirt")] and p.actions[0].detail == "libvirt not configured"
     assert ops(plan(inv, st_, d, attachments={})) == [("attach", U1, "mtty", "mtty-1", None)]
-    assert plan(inv, st_, d, attachments={U1: frozenset({"vm1"})}).empty
+    assert plan(inv, st_, d, attachments={U1: frozenset({recorded("vm1")})}).empty
+    p = plan(inv, st_, d, libvirt_error="libvirt unreachable: down")
+    assert p.actions[0].block is Block.LIBVIRT_DOWN and p.actions[0].block.retryable
+
+
+def recorded(domain, live=False, config=True, running=False):
+    return DomainAttachment(domain, running=running, live=live, config=config, recorded_live=live,
+                            recorded_config=config)
+
+
+def test_attach_modes_need_the_device_and_vgpuctl_record_in_each_definition():
+    inv, st_ = inventory([(U1, "mtty", "mtty-1")]), state([(U1, "mtty", "mtty-1")])
+    by_hand = DomainAttachment("vm1", running=True, live=True, config=True)  # virsh attach-device: no record
+    for mode, att, empty in [
+        (AttachMode.CONFIG, recorded("vm1"), True),
+        (AttachMode.LIVE, recorded("vm1"), False),
+        (AttachMode.BOTH, recorded("vm1", live=True, running=True), True),
+        (AttachMode.BOTH, recorded("vm1", live=False, running=True), False),
+        (AttachMode.CONFIG, by_hand, False),  # adopted: apply records it
+    ]:
+        d = desired(replace(want("a", "mtty-1", uuid=U1, domain="vm1"), attach=mode))
+        p = plan(inv, st_, d, attachments={U1: frozenset({att})})
+        assert p.empty is empty, (mode, att)
+        if not empty:
+            assert [(str(a.op), a.domain, a.mode, a.block) for a in p.actions] == [("attach", "vm1", mode, None)]
+
+
+def test_detach_only_what_vgpuctl_attached_and_before_the_attach_elsewhere():
+    inv, st_ = inventory([(U1, "mtty", "mtty-1")]), state([(U1, "mtty", "mtty-1")])
+    old = recorded("old", live=True, running=True)
+    p = plan(inv, st_, desired(want("a", "mtty-1", uuid=U1, domain="new")), attachments={U1: frozenset({old})})
+    assert [(str(a.op), a.domain, str(a.mode), a.block) for a in p.actions] == [
+        ("detach", "old", "both", None), ("attach", "new", "config", None)]
+    assert p.actions[0].line() == f"~ detach {U1} from old (both) (a; desired in domain new)"
+    # the domain dropped: detach, nothing attached
+    p = plan(inv, st_, desired(want("a", "mtty-1", uuid=U1)), attachments={U1: frozenset({old})})
+    assert [(str(a.op), a.domain, a.why) for a in p.actions] == [("detach", "old", "no domain desired")]
+    # an attachment vgpuctl did not make is never detached; an attach elsewhere waits for it
+    by_hand = DomainAttachment("other", config=True)
+    assert plan(inv, st_, desired(want("a", "mtty-1", uuid=U1)), attachments={U1: frozenset({by_hand})}).empty
+    p = plan(inv, st_, desired(want("a", "mtty-1", uuid=U1, domain="new")), attachments={U1: frozenset({by_hand})})
+    assert [(str(a.op), a.block) for a in p.actions] == [("attach", Block.IN_USE)]
+    assert "'other'" in p.actions[0].detail
+    # an instance dropped from the desired state keeps its domain: no detach, and its destroy is blocked in use
+    p = plan(inv, st_, desired(), users={U1: ["domain 'old' (running)"]}, attachments={U1: frozenset({old})})
+    assert ops(p) == [("destroy", U1, "mtty", "mtty-1", "in-use")]
 
 
 def test_action_lines():
@@ -149,3 +197,12 @@ def test_foreign_and_in_use_never_destroyed(world):
             assert a.uuid in st_.owned
             if a.uuid in users:
                 assert a.block is Block.IN_USE
+
+
+def test_what_the_hook_made_is_left_to_the_hook_unless_declared():
+    inv, st_ = inventory([(U1, "mtty", "mtty-1")]), state([(U1, "mtty", "mtty-1")])
+    assert plan(inv, st_, desired(), on_demand={U1}).empty
+    assert ops(plan(inv, st_, desired())) == [("destroy", U1, "mtty", "mtty-1", None)]
+    # declared with another type: the desired state wins (and its in-use check still applies)
+    d = desired(want("a", "mtty-2", uuid=U1))
+    assert [a.op for a in plan(inv, st_, d, on_demand={U1}).actions] == [Op.DESTROY, Op.CREATE]

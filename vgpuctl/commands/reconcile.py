@@ -24,7 +24,8 @@ def build_reconciler(s: Any) -> Any:
     """The reconciler over ``build_lifecycle``'s object graph, with placement and libvirt where they exist."""
     from ..apply import Reconciler
 
-    return Reconciler(build_lifecycle(s), placer=_placer(s), attachments=_attachments(s))
+    lc = build_lifecycle(s)
+    return Reconciler(lc, placer=_placer(s), attachments=_attachments(s, lc))
 
 
 def _placer(s: Any) -> Any:
@@ -37,15 +38,13 @@ def _placer(s: Any) -> Any:
     return policy_placer(s.paths)
 
 
-def _attachments(s: Any) -> Any:
+def _attachments(s: Any, lifecycle: Any) -> Any:
+    """libvirt's side of the desired state (``virt.AttachmentSource``); None with ``--connect none``."""
     if s.connect == "none":
         return None
-    try:
-        from .. import virt  # noqa: F401  (the libvirt layer; optional until it lands)
-    except ImportError:
-        return None
-    provider = getattr(virt, "attachments_provider", None)
-    return provider(s.connect) if provider is not None else None
+    from ..virt import attachments_provider  # libvirt itself is imported only when it is first read
+
+    return attachments_provider(s.connect, lifecycle)
 
 
 # --- records ------------------------------------------------------------------------------------------------------
