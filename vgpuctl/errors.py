@@ -80,6 +80,21 @@ class UnknownParent(NotFound):
         self.known = tuple(known)
 
 
+class SriovDisabled(UnknownParent):
+    """An NVIDIA GPU that could host vendor-VFIO vGPUs has no SR-IOV VFs enabled."""
+
+    kind = "sriov-disabled"
+
+    def __init__(self, gpu: str) -> None:
+        NotFound.__init__(
+            self,
+            f"GPU {gpu} has no SR-IOV virtual functions enabled, so it can host no vGPUs; enable them with: "
+            f"/usr/lib/nvidia/sriov-manage -e {gpu} (needed after every boot)",
+        )
+        self.name = gpu
+        self.known = ()
+
+
 class UnknownType(NotFound):
     kind = "unknown-type"
 
@@ -108,6 +123,21 @@ class NoCapacity(VgpuctlError):
     def __init__(self, type_id: str, parent: str, detail: str = "") -> None:
         extra = f" ({detail})" if detail else ""
         super().__init__(f"no available instances of {type_id} on {parent}{extra}; destroy one or choose another parent")
+        self.type_id = type_id
+        self.parent = parent
+
+
+class TypeConflict(NoCapacity):
+    """The NVIDIA driver refused a type that conflicts with the types its GPU already hosts (EINVAL)."""
+
+    kind = "type-conflict"
+
+    def __init__(self, type_id: str, parent: str) -> None:
+        VgpuctlError.__init__(
+            self,
+            f"{type_id} cannot be created on {parent}: it conflicts with the vGPU types its GPU already hosts "
+            "(the driver said EINVAL); use the GPU's current type or size, or another GPU",
+        )
         self.type_id = type_id
         self.parent = parent
 
@@ -309,6 +339,48 @@ class TemplateError(ConfigError):
     kind = "template"
 
 
+# --- NVML, NVIDIA's management library (14) ------------------------------------------------------------------------
+class NvmlError(VgpuctlError):
+    """A command that needs NVML could not use it, or NVML refused; ``code`` is the NVML error number, if any."""
+
+    exit_code = 14
+    kind = "nvml"
+
+    def __init__(self, message: str, code: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class NotVgpuHost(NvmlError):
+    """The GPU is not in vGPU host mode (``nvmlDeviceGetVirtualizationMode`` is not 3)."""
+
+    kind = "not-vgpu-host"
+
+    def __init__(self, gpu: str, mode: int, mode_name: str) -> None:
+        super().__init__(
+            f"GPU {gpu} is not a vGPU host (NVML virtualization mode {mode}: {mode_name}); "
+            "install and load the NVIDIA vGPU manager to use vGPU scheduling"
+        )
+        self.gpu = gpu
+        self.mode = mode
+
+
+class GpuBusy(DeviceInUse):
+    """A GPU-wide setting cannot change while vGPUs on that GPU are running."""
+
+    kind = "gpu-busy"
+
+    def __init__(self, gpu: str, setting: str, running: Iterable[str]) -> None:
+        VgpuctlError.__init__(self, "")
+        self.holders = tuple(running)
+        self.message = (
+            f"cannot change the {setting} of GPU {gpu} while vGPUs run on it ({', '.join(self.holders)}); "
+            "stop those VMs first (nothing was changed)"
+        )
+        self.uuid = gpu
+        self.gpu = gpu
+
+
 # --- the host does not match the desired state (13) ----------------------------------------------------------------
 class NotConverged(VgpuctlError):
     """``check`` found differences, or ``apply`` could not carry out every action (blocked or failed, listed)."""
@@ -342,4 +414,6 @@ EXIT_CODES = {
     11: "timed out waiting for the vgpuctl lock held by another process",
     12: "libvirt error: daemon unreachable, domain unknown, or it refused the change",
     13: "not converged: the host differs from the desired state (check), or apply left blocked or failed actions",
+    14: "NVML error: a command that needs NVIDIA's management library could not use it, the GPU is not a vGPU host, "
+    "or NVML refused the change",
 }

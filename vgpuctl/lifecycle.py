@@ -6,23 +6,25 @@ the CLI renders them.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Protocol, Sequence
 
 from .errors import (
     AlreadyExists,
+    AmbiguousType,
     BadParentName,
     BadUuid,
     DeviceInUse,
     InvalidInput,
     NoCapacity,
     NotOwned,
+    SriovDisabled,
     UnknownInstance,
+    UnknownParent,
     UnknownType,
 )
 from .host import Host, TypeScope
-from .model import Instance, Inventory, VgpuType, canonical_parent_name, canonical_uuid
+from .model import BackendKind, Instance, Inventory, Parent, VgpuType, canonical_instance_id, canonical_parent_name
 from .state import HostLock, Intent, State, StateStore
 
 
@@ -95,13 +97,10 @@ class Lifecycle:
     ) -> Instance:
         """Create one instance on ``parent``; without one, ``placer`` chooses it from the inventory read under the
         lock (``vgpuctl.placement``), so the choice and the create see the same host."""
-        if uuid is None:
-            import uuid as uuidlib  # only create pays for it
-
-            want = str(uuidlib.uuid4())
-        else:
-            want = canonical_uuid(uuid) or ""
-            if not want:
+        requested = None
+        if uuid is not None:
+            requested = canonical_instance_id(uuid)
+            if requested is None:
                 raise BadUuid(uuid)
         if parent is None and placer is None:
             raise InvalidInput("create needs a parent, or a placement policy to choose one")
@@ -113,14 +112,19 @@ class Lifecycle:
             # --- placement: choose the parent when none was given (vgpuctl.placement) ---
             if parent is None:
                 parent = placer(inv)  # type: ignore[misc]  # raises NoPlacement when no GPU fits
-            pname = self.host.resolve_parent(parent, inv)
+            pname = self._create_parent(parent, type_id, inv)
+            kind = inv.parent(pname).backend  # type: ignore[union-attr]
+            want = self.host.identity(parent=pname, requested=requested, inventory=inv)
+            clash = inv.instance(want)
+            if clash is not None or self.host.exists(want, kind):
+                raise AlreadyExists(want, clash.parent if clash else None)
             vtype = find_type(inv, pname, type_id)
             if vtype.available <= 0:
                 raise NoCapacity(vtype.type_id, pname, detail="available_instances is 0")
-            clash = inv.instance(want)
-            if clash is not None or os.path.lexists(self.host.paths.mdev_devices / want):
-                raise AlreadyExists(want, clash.parent if clash else None)
-            intent = Intent("create", want, pname, vtype.type_id, str(inv.parent(pname).backend))  # type: ignore[union-attr]
+            who = self.host.busy(pname, inv)  # an NVIDIA VF open by a VM must not get a vGPU
+            if who:
+                raise DeviceInUse(pname, who)
+            intent = Intent("create", want, pname, vtype.type_id, str(kind))
             self.store.save(state.with_intent(intent))
             try:
                 inst = self.host.create(parent=pname, type_id=vtype.type_id, uuid=want, inventory=inv)
@@ -135,9 +139,37 @@ class Lifecycle:
                 raise
             return inst
 
+    def _create_parent(self, parent: str, type_id: str, inv: Inventory) -> str:
+        """The parent a create goes to: ``parent`` itself, or, where ``parent`` names a physical GPU whose SR-IOV VFs
+        are the parents, the first VF that offers the type, has no vGPU and that nothing holds open."""
+        try:
+            return self.host.resolve_parent(parent, inv)
+        except UnknownParent:
+            gpu = (canonical_parent_name(parent) or parent).lower()
+            vfs = [p for p in inv.parents if p.is_vf and p.gpu.lower() == gpu]
+            if vfs:
+                return self._free_vf(vfs, type_id, inv)
+            if gpu in getattr(self.host.backend(BackendKind.NVIDIA_VF), "sriov_disabled", list)():
+                raise SriovDisabled(gpu) from None
+            raise
+
+    def _free_vf(self, vfs: Sequence[Parent], type_id: str, inv: Inventory) -> str:
+        used = {i.parent for i in inv.instances}
+        offering = [p.name for p in vfs if p.name not in used and _offers(inv, p.name, type_id)]
+        for name in offering:
+            if not self.host.busy(name, inv):
+                return name
+        hosted = sorted({i.type_id for i in inv.instances if i.parent in {p.name for p in vfs}})
+        free = [p.name for p in vfs if p.name not in used]
+        if not offering and not hosted and free:
+            find_type(inv, free[0], type_id)  # the GPU offers no such type: UnknownType says what it offers
+        why = f"it hosts {', '.join(hosted)}" if hosted else "no VF is free"
+        held = f"; {len(offering)} VF(s) that could are held open" if offering else ""
+        raise NoCapacity(type_id, vfs[0].gpu, detail=f"no free VF of this GPU offers it now: {why}{held}")
+
     # --- destroy ---------------------------------------------------------------------------------------------------
     def destroy(self, uuid: str, *, foreign: bool = False) -> Instance:
-        want = canonical_uuid(uuid)
+        want = canonical_instance_id(uuid)
         if want is None:
             raise BadUuid(uuid)
         with HostLock(self.host.paths, self.lock_timeout):
@@ -156,11 +188,19 @@ class Lifecycle:
             try:
                 self.host.remove(inst)
             except BaseException:
-                still = os.path.lexists(self.host.paths.mdev_devices / want)
+                still = self.host.exists(want, inst.backend)
                 self.store.save(state.settle(intent, exists=still) if want in state.owned else state)
                 raise
             self.store.save(state.settle(intent, exists=False))
             return inst
+
+
+def _offers(inventory: Inventory, parent: str, type_id: str, *, free_only: bool = True) -> bool:
+    try:
+        t = find_type(inventory, parent, type_id)
+    except (UnknownType, AmbiguousType):
+        return False
+    return t.available > 0 or not free_only
 
 
 def find_type(inventory: Inventory, parent: str, type_id: str) -> VgpuType:

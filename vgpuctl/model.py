@@ -143,6 +143,17 @@ def canonical_uuid(value: str) -> Optional[str]:
     return value.lower()
 
 
+def canonical_instance_id(value: str) -> Optional[str]:
+    """An instance's identity in canonical form: a UUID (mdev) lowercased, or a PCI address (an NVIDIA VF's vGPU)
+    with its domain and lowercased; None for anything else."""
+    u = canonical_uuid(value)
+    if u is not None:
+        return u
+    if isinstance(value, str) and PCI_ADDR_RE.fullmatch(value):
+        return canonical_parent_name(value)
+    return None
+
+
 def canonical_parent_name(value: str) -> Optional[str]:
     """Canonical parent name, or None if ``value`` could reach outside sysfs or is not a name at all.
 

@@ -8,7 +8,7 @@ import pytest
 from vgpuctl.errors import ConfigError
 from vgpuctl.sim import list_profiles, load_profile, materialize
 
-SHIPPED = ["a16", "gvtg", "mixed", "mtty", "samples", "t4x2"]
+SHIPPED = ["a16", "gvtg", "h200", "l40s", "mixed", "mtty", "samples", "t4x2"]
 
 
 def test_shipped_profiles_load():

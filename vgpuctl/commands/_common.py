@@ -18,6 +18,7 @@ class Settings:
     root: str = "/"
     connect: str = "qemu:///system"
     lock_timeout: float = 30.0
+    nvml: str = "auto"  #: "auto": ask NVML where the host has NVIDIA GPUs; "off": never
 
     @property
     def paths(self) -> HostPaths:

@@ -1,17 +1,18 @@
 """``vgpuctl parents``, ``types`` and ``list``: read-only views of the host."""
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import click
 
 from ..host import TypeScope
 
 from ..lifecycle import Lifecycle
-from ..model import Instance
-from ._common import build_lifecycle, json_option, render, settings
+from ..model import Instance, Inventory, Vendor
+from ._common import build_lifecycle, info, json_option, render, settings
 from .records import (
     INSTANCE_COLUMNS,
+    NVML_INSTANCE_COLUMNS,
     PARENT_COLUMNS,
     TYPE_COLUMNS,
     instance_record,
@@ -26,9 +27,13 @@ parent_option = click.option("--parent", "-p", metavar="PARENT", help="Only this
 @json_option
 def parents(as_json: bool) -> None:
     """Devices that can host vGPUs, with vendor, NUMA node and driver."""
-    inv = build_lifecycle(settings()).host.inventory()
-    recs = [parent_record(p, inv) for p in inv.parents]
+    host = build_lifecycle(settings()).host
+    inv = host.inventory()
+    inv, _, gpus = _nvml(inv, vgpus=False)
+    recs = [parent_record(p, inv, gpu_name=gpus[p.gpu].name if p.gpu in gpus else None) for p in inv.parents]
     render(recs, PARENT_COLUMNS, as_json=as_json, empty="no vGPU-capable parent devices found")
+    for line in host.hints():
+        info(line)
 
 
 @click.command()
@@ -39,6 +44,7 @@ def types(parent: Optional[str], as_json: bool) -> None:
     host = build_lifecycle(settings()).host
     inv = host.inventory()
     only = host.resolve_parent(parent, inv) if parent else None
+    inv, _, _ = _nvml(inv, vgpus=False)
     recs = [type_record(t) for t in inv.types if only is None or t.parent == only]
     render(recs, TYPE_COLUMNS, as_json=as_json, empty="no vGPU types found")
 
@@ -54,11 +60,23 @@ def list_instances(parent: Optional[str], as_json: bool) -> None:
     shown = [i for i in inv.instances if only is None or i.parent == only]
     users = lc.users(shown)  # the one read of libvirt, when it is enabled
     doms = _domains(lc, shown)
+    inv, details, gpus = _nvml(inv, vgpus=True)
     recs = [
-        instance_record(i, inv, owned=i.uuid in state.owned, used_by=users.get(i.uuid, ()), **doms.get(i.uuid, {}))
+        instance_record(i, inv, owned=i.uuid in state.owned, used_by=users.get(i.uuid, ()), nvml=details.get(i.uuid),
+                        **doms.get(i.uuid, {}))
         for i in shown
     ]
-    render(recs, INSTANCE_COLUMNS, as_json=as_json, empty="no vGPU instances")
+    columns = INSTANCE_COLUMNS + (NVML_INSTANCE_COLUMNS if any(g.vgpu_host for g in gpus.values()) else [])
+    render(recs, columns, as_json=as_json, empty="no vGPU instances")
+
+
+def _nvml(inv: Inventory, *, vgpus: bool) -> Tuple[Inventory, Dict[str, Any], Dict[str, Any]]:
+    """NVML's details where the host has NVIDIA GPUs (pynvml is not even imported otherwise)."""
+    if settings().nvml == "off" or not any(p.vendor is Vendor.NVIDIA and p.pci for p in inv.parents):
+        return inv, {}, {}
+    from .nvidia import enrich_inventory
+
+    return enrich_inventory(settings(), inv, vgpus=vgpus)
 
 
 def _domains(lc: Lifecycle, shown: Sequence[Instance]) -> Dict[str, Dict[str, Any]]:

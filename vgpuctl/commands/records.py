@@ -47,7 +47,13 @@ INSTANCE_COLUMNS = [
 ]
 
 
-def parent_record(p: Parent, inv: Inventory) -> Dict[str, Any]:
+#: Extra table columns shown when NVML answered (``list`` on an NVIDIA vGPU host).
+NVML_INSTANCE_COLUMNS = [("VM", "vm_id"), ("FB_USED", "fb_used_mib"), ("SM%", "sm_util"), ("MEM%", "mem_util")]
+NVML_INSTANCE_KEYS = ("nvml_id", "vm_id", "fb_used_mib", "sm_util", "mem_util", "enc_util", "dec_util")
+
+
+def parent_record(p: Parent, inv: Inventory, gpu_name: Optional[str] = None) -> Dict[str, Any]:
+    extra: Dict[str, Any] = {"gpu_name": gpu_name} if p.vendor_id == "0x10de" else {}
     return record(
         PARENT_SCHEMA,
         parent=p.name,
@@ -62,10 +68,12 @@ def parent_record(p: Parent, inv: Inventory) -> Dict[str, Any]:
         is_vf=p.is_vf,
         types=len(inv.types_on(p.name)),
         instances=len(inv.instances_on(p.name)),
+        **extra,
     )
 
 
 def type_record(t: VgpuType) -> Dict[str, Any]:
+    fields = {k: v for k, v in t.fields}
     return record(
         TYPE_SCHEMA,
         parent=t.parent,
@@ -80,8 +88,9 @@ def type_record(t: VgpuType) -> Dict[str, Any]:
         frl_config=t.frl_config,
         series=t.series,
         weight=t.weight,
+        type_class=fields.get("class"),
         description=t.description,
-        fields={k: v for k, v in t.fields},
+        fields=fields,
     )
 
 
@@ -93,6 +102,7 @@ def instance_record(
     used_by: Sequence[str] = (),
     domains: Optional[Sequence[str]] = None,
     running: Optional[bool] = None,
+    nvml: Optional[Any] = None,
 ) -> Dict[str, Any]:
     """``domains``: libvirt domains whose live or persistent XML references the instance, ``running``: whether one
     of them runs with it; both None when libvirt was not asked (``--connect none``)."""
@@ -110,4 +120,13 @@ def instance_record(
         domains=list(domains) if domains is not None else None,
         running=running,
         used_by=list(used_by),
+        **_nvml_fields(i, inv, nvml),
     )
+
+
+def _nvml_fields(i: Instance, inv: Optional[Inventory], nvml: Optional[Any]) -> Dict[str, Any]:
+    """NVML's per-instance details (a ``vgpuctl.nvml.VgpuInfo``), on NVIDIA instances only: null when unknown."""
+    p = inv.parent(i.parent) if inv else None
+    if nvml is None and (p is None or p.vendor_id != "0x10de"):
+        return {}
+    return {k: getattr(nvml, k, None) for k in NVML_INSTANCE_KEYS}

@@ -3,9 +3,15 @@
 ``Host`` is the one object the rest of the package talks to.  It holds a ``HostPaths`` and a list of backends, one per
 way a host makes vGPUs (the kernel's mdev core today; NVIDIA's per-VF interface fits beside it), merges their
 inventories into one ``Inventory`` and routes create/remove to the backend that owns the parent.
+
+Besides the protocol in ``base.py`` a backend may offer ``identity`` (the identity a new instance on a parent will
+have), ``exists`` (whether an identity is on the host now), ``busy`` (who holds a parent open, so that it must not
+get a vGPU) and ``hints`` (lines that tell the operator why something expected is missing).  ``Host`` supplies the
+mdev behaviour where a backend has none.
 """
 from __future__ import annotations
 
+import os
 from typing import Dict, List, Optional, Sequence
 
 from ..errors import BadParentName, UnknownParent
@@ -14,12 +20,13 @@ from ..paths import HostPaths
 from .base import Backend, TypeScope
 from .holders import Holder, find_holders
 from .mdev import MdevBackend
+from .nvidia_vf import NvidiaVfBackend
 
 
 class Host:
     def __init__(self, paths: HostPaths, backends: Optional[Sequence[Backend]] = None) -> None:
         self.paths = paths
-        self.backends: List[Backend] = list(backends) if backends is not None else [MdevBackend(paths)]
+        self.backends: List[Backend] = list(backends) if backends is not None else [MdevBackend(paths), NvidiaVfBackend(paths)]
 
     @classmethod
     def at(cls, root: str = "/") -> "Host":
@@ -61,10 +68,54 @@ class Host:
     def remove(self, instance: Instance) -> None:
         self.backend(instance.backend).remove(instance)
 
+    def backend_of(self, parent: str, inventory: Inventory) -> Backend:
+        p = inventory.parent(parent)
+        if p is None:
+            raise UnknownParent(parent, [x.name for x in inventory.parents])
+        return self.backend(p.backend)
+
+    def identity(self, *, parent: str, requested: Optional[str], inventory: Inventory) -> str:
+        """The identity the next instance on ``parent`` gets: for mdev ``requested`` (a canonical UUID) or a fresh
+        random UUID; other backends decide themselves (an NVIDIA VF's address)."""
+        b = self.backend_of(parent, inventory)
+        fn = getattr(b, "identity", None)
+        if fn is not None:
+            return fn(parent=parent, requested=requested)
+        if requested is not None:
+            return requested
+        import uuid as uuidlib  # only create pays for it
+
+        return str(uuidlib.uuid4())
+
+    def exists(self, uuid: str, kind: BackendKind = BackendKind.MDEV) -> bool:
+        """Whether the instance ``uuid`` of backend ``kind`` is on the host now (one cheap look, no full read)."""
+        try:
+            b = self.backend(kind)
+        except KeyError:
+            return False
+        fn = getattr(b, "exists", None)
+        if fn is not None:
+            return bool(fn(uuid))
+        return os.path.lexists(self.paths.mdev_devices / uuid)
+
+    def busy(self, parent: str, inventory: Inventory) -> List[str]:
+        """Who holds ``parent`` itself open (an NVIDIA VF passed to a VM); empty where a backend has no such notion."""
+        fn = getattr(self.backend_of(parent, inventory), "busy", None)
+        return list(fn(parent)) if fn is not None else []
+
+    def hints(self) -> List[str]:
+        """Why devices one may expect are missing (an NVIDIA GPU without SR-IOV VFs), one line each."""
+        out: List[str] = []
+        for b in self.backends:
+            fn = getattr(b, "hints", None)
+            if fn is not None:
+                out += fn()
+        return out
+
     def holders(self, instances: Sequence[Instance]) -> Dict[str, List[Holder]]:
         """Processes holding each instance's VFIO group open, keyed by instance uuid (only held ones appear)."""
         groups = {i.iommu_group: i.uuid for i in instances if i.iommu_group is not None}
         return {groups[g]: h for g, h in find_holders(self.paths, groups).items()}
 
 
-__all__ = ["Host", "Holder", "Backend", "MdevBackend", "TypeScope"]
+__all__ = ["Host", "Holder", "Backend", "MdevBackend", "NvidiaVfBackend", "TypeScope"]

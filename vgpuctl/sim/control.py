@@ -119,6 +119,33 @@ class SimHost:
     def group_of(self, uuid: str) -> int:
         return int(os.path.basename(os.readlink(self.paths.mdev_devices / uuid / "iommu_group")))
 
+    # --- vendor VFIO (NVIDIA vGPU 17+) ----------------------------------------------------------------------------
+    def nvidia_dir(self, vf: str) -> Path:
+        return self.paths.pci_devices / vf / "nvidia"
+
+    def vgpu_type(self, vf: str) -> int:
+        return int((self.nvidia_dir(vf) / "current_vgpu_type").read_text())
+
+    def set_vgpu_type(self, vf: str, number: int) -> None:
+        """Write ``number`` (0: destroy) to the VF's current_vgpu_type; the driver's errno comes back as OSError."""
+        write_attr(self.nvidia_dir(vf) / "current_vgpu_type", f"{number}\n")
+
+    def creatable(self, vf: str) -> List[str]:
+        return (self.nvidia_dir(vf) / "creatable_vgpu_types").read_text().splitlines()[1:]
+
+    def set_heterogeneous(self, pf: str, on: bool) -> None:
+        self.control("heterogeneous", f"{pf} {int(on)}")
+
+    @contextlib.contextmanager
+    def hold_vf(self, vf: str) -> Iterator[int]:
+        """Hold the VF's ROOT/dev/vfio/<group> open, as QEMU does for a VM with the VF assigned."""
+        group = os.path.basename(os.readlink(self.paths.pci_devices / vf / "iommu_group"))
+        fd = os.open(self.paths.dev_vfio / group, os.O_RDWR)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
     @contextlib.contextmanager
     def hold(self, uuid: str) -> Iterator[int]:
         """Hold the mdev's ROOT/dev/vfio/<group> open, as QEMU does while a VM uses it; yields the fd."""

@@ -216,7 +216,10 @@ def materialize(profile: "str | os.PathLike[str] | Profile", root: "str | os.Pat
     _dirs(rootp)
     machine = Machine(prof, dev_vfio=str(rootp / "dev" / "vfio"))
     for parent, type_id, uuid in instances:
-        machine.create(parent, type_id, uuid.encode())
+        if machine.functions[parent].vendor_vfio:  # a vendor-VFIO vGPU: (VF, "nvidia-N" or "N", VF)
+            machine.set_vgpu_type(parent, type_id.rsplit("-", 1)[-1].encode())
+        else:
+            machine.create(parent, type_id, uuid.encode())
     sys_dir = rootp / "sys"
     for path, node in sorted(machine.tree.items()):
         if path == "/" or path.startswith(f"/{CONTROL_DIR}"):

@@ -155,6 +155,14 @@ class SimFS(mfusepy.Operations):
             m.create(action[1], action[2], data)
         elif kind == "remove":
             self._remove(action[1], data)
+        elif kind == "vgpu_type":
+            gf = m.group_file(m.functions[action[1]].group)  # type: ignore[arg-type]
+            held = holders(gf) if gf else []
+            if held:  # the driver refuses to change the type of a VF whose VFIO device is open
+                raise SimError(errno.EBUSY, f"VF held by pid {', '.join(map(str, held))}")
+            m.set_vgpu_type(action[1], data)
+        elif kind == "vf_attr":
+            m.set_vf_attr(action[1], action[2], data)
         elif kind == "numvfs":
             with m.lock:
                 fn = m.functions[action[1]]
@@ -203,6 +211,8 @@ class SimFS(mfusepy.Operations):
             m.reboot()
         elif name == "remove_block_seconds":
             m.set_remove_block_seconds(text)
+        elif name == "heterogeneous":
+            m.set_heterogeneous(text)
         else:
             raise SimError(errno.EINVAL, name)
 

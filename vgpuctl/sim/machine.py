@@ -46,7 +46,8 @@ class Dir:
 class File:
     content: bytes
     mode: int = RO
-    #: what a write does: ("create", parent, type), ("remove", uuid), ("numvfs", pf), ("ctl", name); None: read-only
+    #: what a write does: ("create", parent, type), ("remove", uuid), ("numvfs", pf), ("ctl", name),
+    #: ("vgpu_type", vf), ("vf_attr", vf, name); None: read-only
     action: Optional[Tuple[str, ...]] = None
 
 
@@ -106,6 +107,9 @@ class Function:
     vfs: List[str] = field(default_factory=list)
     is_parent: bool = False  #: has mdev_supported_types when registered
     registered: bool = True
+    vendor_vfio: bool = False  #: a VF with NVIDIA's nvidia/ vGPU directory (vendor VFIO)
+    mig: bool = False  #: PF of a vendor-vfio GPU: MIG mode
+    heterogeneous: bool = False  #: PF of a vendor-vfio GPU: heterogeneous (mixed-size) mode
 
     @property
     def gpu(self) -> str:
@@ -186,10 +190,20 @@ class Machine:
         self.functions: Dict[str, Function] = {}
         self.instances: Dict[str, Instance] = {}
         self.fail_rules: List[Tuple[str, int]] = []
+        #: vendor VFIO: per VF its vGPU type id (0: none), vgpu_params, placement_id, gpu_instance_id
+        self.vf_type: Dict[str, int] = {}
+        self.vf_params: Dict[str, str] = {}
+        self.vf_placement: Dict[str, int] = {}
+        self.vf_gi: Dict[str, int] = {}
         self.remove_block_seconds = 10.0
         self.events: List[str] = []
         self.event_seq = 0
         self._build(profile)
+        for fn in self.functions.values():
+            gf = self.group_file(fn.group) if fn.vendor_vfio and fn.group is not None else None
+            if gf:  # a vendor-VFIO VF is a VFIO device from the start: its group file exists (QEMU opens it)
+                with open(gf, "w"):
+                    pass
         self.group_base = max([f.group for f in self.functions.values() if f.group is not None] + [0]) + 1
         self._tree: Optional[Tree] = None
 
@@ -213,8 +227,10 @@ class Machine:
                 self.functions[dev.name] = Function(
                     name=dev.name, model=m, devpath=f"/devices/virtual/{m.class_name}/{dev.name}", is_parent=True)
                 continue
+            vfio = m.vgpu == "vendor-vfio"
             pf = Function(name=dev.name, model=m, devpath=f"/devices/pci0000:00/{dev.name}",
-                          group=group(dev.iommu_group), numa_node=dev.numa_node, is_parent=m.mdev_on == "pf")
+                          group=group(dev.iommu_group), numa_node=dev.numa_node,
+                          is_parent=m.mdev_on == "pf" and not vfio, mig=dev.mig, heterogeneous=dev.heterogeneous)
             self.functions[pf.name] = pf
             if m.sriov:
                 for i in range(m.sriov.numvfs):
@@ -222,7 +238,8 @@ class Machine:
                     pf.vfs.append(addr)
                     self.functions[addr] = Function(
                         name=addr, model=m, devpath=f"/devices/pci0000:00/{addr}", group=group(None),
-                        numa_node=dev.numa_node, physfn=pf.name, is_parent=m.mdev_on == "vf")
+                        numa_node=dev.numa_node, physfn=pf.name, is_parent=m.mdev_on == "vf" and not vfio,
+                        vendor_vfio=vfio)
 
     # --- queries ------------------------------------------------------------------------------------------------
     def parents(self) -> List[Function]:
@@ -254,6 +271,110 @@ class Machine:
                         used[res] = used.get(res, 0) + c
             pool = dict(fn.model.pool)
             return max(0, min((pool[res] - used.get(res, 0)) // c for res, c in spec.cost))
+
+    # --- vendor VFIO (NVIDIA vGPU 17+): nvidia/current_vgpu_type on each VF --------------------------------------
+    def vfio_spec(self, vf: str, number: int) -> Optional[TypeSpec]:
+        for t in self.functions[vf].model.types:
+            if t.id == str(number):
+                return t
+        return None
+
+    def vfio_refusal(self, vf: str, number: int) -> Optional[Tuple[int, str]]:
+        """Why ``number`` cannot be written to ``vf``'s current_vgpu_type now, as (errno, detail); None if it can.
+        Checked in the driver's order: unknown type (ENODEV), VF already typed (EBUSY), conflict with the types the
+        GPU hosts (EINVAL), GPU full (ENOSPC).  That a process holds the VF open (EBUSY) is the FUSE layer's check."""
+        with self.lock:
+            fn = self.functions[vf]
+            spec = self.vfio_spec(vf, number)
+            if spec is None:
+                return errno.ENODEV, f"type {number} is not supported on {vf}"
+            if self.vf_type.get(vf):
+                return errno.EBUSY, f"{vf} already has type {self.vf_type[vf]}; write 0 first"
+            pf = self.functions[fn.physfn or vf]
+            m = fn.model
+            if (spec.mig_slices is not None) != pf.mig:
+                mode = "MIG" if pf.mig else "time-sliced"
+                return errno.EINVAL, f"type {number} does not fit the GPU's {mode} mode"
+            typed = [(v, self.vfio_spec(v, t)) for v, t in self.vf_type.items()
+                     if t and self.functions[v].physfn == pf.name]
+            specs = [t for _, t in typed if t is not None]
+            same = sum(1 for t in specs if t.id == spec.id)
+            fb_used = sum(t.framebuffer or 0 for t in specs)
+            if same >= (spec.max_instance or 0):
+                return errno.ENOSPC, f"{same} of type {number} on {pf.name} (max {spec.max_instance})"
+            if pf.mig:
+                slices = sum(t.mig_slices or 0 for t in specs)
+                if slices + (spec.mig_slices or 0) > m.mig_slices:
+                    return errno.ENOSPC, f"{slices} of {m.mig_slices} compute slices in use on {pf.name}"
+            elif not pf.heterogeneous:
+                others = [t for t in specs if t.id != spec.id]
+                if others and (m.mix == "homogeneous" or any(t.framebuffer != spec.framebuffer for t in others)):
+                    return errno.EINVAL, f"{pf.name} hosts type {others[0].id}"
+                if len(specs) >= (spec.max_instance or 0):
+                    return errno.ENOSPC, f"{pf.name} is full"
+            if not pf.mig and fb_used + (spec.framebuffer or 0) > (m.framebuffer or 0):
+                return errno.ENOSPC, f"{fb_used} of {m.framebuffer} MiB in use on {pf.name}"
+            return None
+
+    def creatable(self, vf: str) -> List[TypeSpec]:
+        """The types ``vf`` lists in creatable_vgpu_types now (none once it has a type)."""
+        with self.lock:
+            if self.vf_type.get(vf):
+                return []
+            out = [t for t in self.functions[vf].model.types if self.vfio_refusal(vf, int(t.id)) is None]
+            return sorted(out, key=lambda t: int(t.id))
+
+    def set_vgpu_type(self, vf: str, data: bytes) -> None:
+        """A write to <VF>/nvidia/current_vgpu_type (the caller has checked that nothing holds the VF open)."""
+        with self.lock:
+            number = kstrtoul(data)
+            fn = self.functions[vf]
+            if number == 0:
+                old = self.vf_type.pop(vf, 0)
+                self.vf_gi.pop(vf, None)
+                if old:
+                    self._event("change", fn.devpath, NVIDIA_VGPU_TYPE="0")
+                    self.rerender()
+                return
+            refusal = self.vfio_refusal(vf, number)
+            if refusal is not None:
+                raise SimError(*refusal)
+            spec = self.vfio_spec(vf, number)
+            siblings = [v for v in self.functions[fn.physfn or vf].vfs if self.vf_type.get(v) and v != vf]
+            if vf not in self.vf_placement:
+                taken = {self.vf_placement.get(v) for v in siblings}
+                self.vf_placement[vf] = min(n for n in range(len(siblings) + 1) if n not in taken)
+            if spec is not None and spec.mig_slices is not None:
+                gis = {self.vf_gi.get(v) for v in siblings}
+                self.vf_gi[vf] = min(n for n in range(1, len(siblings) + 2) if n not in gis)
+            self.vf_type[vf] = number
+            self._event("change", fn.devpath, NVIDIA_VGPU_TYPE=str(number))
+            self.rerender()
+
+    def set_vf_attr(self, vf: str, name: str, data: bytes) -> None:
+        """A write to <VF>/nvidia/vgpu_params or placement_id: only while the VF has no type (an assumption)."""
+        with self.lock:
+            if self.vf_type.get(vf):
+                raise SimError(errno.EBUSY, f"{vf} has a vGPU; write 0 to current_vgpu_type first")
+            if name == "placement_id":
+                self.vf_placement[vf] = kstrtoul(data)
+            else:
+                self.vf_params[vf] = data.decode("utf-8", "replace").strip()
+            self.rerender()
+
+    def set_heterogeneous(self, text: str) -> None:
+        """Control ``heterogeneous``: '<PF> 0|1'; refused (EBUSY) while the GPU hosts vGPUs, as NVML's IN_USE."""
+        with self.lock:
+            parts = text.split()
+            if len(parts) != 2 or parts[1] not in ("0", "1"):
+                raise SimError(errno.EINVAL, "write '<PF address> 0|1'")
+            pf = self.functions.get(parts[0].lower())
+            if pf is None or not pf.vfs or not self.functions[pf.vfs[0]].vendor_vfio:
+                raise SimError(errno.ENODEV, f"{parts[0]} is not a vendor-VFIO GPU")
+            if any(self.vf_type.get(v) for v in pf.vfs):
+                raise SimError(errno.EBUSY, f"{pf.name} hosts vGPUs")
+            pf.heterogeneous = parts[1] == "1"
+            self.rerender()
 
     # --- events, groups, failures ---------------------------------------------------------------------------------
     def _event(self, action: str, devpath: str, **env: str) -> None:
@@ -380,6 +501,13 @@ class Machine:
         with self.lock:
             for inst in list(self.instances.values()):
                 self._drop(inst)
+            self.vf_type.clear()
+            self.vf_params.clear()
+            self.vf_placement.clear()
+            self.vf_gi.clear()
+            for dev in self.profile.devices:
+                if dev.name in self.functions:
+                    self.functions[dev.name].heterogeneous = dev.heterogeneous
             for fn in self.functions.values():
                 fn.registered = True
             self.fail_rules.clear()
@@ -434,7 +562,10 @@ vgpusim control directory: the only part of this tree no kernel has.  Write a li
   unregister            '<parent>': the parent's driver leaves the mdev core; its mdevs are lost.
                         A PF name means all its VF parents.
   register              '<parent>': the parent comes back, empty.
-  reboot                anything: every mdev is gone and every parent registered, as after a reboot.
+  reboot                anything: every mdev is gone and every parent registered, as after a reboot
+                        (vendor-VFIO VFs lose their vGPU types; heterogeneous modes return to the profile's).
+  heterogeneous         '<PF> 0|1': a vendor-VFIO GPU's heterogeneous (mixed-size) mode, as NVML's
+                        nvmlDeviceSetVgpuHeterogeneousMode sets it; EBUSY while the GPU hosts vGPUs.
   remove_block_seconds  how long a write to 'remove' of a held mdev (someone has dev/vfio/<group> open)
                         blocks before failing with EBUSY (default 10).
   events                read: 'SEQ ACTION DEVPATH KEY=VALUE...' lines (add, remove, change, reboot).
@@ -527,6 +658,16 @@ def _render_pci(b: _Builder, m: Machine, fn: Function) -> None:
             b.link(f"{base}/virtfn{k}", m.functions[vf].devpath)
     if fn.physfn is not None:
         b.link(f"{base}/physfn", m.functions[fn.physfn].devpath)
+    if fn.vendor_vfio:
+        nv = f"{base}/nvidia"
+        number = m.vf_type.get(fn.name, 0)
+        text = "" if number else "ID    : vGPU Name\n" + "".join(
+            f"{int(t.id):<5d} : {t.name}\n" for t in m.creatable(fn.name))
+        b.file(f"{nv}/creatable_vgpu_types", text)
+        b.file(f"{nv}/current_vgpu_type", f"{number}\n", RW, ("vgpu_type", fn.name))
+        b.file(f"{nv}/vgpu_params", f"{m.vf_params.get(fn.name, '')}\n", RW, ("vf_attr", fn.name, "vgpu_params"))
+        b.file(f"{nv}/placement_id", f"{m.vf_placement.get(fn.name, 0)}\n", RW, ("vf_attr", fn.name, "placement_id"))
+        b.file(f"{nv}/gpu_instance_id", f"{m.vf_gi.get(fn.name, -1)}\n")
 
 
 def _render_control(b: _Builder, m: Machine) -> None:
@@ -537,6 +678,8 @@ def _render_control(b: _Builder, m: Machine) -> None:
     b.file(f"{c}/unregister", "", WO, ("ctl", "unregister"))
     b.file(f"{c}/register", "", WO, ("ctl", "register"))
     b.file(f"{c}/reboot", "", WO, ("ctl", "reboot"))
+    b.file(f"{c}/heterogeneous", "".join(f"{f.name} {int(f.heterogeneous)}\n" for f in m.functions.values()
+                                         if f.vfs and m.functions[f.vfs[0]].vendor_vfio), RW, ("ctl", "heterogeneous"))
     b.file(f"{c}/remove_block_seconds", f"{m.remove_block_seconds:g}\n", RW, ("ctl", "remove_block_seconds"))
     b.file(f"{c}/events", "".join(e + "\n" for e in m.events))
     b.file(f"{c}/profile", f"{m.profile.name}\n")

@@ -22,6 +22,14 @@ Schema, version 1 (every key below; anything else is an error)::
         driver: nvidia                # the PCI driver bound to the function(s)
         sriov: {totalvfs: 16, numvfs: 16, offset: 4, stride: 1}   # VFs appear as PCI functions
         mdev_on: pf | vf              # where mdev_supported_types live (vf: on every VF, one vGPU per VF)
+        vgpu: mdev | vendor-vfio      # vendor-vfio: NVIDIA vGPU 17+ on kernel 6.8+: no mdev; every VF has
+                                      # nvidia/{creatable_vgpu_types,current_vgpu_type,...} (needs sriov, capacity
+                                      # nvidia, integer type ids and framebuffer on every type; see machine.py)
+        mix: equal-size | homogeneous # vendor-vfio: types of one framebuffer size may share a GPU (vGPU 17+
+                                      # default) or only one type per GPU; heterogeneous mode (per device, or NVML)
+                                      # allows mixed sizes within the GPU's framebuffer
+        framebuffer: 49152            # vendor-vfio: the GPU's framebuffer in MiB (mixed-size and MIG rules)
+        mig_slices: 7                 # vendor-vfio: compute slices of a GPU in MIG mode
         # virtual only: the device is /sys/devices/virtual/<class_name>/<device name>
         class_name: mtty
         # both:
@@ -44,11 +52,14 @@ Schema, version 1 (every key below; anything else is an error)::
     devices:
       - {pci: "0000:3b:00.0", model: t4, numa_node: 0, iommu_group: 40}   # iommu_group optional
       - {virtual: mtty, model: mtty}
+      - {pci: "0000:4a:00.0", model: h200, mig: true, heterogeneous: false}   # vendor-vfio devices only
 
 Type fields: ``id`` (the type-id directory name), ``name``, ``device_api`` (default ``vfio-pci``), ``cost``
 (mapping, pool capacity), ``max_instance`` (nvidia capacity), ``text`` (description: text), and the description
 fields: nvidia ``num_heads, frl_config, framebuffer`` (MiB) ``, max_resolution, max_instance``; gvt
-``low_gm_size, high_gm_size`` (MB) ``, fence, resolution, weight``.
+``low_gm_size, high_gm_size`` (MB) ``, fence, resolution, weight``; vendor-vfio ``framebuffer`` (MiB) and
+``mig_slices`` (compute slices of a MIG-backed type: such types are offered only on a device with ``mig: true``,
+the others only without).
 """
 from __future__ import annotations
 
@@ -66,14 +77,15 @@ _TOP_KEYS = {"version", "summary", "include", "first_iommu_group", "models", "de
 _MODEL_KEYS = {
     "kind", "vendor", "device", "subsystem_vendor", "subsystem_device", "class", "driver", "sriov", "mdev_on",
     "class_name", "mdev_driver", "capacity", "pool", "full_errno", "description", "name_prefix", "types",
+    "vgpu", "mix", "framebuffer", "mig_slices",
 }
 _SRIOV_KEYS = {"totalvfs", "numvfs", "offset", "stride"}
 _TYPE_KEYS = {
     "id", "name", "device_api", "cost", "max_instance", "text",
     "num_heads", "frl_config", "framebuffer", "max_resolution",
-    "low_gm_size", "high_gm_size", "fence", "resolution", "weight",
+    "low_gm_size", "high_gm_size", "fence", "resolution", "weight", "mig_slices",
 }
-_DEVICE_KEYS = {"pci", "virtual", "model", "numa_node", "iommu_group"}
+_DEVICE_KEYS = {"pci", "virtual", "model", "numa_node", "iommu_group", "mig", "heterogeneous"}
 
 
 @dataclass(frozen=True)
@@ -84,6 +96,8 @@ class TypeSpec:
     description: Optional[str]  #: the description file's text, None where the file is absent
     max_instance: Optional[int]
     cost: Tuple[Tuple[str, int], ...]
+    framebuffer: Optional[int] = None  #: MiB (vendor-vfio rules)
+    mig_slices: Optional[int] = None  #: compute slices of a MIG-backed type; None: time-sliced
 
 
 @dataclass(frozen=True)
@@ -112,6 +126,10 @@ class ModelSpec:
     mdev_on: str = "pf"
     class_name: Optional[str] = None
     pool: Tuple[Tuple[str, int], ...] = ()
+    vgpu: str = "mdev"  #: "mdev" or "vendor-vfio"
+    mix: str = "equal-size"  #: vendor-vfio: "equal-size" or "homogeneous"
+    framebuffer: Optional[int] = None  #: vendor-vfio: the GPU's framebuffer, MiB
+    mig_slices: int = 7
 
 
 @dataclass(frozen=True)
@@ -120,6 +138,8 @@ class DeviceSpec:
     model: ModelSpec
     numa_node: Optional[int] = None
     iommu_group: Optional[int] = None
+    mig: bool = False  #: vendor-vfio: the GPU is in MIG mode (offers the MIG-backed types)
+    heterogeneous: bool = False  #: vendor-vfio: heterogeneous (mixed-size) mode at start
 
 
 @dataclass(frozen=True)
@@ -179,8 +199,12 @@ def load_profile(name_or_path: "str | os.PathLike[str]") -> Profile:
         if name in names:
             raise ConfigError(str(path), f"device {name} appears twice", key=where)
         names.add(name)
+        for flag in ("mig", "heterogeneous"):
+            if flag in dev and (not isinstance(dev[flag], bool) or model.vgpu != "vendor-vfio"):
+                raise ConfigError(str(path), f"{flag} must be true or false, on a vendor-vfio model", key=where)
         specs.append(DeviceSpec(name=name, model=model, numa_node=_opt_int(path, dev, "numa_node", where),
-                                iommu_group=_opt_int(path, dev, "iommu_group", where)))
+                                iommu_group=_opt_int(path, dev, "iommu_group", where),
+                                mig=bool(dev.get("mig", False)), heterogeneous=bool(dev.get("heterogeneous", False))))
     return Profile(
         name=path.stem, path=str(path), summary=str(raw.get("summary", "")),
         first_iommu_group=int(raw.get("first_iommu_group", 10)), devices=tuple(specs),
@@ -273,7 +297,18 @@ def _model(path: Path, key: str, m: Mapping[str, Any]) -> ModelSpec:
         raise ConfigError(str(path), "mdev_on: vf needs sriov with numvfs >= 1", key=where)
     if kind == "virtual" and not m.get("class_name"):
         raise ConfigError(str(path), "a virtual model needs class_name", key=where)
-    if not m.get("mdev_driver"):
+    vgpu = m.get("vgpu", "mdev")
+    if vgpu not in ("mdev", "vendor-vfio"):
+        raise ConfigError(str(path), "vgpu must be mdev or vendor-vfio", key=where)
+    mix = m.get("mix", "equal-size")
+    if mix not in ("equal-size", "homogeneous"):
+        raise ConfigError(str(path), "mix must be equal-size or homogeneous", key=where)
+    if vgpu == "vendor-vfio":
+        if sriov is None or capacity != "nvidia" or kind != "pci":
+            raise ConfigError(str(path), "vgpu: vendor-vfio needs kind: pci, sriov and capacity: nvidia", key=where)
+        if not isinstance(m.get("framebuffer"), int):
+            raise ConfigError(str(path), "vgpu: vendor-vfio needs the GPU's framebuffer (MiB)", key=where)
+    elif not m.get("mdev_driver"):
         raise ConfigError(str(path), "needs mdev_driver", key=where)
     pool = tuple((str(k), int(v)) for k, v in (m.get("pool") or {}).items())
     if capacity == "pool" and not pool:
@@ -291,6 +326,8 @@ def _model(path: Path, key: str, m: Mapping[str, Any]) -> ModelSpec:
         ids.add(t["id"])
         if capacity == "nvidia" and not isinstance(t.get("max_instance"), int):
             raise ConfigError(str(path), "capacity: nvidia needs max_instance on every type", key=twhere)
+        if vgpu == "vendor-vfio" and (not str(t["id"]).isdigit() or not isinstance(t.get("framebuffer"), int)):
+            raise ConfigError(str(path), "a vendor-vfio type needs an integer id and framebuffer (MiB)", key=twhere)
         cost: List[Tuple[str, int]] = []
         if capacity == "pool":
             given = t.get("cost") or {}
@@ -309,16 +346,19 @@ def _model(path: Path, key: str, m: Mapping[str, Any]) -> ModelSpec:
             description=_description(path, desc_format, t, twhere),
             max_instance=t.get("max_instance"),
             cost=tuple(cost),
+            framebuffer=t.get("framebuffer") if isinstance(t.get("framebuffer"), int) else None,
+            mig_slices=t.get("mig_slices"),
         ))
     if not types:
         raise ConfigError(str(path), "a model needs at least one type", key=where)
     return ModelSpec(
-        key=key, kind=kind, mdev_driver=str(m["mdev_driver"]), capacity=capacity,
+        key=key, kind=kind, mdev_driver=str(m.get("mdev_driver", "")), capacity=capacity,
         full_errno=_errno_value(path, m.get("full_errno", "ENOSPC"), where), types=tuple(types),
         vendor=_hex(m.get("vendor")), device=_hex(m.get("device")),
         subsystem_vendor=_hex(m.get("subsystem_vendor")), subsystem_device=_hex(m.get("subsystem_device")),
         pci_class=_hex(m.get("class")), driver=m.get("driver"), sriov=sriov, mdev_on=mdev_on,
-        class_name=m.get("class_name"), pool=pool,
+        class_name=m.get("class_name"), pool=pool, vgpu=vgpu, mix=mix,
+        framebuffer=m.get("framebuffer"), mig_slices=int(m.get("mig_slices", 7)),
     )
 
 

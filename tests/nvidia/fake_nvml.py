@@ -1,0 +1,267 @@
+"""A fake NVML at the ctypes-function boundary of ``pynvml``: the real pynvml Python wrappers run, and every C function
+they look up (``_nvmlGetFunctionPointer``) is served by this class from a running simulator (``vgpuctl.sim``) and
+its profile, so NVML and sysfs tell one story: the same GPUs, types and typed VFs.
+
+Test-only.  ``FakeNvml(sim).install(monkeypatch)``; ``start_vm(vf, vm_id)`` makes a typed VF an active vGPU (NVML
+lists only vGPUs a VM runs); ``missing`` names C functions the "driver" lacks (-> NVML error 13).
+"""
+from __future__ import annotations
+
+import ctypes
+from typing import Any, Callable, Dict, Iterable, List, Optional
+
+import pynvml
+
+from vgpuctl.sim.profile import load_profile
+
+OK, INVALID, NOT_SUPPORTED, NOT_FOUND, INSUFFICIENT, IN_USE, VERSION = 0, 2, 3, 6, 7, 19, 25
+HANDLE_BASE = 0x1000
+
+
+def _obj(arg: Any) -> Any:
+    return getattr(arg, "_obj", arg)  # byref(x) -> x
+
+
+def _set_handle(arg: Any, value: int) -> None:
+    ctypes.cast(ctypes.pointer(_obj(arg)), ctypes.POINTER(ctypes.c_void_p))[0] = value
+
+
+def _handle(h: Any) -> int:
+    return ctypes.cast(h, ctypes.c_void_p).value or 0
+
+
+def _int(v: Any) -> int:
+    return int(getattr(v, "value", v))
+
+
+class FakeNvml:
+    def __init__(self, sim: Any, *, virt_mode: int = 3, missing: Iterable[str] = ()) -> None:
+        self.sim = sim
+        prof = load_profile(sim.profile)
+        self.devices = [d for d in prof.devices if d.model.vgpu == "vendor-vfio"]
+        self.virt_mode = virt_mode
+        self.missing = set(missing)
+        self.vms: Dict[str, str] = {}  #: VF -> VM id (an active vGPU)
+        self.fb_used = 5 * 1024 ** 3  #: bytes each active vGPU uses (more than 32 bits can hold)
+        self.sched: Dict[int, Dict[str, int]] = {i: {"policy": 1, "timeslice": 0} for i in range(len(self.devices))}
+        self.calls: List[str] = []
+        #: struct versions this "driver" knows (a newer pynvml sending another one gets error 25)
+        self.hetero_version = pynvml.VgpuHeterogeneousMode_v1
+        self.placement_version = pynvml.VgpuPlacementId_v1
+
+    # --- wiring ---------------------------------------------------------------------------------------------------
+    def install(self, monkeypatch: Any) -> "FakeNvml":
+        monkeypatch.setattr(pynvml, "nvmlLib", None)
+        monkeypatch.setattr(pynvml, "_nvmlGetFunctionPointer_cache", {})
+
+        def load() -> None:
+            pynvml.nvmlLib = self
+
+        def lookup(name: str) -> Callable[..., int]:
+            if pynvml.nvmlLib is None:
+                raise pynvml.NVMLError(pynvml.NVML_ERROR_UNINITIALIZED)
+            fn = getattr(self, name, None)
+            if fn is None or name in self.missing:
+                raise pynvml.NVMLError(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
+            self.calls.append(name)
+            return fn
+
+        monkeypatch.setattr(pynvml, "_LoadNvmlLibrary", load)
+        monkeypatch.setattr(pynvml, "_nvmlGetFunctionPointer", lookup)
+        return self
+
+    def start_vm(self, vf: str, vm_id: str) -> None:
+        self.vms[vf] = vm_id
+
+    # --- the host as the simulator shows it -------------------------------------------------------------------------
+    def _dev(self, h: Any) -> int:
+        return _handle(h) - HANDLE_BASE
+
+    def _vfs(self, idx: int) -> List[str]:
+        pf = self.devices[idx].name
+        base = self.sim.paths.pci_devices / pf
+        return sorted(p.resolve().name for p in base.glob("virtfn*"))
+
+    def _types(self, idx: int) -> list:
+        d = self.devices[idx]
+        return [t for t in d.model.types if (t.mig_slices is not None) == d.mig]
+
+    def _type(self, number: int) -> Any:
+        for d in self.devices:
+            for t in d.model.types:
+                if int(t.id) == number:
+                    return t
+        return None
+
+    def _active(self, idx: int) -> List[int]:
+        out = []
+        for k, vf in enumerate(self._vfs(idx)):
+            if vf in self.vms and self.sim.vgpu_type(vf):
+                out.append(idx * 1000 + k + 1)
+        return out
+
+    def _vgpu(self, v: int) -> str:
+        idx, k = divmod(_int(v), 1000)
+        return self._vfs(idx)[k - 1]
+
+    def _nv_attr(self, vf: str, name: str) -> str:
+        return (self.sim.nvidia_dir(vf) / name).read_text().strip()
+
+    # --- C functions ----------------------------------------------------------------------------------------------
+    def nvmlInitWithFlags(self, flags: Any) -> int:
+        return OK
+
+    def nvmlShutdown(self) -> int:
+        return OK
+
+    def nvmlDeviceGetCount_v2(self, count: Any) -> int:
+        _obj(count).value = len(self.devices)
+        return OK
+
+    def nvmlDeviceGetHandleByIndex_v2(self, index: Any, dev: Any) -> int:
+        _set_handle(dev, HANDLE_BASE + _int(index))
+        return OK
+
+    def nvmlDeviceGetHandleByPciBusId_v2(self, bus: Any, dev: Any) -> int:
+        text = bus.value.decode().lower()
+        for i, d in enumerate(self.devices):
+            if text.endswith(d.name[5:]):
+                _set_handle(dev, HANDLE_BASE + i)
+                return OK
+        return NOT_FOUND
+
+    def nvmlDeviceGetPciInfo_v3(self, h: Any, info: Any) -> int:
+        d = self.devices[self._dev(h)]
+        _obj(info).busId = ("0000" + d.name).upper().encode()
+        return OK
+
+    def nvmlDeviceGetName(self, h: Any, buf: Any, size: Any) -> int:
+        buf.value = b"NVIDIA " + self.devices[self._dev(h)].model.key.upper().encode()
+        return OK
+
+    def nvmlDeviceGetUUID(self, h: Any, buf: Any, size: Any) -> int:
+        buf.value = f"GPU-fake-{self._dev(h):04d}".encode()
+        return OK
+
+    def nvmlDeviceGetVirtualizationMode(self, h: Any, mode: Any) -> int:
+        _obj(mode).value = self.virt_mode
+        return OK
+
+    def _array(self, values: List[int], count: Any, arr: Any) -> int:
+        c = _obj(count)
+        if arr is None:
+            c.value = len(values)
+            return INSUFFICIENT if values else OK
+        for i, v in enumerate(values):
+            arr[i] = v
+        c.value = len(values)
+        return OK
+
+    def nvmlDeviceGetSupportedVgpus(self, h: Any, count: Any, arr: Any) -> int:
+        return self._array([int(t.id) for t in self._types(self._dev(h))], count, arr)
+
+    def nvmlDeviceGetActiveVgpus(self, h: Any, count: Any, arr: Any) -> int:
+        return self._array(self._active(self._dev(h)), count, arr)
+
+    def nvmlVgpuTypeGetName(self, n: Any, buf: Any, size: Any) -> int:
+        t = self._type(_int(n))
+        if t is None:
+            return INVALID
+        buf.value = t.name.encode()
+        return OK
+
+    def nvmlVgpuTypeGetClass(self, n: Any, buf: Any, size: Any) -> int:
+        buf.value = b"Compute" if self._type(_int(n)).name.endswith("C") else b"Quadro"
+        return OK
+
+    def nvmlVgpuTypeGetFramebufferSize(self, n: Any, fb: Any) -> int:
+        _obj(fb).value = self._type(_int(n)).framebuffer * 1024 * 1024
+        return OK
+
+    def nvmlVgpuTypeGetMaxInstances(self, h: Any, n: Any, out: Any) -> int:
+        _obj(out).value = self._type(_int(n)).max_instance
+        return OK
+
+    def nvmlVgpuInstanceGetType(self, v: Any, out: Any) -> int:
+        _obj(out).value = self.sim.vgpu_type(self._vgpu(v))
+        return OK
+
+    def nvmlVgpuInstanceGetVmID(self, v: Any, buf: Any, size: Any, kind: Any) -> int:
+        _obj(buf).value = self.vms[self._vgpu(v)].encode()
+        _obj(kind).value = 1  # NVML_VGPU_VM_ID_UUID
+        return OK
+
+    def nvmlVgpuInstanceGetFbUsage(self, v: Any, out: Any) -> int:
+        o = _obj(out)
+        if not isinstance(o, ctypes.c_ulonglong):  # the C API writes 64 bits: a 32-bit target is a caller bug
+            return INVALID
+        o.value = self.fb_used
+        return OK
+
+    def nvmlVgpuInstanceGetPlacementId(self, v: Any, out: Any) -> int:
+        o = _obj(out)
+        if o.version != self.placement_version:
+            return VERSION
+        o.placementId = int(self._nv_attr(self._vgpu(v), "placement_id"))
+        return OK
+
+    def nvmlVgpuInstanceGetGpuInstanceId(self, v: Any, out: Any) -> int:
+        gi = int(self._nv_attr(self._vgpu(v), "gpu_instance_id"))
+        if gi < 0:
+            return NOT_SUPPORTED
+        _obj(out).value = gi
+        return OK
+
+    def nvmlVgpuInstanceGetMdevUUID(self, v: Any, buf: Any, size: Any) -> int:
+        return NOT_SUPPORTED  # vendor VFIO: no mdev
+
+    def nvmlDeviceGetVgpuUtilization(self, h: Any, ts: Any, vtype: Any, count: Any, arr: Any) -> int:
+        active = self._active(self._dev(h))
+        c = _obj(count)
+        if arr is None:
+            c.value = len(active)
+            return INSUFFICIENT if active else OK
+        for i, v in enumerate(active):
+            arr[i].vgpuInstance = v
+            arr[i].smUtil.uiVal, arr[i].memUtil.uiVal, arr[i].encUtil.uiVal, arr[i].decUtil.uiVal = 42, 17, 0, 0
+        c.value = len(active)
+        return OK
+
+    def nvmlDeviceGetVgpuSchedulerState(self, h: Any, out: Any) -> int:
+        st, o = self.sched[self._dev(h)], _obj(out)
+        o.schedulerPolicy, o.arrMode = st["policy"], 0
+        o.schedulerParams.vgpuSchedData.timeslice = st["timeslice"]
+        return OK
+
+    def nvmlDeviceGetVgpuSchedulerCapabilities(self, h: Any, out: Any) -> int:
+        o = _obj(out)
+        o.supportedSchedulers[0], o.supportedSchedulers[1], o.supportedSchedulers[2] = 1, 2, 3
+        o.minTimeslice, o.maxTimeslice = 1000, 30000  # microseconds: 1..30 ms
+        return OK
+
+    def nvmlDeviceSetVgpuSchedulerState(self, h: Any, state: Any) -> int:
+        idx = self._dev(h)
+        if self._active(idx):
+            return IN_USE
+        s = _obj(state)
+        self.sched[idx] = {"policy": s.schedulerPolicy, "timeslice": s.schedulerParams.vgpuSchedData.timeslice}
+        return OK
+
+    def nvmlDeviceGetVgpuHeterogeneousMode(self, h: Any, out: Any) -> int:
+        o = _obj(out)
+        if o.version != self.hetero_version:
+            return VERSION
+        pf = self.devices[self._dev(h)].name
+        lines = (self.sim.control_dir / "heterogeneous").read_text().split("\n")
+        o.mode = next(int(ln.split()[1]) for ln in lines if ln.startswith(pf))
+        return OK
+
+    def nvmlDeviceSetVgpuHeterogeneousMode(self, h: Any, mode: Any) -> int:
+        o = _obj(mode)
+        if o.version != self.hetero_version:
+            return VERSION
+        try:
+            self.sim.set_heterogeneous(self.devices[self._dev(h)].name, bool(o.mode))
+        except OSError:
+            return IN_USE
+        return OK

@@ -1,0 +1,231 @@
+"""``vgpuctl sched`` and ``vgpuctl hetero`` (NVIDIA's time-slice scheduler and heterogeneous mode, through NVML), and
+the NVML enrichment that ``parents``/``types``/``list`` use on NVIDIA hosts."""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import click
+
+from ..errors import GpuBusy
+from ..model import BackendKind, Inventory, canonical_parent_name
+from ..state import HostLock
+from ._common import Settings, build_lifecycle, info, json_option, record, render, settings
+
+SCHED_SCHEMA = "vgpuctl.scheduler/v1"
+SCHED_COLUMNS = [
+    ("GPU", "gpu"),
+    ("NAME", "name"),
+    ("VGPU_HOST", "vgpu_host"),
+    ("POLICY", "policy"),
+    ("TIMESLICE_MS", "timeslice_ms"),
+    ("SUPPORTED", "supported"),
+    ("RANGE_MS", "timeslice_range_ms"),
+    ("HETEROGENEOUS", "heterogeneous"),
+]
+
+
+def enrich_inventory(s: Settings, inv: Inventory, *, vgpus: bool) -> Tuple[Inventory, Dict[str, Any], Dict[str, Any]]:
+    """The inventory with NVML's details, per-instance details and per-GPU info; on any failure the sysfs inventory
+    and ONE line on stderr saying why."""
+    from ..host.nvidia_vf import NvidiaVfBackend
+    from ..nvml import NvmlUnavailable, enrich, gather
+
+    try:
+        gpus, notes = gather(inv, vgpus=vgpus)
+    except NvmlUnavailable as e:
+        info(f"NVML not used: {e.reason}; showing sysfs data only")
+        return inv, {}, {}
+    if notes:
+        info("NVML not used for " + "; ".join(notes) + "; showing sysfs data for them")
+    placements: Dict[str, int] = {}
+    if vgpus:
+        backend = NvidiaVfBackend(s.paths)
+        for i in inv.instances:
+            if i.backend is BackendKind.NVIDIA_VF:
+                pid = backend.details(i.uuid).get("placement_id")
+                if pid is not None and pid.isdigit():
+                    placements[i.uuid] = int(pid)
+    hosts = {g: v for g, v in gpus.items() if v.vgpu_host}
+    enriched, details = enrich(inv, hosts, placements)
+    return enriched, details, gpus
+
+
+def _gpu_arg(value: str) -> str:
+    canon = canonical_parent_name(value)
+    if canon is None or ":" not in canon:
+        raise click.BadParameter(f"{value!r} is not a PCI address (e.g. 0000:4a:00.0)")
+    return canon
+
+
+def _running_on(s: Settings, gpu: str, nv: Any, *, existing: bool) -> List[str]:
+    """What blocks a GPU-wide change: NVML's active vGPUs, vGPUs a process holds open, and (``existing``) any vGPU
+    instance on the GPU at all."""
+    lc = build_lifecycle(Settings(root=s.root, connect="none", lock_timeout=s.lock_timeout, nvml="off"))
+    inv = lc.host.inventory()
+    on_gpu = [i for i in inv.instances if (inv.parent(i.parent) and inv.parent(i.parent).gpu == gpu)]  # type: ignore
+    out = [f"NVML vGPU {v}" for v in nv.active_vgpus(gpu)]
+    held = lc.users(on_gpu)
+    out += [f"{u} ({', '.join(w)})" for u, w in sorted(held.items())]
+    if existing:
+        out += [i.uuid for i in on_gpu if i.uuid not in held]
+    return out
+
+
+def _sched_record(sc: Any, gpu_info: Any) -> Dict[str, Any]:
+    ms = (lambda us: None if us is None else us / 1000)
+    return record(
+        SCHED_SCHEMA,
+        gpu=gpu_info.pci,
+        name=gpu_info.name,
+        uuid=gpu_info.uuid,
+        vgpu_host=gpu_info.vgpu_host,
+        virt_mode=gpu_info.virt_mode,
+        policy=sc.policy if sc else None,
+        arr_mode=sc.arr_mode if sc else None,
+        timeslice_ms=ms(sc.timeslice_us) if sc else None,
+        supported=list(sc.supported) if sc else [],
+        timeslice_range_ms=(f"{ms(sc.min_timeslice_us):g}..{ms(sc.max_timeslice_us):g}"
+                            if sc and sc.min_timeslice_us is not None and sc.max_timeslice_us is not None else None),
+        heterogeneous=sc.heterogeneous if sc else None,
+    )
+
+
+# --- sched ---------------------------------------------------------------------------------------------------------
+@click.group()
+def sched() -> None:
+    """NVIDIA vGPU time-slice scheduler per GPU (NVML): show, or set while no vGPU runs on the GPU."""
+
+
+@sched.command("show")
+@click.argument("gpu", required=False)
+@json_option
+def sched_show(gpu: Optional[str], as_json: bool) -> None:
+    """Policy, time slice, supported policies and range of one GPU (default: every NVIDIA GPU NVML sees)."""
+    from ..nvml import required
+
+    gpus = [_gpu_arg(gpu)] if gpu else None
+
+    def show(nv: Any) -> List[Dict[str, Any]]:
+        out = []
+        for pci in gpus if gpus is not None else nv.all_gpus():
+            g = nv.gpu(pci, types=False, vgpus=False)
+            if gpus is not None and not g.vgpu_host:
+                nv.host_handle(pci)  # raises NotVgpuHost for a GPU asked for by name
+            out.append(_sched_record(nv.scheduler(pci) if g.vgpu_host else None, g))
+        return out
+
+    recs = required(show)
+    render(recs, SCHED_COLUMNS, as_json=as_json, empty="no NVIDIA GPU found by NVML")
+    for r in recs:
+        if not r["vgpu_host"]:
+            info(f"GPU {r['gpu']} ({r['name']}) is not a vGPU host: it has no vGPU scheduler")
+
+
+@sched.command("set")
+@click.argument("gpu")
+@click.option("--policy", required=True, type=click.Choice(["best-effort", "equal-share", "fixed-share"]))
+@click.option("--timeslice", type=click.FloatRange(min=0, min_open=True), metavar="MS",
+              help="Time slice in milliseconds (equal-share, fixed-share); within the GPU's range.")
+@json_option
+def sched_set(gpu: str, policy: str, timeslice: Optional[float], as_json: bool) -> None:
+    """Set the GPU's vGPU scheduler; refused while any vGPU on it runs (NVIDIA allows changes only then).  Not
+    persistent: the driver forgets it when its module reloads."""
+    from ..nvml import required
+
+    s = settings()
+    pci = _gpu_arg(gpu)
+
+    def change(nv: Any) -> Dict[str, Any]:
+        with HostLock(s.paths, s.lock_timeout):
+            g = nv.gpu(pci, types=False, vgpus=False)
+            nv.host_handle(pci)
+            running = _running_on(s, pci, nv, existing=False)
+            if running:
+                raise GpuBusy(pci, "vGPU scheduler", running)
+            nv.set_scheduler(pci, policy, timeslice)
+            return _sched_record(nv.scheduler(pci), g)
+
+    rec = required(change)
+    render([rec], SCHED_COLUMNS, as_json=as_json)
+
+
+# --- hetero --------------------------------------------------------------------------------------------------------
+HETERO_COLUMNS = [("GPU", "gpu"), ("NAME", "name"), ("VGPU_HOST", "vgpu_host"), ("HETEROGENEOUS", "heterogeneous")]
+
+
+@click.group()
+def hetero() -> None:
+    """NVIDIA heterogeneous vGPU mode per GPU (mixed-size types on one GPU; NVML): show, or set on an empty GPU."""
+
+
+@hetero.command("show")
+@click.argument("gpu", required=False)
+@json_option
+def hetero_show(gpu: Optional[str], as_json: bool) -> None:
+    """Whether each GPU (default: every NVIDIA GPU NVML sees) is in heterogeneous mode."""
+    from ..nvml import required
+
+    gpus = [_gpu_arg(gpu)] if gpu else None
+
+    def show(nv: Any) -> List[Dict[str, Any]]:
+        out = []
+        for pci in gpus if gpus is not None else nv.all_gpus():
+            g = nv.gpu(pci, types=False, vgpus=False)
+            if gpus is not None:
+                nv.host_handle(pci)
+            mode = nv.heterogeneous(pci) if g.vgpu_host else None
+            out.append(record("vgpuctl.heterogeneous/v1", gpu=pci, name=g.name, vgpu_host=g.vgpu_host,
+                              heterogeneous=mode))
+        return out
+
+    render(required(show), HETERO_COLUMNS, as_json=as_json, empty="no NVIDIA GPU found by NVML")
+
+
+@hetero.command("set")
+@click.argument("gpu")
+@click.argument("mode", type=click.Choice(["on", "off"]))
+@json_option
+def hetero_set(gpu: str, mode: str, as_json: bool) -> None:
+    """Turn heterogeneous mode on or off; refused while the GPU hosts any vGPU (NVML would say IN_USE)."""
+    from ..nvml import required
+
+    s = settings()
+    pci = _gpu_arg(gpu)
+
+    def change(nv: Any) -> Dict[str, Any]:
+        with HostLock(s.paths, s.lock_timeout):
+            g = nv.gpu(pci, types=False, vgpus=False)
+            nv.host_handle(pci)
+            busy = _running_on(s, pci, nv, existing=True)
+            if busy:
+                raise GpuBusy(pci, "heterogeneous mode", busy)
+            nv.set_heterogeneous(pci, mode == "on")
+            return record("vgpuctl.heterogeneous/v1", gpu=pci, name=g.name, vgpu_host=True,
+                          heterogeneous=nv.heterogeneous(pci))
+
+    render([required(change)], HETERO_COLUMNS, as_json=as_json)
+
+
+def mix_modes(s: Settings, inv: Inventory) -> Dict[str, Any]:
+    """Per NVIDIA vendor-VFIO GPU, the placement engine's ``MixMode``: mixed-size where NVML reports heterogeneous
+    mode, equal-size otherwise (vGPU 17+'s default).  Empty when NVML cannot say (the engine then stays strict)."""
+    from ..nvml import Nvml, NvmlUnavailable
+    from ..placement import MixMode
+
+    gpus = sorted({p.gpu for p in inv.parents if p.backend is BackendKind.NVIDIA_VF})
+    if not gpus or s.nvml == "off":
+        return {}
+    out: Dict[str, Any] = {}
+    try:
+        with Nvml() as nv:
+            for g in gpus:
+                try:
+                    out[g] = MixMode.MIXED_SIZE if nv.heterogeneous(g) else MixMode.EQUAL_SIZE
+                except Exception:  # not a vGPU host, function missing: leave the GPU homogeneous
+                    continue
+    except NvmlUnavailable:
+        return {}
+    return out
+
+
+__all__: Sequence[str] = ["sched", "hetero", "enrich_inventory", "mix_modes"]

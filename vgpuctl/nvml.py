@@ -1,0 +1,385 @@
+"""NVML access (``nvidia-ml-py``, ``import pynvml``): vGPU details sysfs does not have, and the GPU-wide controls
+(time-slice scheduler, heterogeneous mode).
+
+``pynvml`` is imported only when an ``Nvml`` is opened, and only callers that have an NVIDIA parent open one, so
+commands on other hosts never load it.  Everything that fails is turned into ``NvmlUnavailable`` (for enrichment:
+the caller prints its ``reason`` once and goes on with sysfs data) or a typed ``NvmlError`` (for commands that need
+NVML).  ``enrich`` is a pure function from an inventory and what NVML said to an enriched inventory.
+
+Known pitfalls handled here: ``nvmlVgpuInstanceGetFbUsage`` is declared with a 32-bit ``c_uint`` in the Python wrapper
+while the C API writes an ``unsigned long long`` (we call the function pointer with a ``c_ulonglong``);
+``nvmlVgpuInstanceGetVmID`` returns ``(bytes, int)`` (the wrapper's str conversion does not reach into the tuple).
+"""
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass, replace
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from .errors import InvalidInput, NotVgpuHost, NvmlError
+from .model import BackendKind, Instance, Inventory, Vendor, sorted_inventory
+
+HOST_VGPU = 3  #: NVML_GPU_VIRTUALIZATION_MODE_HOST_VGPU
+VIRT_MODES = {0: "none (bare metal)", 1: "pass-through", 2: "vGPU guest", 3: "vGPU host", 4: "vSGA host"}
+POLICIES = {"best-effort": 1, "equal-share": 2, "fixed-share": 3}
+POLICY_NAMES = {v: k for k, v in POLICIES.items()}
+
+#: Why NVML cannot help, by NVML error number (what an operator should read).
+REASONS = {
+    12: "libnvidia-ml.so.1 not found (no NVIDIA driver user space on this host)",
+    9: "the NVIDIA kernel driver is not loaded",
+    3: "not supported by this GPU or driver",
+    13: "the driver's NVML lacks a function this needs (driver older than nvidia-ml-py)",
+    25: "NVML struct version mismatch (nvidia-ml-py newer than the driver)",
+    4: "no permission (run as root)",
+}
+
+
+class NvmlUnavailable(Exception):
+    """NVML cannot be used (for this host or GPU); ``reason`` is one line for people, ``code`` the NVML error."""
+
+    def __init__(self, reason: str, code: Optional[int] = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code = code
+
+
+def reason_for(code: Optional[int], where: str = "") -> str:
+    text = REASONS.get(code or -1, f"NVML error {code}")
+    at = f" in {where}" if where else ""
+    return f"NVML error {code}{at}: {text}" if code is not None else text
+
+
+# --- what NVML says ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TypeInfo:
+    number: int
+    name: Optional[str] = None
+    framebuffer_mib: Optional[int] = None
+    max_instances: Optional[int] = None
+    type_class: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class VgpuInfo:
+    nvml_id: int
+    number: int  #: vGPU type id
+    vm_id: Optional[str] = None
+    fb_used_mib: Optional[int] = None
+    placement_id: Optional[int] = None
+    gpu_instance_id: Optional[int] = None
+    mdev_uuid: Optional[str] = None
+    sm_util: Optional[int] = None
+    mem_util: Optional[int] = None
+    enc_util: Optional[int] = None
+    dec_util: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    pci: str  #: canonical PF address, as vgpuctl spells it
+    name: Optional[str] = None
+    uuid: Optional[str] = None
+    virt_mode: Optional[int] = None
+    types: Tuple[TypeInfo, ...] = ()
+    vgpus: Tuple[VgpuInfo, ...] = ()
+
+    @property
+    def vgpu_host(self) -> bool:
+        return self.virt_mode == HOST_VGPU
+
+    def type(self, number: int) -> Optional[TypeInfo]:
+        return next((t for t in self.types if t.number == number), None)
+
+
+@dataclass(frozen=True)
+class Scheduler:
+    gpu: str
+    policy: str  #: best-effort, equal-share, fixed-share or unknown
+    arr_mode: int
+    timeslice_us: Optional[int]
+    supported: Tuple[str, ...]
+    min_timeslice_us: Optional[int]
+    max_timeslice_us: Optional[int]
+    heterogeneous: Optional[bool] = None
+
+
+def _s(v: Any) -> Optional[str]:
+    if v is None:
+        return None
+    if isinstance(v, bytes):
+        v = v.decode("utf-8", "replace")
+    return str(v).rstrip("\0").strip() or None
+
+
+def canonical_bus_id(bus: str) -> str:
+    """NVML's ``00000000:4A:00.0`` as vgpuctl spells it: ``0000:4a:00.0``."""
+    domain, rest = bus.split(":", 1) if bus.count(":") == 2 else ("0", bus)
+    return f"{int(domain, 16):04x}:{rest.lower()}"
+
+
+class Nvml:
+    """An open NVML session: ``with Nvml() as nv: nv.gpu("0000:4a:00.0")``."""
+
+    def __init__(self) -> None:
+        self.nv: Any = None
+
+    def __enter__(self) -> "Nvml":
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def open(self) -> None:
+        try:
+            import pynvml  # nvidia-ml-py; optional extra 'nvidia'
+        except ImportError:
+            raise NvmlUnavailable(
+                "the Python package nvidia-ml-py is not installed (pip install 'vgpuctl[nvidia]')"
+            ) from None
+        try:
+            pynvml.nvmlInit()
+        except pynvml.NVMLError as e:
+            raise NvmlUnavailable(reason_for(e.value, "nvmlInit"), e.value) from None
+        self.nv = pynvml
+
+    def close(self) -> None:
+        if self.nv is not None:
+            try:
+                self.nv.nvmlShutdown()
+            except self.nv.NVMLError:
+                pass
+            self.nv = None
+
+    # --- devices ---------------------------------------------------------------------------------------------------
+    def _call(self, fn: str, *args: Any, where: str = "") -> Any:
+        try:
+            return getattr(self.nv, fn)(*args)
+        except self.nv.NVMLError as e:
+            raise NvmlUnavailable(reason_for(e.value, where or fn), e.value) from None
+
+    def _opt(self, fn: str, *args: Any) -> Any:
+        """An optional detail: None where NVML cannot give it (not supported, no data, missing in the driver)."""
+        try:
+            return getattr(self.nv, fn)(*args)
+        except self.nv.NVMLError:
+            return None
+
+    def all_gpus(self) -> List[str]:
+        """Every GPU NVML sees, as canonical PCI addresses."""
+        out = []
+        for i in range(self._call("nvmlDeviceGetCount")):
+            bus = _s(self._call("nvmlDeviceGetPciInfo", self._call("nvmlDeviceGetHandleByIndex", i)).busId) or ""
+            out.append(canonical_bus_id(bus))
+        return sorted(out)
+
+    def handle(self, pci: str) -> Any:
+        return self._call("nvmlDeviceGetHandleByPciBusId", pci, where=f"looking up GPU {pci}")
+
+    def gpu(self, pci: str, *, types: bool = True, vgpus: bool = True) -> GpuInfo:
+        h = self.handle(pci)
+        mode = self._call("nvmlDeviceGetVirtualizationMode", h)
+        info = GpuInfo(pci=pci, name=_s(self._opt("nvmlDeviceGetName", h)), uuid=_s(self._opt("nvmlDeviceGetUUID", h)),
+                       virt_mode=mode)
+        if mode != HOST_VGPU:
+            return info
+        out_types: List[TypeInfo] = []
+        if types:
+            for n in self._call("nvmlDeviceGetSupportedVgpus", h):
+                n = int(n)
+                fb = self._opt("nvmlVgpuTypeGetFramebufferSize", n)
+                out_types.append(TypeInfo(
+                    number=n,
+                    name=_s(self._opt("nvmlVgpuTypeGetName", n)),
+                    framebuffer_mib=int(fb) // (1024 * 1024) if fb is not None else None,
+                    max_instances=self._opt("nvmlVgpuTypeGetMaxInstances", h, n),
+                    type_class=_s(self._opt("nvmlVgpuTypeGetClass", n)),
+                ))
+        out_vgpus: List[VgpuInfo] = []
+        if vgpus:
+            util = self._utilization(h)
+            for v in self._call("nvmlDeviceGetActiveVgpus", h):
+                v = int(v)
+                vm = self._opt("nvmlVgpuInstanceGetVmID", v)
+                out_vgpus.append(VgpuInfo(
+                    nvml_id=v,
+                    number=int(self._call("nvmlVgpuInstanceGetType", v)),
+                    vm_id=_s(vm[0]) if vm else None,
+                    fb_used_mib=self._fb_usage(v),
+                    placement_id=self._opt("nvmlVgpuInstanceGetPlacementId", v),
+                    gpu_instance_id=self._opt("nvmlVgpuInstanceGetGpuInstanceId", v),
+                    mdev_uuid=_s(self._opt("nvmlVgpuInstanceGetMdevUUID", v)),
+                    **util.get(v, {}),
+                ))
+        return replace(info, types=tuple(out_types), vgpus=tuple(out_vgpus))
+
+    def _fb_usage(self, vgpu: int) -> Optional[int]:
+        """Framebuffer in use, MiB.  The wrapper passes a c_uint for the C API's unsigned long long: call the
+        function pointer ourselves with the right type."""
+        try:
+            fn = self.nv._nvmlGetFunctionPointer("nvmlVgpuInstanceGetFbUsage")
+            used = ctypes.c_ulonglong(0)
+            ret = fn(self.nv._nvmlVgpuInstance_t(vgpu), ctypes.byref(used))
+            self.nv._nvmlCheckReturn(ret)
+        except self.nv.NVMLError:
+            return None
+        return used.value // (1024 * 1024)
+
+    def _utilization(self, h: Any) -> Dict[int, Dict[str, int]]:
+        samples = self._opt("nvmlDeviceGetVgpuUtilization", h, 0) or []
+        out: Dict[int, Dict[str, int]] = {}
+        for s in samples:  # the latest sample per instance; values are percentages (unsigned ints)
+            out[int(s.vgpuInstance)] = {
+                "sm_util": int(s.smUtil.uiVal), "mem_util": int(s.memUtil.uiVal),
+                "enc_util": int(s.encUtil.uiVal), "dec_util": int(s.decUtil.uiVal),
+            }
+        return out
+
+    # --- GPU-wide controls -----------------------------------------------------------------------------------------
+    def host_handle(self, pci: str) -> Any:
+        """The handle of a GPU in vGPU host mode, or ``NotVgpuHost``."""
+        h = self.handle(pci)
+        mode = self._call("nvmlDeviceGetVirtualizationMode", h)
+        if mode != HOST_VGPU:
+            raise NotVgpuHost(pci, mode, VIRT_MODES.get(mode, "unknown"))
+        return h
+
+    def scheduler(self, pci: str) -> Scheduler:
+        h = self.host_handle(pci)
+        st = self._call("nvmlDeviceGetVgpuSchedulerState", h)
+        caps = self._opt("nvmlDeviceGetVgpuSchedulerCapabilities", h)
+        hetero = self._opt("nvmlDeviceGetVgpuHeterogeneousMode", h)
+        params = st.schedulerParams
+        ts = params.vgpuSchedDataWithARR.timeslice if st.arrMode else params.vgpuSchedData.timeslice
+        return Scheduler(
+            gpu=pci,
+            policy=POLICY_NAMES.get(int(st.schedulerPolicy), "unknown"),
+            arr_mode=int(st.arrMode),
+            timeslice_us=int(ts) or None,
+            supported=tuple(POLICY_NAMES[p] for p in (caps.supportedSchedulers if caps else ()) if p in POLICY_NAMES),
+            min_timeslice_us=int(caps.minTimeslice) if caps else None,
+            max_timeslice_us=int(caps.maxTimeslice) if caps else None,
+            heterogeneous=None if hetero is None else bool(hetero),
+        )
+
+    def active_vgpus(self, pci: str) -> List[int]:
+        return [int(v) for v in self._call("nvmlDeviceGetActiveVgpus", self.host_handle(pci))]
+
+    def set_scheduler(self, pci: str, policy: str, timeslice_ms: Optional[float]) -> None:
+        """Set the policy (and the time slice, in ms) after checking both against the GPU's capabilities."""
+        h = self.host_handle(pci)
+        caps = self._call("nvmlDeviceGetVgpuSchedulerCapabilities", h)
+        supported = [POLICY_NAMES[p] for p in caps.supportedSchedulers if p in POLICY_NAMES]
+        if policy not in supported:
+            raise InvalidInput(f"GPU {pci} does not support the {policy} scheduler; it supports {', '.join(supported)}")
+        us = None
+        if timeslice_ms is not None:
+            if policy == "best-effort":
+                raise InvalidInput("best-effort has no time slice; drop --timeslice")
+            us = int(round(timeslice_ms * 1000))
+            lo, hi = int(caps.minTimeslice), int(caps.maxTimeslice)
+            if not lo <= us <= hi:
+                raise InvalidInput(
+                    f"time slice {timeslice_ms:g} ms is outside GPU {pci}'s range {lo / 1000:g}..{hi / 1000:g} ms")
+        state = self.nv.c_nvmlVgpuSchedulerSetState_t()
+        state.schedulerPolicy = POLICIES[policy]
+        state.enableARRMode = 0
+        state.schedulerParams.vgpuSchedData.timeslice = us or 0
+        try:
+            self.nv.nvmlDeviceSetVgpuSchedulerState(h, state)
+        except self.nv.NVMLError as e:
+            raise NvmlError(f"NVML refused the scheduler change on GPU {pci}: {reason_for(e.value)}", e.value) from None
+
+    def heterogeneous(self, pci: str) -> bool:
+        return bool(self._call("nvmlDeviceGetVgpuHeterogeneousMode", self.host_handle(pci)))
+
+    def set_heterogeneous(self, pci: str, on: bool) -> None:
+        h = self.host_handle(pci)
+        try:
+            self.nv.nvmlDeviceSetVgpuHeterogeneousMode(h, 1 if on else 0)
+        except self.nv.NVMLError as e:
+            raise NvmlError(f"NVML refused heterogeneous mode on GPU {pci}: {reason_for(e.value)}", e.value) from None
+
+
+def required(fn: Any, *args: Any) -> Any:
+    """Run ``fn(nvml, *args)`` in an NVML session for a command that cannot do without NVML (typed error)."""
+    try:
+        with Nvml() as nv:
+            return fn(nv, *args)
+    except NvmlUnavailable as e:
+        raise NvmlError(f"NVML is needed here and not usable: {e.reason}", e.code) from None
+
+
+# --- enrichment (pure) ---------------------------------------------------------------------------------------------
+def nvidia_gpus(inventory: Inventory) -> List[str]:
+    """The physical NVIDIA GPUs of the inventory's parents (what NVML is asked about)."""
+    return sorted({p.gpu for p in inventory.parents if p.vendor is Vendor.NVIDIA and p.pci})
+
+
+def gather(inventory: Inventory, *, vgpus: bool = True) -> Tuple[Dict[str, GpuInfo], List[str]]:
+    """NVML's view of each NVIDIA GPU of ``inventory`` and the reasons where it has none (one short text each).
+    Raises ``NvmlUnavailable`` when NVML cannot be used at all."""
+    infos: Dict[str, GpuInfo] = {}
+    notes: List[str] = []
+    with Nvml() as nv:
+        for pci in nvidia_gpus(inventory):
+            try:
+                info = nv.gpu(pci, vgpus=vgpus)
+            except NvmlUnavailable as e:
+                notes.append(f"GPU {pci}: {e.reason}")
+                continue
+            infos[pci] = info
+            if not info.vgpu_host:
+                notes.append(f"GPU {pci} is not in vGPU host mode ({VIRT_MODES.get(info.virt_mode or 0, '?')})")
+    return infos, notes
+
+
+def enrich(
+    inventory: Inventory, gpus: Mapping[str, GpuInfo], placements: Optional[Mapping[str, int]] = None
+) -> Tuple[Inventory, Dict[str, VgpuInfo]]:
+    """Types get NVML's name, exact framebuffer, max instances and class; instances are matched to NVML's active
+    vGPUs (mdev: by mdev UUID; vendor VFIO: by type and the VF's ``placement_id`` from sysfs (``placements``), or
+    the only candidate of that type on the GPU).  An instance NVML does not list (no VM runs it) gets no details."""
+    from .host.nvidia_vf import type_number
+
+    parents = {p.name: p for p in inventory.parents}
+    types = []
+    for t in inventory.types:
+        p = parents.get(t.parent)
+        g = gpus.get(p.gpu) if p else None
+        n = type_number(t.type_id)
+        ti = g.type(n) if g and n is not None else None
+        if ti is None:
+            types.append(t)
+            continue
+        fields = tuple(kv for kv in t.fields if kv[0] != "class") + ((("class", ti.type_class),) if ti.type_class
+                                                                    else ())
+        types.append(replace(t, name=ti.name or t.name, framebuffer_mib=ti.framebuffer_mib or t.framebuffer_mib,
+                             max_instance=ti.max_instances or t.max_instance, fields=fields))
+    details: Dict[str, VgpuInfo] = {}
+    for gpu, g in gpus.items():
+        mine = [i for i in inventory.instances if (parents.get(i.parent) and parents[i.parent].gpu == gpu)]
+        for v in g.vgpus:
+            inst = _match(v, mine, details, placements or {})
+            if inst is not None:
+                details[inst.uuid] = v
+    return sorted_inventory(inventory.parents, types, inventory.instances), details
+
+
+def _match(
+    v: VgpuInfo, candidates: Sequence[Instance], taken: Mapping[str, VgpuInfo], placements: Mapping[str, int]
+) -> Optional[Instance]:
+    from .host.nvidia_vf import type_id_of
+
+    if v.mdev_uuid:
+        hit = [i for i in candidates if i.uuid == v.mdev_uuid.lower()]
+        if hit:
+            return hit[0]
+    same = [i for i in candidates if i.type_id == type_id_of(v.number) and i.uuid not in taken
+            and i.backend is BackendKind.NVIDIA_VF]
+    if v.placement_id is not None:
+        placed = [i for i in same if placements.get(i.uuid) == v.placement_id]
+        if len(placed) == 1:
+            return placed[0]
+    return same[0] if len(same) == 1 else None
