@@ -32,6 +32,8 @@ COMMANDS = {
     "attach": "vgpuctl.commands.virt:attach",
     "detach": "vgpuctl.commands.virt:detach",
     "hook": "vgpuctl.commands.virt:hook",
+    "sched": "vgpuctl.commands.nvidia:sched",
+    "hetero": "vgpuctl.commands.nvidia:hetero",
 }
 
 
@@ -83,10 +85,18 @@ class LazyGroup(click.Group):
     metavar="SECONDS",
     help="How long a mutating command waits for another vgpuctl's lock. [env VGPUCTL_LOCK_TIMEOUT]",
 )
+@click.option(
+    "--nvml",
+    envvar="VGPUCTL_NVML",
+    type=click.Choice(["auto", "off"]),
+    default="auto",
+    show_default=True,
+    help="auto: add NVIDIA NVML details where the host has NVIDIA GPUs; off: sysfs only. [env VGPUCTL_NVML]",
+)
 @click.option("-v", "--verbose", count=True, help="Log more on stderr (-v info, -vv debug).")
 @click.version_option(__version__, prog_name="vgpuctl")
 @click.pass_context
-def cli(ctx: click.Context, root: str, connect: str, lock_timeout: float, verbose: int) -> None:
+def cli(ctx: click.Context, root: str, connect: str, lock_timeout: float, nvml: str, verbose: int) -> None:
     """Manage virtual GPUs (mediated devices) on this host."""
     from .commands._common import Settings
 
@@ -95,7 +105,7 @@ def cli(ctx: click.Context, root: str, connect: str, lock_timeout: float, verbos
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
         format="vgpuctl: %(levelname)s: %(message)s",
     )
-    ctx.obj = Settings(root=root, connect=connect, lock_timeout=lock_timeout)
+    ctx.obj = Settings(root=root, connect=connect, lock_timeout=lock_timeout, nvml=nvml)
 
 
 def main() -> None:
