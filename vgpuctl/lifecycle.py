@@ -6,7 +6,6 @@ the CLI renders them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Protocol, Sequence
 
 from .errors import (
@@ -43,12 +42,6 @@ class ProcessHolders:
 
     def users(self, instances: Sequence[Instance]) -> Dict[str, List[str]]:
         return {u: [str(h) for h in hs] for u, hs in self.host.holders(instances).items()}
-
-
-@dataclass(frozen=True)
-class Outcome:
-    instance: Instance
-    owned: bool
 
 
 class Lifecycle:
