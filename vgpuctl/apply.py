@@ -262,6 +262,7 @@ def policy_placer(paths: Any) -> Placer:
                 type=d.type, domain=d.domain, tenant=req.tenant,
                 numa_nodes=(req.numa_node,) if req.numa_node is not None else (),
                 numa=NumaMode.REQUIRE if req.numa_node is not None else None,
+                any_of=d.profile_def.type_ids(inv) if d.profile_def is not None else None,
             )
             try:
                 decision = placement.place(inv, policy, request)

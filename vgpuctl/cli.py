@@ -32,6 +32,9 @@ COMMANDS = {
     "attach": "vgpuctl.commands.virt:attach",
     "detach": "vgpuctl.commands.virt:detach",
     "hook": "vgpuctl.commands.virt:hook",
+    "profiles": "vgpuctl.commands.profiles:profiles",
+    "status": "vgpuctl.commands.status:status",
+    "completion": "vgpuctl.commands.status:completion",
     "sched": "vgpuctl.commands.nvidia:sched",
     "hetero": "vgpuctl.commands.nvidia:hetero",
 }

@@ -122,6 +122,9 @@ class Request:
     numa_nodes: Tuple[int, ...] = ()
     numa: Optional[NumaMode] = None  #: overrides the policy's NUMA mode
     groups: Tuple[str, ...] = ()  #: anti-affinity group labels besides the policy's domain globs
+    #: a service profile resolved per GPU model (``vgpuctl.profiles``): any of these type ids will do, each GPU
+    #: offering one of them; ``type`` is then only the profile's name, for messages.  None: resolve ``type``.
+    any_of: Optional[Tuple[str, ...]] = None
 
 
 # --- outputs -------------------------------------------------------------------------------------------------------
@@ -428,8 +431,10 @@ def _decide(
     only: Optional[FrozenSet[str]],
     gpus: Optional[Tuple[GpuState, ...]] = None,
 ) -> Decision:
-    wanted = resolve_type(inventory, request.type)
-    wanted_ids = {t.type_id for t in wanted}
+    if request.any_of is not None:
+        wanted_ids = set(request.any_of)
+    else:
+        wanted_ids = {t.type_id for t in resolve_type(inventory, request.type)}
     states = gpus if gpus is not None else gpu_states(inventory, usage)
     numa_mode = request.numa or policy.numa
     tenant_count, tenant_fb = _tenant_usage(inventory, usage, request.tenant)

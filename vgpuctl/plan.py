@@ -23,7 +23,7 @@ from enum import Enum
 from typing import Callable, Collection, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 
 from .model import Instance, Inventory
-from .spec import AttachMode, DesiredInstance, DesiredState, host_parent, resolve_type
+from .spec import AttachMode, DesiredInstance, DesiredState, desired_type, host_parent
 from .state import State
 
 
@@ -171,7 +171,7 @@ def _matches(inst: Instance, d: DesiredInstance, inventory: Inventory) -> bool:
     """Whether the existing ``inst`` already is ``d``: the right type, and the pinned parent if one is pinned."""
     if d.parent is not None and host_parent(inventory, d.parent) != inst.parent:
         return False
-    return resolve_type(inventory, inst.parent, d.type) == inst.type_id
+    return desired_type(inventory, inst.parent, d) == inst.type_id
 
 
 def destroy_candidates(
@@ -257,7 +257,7 @@ def plan(
             creates.append(_blocked_create(d, d.parent, d.type, Block.PARENT_MISSING,
                                            f"parent {d.parent} is not registered (yet)"))
             continue
-        tid = resolve_type(inventory, parent, d.type)
+        tid = desired_type(inventory, parent, d)
         if tid is None:
             creates.append(_blocked_create(d, parent, d.type, Block.TYPE_UNKNOWN,
                                            f"{parent} does not offer type {d.type}"))
@@ -278,7 +278,7 @@ def plan(
             for d in to_place:
                 where = placed.get(d.name)
                 if isinstance(where, str):
-                    tid = resolve_type(inventory, where, d.type)
+                    tid = desired_type(inventory, where, d)
                     if tid is not None:
                         creates.append(Action(Op.CREATE, d.uuid, where, tid, d.name, why="placed"))
                         continue

@@ -17,7 +17,8 @@ What it does:
   on a reload it keeps converging to the last valid desired state, and says so in STATUS;
 - sd_notify, written by hand to ``$NOTIFY_SOCKET`` (a datagram socket; no python-systemd dependency): READY=1 after
   the first pass, STATUS=<one line>, WATCHDOG=1 at half ``$WATCHDOG_USEC``, RELOADING=1 and STOPPING=1;
-- one log line per action (``+ create ...``), per reload, per error.
+- one log line per action (``+ create ...``), per reload, per error;
+- optionally Prometheus metrics after every pass (``vgpuctl.metrics``: HTTP endpoint and/or node_exporter textfile).
 """
 from __future__ import annotations
 
@@ -229,7 +230,7 @@ class HostWatch:
 # --- the service --------------------------------------------------------------------------------------------------
 class Service:
     def __init__(self, make_reconciler: Callable[[], Any], paths: Any, options: ServiceOptions = ServiceOptions(),
-                 notify: Optional[Notifier] = None) -> None:
+                 notify: Optional[Notifier] = None, metrics: Any = None) -> None:
         self.make_reconciler = make_reconciler
         self.paths = paths
         self.options = options
@@ -242,6 +243,7 @@ class Service:
         self.backoff = BACKOFF_FIRST
         self.retry_at: Optional[float] = None
         self.status = "starting"
+        self.metrics = metrics  #: a ``vgpuctl.metrics.MetricsExporter``, or None
 
     # --- signals ---------------------------------------------------------------------------------------------------
     def _install_signals(self) -> socket.socket:
@@ -285,13 +287,16 @@ class Service:
             self._set_status(f"invalid configuration: {self.config_problem}")
             return
         log.debug("converging (%s)", why)
+        started = time.monotonic()
         try:
             result = self.reconciler.apply(self.desired, should_stop=lambda: self.stopping, on_step=self._log_step)
         except VgpuctlError as e:
             log.error("converge failed (%s): %s", why, e)
+            self._observed(None, started, e)
             self._schedule_retry()
             self._set_status(f"error: {e}")
             return
+        self._observed(result, started, None)
         p = result.after.plan
         retry = bool(result.failed) or any(a.block is not None and a.block.retryable for a in p.actions)
         if retry or result.interrupted:
@@ -299,6 +304,11 @@ class Service:
         else:
             self.backoff, self.retry_at = BACKOFF_FIRST, None
         self._set_status(self._summary(result))
+
+    def _observed(self, result: Any, started: float, error: Optional[BaseException]) -> None:
+        if self.metrics is not None:
+            self.metrics.observe(reconciler=self.reconciler, result=result, duration=time.monotonic() - started,
+                                 error=error)
 
     def _log_step(self, step: Any) -> None:
         if step.ok:
@@ -337,6 +347,8 @@ class Service:
     def run(self) -> int:
         logging.getLogger("vgpuctl").setLevel(min(logging.INFO, logging.getLogger().getEffectiveLevel()))
         wake = self._install_signals()
+        if self.metrics is not None:
+            self.metrics.start()
         self.load("start")
         paths = self.paths
         config = ConfigWatch(paths.config_dir)
@@ -403,6 +415,8 @@ class Service:
                 host.signature = host.read_signature()
                 self.converge(why)
         self.notify(STOPPING="1", STATUS="stopping")
+        if self.metrics is not None:
+            self.metrics.close()
         log.info("stopped")
         signal.set_wakeup_fd(-1)
         return 0

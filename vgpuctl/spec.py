@@ -9,7 +9,8 @@ file, the line and the key, raised before anything on the host is touched.  The 
     instances:
       web-1:                            # the instance's name: [A-Za-z0-9_.-]+, unique over all files
         uuid: 0f4c...                   # optional: derived from the name when absent (uuid5, stable forever)
-        type: T4-2Q                     # type id (nvidia-231) or name/profile (GRID T4-2Q, T4-2Q)
+        type: T4-2Q                     # type id (nvidia-231) or name/profile (GRID T4-2Q, T4-2Q) ...
+        profile: gold                   # ... or a service profile of profiles.yaml (exactly one of the two)
         parent: "0000:3b:00.0"          # a parent device ...
         placement: {tenant: a, numa_node: 0}   # ... or a placement request (exactly one of the two)
         domain: web-1                   # optional: libvirt domain to attach the device to
@@ -25,7 +26,7 @@ import os
 import re
 import uuid as uuidlib
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -41,7 +42,7 @@ UUID_NAMESPACE = uuidlib.UUID("6f0b3f63-3a51-4d8e-9d0c-7e1b5a2c9a40")
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 
 _TOP_KEYS = ("version", "instances")
-_INSTANCE_KEYS = ("uuid", "type", "parent", "placement", "domain", "attach")
+_INSTANCE_KEYS = ("uuid", "type", "profile", "parent", "placement", "domain", "attach")
 _PLACEMENT_KEYS = ("tenant", "numa_node")
 
 
@@ -81,6 +82,9 @@ class DesiredInstance:
     mark: Mark = Mark("<none>")
     #: line of each key, for errors found later (validation against the host)
     key_lines: Tuple[Tuple[str, int], ...] = ()
+    #: the service profile's name (``type`` is then "profile NAME"); ``load`` binds ``profile_def`` to it
+    profile: Optional[str] = None
+    profile_def: Any = field(default=None, compare=False, repr=False)  #: a ``vgpuctl.profiles.Profile``
 
     def line_of(self, key: str) -> Optional[int]:
         for k, line in self.key_lines:
@@ -127,7 +131,29 @@ def load(config_dir: "os.PathLike[str] | str") -> DesiredState:
         except UnicodeDecodeError:
             raise ConfigError(os.fspath(p), "is not UTF-8 text") from None
         parsed += parse(text, path=os.fspath(p)).instances
+    if any(d.profile for d in parsed):
+        parsed = bind_profiles(parsed, config_dir)
     return merge(parsed, files=tuple(os.fspath(p) for p in paths))
+
+
+def bind_profiles(instances: Sequence[DesiredInstance], config_dir: "os.PathLike[str] | str") -> List[DesiredInstance]:
+    """Attach each ``profile:`` to its definition in ``profiles.yaml``; an unknown profile, or more instances of a
+    profile than a tenant's limit, is a ``ConfigError`` at the instance's ``profile`` line."""
+    from .profiles import check_desired_limits, load_profiles, profiles_path
+
+    profiles = load_profiles(profiles_path(config_dir))
+    out = []
+    for d in instances:
+        if d.profile:
+            found = profiles.find(d.profile)
+            if found is None:
+                known = ", ".join(profiles.names()) or f"none: {profiles_path(config_dir)} defines no profile"
+                raise ConfigError(d.mark.path, f"unknown profile {d.profile!r} (defined: {known})",
+                                  line=d.line_of("profile"), key=f"instances.{d.name}.profile")
+            d = replace(d, profile_def=found)
+        out.append(d)
+    check_desired_limits(profiles, DesiredState(instances=tuple(out)))
+    return out
 
 
 def merge(instances: Sequence[DesiredInstance], *, files: Tuple[str, ...] = ()) -> DesiredState:
@@ -239,9 +265,17 @@ class _Parser:
             raise self.fail(knode, key, "instance names are 1-64 of A-Z a-z 0-9 _ . - (not starting with . or -)")
         fields = self.mapping(node, key, _INSTANCE_KEYS)
         lines = tuple((k, kn.start_mark.line + 1) for k, (kn, _) in fields.items())
-        if "type" not in fields:
-            raise self.fail(node, f"{key}.type", "is required (a type id such as nvidia-231 or a name such as T4-2Q)")
-        vtype = self.string(fields["type"][1], f"{key}.type")
+        profile = None
+        if "type" in fields and "profile" in fields:
+            raise self.fail(fields["profile"][0], f"{key}.profile", "give 'type' or 'profile', not both")
+        if "profile" in fields:
+            profile = self.string(fields["profile"][1], f"{key}.profile").strip()
+            vtype = f"profile {profile}"
+        elif "type" not in fields:
+            raise self.fail(node, f"{key}.type", "is required (a type id such as nvidia-231 or a name such as T4-2Q), "
+                            "or a service profile ('profile: gold')")
+        else:
+            vtype = self.string(fields["type"][1], f"{key}.type")
         uuid, derived = None, False
         if "uuid" in fields:
             raw = self.string(fields["uuid"][1], f"{key}.uuid")
@@ -274,7 +308,7 @@ class _Parser:
                 ) from None
         return DesiredInstance(
             name=name, uuid=uuid, type=vtype, parent=parent, placement=placement, domain=domain, attach=attach,
-            uuid_derived=derived, mark=Mark(self.path, knode.start_mark.line + 1), key_lines=lines,
+            uuid_derived=derived, mark=Mark(self.path, knode.start_mark.line + 1), key_lines=lines, profile=profile,
         )
 
     def placement(self, node: Any, key: str) -> PlacementRequest:
@@ -302,6 +336,15 @@ def resolve_type(inventory: Inventory, parent: str, wanted: str) -> Optional[str
         raise
 
 
+def desired_type(inventory: Inventory, parent: str, d: DesiredInstance) -> Optional[str]:
+    """The type id desired instance ``d`` gets on ``parent``: its type, or what its service profile resolves to
+    there; None if ``parent`` offers neither."""
+    if d.profile_def is not None:
+        t = d.profile_def.type_on(inventory, parent)
+        return t.type_id if t is not None else None
+    return resolve_type(inventory, parent, d.type)
+
+
 def host_parent(inventory: Inventory, name: str) -> Optional[str]:
     """The registered parent ``name`` refers to (case-insensitively), or None."""
     low = name.lower()
@@ -324,7 +367,7 @@ def validate(desired: DesiredState, inventory: Inventory) -> None:
             parent = host_parent(inventory, d.parent)
             if parent is None:
                 continue
-            tid = resolve_type(inventory, parent, d.type)
+            tid = desired_type(inventory, parent, d)
             if tid is None:
                 offered = ", ".join(t.type_id for t in inventory.types_on(parent)) or "none"
                 raise ConfigError(
@@ -340,7 +383,7 @@ def validate(desired: DesiredState, inventory: Inventory) -> None:
                     f"{pinned[(parent, tid)]} instances of {tid} pinned to {parent}, which holds at most {limit}",
                     line=d.line_of("parent"), key=f"instances.{d.name}.parent",
                 )
-        elif not any(resolve_type(inventory, p.name, d.type) for p in inventory.parents):
+        elif not any(desired_type(inventory, p.name, d) for p in inventory.parents):
             raise ConfigError(
                 d.mark.path, f"no registered parent offers type {d.type} (see 'vgpuctl types')",
                 line=d.line_of("type"), key=key,

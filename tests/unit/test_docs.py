@@ -17,7 +17,11 @@ def _gen():
     return mod
 
 
-@pytest.mark.parametrize("fname", ["cli.md", "exit-codes.md"])
+def _generated():
+    return sorted(_gen().FILES)
+
+
+@pytest.mark.parametrize("fname", _generated())
 def test_generated_docs_are_current(fname):
     want = _gen().FILES[fname]()
     have = (REPO / "docs" / fname).read_text()
@@ -28,3 +32,10 @@ def test_every_error_exit_code_is_documented():
     for _, cls in inspect.getmembers(errors, inspect.isclass):
         if issubclass(cls, errors.VgpuctlError):
             assert cls.exit_code in errors.EXIT_CODES, cls
+
+
+def test_every_command_has_a_page_and_no_page_is_stale():
+    from vgpuctl.cli import COMMANDS
+
+    pages = {p.name for p in (REPO / "docs" / "commands").glob("*.md")}
+    assert pages == {f"{name}.md" for name in COMMANDS}, "run scripts/gen-docs.py"

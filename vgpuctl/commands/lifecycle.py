@@ -5,37 +5,54 @@ from typing import Optional
 
 import click
 
+from ..errors import InvalidInput
 from ._common import build_lifecycle, info, json_option, record, settings
+from ._complete import complete_instances, complete_parents, complete_types
+from .profiles import profile_option
 from .records import instance_record
 
 
 @click.command()
 @click.option(
-    "--parent", "-p", metavar="PARENT", help="Parent device: PCI address or name (mtty); default: placed by the policy."
+    "--parent", "-p", metavar="PARENT", shell_complete=complete_parents,
+    help="Parent device: PCI address or name (mtty); default: placed by the policy.",
 )
-@click.option("--type", "-t", "type_id", required=True, metavar="TYPE", help="Type id (nvidia-222) or name (T4-2Q).")
+@click.option("--type", "-t", "type_id", metavar="TYPE", shell_complete=complete_types,
+              help="Type id (nvidia-222) or name (T4-2Q); or give --profile.")
+@profile_option
 @click.option("--uuid", "-u", metavar="UUID", help="UUID for the new device (default: a fresh random one).")
-@click.option("--tenant", metavar="TENANT", help="Without --parent: tenant for quotas and reserved GPUs.")
+@click.option("--tenant", metavar="TENANT", help="Tenant for quotas, reserved GPUs and profile limits.")
 @click.option("--domain", "-d", metavar="DOMAIN", help="Without --parent: the domain (anti-affinity groups).")
 @click.option("--policy", "policy_file", metavar="FILE", help="Without --parent: placement policy file.")
 @json_option
 def create(
     parent: Optional[str],
-    type_id: str,
+    type_id: Optional[str],
+    profile_name: Optional[str],
     uuid: Optional[str],
     tenant: Optional[str],
     domain: Optional[str],
     policy_file: Optional[str],
     as_json: bool,
 ) -> None:
-    """Create one vGPU instance and record it as owned by vgpuctl; without --parent, the placement policy picks it."""
-    s = settings()
-    placer = None
-    if parent is None:  # placement (vgpuctl.commands.placement) chooses under the lifecycle's lock
-        from .placement import placer_for
+    """Create one vGPU instance and record it as owned by vgpuctl; without --parent, the placement policy picks it.
 
-        placer = placer_for(s, type_id, tenant=tenant, domain=domain, policy_file=policy_file)
-    inst = build_lifecycle(s).create(parent=parent, type_id=type_id, uuid=uuid, placer=placer)
+    With --profile, the type is the profile's type for the chosen GPU's model, and the tenant's limit for the
+    profile is checked first.
+    """
+    s = settings()
+    if (type_id is None) == (profile_name is None):
+        raise InvalidInput("give --type or --profile (exactly one)")
+    if profile_name is not None:
+        inst = _create_profiled(s, profile_name, parent=parent, uuid=uuid, tenant=tenant, domain=domain)
+    else:
+        assert type_id is not None
+        placer = None
+        if parent is None:  # placement (vgpuctl.commands.placement) chooses under the lifecycle's lock
+            from .placement import placer_for
+
+            placer = placer_for(s, type_id, tenant=tenant, domain=domain, policy_file=policy_file)
+        inst = build_lifecycle(s).create(parent=parent, type_id=type_id, uuid=uuid, placer=placer)
     if as_json:
         import json
 
@@ -45,8 +62,28 @@ def create(
         info(f"created {inst.uuid} ({inst.type_id} on {inst.parent})")
 
 
+def _create_profiled(s, name: str, *, parent: Optional[str], uuid: Optional[str], tenant: Optional[str],  # type: ignore[no-untyped-def]
+                     domain: Optional[str]):
+    """``create --profile``: the GPU model (so the type) is chosen now, the parent under the lifecycle lock."""
+    from .profiles import ProfiledCreate, load_settings_profiles, placer_for_profile, resolve
+
+    ps = load_settings_profiles(s)
+    profile = ps.get(name)
+
+    def make():  # type: ignore[no-untyped-def]
+        pname, tid = resolve(s, profile, parent=parent, tenant=tenant, domain=domain)
+        placer = None if parent is not None else placer_for_profile(s, profile, tenant=tenant, domain=domain,
+                                                                     type_id=tid)
+        return build_lifecycle(s).create(parent=pname if parent is not None else None, type_id=tid, uuid=uuid,
+                                         placer=placer)
+
+    inst = ProfiledCreate(ps, profile, tenant).run(s, make)
+    info(f"profile {profile.name} -> {inst.type_id}")
+    return inst
+
+
 @click.command()
-@click.argument("uuid")
+@click.argument("uuid", shell_complete=complete_instances)
 @click.option("--foreign", is_flag=True, help="Also destroy a device that vgpuctl did not create.")
 @click.option(
     "--force",

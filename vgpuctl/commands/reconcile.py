@@ -198,14 +198,27 @@ def export(output: str, as_json: bool) -> None:
               help="How to notice host changes: kernel uevents (pyudev), polling sysfs, or udev when available.")
 @click.option("--poll-interval", type=click.FloatRange(min=0.05), default=2.0, show_default=True,
               metavar="SECONDS", help="With --watch poll: how often to list the parent and mdev directories.")
-def service(resync_interval: float, watch: str, poll_interval: float) -> None:
+@click.option("--metrics-address", metavar="[HOST:]PORT",
+              help="Serve Prometheus metrics here (a bare PORT listens on 127.0.0.1); off by default.")
+@click.option("--metrics-textfile", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Write the metrics to FILE (atomically) after every pass, for node_exporter's textfile collector.")
+def service(resync_interval: float, watch: str, poll_interval: float, metrics_address: Optional[str],
+            metrics_textfile: Optional[str]) -> None:
     """Run the reconciling service in the foreground (for systemd Type=notify)."""
     from ..service import Service, ServiceOptions, Watch
 
     s = settings()
+    metrics = None
+    if metrics_address or metrics_textfile:
+        from ..metrics import MetricsExporter, parse_address
+
+        if metrics_address:
+            parse_address(metrics_address)  # a bad address is a usage error before anything starts
+        metrics = MetricsExporter(address=metrics_address, textfile=metrics_textfile)
     svc = Service(
         lambda: build_reconciler(s),
         s.paths,
         ServiceOptions(resync_interval=resync_interval, watch=Watch(watch), poll_interval=poll_interval),
+        metrics=metrics,
     )
     sys.exit(svc.run())

@@ -10,6 +10,8 @@ import click
 
 from ..errors import InvalidInput
 from ._common import build_lifecycle, info, json_option, record, settings
+from ._complete import complete_domains, complete_instances, complete_parents, complete_types
+from .profiles import profile_option
 
 ATTACHED_SCHEMA = "vgpuctl.attached/v1"
 DETACHED_SCHEMA = "vgpuctl.detached/v1"
@@ -39,15 +41,21 @@ def _attachments():  # type: ignore[no-untyped-def]
 
 
 @click.command()
-@click.argument("domain")
-@click.option("--uuid", "-u", metavar="UUID", help="The vGPU to attach; with --parent/--type, the new one's uuid.")
-@click.option("--parent", "-p", metavar="PARENT", help="Create a new vGPU on this parent (with --type) and attach it.")
-@click.option("--type", "-t", "type_id", metavar="TYPE", help="Type of the new vGPU (id or name).")
+@click.argument("domain", shell_complete=complete_domains)
+@click.option("--uuid", "-u", metavar="UUID", shell_complete=complete_instances,
+              help="The vGPU to attach; with --parent/--type, the new one's uuid.")
+@click.option("--parent", "-p", metavar="PARENT", shell_complete=complete_parents,
+              help="Create a new vGPU on this parent (with --type) and attach it.")
+@click.option("--type", "-t", "type_id", metavar="TYPE", shell_complete=complete_types,
+              help="Type of the new vGPU (id or name).")
+@profile_option
+@click.option("--tenant", metavar="TENANT", help="With --profile: whose vGPU it is (profile limits, quotas).")
 @_scope
 @click.option("--display/--no-display", default=None, help="Use the vGPU as the domain's display (default: libvirt's).")
 @click.option("--ramfb", is_flag=True, default=None, help="Boot display through ramfb (implies --display).")
 @json_option
-def attach(domain: str, uuid: Optional[str], parent: Optional[str], type_id: Optional[str], config: bool, live: bool,
+def attach(domain: str, uuid: Optional[str], parent: Optional[str], type_id: Optional[str],
+           profile_name: Optional[str], tenant: Optional[str], config: bool, live: bool,
            display: Optional[bool], ramfb: Optional[bool], as_json: bool) -> None:
     """Attach a vGPU to DOMAIN, creating it first with --parent/--type.
 
@@ -55,11 +63,18 @@ def attach(domain: str, uuid: Optional[str], parent: Optional[str], type_id: Opt
     'virsh attach-device --current').  The device XML comes from the template mdev-hostdev.xml.j2 (override it in
     etc/vgpuctl/templates); ownership is recorded in the domain's metadata.  A vGPU another domain references is
     refused; if libvirt rejects the attach, a vGPU created for it is destroyed again.
+
+    With --profile, a new vGPU of that service profile is created (on --parent, or where the placement policy puts
+    it) after its tenant limit is checked; the profile's display and ramfb apply unless given here.
     """
     a = _attachments()
     try:
-        r = a.attach(domain, uuid=uuid, parent=parent, type_id=type_id, live=live, config=config, display=display,
-                     ramfb=ramfb)
+        if profile_name is not None:
+            r = _attach_profiled(a, domain, profile_name, uuid=uuid, parent=parent, type_id=type_id, tenant=tenant,
+                                 live=live, config=config, display=display, ramfb=ramfb)
+        else:
+            r = a.attach(domain, uuid=uuid, parent=parent, type_id=type_id, live=live, config=config,
+                         display=display, ramfb=ramfb)
     finally:
         a.virt.close()
     if as_json:
@@ -73,8 +88,28 @@ def attach(domain: str, uuid: Optional[str], parent: Optional[str], type_id: Opt
     info(f"{made}{what} {r.instance.uuid} ({r.instance.type_id} on {r.instance.parent}) to {r.domain!r} ({r.scope})")
 
 
+def _attach_profiled(a, domain: str, name: str, *, uuid: Optional[str], parent: Optional[str],  # type: ignore[no-untyped-def]
+                     type_id: Optional[str], tenant: Optional[str], live: bool, config: bool,
+                     display: Optional[bool], ramfb: Optional[bool]):
+    from .profiles import ProfiledCreate, load_settings_profiles, resolve
+
+    if type_id is not None:
+        raise InvalidInput("give --type or --profile, not both")
+    s = settings()
+    ps = load_settings_profiles(s)
+    profile = ps.get(name)
+
+    def make():  # type: ignore[no-untyped-def]
+        pname, tid = resolve(s, profile, parent=parent, tenant=tenant, domain=domain)
+        return a.attach(domain, uuid=uuid, parent=pname, type_id=tid, live=live, config=config,
+                        display=profile.display if display is None else display,
+                        ramfb=profile.ramfb if ramfb is None else ramfb)
+
+    return ProfiledCreate(ps, profile, tenant).run(s, make)
+
+
 @click.command()
-@click.argument("domain")
+@click.argument("domain", shell_complete=complete_domains)
 @click.option("--uuid", "-u", metavar="UUID", help="Only this vGPU (default: every vGPU vgpuctl manages in DOMAIN).")
 @click.option("--destroy", is_flag=True, help="Destroy the vGPUs after detaching them (only ones vgpuctl created).")
 @_scope

@@ -1,0 +1,85 @@
+"""``vgpuctl status``: a picture of every physical GPU (``vgpuctl.status``), and ``vgpuctl completion``."""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Dict, Optional
+
+import click
+
+from ._common import Settings, build_host, json_option, render, settings
+
+
+def domains_of(s: Settings, uuids) -> Dict[str, str]:  # type: ignore[no-untyped-def]
+    """Instance uuid -> the domain using it (a running one first), from one libvirt read; {} without libvirt."""
+    if s.connect == "none":
+        return {}
+    from ..virt import DomainUsers
+
+    snap = DomainUsers(s.connect).read()
+    out: Dict[str, str] = {}
+    for u in uuids:
+        uses = sorted(snap.uses(u), key=lambda x: (x.stale, x.domain))
+        if uses:
+            out[u] = uses[0].domain
+    return out
+
+
+def use_colour(stream=None) -> bool:  # type: ignore[no-untyped-def]
+    """Colour only on a terminal, and never with NO_COLOR set (https://no-color.org)."""
+    stream = stream or sys.stdout
+    if os.environ.get("NO_COLOR"):
+        return False
+    return bool(getattr(stream, "isatty", lambda: False)()) and os.environ.get("TERM") != "dumb"
+
+
+@click.command()
+@click.option("--policy", "policy_file", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Placement policy (default: ROOT/etc/vgpuctl/policy.yaml): allowed types and rules per GPU.")
+@json_option
+def status(policy_file: Optional[str], as_json: bool) -> None:
+    """A picture of every physical GPU: its slots (used by which type and domain, free, unusable because of the
+    type-mixing rule), the capacity left per allowed type, and the host's fragmentation.
+
+    Slots are framebuffer units on time-sliced NVIDIA GPUs, VFs on SR-IOV ones, instances elsewhere.  Fragmentation
+    is the free framebuffer that the largest profile the policy allows on each GPU cannot use.  Colour only on a
+    terminal, never with NO_COLOR.
+    """
+    from ..status import host_status, records, render_text
+    from .placement import build_usage, load_settings_policy
+
+    s = settings()
+    inv = build_host(s).inventory()
+    policy = load_settings_policy(s, policy_file)
+    st = host_status(inv, policy, domains=domains_of(s, [i.uuid for i in inv.instances]), usage=build_usage(s, inv))
+    if as_json:
+        render(records(st), [], as_json=True)
+        return
+    if not st.gpus:
+        click.echo("no vGPU-capable GPUs found", err=True)
+        return
+    colour = use_colour()
+    click.echo(render_text(st, colour=colour), color=colour)
+
+
+SHELLS = ("bash", "zsh", "fish")
+
+
+@click.command()
+@click.argument("shell", type=click.Choice(SHELLS))
+def completion(shell: str) -> None:
+    """Print the shell-completion script for SHELL (bash, zsh or fish).
+
+    Parents, types, profiles, instances and domains complete from this host.  Install, e.g.:
+    bash: vgpuctl completion bash > /etc/bash_completion.d/vgpuctl;
+    zsh: vgpuctl completion zsh > "${fpath[1]}/_vgpuctl";
+    fish: vgpuctl completion fish > ~/.config/fish/completions/vgpuctl.fish.
+    (Equivalent to _VGPUCTL_COMPLETE=bash_source vgpuctl.)
+    """
+    from click.shell_completion import get_completion_class
+
+    from ..cli import cli
+
+    cls = get_completion_class(shell)
+    assert cls is not None  # every one of SHELLS is built into click
+    click.echo(cls(cli, {}, "vgpuctl", "_VGPUCTL_COMPLETE").source())

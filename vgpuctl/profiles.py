@@ -1,0 +1,463 @@
+"""Service profiles: the tiers an operator sells ("gold: a 4 GB workstation vGPU with a display, two per tenant").
+
+A profile says what a VM gets without naming a GPU model: one or more types, or an NVIDIA series and a framebuffer
+size that each GPU model resolves to its own type (series Q, 4096 MiB: T4-4Q on a T4, A16-4Q on an A16); device
+options for the template (display, ramfb); the scheduler share it is sold with; and how many one tenant may hold.
+
+The profiles live in ``etc/vgpuctl/profiles.yaml`` under the host root.  Parsing is strict, as for the policy:
+``version: 1`` is required, unknown keys are rejected, contradictions (a type *and* a series, ``ramfb`` without the
+display, ...) are ``ConfigError``s naming the file, the line and the key.  PyYAML is imported only when the file is
+parsed.  Schema::
+
+    version: 1
+    profiles:
+      gold:                          # the profile's name: [A-Za-z0-9_.-], as used by --profile and profile:
+        description: 4 GB workstation vGPU with a display
+        series: Q                    # NVIDIA series (Q, B, A, C) ...
+        framebuffer: 4G              # ... and size: resolved per GPU model (T4-4Q, A16-4Q)
+        # type: [T4-4Q, mtty-1]      # ... or explicit types: ids or names; the first one a GPU offers is used
+        display: true                # template option: the vGPU is the domain's display
+        ramfb: false                 # template option: boot display through ramfb (needs display)
+        scheduler: fixed-share       # NVIDIA time-slice policy sold with it: best-effort, equal-share, fixed-share
+        limits:
+          per_tenant: 2              # at most this many per tenant ...
+          tenants: {acme: 4}         # ... except these tenants ("*" is the same as per_tenant)
+
+Which instance belongs to which profile and tenant: what the desired-state files say (``profile:`` and
+``placement.tenant``), and, for ``create``/``attach --profile``, ``var/lib/vgpuctl/profiles.json``.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from .errors import ConfigError, InvalidInput, LockTimeout, NoCapacity, NotFound
+from .model import Inventory, VgpuType
+from .policy import SERIES, _Parser as _PolicyParser, type_matches
+
+PROFILES_FILE = "profiles.yaml"
+ASSIGNMENTS_FILE = "profiles.json"
+ASSIGNMENTS_SCHEMA = "vgpuctl.profile-assignments/v1"
+NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+
+
+class SchedulerShare(str, Enum):
+    """NVIDIA's vGPU time-slice scheduler policies (``nvidia-smi vgpu -ss``; vgpuctl's ``sched`` command)."""
+
+    BEST_EFFORT = "best-effort"
+    EQUAL_SHARE = "equal-share"
+    FIXED_SHARE = "fixed-share"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# --- errors --------------------------------------------------------------------------------------------------------
+class UnknownProfile(NotFound):
+    """``--profile`` names no profile of ``profiles.yaml``."""
+
+    kind = "unknown-profile"
+
+    def __init__(self, name: str, path: Optional[str], known: Sequence[str] = ()) -> None:
+        where = path or "the configuration (no profiles.yaml)"
+        hint = f"; defined: {', '.join(known)}" if known else ""
+        super().__init__(f"no service profile {name!r} in {where}{hint} (see 'vgpuctl profiles')")
+        self.name = name
+        self.path = path
+        self.known = tuple(known)
+
+
+class ProfileLimit(NoCapacity):
+    """The tenant already holds as many vGPUs of the profile as its limit allows."""
+
+    kind = "profile-limit"
+
+    def __init__(self, profile: str, tenant: str, held: int, limit: int, where: str = "") -> None:
+        at = f" ({where})" if where else ""
+        NoCapacity.__init__(self, profile, "-")
+        self.message = (
+            f"tenant {tenant} already holds {held} of at most {limit} vGPUs of profile {profile}{at}; "
+            "destroy one of them first, or raise the limit"
+        )
+        self.profile = profile
+        self.tenant = tenant
+        self.held = held
+        self.limit = limit
+
+
+# --- the model -----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    types: Tuple[str, ...] = ()  #: type ids or names as written, in preference order; empty with series+size
+    series: Optional[str] = None  #: NVIDIA series letter, with ``framebuffer_mib``
+    framebuffer_mib: Optional[int] = None
+    display: Optional[bool] = None  #: None: the template's default
+    ramfb: Optional[bool] = None
+    scheduler: Optional[SchedulerShare] = None
+    per_tenant: Optional[int] = None
+    tenant_limits: Tuple[Tuple[str, int], ...] = ()
+    description: str = ""
+    line: Optional[int] = None  #: where the profile starts in its file
+
+    @property
+    def selector(self) -> str:
+        """What the profile asks for, for people: ``T4-4Q, A16-4Q`` or ``series Q, 4096 MiB``."""
+        if self.types:
+            return ", ".join(self.types)
+        return f"series {self.series}, {self.framebuffer_mib} MiB"
+
+    def matches(self, vtype: VgpuType) -> bool:
+        if self.types:
+            return type_matches(vtype, [k.lower() for k in self.types])
+        return (vtype.series or "").upper() == self.series and vtype.framebuffer_mib == self.framebuffer_mib
+
+    def type_on(self, inventory: Inventory, parent: str) -> Optional[VgpuType]:
+        """The type this profile gets on ``parent``: the first of ``types`` it offers, else the series+size match."""
+        offered = inventory.types_on(parent)
+        if self.types:
+            for key in self.types:
+                hit = [t for t in offered if type_matches(t, (key.lower(),))]
+                if hit:
+                    return hit[0]
+            return None
+        hit = sorted((t for t in offered if self.matches(t)), key=lambda t: t.type_id)
+        return hit[0] if hit else None
+
+    def type_ids(self, inventory: Inventory) -> Tuple[str, ...]:
+        """Every type id the profile resolves to on this host (one per GPU model, usually)."""
+        return tuple(sorted({t.type_id for p in inventory.parents for t in [self.type_on(inventory, p.name)] if t}))
+
+    def limit_for(self, tenant: Optional[str]) -> Optional[int]:
+        limits = dict(self.tenant_limits)
+        if tenant is not None and tenant in limits:
+            return limits[tenant]
+        return limits.get("*", self.per_tenant)
+
+    @property
+    def limited(self) -> bool:
+        return self.per_tenant is not None or bool(self.tenant_limits)
+
+
+@dataclass(frozen=True)
+class Profiles:
+    profiles: Tuple[Profile, ...] = ()
+    source: Optional[str] = None  #: the file; None when there is none
+
+    def names(self) -> Tuple[str, ...]:
+        return tuple(p.name for p in self.profiles)
+
+    def find(self, name: str) -> Optional[Profile]:
+        return next((p for p in self.profiles if p.name == name), None)
+
+    def get(self, name: str) -> Profile:
+        p = self.find(name)
+        if p is None:
+            raise UnknownProfile(name, self.source, self.names())
+        return p
+
+    def where(self, p: Profile) -> str:
+        """``file:line`` of a profile, for messages."""
+        return f"{self.source}:{p.line}" if self.source and p.line else (self.source or "")
+
+
+# --- loading -------------------------------------------------------------------------------------------------------
+def profiles_path(config_dir: "os.PathLike[str] | str") -> Path:
+    return Path(config_dir) / PROFILES_FILE
+
+
+def load_profiles(path: "os.PathLike[str] | str", *, missing_ok: bool = True) -> Profiles:
+    p = os.fspath(path)
+    try:
+        with open(p, "rb") as f:
+            text = f.read().decode("utf-8")
+    except FileNotFoundError:
+        if missing_ok:
+            return Profiles()
+        raise ConfigError(p, "no such file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(p, f"not UTF-8 text ({e.reason})") from None
+    except OSError as e:
+        raise ConfigError(p, f"cannot read: {e.strerror}") from None
+    return parse_profiles(text, path=p)
+
+
+def parse_profiles(text: str, *, path: str = "<profiles>") -> Profiles:
+    import yaml  # only here: commands that use no profile never pay for it
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        raise ConfigError(path, f"not valid YAML: {e.problem or e.context}", line=mark.line + 1 if mark else None) from None
+    except yaml.YAMLError as e:
+        raise ConfigError(path, f"not valid YAML: {e}") from None
+    if root is None:
+        raise ConfigError(path, "empty file: it needs at least 'version: 1'", line=1)
+    return _Parser(path, yaml).document(root)
+
+
+_PROFILE_KEYS = ("description", "type", "series", "framebuffer", "display", "ramfb", "scheduler", "limits")
+
+
+class _Parser(_PolicyParser):
+    def document(self, root: Any) -> Profiles:
+        top = self.mapping(root, None, ("version", "profiles"))
+        if "version" not in top:
+            raise self.fail(root, "version", "missing: the file must start with 'version: 1'")
+        vnode = top["version"][1]
+        if self.scalar(vnode, "version") not in (1, "1", "v1"):
+            raise self.fail(vnode, "version", "unsupported version; this vgpuctl reads version 1")
+        out: List[Profile] = []
+        if "profiles" in top:
+            pnode = top["profiles"][1]
+            if isinstance(pnode, self.yaml.ScalarNode) and pnode.tag.endswith(":null"):
+                return Profiles(source=self.path)
+            if not isinstance(pnode, self.yaml.MappingNode):
+                raise self.fail(pnode, "profiles", "expected a mapping of profile name to profile")
+            for k, v in pnode.value:
+                name = k.value if isinstance(k, self.yaml.ScalarNode) else None
+                key = f"profiles.{name}"
+                if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+                    raise self.fail(k, key, "profile names are 1-64 of A-Z a-z 0-9 _ . - (not starting with . or -)")
+                if any(p.name == name for p in out):
+                    raise self.fail(k, key, "duplicate profile")
+                out.append(self.profile(name, k, v, key))
+        return Profiles(profiles=tuple(out), source=self.path)
+
+    def profile(self, name: str, knode: Any, node: Any, key: str) -> Profile:
+        m = self.mapping(node, key, _PROFILE_KEYS)
+        types: Tuple[str, ...] = ()
+        series = fb = None
+        if "type" in m:
+            types = self.strings(m["type"][1], f"{key}.type")
+            for other in ("series", "framebuffer"):
+                if other in m:
+                    raise self.fail(m[other][0], f"{key}.{other}", "contradicts 'type': give a type, or series+size")
+        else:
+            if "series" not in m and "framebuffer" not in m:
+                raise self.fail(node, key, "say what the profile gets: 'type', or 'series' with 'framebuffer'")
+            for need, other in (("series", "framebuffer"), ("framebuffer", "series")):
+                if need not in m:
+                    raise self.fail(m[other][0], f"{key}.{need}", f"missing: '{other}' needs '{need}' too")
+            series = self.string(m["series"][1], f"{key}.series").upper()
+            if series not in SERIES:
+                raise self.fail(m["series"][1], f"{key}.series", f"unknown series {series!r}; expected {', '.join(SERIES)}")
+            fb = self.size(m["framebuffer"][1], f"{key}.framebuffer")
+            if fb <= 0:
+                raise self.fail(m["framebuffer"][1], f"{key}.framebuffer", "must be more than 0")
+        display = self.boolean(m["display"][1], f"{key}.display") if "display" in m else None
+        ramfb = self.boolean(m["ramfb"][1], f"{key}.ramfb") if "ramfb" in m else None
+        if ramfb and display is False:
+            raise self.fail(m["ramfb"][1], f"{key}.ramfb", "contradicts 'display: false': ramfb shows the vGPU's display")
+        scheduler = self.choice(m["scheduler"][1], f"{key}.scheduler", SchedulerShare) if "scheduler" in m else None
+        per_tenant = None
+        tenants: List[Tuple[str, int]] = []
+        if "limits" in m:
+            lnode = m["limits"][1]
+            lm = self.mapping(lnode, f"{key}.limits", ("per_tenant", "tenants"))
+            if not lm:
+                raise self.fail(lnode, f"{key}.limits", "empty: give per_tenant and/or tenants")
+            if "per_tenant" in lm:
+                per_tenant = self.integer(lm["per_tenant"][1], f"{key}.limits.per_tenant", minimum=1)
+            if "tenants" in lm:
+                tnode = lm["tenants"][1]
+                if not isinstance(tnode, self.yaml.MappingNode) or not tnode.value:
+                    raise self.fail(tnode, f"{key}.limits.tenants", "expected a mapping of tenant to a count")
+                for tk, tv in tnode.value:
+                    tenant = str(self.scalar(tk, f"{key}.limits.tenants")).strip()
+                    tkey = f"{key}.limits.tenants.{tenant}"
+                    if not tenant or any(t == tenant for t, _ in tenants):
+                        raise self.fail(tk, tkey, "duplicate or empty tenant name")
+                    tenants.append((tenant, self.integer(tv, tkey, minimum=0)))
+            if per_tenant is not None and any(t == "*" for t, _ in tenants):
+                raise self.fail(lnode, f"{key}.limits.tenants.*", "contradicts 'per_tenant': give one of the two")
+        description = self.string(m["description"][1], f"{key}.description") if "description" in m else ""
+        return Profile(
+            name=name, types=types, series=series, framebuffer_mib=fb, display=display, ramfb=ramfb,
+            scheduler=scheduler, per_tenant=per_tenant, tenant_limits=tuple(tenants), description=description,
+            line=knode.start_mark.line + 1,
+        )
+
+
+# --- placement -----------------------------------------------------------------------------------------------------
+def profile_request(profile: Profile, inventory: Inventory, **fields: Any) -> Any:
+    """A placement ``Request`` for one vGPU of ``profile``: any type it resolves to, one per GPU model."""
+    from .placement import Request
+
+    return Request(type=profile.name, any_of=profile.type_ids(inventory), **fields)
+
+
+# --- who holds what: tenant limits ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Assignment:
+    uuid: str
+    profile: str
+    tenant: Optional[str] = None
+
+
+def count_held(assignments: Iterable[Assignment], *, profile: str, tenant: str) -> int:
+    return len({a.uuid for a in assignments if a.profile == profile and a.tenant == tenant})
+
+
+def check_limit(profiles: Profiles, profile: Profile, tenant: Optional[str], assignments: Iterable[Assignment]) -> None:
+    """Raise ``ProfileLimit`` when one more vGPU of ``profile`` would exceed ``tenant``'s limit; a limited profile
+    needs a tenant (``InvalidInput``)."""
+    if not profile.limited:
+        return
+    if tenant is None:
+        raise InvalidInput(f"profile {profile.name} is limited per tenant: say whose vGPU it is (--tenant)")
+    limit = profile.limit_for(tenant)
+    if limit is None:
+        return
+    held = count_held(assignments, profile=profile.name, tenant=tenant)
+    if held + 1 > limit:
+        raise ProfileLimit(profile.name, tenant, held, limit, profiles.where(profile))
+
+
+class AssignmentStore:
+    """``var/lib/vgpuctl/profiles.json``: which instance ``create``/``attach --profile`` made for which profile and
+    tenant.  Written atomically (temporary file, fsync, rename); ``lock()`` serialises check-create-record."""
+
+    def __init__(self, paths: Any) -> None:
+        self.path = Path(paths.state_dir) / ASSIGNMENTS_FILE
+        self.lock_path = Path(paths.run_dir) / "profiles.lock"
+
+    def load(self, present: Optional[Iterable[str]] = None) -> Tuple[Assignment, ...]:
+        """The recorded assignments; with ``present``, only those whose instance still exists."""
+        try:
+            doc = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return ()
+        except (OSError, ValueError) as e:
+            raise ConfigError(os.fspath(self.path), f"cannot read: {e}") from None
+        if not isinstance(doc, dict) or doc.get("schema") != ASSIGNMENTS_SCHEMA or not isinstance(doc.get("instances"), dict):
+            raise ConfigError(os.fspath(self.path), f"not a {ASSIGNMENTS_SCHEMA} document")
+        keep = set(present) if present is not None else None
+        out = []
+        for uuid, v in sorted(doc["instances"].items()):
+            if keep is not None and uuid not in keep:
+                continue
+            if isinstance(v, dict) and isinstance(v.get("profile"), str):
+                out.append(Assignment(uuid, v["profile"], v.get("tenant")))
+        return tuple(out)
+
+    def record(self, a: Assignment, present: Iterable[str]) -> None:
+        """Add ``a`` and drop the assignments of instances that no longer exist."""
+        keep = {x.uuid: x for x in self.load(present)}
+        keep[a.uuid] = a
+        doc = {"schema": ASSIGNMENTS_SCHEMA,
+               "instances": {u: {"profile": x.profile, "tenant": x.tenant} for u, x in sorted(keep.items())}}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.path, json.dumps(doc, indent=2) + "\n")
+
+    def lock(self, timeout: float) -> "_FileLock":
+        return _FileLock(self.lock_path, timeout)
+
+
+class _FileLock:
+    def __init__(self, path: Path, timeout: float) -> None:
+        self.path, self.timeout, self.fd = path, timeout, -1
+
+    def __enter__(self) -> "_FileLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                if time.monotonic() >= deadline:
+                    os.close(self.fd)
+                    self.fd = -1
+                    raise LockTimeout(os.fspath(self.path), self.timeout) from None
+                time.sleep(0.05)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def write_atomic(path: "os.PathLike[str] | str", text: str, mode: int = 0o644) -> None:
+    """Write ``text`` to ``path`` so that readers see the old or the new content, never a part."""
+    p = os.fspath(path)
+    tmp = f"{p}.tmp.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def desired_assignments(desired: Any) -> Tuple[Assignment, ...]:
+    """Assignments the desired state makes: its instances with a ``profile``, with their placement tenant."""
+    out = []
+    for d in getattr(desired, "instances", ()):
+        if getattr(d, "profile", None):
+            tenant = d.placement.tenant if d.placement is not None else None
+            out.append(Assignment(d.uuid, d.profile, tenant))
+    return tuple(out)
+
+
+def check_desired_limits(profiles: Profiles, desired: Any) -> None:
+    """``ConfigError`` at the first desired instance that takes a tenant past its profile limit."""
+    held: Dict[Tuple[str, Optional[str]], int] = {}
+    for d in desired.instances:
+        if not d.profile:
+            continue
+        p = profiles.find(d.profile)
+        if p is None or not p.limited:
+            continue
+        tenant = d.placement.tenant if d.placement is not None else None
+        key = f"instances.{d.name}"
+        if tenant is None:
+            raise ConfigError(d.mark.path, f"profile {p.name} is limited per tenant: give placement.tenant",
+                              line=d.line_of("profile"), key=f"{key}.placement.tenant")
+        limit = p.limit_for(tenant)
+        held[(p.name, tenant)] = held.get((p.name, tenant), 0) + 1
+        if limit is not None and held[(p.name, tenant)] > limit:
+            raise ConfigError(
+                d.mark.path,
+                f"tenant {tenant} would hold {held[(p.name, tenant)]} vGPUs of profile {p.name}, "
+                f"which allows {limit} ({profiles.where(p)})",
+                line=d.line_of("profile"), key=f"{key}.profile",
+            )
+
+
+__all__ = [
+    "Assignment",
+    "AssignmentStore",
+    "Profile",
+    "ProfileLimit",
+    "Profiles",
+    "SchedulerShare",
+    "UnknownProfile",
+    "check_desired_limits",
+    "check_limit",
+    "load_profiles",
+    "parse_profiles",
+    "profile_request",
+    "profiles_path",
+    "write_atomic",
+]
