@@ -156,6 +156,38 @@ class NoPlacement(NoCapacity):
         self.parent = None
 
 
+class UnknownProfile(NotFound):
+    """``--profile`` names no profile of ``profiles.yaml``."""
+
+    kind = "unknown-profile"
+
+    def __init__(self, name: str, path: Optional[str], known: Sequence[str] = ()) -> None:
+        where = path or "the configuration (no profiles.yaml)"
+        hint = f"; defined: {', '.join(known)}" if known else ""
+        super().__init__(f"no service profile {name!r} in {where}{hint} (see 'vgpuctl profiles')")
+        self.name = name
+        self.path = path
+        self.known = tuple(known)
+
+
+class ProfileLimit(NoCapacity):
+    """The tenant already holds as many vGPUs of the profile as its limit allows."""
+
+    kind = "profile-limit"
+
+    def __init__(self, profile: str, tenant: str, held: int, limit: int, where: str = "") -> None:
+        at = f" ({where})" if where else ""
+        NoCapacity.__init__(self, profile, "-")
+        self.message = (
+            f"tenant {tenant} already holds {held} of at most {limit} vGPUs of profile {profile}{at}; "
+            "destroy one of them first, or raise the limit"
+        )
+        self.profile = profile
+        self.tenant = tenant
+        self.held = held
+        self.limit = limit
+
+
 # --- conflicts with what exists (5) --------------------------------------------------------------------------------
 class AlreadyExists(VgpuctlError):
     exit_code = 5

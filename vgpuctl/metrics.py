@@ -31,7 +31,6 @@ The two ``vgpuctl_vgpu_*`` series exist only where NVML answers (an NVIDIA vGPU 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field

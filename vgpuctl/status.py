@@ -17,7 +17,7 @@ profile: the host's fragmentation, what ``vgpuctl defrag --plan`` can win back.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .model import Inventory, VgpuType
 from .placement import GpuKind, GpuState, Usage, gpu_states, headroom, rule_for

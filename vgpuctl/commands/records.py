@@ -1,7 +1,7 @@
 """Flat JSON records (one per parent, type or instance) and the table columns that show them."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from ..model import Instance, Inventory, Parent, VgpuType
 from ._common import record
