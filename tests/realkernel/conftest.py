@@ -26,7 +26,9 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason=SKIP_REASON))
     # Tests that need libvirtd run last: once the (session-wide) daemon is up, its udev-driven node-device
     # handling of every mdev event costs guest CPU that the raw-sysfs tests need not pay.
-    items.sort(key=lambda item: "libvirtd" in getattr(item, "fixturenames", ()))
+    def libvirt_last(item):
+        return HERE in Path(str(item.path)).resolve().parents and "libvirtd" in getattr(item, "fixturenames", ())
+    items.sort(key=libvirt_last)
 
 
 @pytest.fixture(autouse=True)

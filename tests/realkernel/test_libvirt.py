@@ -59,7 +59,8 @@ def test_remove_of_a_held_mdev_blocks_until_the_domain_is_destroyed(running_doma
     try:
         time.sleep(3)
         assert writer.poll() is None, "remove on a held mdev returned instead of blocking"
-        assert g.process_state(writer.pid) == "S"  # interruptible wait in vfio_unregister_group_dev
+        # interruptible wait in vfio_unregister_group_dev
+        g.wait_until(lambda: g.process_state(writer.pid) == "S", 5, what="the writer to sleep interruptibly")
         # Half removed while blocked: gone from the mdev bus and from its type's devices/, but the device directory
         # stays (iommu_group, vfio-dev only), QEMU still holds the group, and the capacity is not returned yet.
         assert not g.mdev_exists(uuid)
@@ -72,6 +73,7 @@ def test_remove_of_a_held_mdev_blocks_until_the_domain_is_destroyed(running_doma
         assert g.sysfs_write(g.type_dir("mtty", "mtty-1") / "create", uuid) == errno.EEXIST
         # a signal does not free the writer: SIGKILL turns the wait uninterruptible until the device is released
         writer.send_signal(signal.SIGKILL)
+        g.wait_until(lambda: g.process_state(writer.pid) == "D", 5, what="the killed writer to sleep uninterruptibly")
         time.sleep(1)
         assert writer.poll() is None, "SIGKILL ended a writer blocked in remove"
         assert g.process_state(writer.pid) == "D"
