@@ -26,10 +26,10 @@ from typing import Any, Callable, ContextManager, Dict, Optional, Protocol, Sequ
 from .errors import AlreadyExists, LibvirtConnectError, LibvirtUnavailable, VgpuctlError
 from .hook import HookRecords
 from .lifecycle import Lifecycle
-from .model import Inventory
+from .model import BackendKind, Inventory
 from .plan import Action, Attachments, Op, PlacementFailure, Placer, Plan, destroy_candidates, plan
 from .spec import DesiredInstance, DesiredState, PlacementRequest, load
-from .state import HostLock, Intent, State
+from .state import ORIGIN_APPLY, HostLock, Intent, State
 
 log = logging.getLogger("vgpuctl.apply")
 
@@ -176,7 +176,10 @@ class Reconciler:
                     failed.add(action.uuid)
                 steps.append(step)
                 on_step(step)
-            if steps:
+            # what the desired state declares is apply's to manage from now on (export, then apply, adopts devices)
+            claimed = state.claim(d.uuid for d in desired.instances)
+            if steps or claimed != state:
+                state = claimed
                 self.store.save(state)  # the last step's outcome (earlier ones went out with the next intent)
             after = self.observe(desired, state=state)
         return ApplyResult(before, tuple(steps), after, interrupted)
@@ -187,7 +190,8 @@ class Reconciler:
         existing = inv.instance(a.uuid)
         parent = inv.parent(a.parent or "")
         backend = str(existing.backend if existing else parent.backend if parent else "mdev")
-        intent = Intent("create" if a.op is Op.CREATE else "remove", a.uuid, a.parent or "", a.type_id, backend)
+        intent = Intent("create" if a.op is Op.CREATE else "remove", a.uuid, a.parent or "", a.type_id, backend,
+                        ORIGIN_APPLY)
         journalled = state.with_intent(intent)
         self.store.save(journalled)
         try:
@@ -226,7 +230,7 @@ class Reconciler:
         self, journalled: State, intent: Intent, a: Action, old: State, error: VgpuctlError
     ) -> State:
         """After a refused step: look at the host, not only at the error, to know whether the device exists."""
-        exists = os.path.lexists(self.host.paths.mdev_devices / a.uuid)
+        exists = self.host.exists(a.uuid, BackendKind(intent.backend))
         if a.op is Op.CREATE and (not exists or isinstance(error, AlreadyExists)):
             state = old  # nothing was made by us (or someone else made that uuid meanwhile): forget the intent
         else:

@@ -33,6 +33,7 @@ from typing import Any, Callable, List, Optional, Sequence, TextIO
 from .errors import HookError, VgpuctlError
 from .model import BackendKind, canonical_uuid
 from .paths import HostPaths
+from .state import ORIGIN_HOOK
 from .virt import DomainXml, ManagedVgpu, parse_domain
 
 SCHEMA = "vgpuctl.hook/v1"
@@ -139,7 +140,7 @@ class Hook:
             for m in on_demand(dx):
                 if inv.instance(m.uuid) is not None:
                     continue
-                self.lc.create(parent=m.parent, type_id=m.type_id, uuid=m.uuid)
+                self.lc.create(parent=m.parent, type_id=m.type_id, uuid=m.uuid, origin=ORIGIN_HOOK)
                 made.append(m.uuid)
                 self.log(call, f"created {m.uuid} ({m.type_id} on {m.parent})")
         except BaseException:

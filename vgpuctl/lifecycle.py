@@ -24,7 +24,7 @@ from .errors import (
 )
 from .host import Host, TypeScope
 from .model import BackendKind, Instance, Inventory, Parent, VgpuType, canonical_instance_id, canonical_parent_name
-from .state import HostLock, Intent, State, StateStore
+from .state import ORIGIN_CREATE, HostLock, Intent, State, StateStore
 
 
 class UsageCheck(Protocol):
@@ -87,6 +87,7 @@ class Lifecycle:
         type_id: str,
         uuid: Optional[str] = None,
         placer: Optional[Callable[[Inventory], str]] = None,
+        origin: str = ORIGIN_CREATE,
     ) -> Instance:
         """Create one instance on ``parent``; without one, ``placer`` chooses it from the inventory read under the
         lock (``vgpuctl.placement``), so the choice and the create see the same host."""
@@ -117,7 +118,7 @@ class Lifecycle:
             who = self.host.busy(pname, inv)  # an NVIDIA VF open by a VM must not get a vGPU
             if who:
                 raise DeviceInUse(pname, who)
-            intent = Intent("create", want, pname, vtype.type_id, str(kind))
+            intent = Intent("create", want, pname, vtype.type_id, str(kind), origin)
             self.store.save(state.with_intent(intent))
             try:
                 inst = self.host.create(parent=pname, type_id=vtype.type_id, uuid=want, inventory=inv)

@@ -24,7 +24,7 @@ from typing import Callable, Collection, Dict, FrozenSet, List, Mapping, Optiona
 
 from .model import Instance, Inventory
 from .spec import AttachMode, DesiredInstance, DesiredState, desired_type, host_parent
-from .state import State
+from .state import ORIGIN_APPLY, State
 
 
 class Op(str, Enum):
@@ -174,6 +174,17 @@ def _matches(inst: Instance, d: DesiredInstance, inventory: Inventory) -> bool:
     return desired_type(inventory, inst.parent, d) == inst.type_id
 
 
+def _manages(inst: Instance, d: Optional[DesiredInstance], state: State, on_demand: Collection[str]) -> bool:
+    """Whether the desired state may destroy or re-type ``inst``: only a device vgpuctl owns, and, where the desired
+    state does not declare it, only one that apply itself made (not one from ``vgpuctl create`` or the hook)."""
+    owned = state.owned.get(inst.uuid)
+    if owned is None:
+        return False
+    if d is not None:
+        return True  # declared: the desired state says what it must be
+    return owned.origin == ORIGIN_APPLY and inst.uuid not in on_demand
+
+
 def destroy_candidates(
     inventory: Inventory, state: State, desired: DesiredState, on_demand: Collection[str] = ()
 ) -> Tuple[Instance, ...]:
@@ -181,9 +192,9 @@ def destroy_candidates(
     want = desired.by_uuid()
     out = []
     for inst in inventory.instances:
-        if inst.uuid not in state.owned or (inst.uuid in on_demand and inst.uuid not in want):
-            continue
         d = want.get(inst.uuid)
+        if not _manages(inst, d, state, on_demand):
+            continue
         if d is None or not _matches(inst, d, inventory):
             out.append(inst)
     return tuple(out)
@@ -215,11 +226,9 @@ def plan(
 
     # 1. owned instances that are not wanted, or not as they are: destroy unless in use
     for inst in inventory.instances:
-        if inst.uuid not in state.owned:
-            continue
         d = want.get(inst.uuid)
-        if d is None and inst.uuid in on_demand:
-            continue  # the hook's, for as long as its domain runs
+        if not _manages(inst, d, state, on_demand):
+            continue
         if d is not None and _matches(inst, d, inventory):
             continue
         why = "not in the desired state" if d is None else "desired with another type or parent"

@@ -26,6 +26,14 @@ from .paths import HostPaths
 SCHEMA = "vgpuctl.state/v1"
 LIBVIRT_OPS = ("attach", "detach")  #: intents that change a domain, not a device
 
+#: Who made (or claimed) an owned device.  ``apply`` (the desired state and its service) destroys only devices of
+#: origin ``apply``: a device made by ``vgpuctl create``/``attach`` or by the libvirt hook is never removed because a
+#: desired-state file does not list it.  ``apply`` claims a device that its desired state declares.
+ORIGIN_CREATE = "create"
+ORIGIN_APPLY = "apply"
+ORIGIN_HOOK = "hook"
+ORIGINS = (ORIGIN_CREATE, ORIGIN_APPLY, ORIGIN_HOOK)
+
 
 @dataclass(frozen=True)
 class Owned:
@@ -34,6 +42,7 @@ class Owned:
     type_id: str
     backend: str = "mdev"
     created_at: float = 0.0
+    origin: str = ORIGIN_CREATE
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,7 @@ class Intent:
     parent: str
     type_id: str
     backend: str = "mdev"
+    origin: str = ORIGIN_CREATE  #: the origin a create records
 
 
 @dataclass(frozen=True)
@@ -64,11 +74,22 @@ class State:
         elif exists:
             prev = owned.get(intent.uuid)
             owned[intent.uuid] = prev or Owned(
-                intent.uuid, intent.parent, intent.type_id, intent.backend, now if now is not None else time.time()
+                intent.uuid, intent.parent, intent.type_id, intent.backend, now if now is not None else time.time(),
+                intent.origin,
             )
         else:
             owned.pop(intent.uuid, None)
         return State(owned=owned, pending=tuple(p for p in self.pending if p != intent))
+
+    def claim(self, uuids: Iterable[str], origin: str = ORIGIN_APPLY) -> "State":
+        """The state with the owned devices among ``uuids`` recorded as of ``origin`` (apply adopting what its
+        desired state declares)."""
+        owned = dict(self.owned)
+        for u in uuids:
+            o = owned.get(u)
+            if o is not None and o.origin != origin:
+                owned[u] = replace(o, origin=origin)
+        return replace(self, owned=owned)
 
     def recover(self, existing: Iterable[str]) -> "State":
         """Settle every intent a crashed run left, against the uuids that exist on the host now."""
@@ -111,6 +132,9 @@ class StateStore:
                 raise ValueError(f"schema is not {SCHEMA}")
             owned = {o["uuid"]: Owned(**o) for o in doc["owned"]}
             pending = tuple(Intent(**p) for p in doc["pending"])
+            bad = [x.origin for x in list(owned.values()) + list(pending) if x.origin not in ORIGINS]
+            if bad:
+                raise ValueError(f"unknown origin {bad[0]!r}")
         except (ValueError, KeyError, TypeError) as e:
             raise StateError(
                 path, f"is corrupt ({e}); move it aside and run 'vgpuctl export' or re-adopt devices with --foreign"

@@ -5,7 +5,7 @@ from typing import Iterable, Optional, Sequence, Tuple
 
 from vgpuctl.model import Instance, Parent, VgpuType, sorted_inventory
 from vgpuctl.spec import DesiredInstance, DesiredState, Mark, derive_uuid
-from vgpuctl.state import Owned, State
+from vgpuctl.state import ORIGIN_APPLY, Owned, State
 
 PARENTS = {"mtty": ("mtty-1", "mtty-2"), "0000:3b:00.0": ("nvidia-230", "nvidia-231")}
 NAMES = {"mtty-1": "Single port serial", "mtty-2": "Dual port serial", "nvidia-230": "GRID T4-1Q",
@@ -19,8 +19,9 @@ def inventory(instances: Iterable[Tuple[str, str, str]] = (), parents: Sequence[
     return sorted_inventory(ps, ts, insts)
 
 
-def state(owned: Iterable[Tuple[str, str, str]] = ()) -> State:
-    return State(owned={u: Owned(u, p, t) for u, p, t in owned})
+def state(owned: Iterable[Tuple[str, str, str]] = (), origin: str = ORIGIN_APPLY) -> State:
+    """Ownership records as ``apply`` leaves them (``origin``: who made the devices)."""
+    return State(owned={u: Owned(u, p, t, origin=origin) for u, p, t in owned})
 
 
 def want(name: str, type_: str, parent: Optional[str] = "mtty", uuid: Optional[str] = None,

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from vgpuctl.plan import Block, DomainAttachment, Op, PlacementFailure, plan
 from vgpuctl.spec import AttachMode
-from vgpuctl.state import Owned, State
+from vgpuctl.state import ORIGIN_APPLY, ORIGIN_CREATE, ORIGIN_HOOK, ORIGINS, Owned, State
 
 from helpers import PARENTS, desired, inventory, state, want
 
@@ -156,7 +156,8 @@ def worlds(draw):
         t = draw(st.sampled_from(PARENTS.get(parent, ("mtty-1",)) + ("T4-1Q", "Dual port serial")))
         wanted.append(want(f"i{n}", t, parent=parent, uuid=u))
     inv = inventory([(u, p, t) for u, (p, t) in existing.items()])
-    st_ = State(owned={u: Owned(u, *existing.get(u, ("mtty", "mtty-1"))) for u in owned | set(stale)})
+    st_ = State(owned={u: Owned(u, *existing.get(u, ("mtty", "mtty-1")), origin=draw(st.sampled_from(ORIGINS)))
+                       for u in sorted(owned | set(stale))})
     return inv, st_, desired(*wanted), {u: ["pid 1 (qemu)"] for u in used}
 
 
@@ -171,7 +172,7 @@ def simulate(inv: Inventory, st_: State, p) -> "tuple[Inventory, State]":
         elif a.op is Op.CREATE:
             assert a.uuid not in insts
             insts[a.uuid] = Instance(a.uuid, a.parent, a.type_id)
-            owned[a.uuid] = Owned(a.uuid, a.parent, a.type_id)
+            owned[a.uuid] = Owned(a.uuid, a.parent, a.type_id, origin=ORIGIN_APPLY)
     return sorted_inventory(inv.parents, inv.types, insts.values()), State(owned=owned)
 
 
@@ -197,6 +198,20 @@ def test_foreign_and_in_use_never_destroyed(world):
             assert a.uuid in st_.owned
             if a.uuid in users:
                 assert a.block is Block.IN_USE
+            if a.uuid not in d.by_uuid():  # undeclared: only what apply itself made
+                assert st_.owned[a.uuid].origin == ORIGIN_APPLY
+
+
+def test_devices_from_create_or_the_hook_are_not_the_desired_states_to_destroy():
+    inv = inventory([(U1, "mtty", "mtty-1")])
+    for origin in (ORIGIN_CREATE, ORIGIN_HOOK):
+        assert plan(inv, state([(U1, "mtty", "mtty-1")], origin=origin), desired()).empty
+    assert ops(plan(inv, state([(U1, "mtty", "mtty-1")], origin=ORIGIN_APPLY), desired())) == [
+        ("destroy", U1, "mtty", "mtty-1", None)]
+    # declared with another type: the desired state claims that uuid, whoever made it
+    d = desired(want("a", "mtty-2", uuid=U1))
+    assert [a.op for a in plan(inv, state([(U1, "mtty", "mtty-1")], origin=ORIGIN_CREATE), d).actions] == [
+        Op.DESTROY, Op.CREATE]
 
 
 def test_what_the_hook_made_is_left_to_the_hook_unless_declared():
