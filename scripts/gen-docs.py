@@ -19,7 +19,8 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
 def help_text(cmd: click.Command, name: str, parent: "click.Context | None" = None) -> str:
-    ctx = click.Context(cmd, info_name=name, parent=parent, terminal_width=100, max_content_width=100)
+    settings = dict(cmd.context_settings)
+    ctx = click.Context(cmd, info_name=name, parent=parent, terminal_width=100, max_content_width=100, **settings)
     return cmd.get_help(ctx)
 
 
@@ -40,7 +41,7 @@ def cli_md() -> str:
         help_text(cli, "vgpuctl"),
         "```",
     ]
-    root = click.Context(cli, info_name="vgpuctl")
+    root = click.Context(cli, info_name="vgpuctl", **cli.context_settings)
     for name in sorted(COMMANDS):
         cmd = cli.get_command(root, name)
         out += ["", f"## vgpuctl {name}", "", "```", help_text(cmd, name, root), "```"]
@@ -67,7 +68,7 @@ def envvar(command: str, param: str) -> str:
 
 def command_md(name: str) -> str:
     """One page per command: its help, its environment variables, and the shell completion note."""
-    root = click.Context(cli, info_name="vgpuctl")
+    root = click.Context(cli, info_name="vgpuctl", **cli.context_settings)
     cmd = cli.get_command(root, name)
     env = [
         f"- `{max(p.opts, key=len)}`: `{p.envvar if isinstance(p.envvar, str) else envvar(name, p.name)}`"
