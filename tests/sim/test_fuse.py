@@ -92,7 +92,7 @@ def test_create_and_remove_through_the_filesystem(sim_factory):
     group = sim.group_of(U1)
     assert os.path.realpath(mdev / "iommu_group") == str(sim.sys / "kernel/iommu_groups" / str(group))
     assert (sim.paths.dev_vfio / str(group)).is_file()
-    assert (mdev / "uevent").read_text() == "DRIVER=nvidia-vgpu-vfio\nMDEV_TYPE=nvidia-231\n"
+    assert (mdev / "uevent").read_text() == "DRIVER=nvidia-vgpu-vfio\n"  # 6.1: no MDEV_TYPE (real-kernel stage)
     sim.remove(U1, "0")
     assert sim.instances() == [U1]
     assert errno_of(sim.remove, U1, "please") == errno.EINVAL
@@ -203,6 +203,11 @@ def test_remove_returns_when_holder_lets_go_and_others_go_on_meanwhile(sim_facto
         time.sleep(0.01)
     assert not (sim.paths.mdev_devices / U1).exists()  # its bus link and remove are gone meanwhile
     assert not done and th.is_alive()  # blocked
+    # half removed, as the real 6.1 kernel shows it (tests/realkernel/test_libvirt.py): off its type's list, only
+    # the IOMMU group and vfio-dev left, its slot still taken and its uuid still in use
+    assert not (sim.type_dir("mtty", "mtty-1") / "devices" / U1).exists()
+    assert sorted(os.listdir(sim.parent_dir("mtty") / U1)) == ["iommu_group", "vfio-dev"]
+    assert errno_of(sim.create, "mtty", "mtty-1", U1) == errno.EEXIST
     sim.create("mtty", "mtty-2", U2)  # the simulator is not stuck
     assert sim.available("mtty", "mtty-1") == 21
     th.join(5)
@@ -287,7 +292,7 @@ def test_stop_cleans_up_after_a_crashed_daemon(tmp_path):
         deadline = time.monotonic() + 5
         while pid_alive(sim.pid) and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert errno_of(os.listdir, sim.sys) == errno.ENOTCONN
+        assert errno_of(os.listdir, sim.sys) in (errno.ENOTCONN, errno.ECONNABORTED)  # the kernel says either
         assert is_mounted(sim.sys)
     finally:
         sim.stop()

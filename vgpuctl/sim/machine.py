@@ -608,18 +608,22 @@ def render(m: Machine) -> Tree:
             b.mkdir(f"{tdir}/devices")
         for inst in by_parent.get(fn.name, []):
             idir = f"{base}/{inst.uuid}"
+            b.link(f"{idir}/iommu_group", f"/kernel/iommu_groups/{inst.group}")
+            b.link(f"/kernel/iommu_groups/{inst.group}/devices/{inst.uuid}", idir)
+            b.mkdir(f"{idir}/vfio-dev")
+            if inst.removing:
+                # as measured on 6.1 while a remove waits for the device's user: the device is unbound and off the
+                # bus and its type's list, and keeps only its IOMMU group and vfio-dev (its slot is not freed yet)
+                continue
             b.link(f"{base}/mdev_supported_types/{inst.type_id}/devices/{inst.uuid}", idir)
             b.link(f"{idir}/mdev_type", f"{base}/mdev_supported_types/{inst.type_id}")
             b.link(f"{idir}/driver", f"/bus/mdev/drivers/{md.mdev_driver}")
             b.link(f"{idir}/subsystem", "/bus/mdev")
-            b.link(f"{idir}/iommu_group", f"/kernel/iommu_groups/{inst.group}")
-            b.file(f"{idir}/uevent", f"DRIVER={md.mdev_driver}\nMDEV_TYPE={inst.type_id}\n", RW)
+            b.file(f"{idir}/uevent", f"DRIVER={md.mdev_driver}\n", RW)  # 6.1 puts no MDEV_TYPE in it
             b.mkdir(f"{idir}/power")
-            b.link(f"/kernel/iommu_groups/{inst.group}/devices/{inst.uuid}", idir)
             b.link(f"/bus/mdev/drivers/{md.mdev_driver}/{inst.uuid}", idir)
-            if not inst.removing:
-                b.file(f"{idir}/remove", "", WO, ("remove", inst.uuid))
-                b.link(f"/bus/mdev/devices/{inst.uuid}", idir)
+            b.file(f"{idir}/remove", "", WO, ("remove", inst.uuid))
+            b.link(f"/bus/mdev/devices/{inst.uuid}", idir)
     _render_control(b, m)
     return b.tree()
 
