@@ -40,6 +40,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from .configfile import compose_yaml, read_config
 from .errors import ConfigError
 from .model import PCI_VENDORS, VgpuType, canonical_parent_name
 
@@ -178,31 +179,12 @@ def policy_path(config_dir: "os.PathLike[str] | str") -> Path:
 
 def load_policy(path: "os.PathLike[str] | str", *, missing_ok: bool = True) -> Policy:
     """The policy in ``path``; the built-in default (pack, everything allowed) if there is none and ``missing_ok``."""
-    p = os.fspath(path)
-    try:
-        with open(p, "rb") as f:
-            text = f.read().decode("utf-8")
-    except FileNotFoundError:
-        if missing_ok:
-            return Policy()
-        raise ConfigError(p, "no such file") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(p, f"not UTF-8 text ({e.reason})") from None
-    except OSError as e:
-        raise ConfigError(p, f"cannot read: {e.strerror}") from None
-    return parse_policy(text, path=p)
+    text = read_config(path, missing_ok=missing_ok)
+    return Policy() if text is None else parse_policy(text, path=os.fspath(path))
 
 
 def parse_policy(text: str, *, path: str = "<policy>") -> Policy:
-    import yaml  # only here: vgpuctl's other commands never pay for it
-
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        raise ConfigError(path, f"not valid YAML: {e.problem or e.context}", line=mark.line + 1 if mark else None) from None
-    except yaml.YAMLError as e:
-        raise ConfigError(path, f"not valid YAML: {e}") from None
+    yaml, root = compose_yaml(text, path)
     if root is None:
         raise ConfigError(path, "empty file: it needs at least 'version: 1'", line=1)
     return _Parser(path, yaml).policy(root)

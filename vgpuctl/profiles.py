@@ -39,6 +39,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
+from .configfile import compose_yaml, read_config
 from .errors import ConfigError, InvalidInput, LockTimeout, ProfileLimit, UnknownProfile
 from .model import Inventory, VgpuType
 from .policy import SERIES, _Parser as _PolicyParser, type_matches
@@ -143,31 +144,12 @@ def profiles_path(config_dir: "os.PathLike[str] | str") -> Path:
 
 
 def load_profiles(path: "os.PathLike[str] | str", *, missing_ok: bool = True) -> Profiles:
-    p = os.fspath(path)
-    try:
-        with open(p, "rb") as f:
-            text = f.read().decode("utf-8")
-    except FileNotFoundError:
-        if missing_ok:
-            return Profiles()
-        raise ConfigError(p, "no such file") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(p, f"not UTF-8 text ({e.reason})") from None
-    except OSError as e:
-        raise ConfigError(p, f"cannot read: {e.strerror}") from None
-    return parse_profiles(text, path=p)
+    text = read_config(path, missing_ok=missing_ok)
+    return Profiles() if text is None else parse_profiles(text, path=os.fspath(path))
 
 
 def parse_profiles(text: str, *, path: str = "<profiles>") -> Profiles:
-    import yaml  # only here: commands that use no profile never pay for it
-
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        raise ConfigError(path, f"not valid YAML: {e.problem or e.context}", line=mark.line + 1 if mark else None) from None
-    except yaml.YAMLError as e:
-        raise ConfigError(path, f"not valid YAML: {e}") from None
+    yaml, root = compose_yaml(text, path)
     if root is None:
         raise ConfigError(path, "empty file: it needs at least 'version: 1'", line=1)
     return _Parser(path, yaml).document(root)

@@ -31,6 +31,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from .configfile import compose_yaml, read_config
 from .errors import ConfigError, UnknownType
 from .model import Inventory, canonical_parent_name, canonical_uuid
 
@@ -124,13 +125,8 @@ def load(config_dir: "os.PathLike[str] | str") -> DesiredState:
     parsed: List[DesiredInstance] = []
     paths = spec_files(config_dir)
     for p in paths:
-        try:
-            text = p.read_text()
-        except OSError as e:
-            raise ConfigError(os.fspath(p), f"cannot read: {e.strerror}") from None
-        except UnicodeDecodeError:
-            raise ConfigError(os.fspath(p), "is not UTF-8 text") from None
-        parsed += parse(text, path=os.fspath(p)).instances
+        text = read_config(p, missing_ok=False)
+        parsed += parse(text or "", path=os.fspath(p)).instances
     if any(d.profile for d in parsed):
         parsed = bind_profiles(parsed, config_dir)
     return merge(parsed, files=tuple(os.fspath(p) for p in paths))
@@ -180,15 +176,7 @@ def merge(instances: Sequence[DesiredInstance], *, files: Tuple[str, ...] = ()) 
 
 def parse(text: str, *, path: str = "<spec>") -> DesiredState:
     """Parse one desired-state document (no merging, no host checks)."""
-    import yaml  # lazily: only commands that read the desired state pay for PyYAML
-
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise ConfigError(
-            path, f"is not valid YAML: {getattr(e, 'problem', None) or e}", line=mark.line + 1 if mark else None
-        ) from None
+    yaml, root = compose_yaml(text, path)
     return _Parser(path, yaml).document(root)
 
 
