@@ -1,7 +1,6 @@
 """Fixtures for the Ansible collection tests: real ansible-playbook against localhost and the simulated host."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -24,26 +23,15 @@ def ansible_missing():
     return None
 
 
-def fuse_usable():
-    try:
-        import mfusepy  # noqa: F401
-    except (ImportError, OSError):
-        return False
-    return os.geteuid() == 0 and os.path.exists("/dev/fuse") and shutil.which("fusermount3") is not None
-
-
 def pytest_configure(config):
     config.addinivalue_line("markers", "ansible: runs ansible-playbook / ansible-doc from ansible-core")
 
 
 def pytest_collection_modifyitems(config, items):
     missing = ansible_missing()
-    no_fuse = not fuse_usable()
     for item in items:
         if "ansible" in item.keywords and missing:
             item.add_marker(pytest.mark.skip(reason=missing))
-        elif "sim" in item.keywords and no_fuse:
-            item.add_marker(pytest.mark.skip(reason="needs root, /dev/fuse, fusermount3 and mfusepy (libfuse3)"))
 
 
 def ansible_env(tmp_path):

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import os
-import shutil
+from simhost import FUSE_SKIP_REASON, fuse_usable
 from pathlib import Path
 
 import pytest
@@ -32,14 +32,6 @@ U_FREE = "aaaaaaaa-0000-4000-8000-000000000003"  # nobody references it
 ODD_NAME = "we'b\"<1>&"
 
 
-def fuse_usable() -> bool:
-    try:
-        import mfusepy  # noqa: F401
-    except (ImportError, OSError):
-        return False
-    return os.geteuid() == 0 and os.path.exists("/dev/fuse") and shutil.which("fusermount3") is not None
-
-
 @pytest.fixture
 def uri() -> str:
     return "test://" + str(DRIVER_FILE)
@@ -56,7 +48,7 @@ def virt(uri):
 @pytest.fixture
 def sim(tmp_path):
     if not fuse_usable():
-        pytest.skip("needs root, /dev/fuse, fusermount3 and mfusepy (libfuse3) for the simulated host")
+        pytest.skip(FUSE_SKIP_REASON)
     from vgpuctl.lifecycle import Lifecycle
     from vgpuctl.host import Host
     from vgpuctl.sim import SimHost
