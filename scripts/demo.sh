@@ -7,11 +7,13 @@ scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 
 ROOT=$(mktemp -d /tmp/vgpuctl-demo.XXXXXX)
-export VGPUCTL_ROOT="$ROOT" VGPUCTL_LIBVIRT_URI=none
+# the simulated host has no libvirtd and no NVIDIA driver user space (NVML): tell vgpuctl not to look for them
+export VGPUCTL_ROOT="$ROOT" VGPUCTL_LIBVIRT_URI=none VGPUCTL_NVML=off
 cleanup() { vgpuctl-sim stop "$ROOT" >/dev/null 2>&1 || true; rm -rf "$ROOT"; }
 trap cleanup EXIT
 
-step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
+if [ -t 1 ]; then B=$'\033[1m' N=$'\033[0m'; else B= N=; fi
+step() { printf '\n%s$ %s%s\n' "$B" "$*" "$N"; }
 run() { step "$@"; "$@"; }
 
 run vgpuctl-sim start t4x2 "$ROOT"

@@ -14,7 +14,7 @@ import re
 from typing import Dict, Optional, Tuple
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
-_SERIES_RE = re.compile(r"-\d+([QBAC])$")
+_SERIES_RE = re.compile(r"-\d+([QBAC])\d*$")  # T4-2Q, H200X-1-18C, and the 4-head T4-2B4
 _NV_PAIR_RE = re.compile(r"^\s*([a-z_]+)\s*=\s*(\S.*?)\s*$")
 _GVT_LINE_RE = re.compile(r"^\s*([a-z_]+)\s*:\s*(\S.*?)\s*$")
 _UNIT_MIB = {"": 1.0 / (1024 * 1024), "K": 1.0 / 1024, "M": 1.0, "G": 1024.0, "T": 1024.0 * 1024}

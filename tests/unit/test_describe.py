@@ -37,5 +37,6 @@ def test_sizes_and_series():
     assert size_mib("lots") is None
     assert series_of("NVIDIA H200X-1-18C") == "C"
     assert series_of("NVIDIA A16-4B") == "B"
+    assert series_of("GRID T4-2B4") == "B"
     assert series_of("mtty-1") is None
     assert series_of(None) is None
