@@ -122,8 +122,14 @@ def spec_files(config_dir: "os.PathLike[str] | str") -> List[Path]:
 
 def load(config_dir: "os.PathLike[str] | str") -> DesiredState:
     """Read and merge every desired-state file; no file at all is an empty desired state."""
+    return load_files(spec_files(config_dir), config_dir)
+
+
+def load_files(paths: "Sequence[os.PathLike[str] | str]", config_dir: "os.PathLike[str] | str") -> DesiredState:
+    """Read and merge the desired-state files ``paths`` in the order given (``vgpuctl plan --config FILE``), with
+    the same strict parsing as ``load``; ``profile:`` names are bound to ``config_dir``'s ``profiles.yaml``.  A
+    missing file is a ``ConfigError``; no file at all is an empty desired state."""
     parsed: List[DesiredInstance] = []
-    paths = spec_files(config_dir)
     for p in paths:
         text = read_config(p, missing_ok=False)
         parsed += parse(text or "", path=os.fspath(p)).instances
