@@ -47,6 +47,23 @@ def _attachments(s: Any, lifecycle: Any) -> Any:
     return attachments_provider(s.connect, lifecycle)
 
 
+def config_option(f: Any) -> Any:
+    return click.option(
+        "--config", "configs", multiple=True, type=click.Path(dir_okay=False), metavar="FILE",
+        help="Read the desired state from FILE instead of the config dir's vgpuctl.yaml and conf.d/*.yaml; "
+        "repeat to merge several, in the order given (profiles.yaml and policy.yaml still come from the config dir).",
+    )(f)
+
+
+def desired_state(s: Any, rec: Any, configs: Sequence[str]) -> Any:
+    """The desired state: the ``--config`` files in the order given, else the config dir's files."""
+    if not configs:
+        return rec.desired()
+    from ..spec import load_files
+
+    return load_files(configs, s.paths.config_dir)
+
+
 # --- records ------------------------------------------------------------------------------------------------------
 def action_record(a: Action, *, outcome: Optional[str] = None, error: Optional[str] = None) -> Dict[str, Any]:
     rec = record(
@@ -86,13 +103,15 @@ def _fail_if_not_converged(p: Plan, failed: int = 0) -> None:
 
 # --- commands -----------------------------------------------------------------------------------------------------
 @click.command("plan")
+@config_option
 @json_option
-def plan_cmd(as_json: bool) -> None:
+def plan_cmd(configs: Sequence[str], as_json: bool) -> None:
     """Show what 'apply' would change to reach the desired state; change nothing."""
     from ..spec import validate
 
-    rec = build_reconciler(settings())
-    desired = rec.desired()
+    s = settings()
+    rec = build_reconciler(s)
+    desired = desired_state(s, rec, configs)
     obs = rec.observe(desired)
     validate(desired, obs.inventory)
     p = obs.plan
@@ -111,13 +130,15 @@ def plan_cmd(as_json: bool) -> None:
 
 
 @click.command()
+@config_option
 @json_option
-def apply(as_json: bool) -> None:
+def apply(configs: Sequence[str], as_json: bool) -> None:
     """Converge the host to the desired state: run the plan under the lock, then verify; exit 13 if not converged."""
     from ..spec import validate
 
-    rec = build_reconciler(settings())
-    desired = rec.desired()
+    s = settings()
+    rec = build_reconciler(s)
+    desired = desired_state(s, rec, configs)
     validate(desired, rec.host.inventory())
     result = rec.apply(desired)
     done = {id(s.action): s for s in result.steps}
@@ -144,11 +165,13 @@ def apply(as_json: bool) -> None:
 
 
 @click.command()
+@config_option
 @json_option
-def check(as_json: bool) -> None:
+def check(configs: Sequence[str], as_json: bool) -> None:
     """Exit 0 if the host matches the desired state; else list the differences and exit 13."""
-    rec = build_reconciler(settings())
-    obs = rec.observe(rec.desired())
+    s = settings()
+    rec = build_reconciler(s)
+    obs = rec.observe(desired_state(s, rec, configs))
     p = obs.plan
     if as_json:
         _emit(record(SCHEMA, command="check", changed=False, converged=p.empty,
