@@ -91,6 +91,19 @@ class Lifecycle:
     ) -> Instance:
         """Create one instance on ``parent``; without one, ``placer`` chooses it from the inventory read under the
         lock (``vgpuctl.placement``), so the choice and the create see the same host."""
+        return self.create_with_inventory(parent=parent, type_id=type_id, uuid=uuid, placer=placer, origin=origin)[0]
+
+    def create_with_inventory(
+        self,
+        *,
+        parent: Optional[str] = None,
+        type_id: str,
+        uuid: Optional[str] = None,
+        placer: Optional[Callable[[Inventory], str]] = None,
+        origin: str = ORIGIN_CREATE,
+    ) -> "tuple[Instance, Inventory]":
+        """``create``, also returning the inventory it read under the lock before creating (its parents and types
+        describe the new instance: ``vgpuctl create --json`` takes the type's name from it)."""
         requested = None
         if uuid is not None:
             requested = canonical_instance_id(uuid)
@@ -131,7 +144,7 @@ class Lifecycle:
                 self.host.remove(inst)  # cannot record ownership: undo the create rather than leak it
                 self.store.save(state)
                 raise
-            return inst
+            return inst, inv
 
     def _create_parent(self, parent: str, type_id: str, inv: Inventory) -> str:
         """The parent a create goes to: ``parent`` itself, or, where ``parent`` names a physical GPU whose SR-IOV VFs

@@ -127,6 +127,15 @@ def test_create_list_destroy_round_trip(sim):
     assert json.loads(sim.paths.state_file.read_text())["owned"] == []
 
 
+def test_create_json_is_the_list_record(sim):
+    """create --json names the type (from the inventory read under the lock), as list --json does."""
+    rec = json.loads(ok(sim, "create", "-p", T4, "-t", "T4-2Q", "--uuid", U1, "--json").stdout)
+    assert rec["type_name"] == "GRID T4-2Q"
+    (listed,) = json.loads(ok(sim, "list", "--json").stdout)
+    assert rec == listed
+    ok(sim, "destroy", U1)
+
+
 def test_uppercase_uuid_is_stored_lowercase(sim):
     p = ok(sim, "create", "-p", T4, "-t", "nvidia-231", "--uuid", U1.upper(), "--json")
     assert json.loads(p.stdout)["uuid"] == U1

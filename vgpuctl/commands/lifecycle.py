@@ -44,7 +44,7 @@ def create(
     if (type_id is None) == (profile_name is None):
         raise InvalidInput("give --type or --profile (exactly one)")
     if profile_name is not None:
-        inst = _create_profiled(s, profile_name, parent=parent, uuid=uuid, tenant=tenant, domain=domain)
+        inst, inv = _create_profiled(s, profile_name, parent=parent, uuid=uuid, tenant=tenant, domain=domain)
     else:
         assert type_id is not None
         placer = None
@@ -52,11 +52,12 @@ def create(
             from .placement import placer_for
 
             placer = placer_for(s, type_id, tenant=tenant, domain=domain, policy_file=policy_file)
-        inst = build_lifecycle(s).create(parent=parent, type_id=type_id, uuid=uuid, placer=placer)
+        inst, inv = build_lifecycle(s).create_with_inventory(parent=parent, type_id=type_id, uuid=uuid, placer=placer)
     if as_json:
         import json
 
-        click.echo(json.dumps(instance_record(inst, owned=True), indent=2))
+        # the inventory read under the lock before the create: the new instance's parent and type (its name)
+        click.echo(json.dumps(instance_record(inst, inv, owned=True), indent=2))
     else:
         click.echo(inst.uuid)
         info(f"created {inst.uuid} ({inst.type_id} on {inst.parent})")
@@ -64,22 +65,27 @@ def create(
 
 def _create_profiled(s, name: str, *, parent: Optional[str], uuid: Optional[str], tenant: Optional[str],  # type: ignore[no-untyped-def]
                      domain: Optional[str]):
-    """``create --profile``: the GPU model (so the type) is chosen now, the parent under the lifecycle lock."""
+    """``create --profile``: the GPU model (so the type) is chosen now, the parent under the lifecycle lock.
+    Returns the instance and the inventory the create read."""
     from .profiles import ProfiledCreate, load_settings_profiles, placer_for_profile, resolve
 
     ps = load_settings_profiles(s)
     profile = ps.get(name)
 
+    seen = []
+
     def make():  # type: ignore[no-untyped-def]
         pname, tid = resolve(s, profile, parent=parent, tenant=tenant, domain=domain)
         placer = None if parent is not None else placer_for_profile(s, profile, tenant=tenant, domain=domain,
                                                                      type_id=tid)
-        return build_lifecycle(s).create(parent=pname if parent is not None else None, type_id=tid, uuid=uuid,
-                                         placer=placer)
+        inst, inv = build_lifecycle(s).create_with_inventory(parent=pname if parent is not None else None,
+                                                             type_id=tid, uuid=uuid, placer=placer)
+        seen.append(inv)
+        return inst
 
     inst = ProfiledCreate(ps, profile, tenant).run(s, make)
     info(f"profile {profile.name} -> {inst.type_id}")
-    return inst
+    return inst, seen[0]
 
 
 @click.command()
