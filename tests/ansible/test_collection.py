@@ -321,7 +321,7 @@ def test_config_failures(host):
         rs = host.play(*tasks)
     for r in (rs[0], rs[2]):  # rejected before anything is written: vgpuctl's message, exit 8
         failed(r, 8, "parent %s does not offer type T4-99Q" % P1)
-        assert r["msg"].startswith(str(host.root / "etc" / "vgpuctl" / "vgpuctl.yaml"))  # the real path, not scratch
+        assert r["msg"].startswith(str(host.root / "etc" / "vgpuctl" / "vgpuctl.yaml"))  # the real path, not the temporary file
     for r in (rs[1], rs[3]):
         failed(r, 8, "3 instances of nvidia-233 pinned to %s, which holds at most 2" % P2)
     # in use: removing the drop-in would destroy a device a VM holds; check mode predicts apply's exit 13 and message

@@ -80,11 +80,10 @@ def error_line(stderr):
 class Vgpuctl(object):
     """The vgpuctl CLI as the modules see it: one method per command they use."""
 
-    def __init__(self, module, root=None):
+    def __init__(self, module):
         self.module = module
         self.path = self._find(module.params["vgpuctl_path"])
-        #: the --root to pass: the module's, or a shadow root (vgpu_config's check mode)
-        self.root = root if root is not None else module.params.get("root")
+        self.root = module.params.get("root")  #: the --root to pass
 
     def _find(self, name):
         if os.sep in name:
@@ -101,11 +100,6 @@ class Vgpuctl(object):
             msg="%s was not found on PATH nor next to %s; install vgpuctl or set vgpuctl_path" % (name, sys.executable),
             rc=127,
         )
-
-    def with_root(self, root):
-        other = Vgpuctl.__new__(Vgpuctl)
-        other.module, other.path, other.root = self.module, self.path, root
-        return other
 
     def argv(self, *args):
         p = self.module.params

@@ -53,9 +53,8 @@ attributes:
   check_mode:
     support: full
     description:
-      - Runs C(vgpuctl plan --json) against the new document without writing it (in a scratch root whose
-        C(etc/vgpuctl) holds the new file and links to the other files, and whose C(sys), C(dev), C(var), C(run)
-        link to the real ones).  The task is changed exactly when the file or the host would change, and fails
+      - Runs C(vgpuctl plan --json --config FILE ...) on the host without writing the new document - the files
+        vgpuctl will read, with a temporary copy of the new document in place of O(dest).  The task is changed exactly when the file or the host would change, and fails
         with exit code 13 when vgpuctl apply would (blocked actions - in use, type unknown, no placement, no
         libvirt; more creates of a type on a parent than it has available).
   diff_mode:
@@ -145,7 +144,6 @@ msg:
 
 import json
 import os
-import shutil
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
@@ -168,9 +166,9 @@ ARGUMENT_SPEC = dict(
 RULES = dict(
     mutually_exclusive=[("config", "src")],
 )
+#: The document planned when removing O(dest) leaves no desired-state file: vgpuctl's empty desired state.
+EMPTY = b"version: 1\n"
 HEADER = b"# Managed by Ansible (vgpuctl.vgpu.vgpu_config); vgpuctl desired state, see docs/desired-state.md\n"
-#: What of the host root vgpuctl reads besides etc/vgpuctl: sysfs, /dev/vfio, the state file, the lock directory.
-SHADOW_LINKS = ("sys", "dev", "var", "run")
 
 
 def render(config):
@@ -246,59 +244,43 @@ class ConfigTask(object):
 
     # --- plan --------------------------------------------------------------------------------------------------
     def plan(self):
-        """vgpuctl's plan for the new document: on the host itself when the file stays, else in a scratch root."""
+        """vgpuctl's plan for the new document, against the real host: C(plan --config) with the files vgpuctl will
+        read once O(dest) is written (or removed), the new document standing in a temporary file for O(dest)."""
         if not self.file_changed:
             return self.cli.run("plan")
-        shadow = tempfile.mkdtemp(prefix="vgpuctl-plan-")
+        fd, tmp = tempfile.mkstemp(prefix="vgpu_config.", suffix=".yaml")
         try:
-            self._build_shadow(shadow)
+            with os.fdopen(fd, "wb") as f:
+                f.write(self.new if self.new is not None else EMPTY)
+            files = self.files_after(tmp)
+            args = ["plan"]
+            for path in files or [tmp]:  # no file left at all: an empty desired state
+                args += ["--config", path]
             try:
-                doc = self.cli.with_root(shadow).run("plan")
+                return self.cli.run(*args)
             except VgpuctlError as e:
-                e.msg = e.msg.replace(os.path.join(shadow, "etc", "vgpuctl"), self.config_dir)
+                e.msg = e.msg.replace(tmp, self.dest)  # vgpuctl's message names the file the document goes to
                 raise
-            return self._with_holders(doc)
         finally:
-            shutil.rmtree(shadow, ignore_errors=True)
+            os.unlink(tmp)
 
-    def _build_shadow(self, shadow):
-        root = os.path.abspath(self.root)
-        for name in SHADOW_LINKS:
-            if os.path.lexists(os.path.join(root, name)):
-                os.symlink(os.path.join(root, name), os.path.join(shadow, name))
-        self._mirror(self.config_dir, os.path.join(shadow, "etc", "vgpuctl"), self.dest_rel.split(os.sep))
+    def files_after(self, new_path):
+        """The desired-state files vgpuctl reads once O(dest) is written or removed, in its merge order (the main
+        file, then conf.d/*.yaml by name), with ``new_path`` in O(dest)'s place."""
+        files = {}
+        main = os.path.join(self.config_dir, "vgpuctl.yaml")
+        if os.path.isfile(main):
+            files[main] = main
+        dropins = os.path.join(self.config_dir, "conf.d")
+        if os.path.isdir(dropins):
+            for name in os.listdir(dropins):
+                path = os.path.join(dropins, name)
+                if name.endswith(".yaml") and not name.startswith(".") and os.path.isfile(path):
+                    files[path] = path
+        files.pop(self.dest, None)
         if self.new is not None:
-            with open(os.path.join(shadow, "etc", "vgpuctl", self.dest_rel), "wb") as f:
-                f.write(self.new)
-
-    def _mirror(self, real, fake, skip):
-        """``fake``: a directory of links to ``real``'s entries, except the path ``skip`` (a list of components)."""
-        os.makedirs(fake)
-        if not os.path.isdir(real):
-            if len(skip) > 1:
-                os.makedirs(os.path.join(fake, skip[0]))
-            return
-        for name in os.listdir(real):
-            if name == skip[0] and len(skip) > 1:
-                self._mirror(os.path.join(real, name), os.path.join(fake, name), skip[1:])
-            elif name != skip[0]:
-                os.symlink(os.path.join(real, name), os.path.join(fake, name))
-        if len(skip) > 1 and not os.path.isdir(os.path.join(fake, skip[0])):
-            os.makedirs(os.path.join(fake, skip[0]))
-
-    def _with_holders(self, doc):
-        """vgpuctl finds processes holding a device by its path under the root, which the scratch root changes:
-        block the destroys of devices the real root's records show in use, as the real apply would."""
-        used = dict((r["uuid"], r.get("used_by")) for r in self.cli.instances() if r.get("used_by"))
-        for a in doc.get("actions", []):
-            if a.get("op") == "destroy" and not a.get("blocked") and a.get("uuid") in used:
-                a["blocked"] = "in-use"
-                a["detail"] = "in use by " + ", ".join(used[a["uuid"]])
-                doc["after"] = sorted(doc.get("after", []) + [dict(uuid=a["uuid"], parent=a["parent"],
-                                                                  type_id=a["type_id"])],
-                                      key=lambda r: (r["uuid"], r["parent"], r["type_id"]))
-        doc["changed"] = any(not a.get("blocked") for a in doc.get("actions", []))
-        return doc
+            files[self.dest] = new_path
+        return [files[k] for k in sorted(files, key=lambda k: (k != main, k))]
 
     def predicted_failures(self, doc):
         """Actions the real apply would leave undone: blocked ones, and creates beyond a type's available count
