@@ -365,6 +365,21 @@ class NotAttached(NotFound):
         self.uuid = uuid
 
 
+class TenantMismatch(InvalidInput):
+    """``attach --tenant`` names another tenant than the one the domain's vgpuctl metadata records."""
+
+    kind = "tenant-mismatch"
+
+    def __init__(self, domain: str, recorded: str, given: str) -> None:
+        super().__init__(
+            f"domain {domain!r} is recorded as tenant {recorded!r}, not {given!r}; a domain has one tenant "
+            "(change it with 'virsh metadata', or drop --tenant)"
+        )
+        self.domain = domain
+        self.recorded = recorded
+        self.given = given
+
+
 class TemplateError(ConfigError):
     """A device template is broken: syntax, an undefined name, or XML that is not exactly one <hostdev>."""
 

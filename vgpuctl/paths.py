@@ -41,6 +41,11 @@ class HostPaths:
         return self.sys / "bus" / "pci" / "devices"
 
     @property
+    def numa_nodes(self) -> Path:
+        """``sys/devices/system/node``: ``node<N>/cpulist`` maps host CPUs to NUMA nodes."""
+        return self.sys / "devices" / "system" / "node"
+
+    @property
     def dev_vfio(self) -> Path:
         return self.root / "dev" / "vfio"
 

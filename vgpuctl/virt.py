@@ -13,9 +13,13 @@ Ownership metadata, in the domain XML (persistent and/or live, like the device i
 
     <metadata>
       <vgpuctl:vgpus xmlns:vgpuctl="https://vgpuctl.dev/xmlns/1">
+        <vgpuctl:tenant>acme</vgpuctl:tenant>
         <vgpuctl:vgpu uuid="..." parent="mtty" type="mtty-1" backend="mdev"/>
       </vgpuctl:vgpus>
     </metadata>
+
+``tenant`` (at most one; ``vgpuctl attach --tenant`` records it) and ``group`` (anti-affinity labels, any number;
+written by hand) label the domain for placement: quotas count the tenant's instances, groups keep members apart.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Dict, FrozenSet, Iterable, Iterator, List
 
 from .errors import (
     AttachedElsewhere,
+    TenantMismatch,
     BadUuid,
     DomainNotFound,
     InvalidInput,
@@ -105,6 +110,10 @@ class DomainXml:
     uuid: str
     devices: Tuple[str, ...] = ()  #: vGPU identities the hostdevs reference (mdev uuids, PCI addresses)
     managed: Tuple[ManagedVgpu, ...] = ()  #: vgpuctl's metadata entries
+    tenant: Optional[str] = None  #: the tenant label in vgpuctl's metadata
+    groups: Tuple[str, ...] = ()  #: anti-affinity labels in vgpuctl's metadata
+    memory_nodes: Tuple[int, ...] = ()  #: ``<numatune><memory nodeset=...>``
+    vcpu_cpus: Tuple[int, ...] = ()  #: host CPUs the vCPUs are pinned to (``<vcpupin cpuset>``, else ``<vcpu cpuset>``)
 
     def managed_entry(self, ident: str) -> Optional[ManagedVgpu]:
         for m in self.managed:
@@ -134,6 +143,35 @@ def hostdev_identity(el: ET.Element) -> Optional[str]:
     return None
 
 
+def parse_cpuset(text: str) -> Tuple[int, ...]:
+    """libvirt's cpuset/nodeset syntax (``0-3,^2,8``) as sorted numbers; ``ValueError`` if it is not one."""
+    keep: set = set()
+    drop: set = set()
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        target = drop if part.startswith("^") else keep
+        part = part.lstrip("^")
+        lo, sep, hi = part.partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()):
+            raise ValueError(f"{text!r} is not a CPU or node list")
+        a, b = int(lo), int(hi) if sep else int(lo)
+        if b < a:
+            raise ValueError(f"{text!r} has a decreasing range {part}")
+        target.update(range(a, b + 1))
+    return tuple(sorted(keep - drop))
+
+
+def _cpuset_attr(el: Optional[ET.Element], attr: str) -> Tuple[int, ...]:
+    value = el.get(attr) if el is not None else None
+    if not value:
+        return ()
+    try:
+        return parse_cpuset(value)
+    except ValueError:  # libvirt validates these; an odd one is not worth refusing the whole domain for
+        return ()
+
+
 def parse_domain(text: str) -> DomainXml:
     """Parse a domain XML document; ``ValueError`` (with a one-line reason) if it is not one."""
     if "<!DOCTYPE" in text or "<!ENTITY" in text:
@@ -149,22 +187,42 @@ def parse_domain(text: str) -> DomainXml:
         raise ValueError("the domain XML has no <name>")
     devices = sorted({i for i in (hostdev_identity(h) for h in root.iterfind("devices/hostdev")) if i})
     managed: List[ManagedVgpu] = []
+    tenant: Optional[str] = None
+    groups: List[str] = []
     for el in root.iterfind("metadata/*"):
         if el.tag != f"{{{NS}}}vgpus":
             continue
-        for v in el:
-            if _local(v.tag) != "vgpu":
-                continue
-            ident = canonical_uuid(v.get("uuid", "")) or canonical_parent_name(v.get("uuid", ""))
-            if ident:
-                managed.append(ManagedVgpu(ident, v.get("parent", ""), v.get("type", ""), v.get("backend", "mdev")))
+        for v in el:  # libvirt namespaces only the element it stores; children may carry the prefix or not
+            kind = _local(v.tag)
+            if kind == "tenant":
+                tenant = tenant or (v.text or "").strip() or None
+            elif kind == "group":
+                label = (v.text or "").strip()
+                if label and label not in groups:
+                    groups.append(label)
+            elif kind == "vgpu":
+                ident = canonical_uuid(v.get("uuid", "")) or canonical_parent_name(v.get("uuid", ""))
+                if ident:
+                    managed.append(ManagedVgpu(ident, v.get("parent", ""), v.get("type", ""),
+                                               v.get("backend", "mdev")))
+    pins: set = set()
+    for pin in root.iterfind("cputune/vcpupin"):
+        pins.update(_cpuset_attr(pin, "cpuset"))
+    if not pins:
+        pins.update(_cpuset_attr(root.find("vcpu"), "cpuset"))
     return DomainXml(name=name, uuid=(root.findtext("uuid") or "").strip(), devices=tuple(devices),
-                     managed=tuple(managed))
+                     managed=tuple(managed), tenant=tenant, groups=tuple(groups),
+                     memory_nodes=_cpuset_attr(root.find("numatune/memory"), "nodeset"),
+                     vcpu_cpus=tuple(sorted(pins)))
 
 
-def metadata_xml(entries: Iterable[ManagedVgpu]) -> str:
+def metadata_xml(entries: Iterable[ManagedVgpu], *, tenant: Optional[str] = None, groups: Sequence[str] = ()) -> str:
     """The metadata element for ``setMetadata`` (libvirt adds the namespace and prefix); values are XML-escaped."""
     root = ET.Element("vgpus")
+    if tenant:
+        ET.SubElement(root, "tenant").text = tenant
+    for g in groups:
+        ET.SubElement(root, "group").text = g
     for e in sorted(entries, key=lambda e: e.uuid):
         ET.SubElement(root, "vgpu", {"uuid": e.uuid, "parent": e.parent, "type": e.type_id, "backend": e.backend})
     return ET.tostring(root, encoding="unicode")
@@ -338,9 +396,10 @@ class Virt:
         except self.lv.libvirtError as e:
             raise self._error(e, f"detach a device ({scope}) from", name) from None
 
-    def set_managed(self, dom: Any, name: str, entries: Sequence[ManagedVgpu], scope: Scope) -> None:
-        """Replace vgpuctl's metadata in ``scope`` (one definition at a time); no entries removes it."""
-        text = metadata_xml(entries) if entries else None
+    def set_managed(self, dom: Any, name: str, entries: Sequence[ManagedVgpu], scope: Scope, *,
+                    tenant: Optional[str] = None, groups: Sequence[str] = ()) -> None:
+        """Replace vgpuctl's metadata in ``scope`` (one definition at a time); nothing to record removes it."""
+        text = metadata_xml(entries, tenant=tenant, groups=groups) if entries or tenant or groups else None
         try:
             dom.setMetadata(METADATA_ELEMENT, text, NS_KEY, NS, scope.flags)
         except self.lv.libvirtError as e:
@@ -485,8 +544,10 @@ class Attachments:
         config: bool = False,
         display: Optional[bool] = None,
         ramfb: Optional[bool] = None,
+        tenant: Optional[str] = None,
     ) -> AttachResult:
-        """Attach an existing instance (``uuid``) or a new one (``parent`` and ``type_id``, optionally ``uuid``)."""
+        """Attach an existing instance (``uuid``) or a new one (``parent`` and ``type_id``, optionally ``uuid``);
+        ``tenant`` is recorded in the domain's vgpuctl metadata (refused if another tenant is recorded there)."""
         creating = parent is not None or type_id is not None
         if creating and (parent is None or type_id is None):
             raise InvalidInput("give both --parent and --type to create a vGPU for the domain, or --uuid alone")
@@ -501,7 +562,7 @@ class Attachments:
             raise BadUuid(uuid or "")
         with VirtLock(self.lc.host.paths, self.lc.lock_timeout):
             return self.attach_held(domain, uuid=want, creating=creating, parent=parent, type_id=type_id, live=live,
-                                    config=config, display=display, ramfb=ramfb)
+                                    config=config, display=display, ramfb=ramfb, tenant=tenant)
 
     def attach_held(
         self,
@@ -515,10 +576,16 @@ class Attachments:
         config: bool = False,
         display: Optional[bool] = None,
         ramfb: Optional[bool] = None,
+        tenant: Optional[str] = None,
     ) -> AttachResult:
         """``attach`` for a caller that holds the ``VirtLock`` already (``vgpuctl apply``); ``uuid`` is canonical."""
         want = uuid
         dom, info, scope = self._domain(domain, live=live, config=config, action="attach a vGPU to")
+        tenant = (tenant or "").strip() or None
+        if tenant is not None:
+            for x in info.xml_for(scope):
+                if x.tenant is not None and x.tenant != tenant:
+                    raise TenantMismatch(info.name, x.tenant, tenant)
         inv, _state = self.lc.read()
         if creating:
             from .lifecycle import find_type
@@ -542,7 +609,8 @@ class Attachments:
             live=scope.live and planned.uuid not in (info.live.devices if info.live else ()),
             config=scope.config and planned.uuid not in (info.config.devices if info.config else ()),
         )
-        unrecorded = [x for x in info.xml_for(scope) if x.managed_entry(planned.uuid) != entry]
+        unrecorded = [x for x in info.xml_for(scope)
+                      if x.managed_entry(planned.uuid) != entry or (tenant is not None and x.tenant != tenant)]
         if not missing and not unrecorded:
             return AttachResult(info.name, info.uuid, planned, scope, created=False, changed=False)
 
@@ -555,7 +623,8 @@ class Attachments:
             for x, one in ((info.live, Scope(True, False)), (info.config, Scope(False, True))):
                 if x is not None and (scope.live if one.live else scope.config):
                     kept = [m for m in x.managed if m.uuid != entry.uuid]
-                    self.virt.set_managed(dom, info.name, kept + [entry], one)
+                    self.virt.set_managed(dom, info.name, kept + [entry], one, tenant=tenant or x.tenant,
+                                          groups=x.groups)
         except BaseException:
             self._undo(dom, info.name, inst.uuid, missing if attached else Scope(False, False), created=creating)
             raise
@@ -630,7 +699,7 @@ class Attachments:
             if x is not None and (scope.live if one.live else scope.config):
                 kept = [m for m in x.managed if m.uuid not in targets]
                 if len(kept) != len(x.managed):
-                    self.virt.set_managed(dom, info.name, kept, one)
+                    self.virt.set_managed(dom, info.name, kept, one, tenant=x.tenant, groups=x.groups)
         out = []
         for t in targets:
             gone = False

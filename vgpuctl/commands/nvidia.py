@@ -208,7 +208,8 @@ def hetero_set(gpu: str, mode: str, as_json: bool) -> None:
 
 def mix_modes(s: Settings, inv: Inventory) -> Dict[str, Any]:
     """Per NVIDIA vendor-VFIO GPU, the placement engine's ``MixMode``: mixed-size where NVML reports heterogeneous
-    mode, equal-size otherwise (vGPU 17+'s default).  Empty when NVML cannot say (the engine then stays strict)."""
+    mode, equal-size otherwise (vGPU 17+'s default).  Empty when NVML cannot say (the engine then stays strict; one
+    line on stderr says why)."""
     from ..nvml import Nvml, NvmlUnavailable
     from ..placement import MixMode
 
@@ -223,7 +224,8 @@ def mix_modes(s: Settings, inv: Inventory) -> Dict[str, Any]:
                     out[g] = MixMode.MIXED_SIZE if nv.heterogeneous(g) else MixMode.EQUAL_SIZE
                 except Exception:  # not a vGPU host, function missing: leave the GPU homogeneous
                     continue
-    except NvmlUnavailable:
+    except NvmlUnavailable as e:
+        info(f"NVML not used: {e.reason}; placement keeps one type per GPU on {len(gpus)} vendor-VFIO GPU(s)")
         return {}
     return out
 

@@ -1,15 +1,21 @@
 """``vgpuctl place`` and ``vgpuctl defrag --plan``: ask the placement engine, print its answer, change nothing."""
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+import os
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import click
 
 from ..errors import NoPlacement
 from ..model import Inventory
-from ..placement import Decision, DefragPlan, Request, Usage, Verdict, place as place_request, plan_defrag
+from ..paths import HostPaths
+from ..placement import Consumer, Decision, DefragPlan, Request, Usage, Verdict, place as place_request, plan_defrag
 from ..policy import NumaMode, Policy, load_policy, policy_path
 from ._common import Settings, build_host, info, json_option, record, render, settings, table
+
+if TYPE_CHECKING:  # libvirt's side; imported when a domain is first read
+    from ..virt import DomainInfo, DomainXml, Snapshot
 
 PLACEMENT_SCHEMA = "vgpuctl.placement/v1"
 VERDICT_SCHEMA = "vgpuctl.placement-verdict/v1"
@@ -51,13 +57,166 @@ def load_settings_policy(s: Settings, policy_file: Optional[str]) -> Policy:
     return load_policy(policy_path(s.paths.config_dir), missing_ok=True)
 
 
+# --- what libvirt and NVML say: one read per command ----------------------------------------------------------------
+_SNAPSHOT_KEY = "vgpuctl.placement.snapshot"
+
+
+def domain_snapshot(s: Settings) -> Optional["Snapshot"]:
+    """Every domain at ``--connect``, read once per command (kept in the click context); None with ``none``."""
+    if s.connect == "none":
+        return None
+    ctx = click.get_current_context(silent=True)
+    cache: Dict[str, Any] = ctx.meta.setdefault(_SNAPSHOT_KEY, {}) if ctx is not None else {}
+    if s.connect not in cache:
+        from ..virt import DomainUsers  # libvirt itself: only now
+
+        cache[s.connect] = DomainUsers(s.connect).read()
+    return cache[s.connect]
+
+
+def _preferred(d: "DomainInfo") -> List["DomainXml"]:
+    """A domain's definitions, the one that describes it now first: the running XML, else the persistent one."""
+    order = (d.live, d.config) if d.running else (d.config, d.live)
+    return [x for x in order if x is not None]
+
+
+def consumers_from(snap: "Snapshot", inventory: Inventory) -> Dict[str, Consumer]:
+    """Instance uuid -> the domain that uses it (its live or persistent XML references it, or vgpuctl's metadata
+    records it), with the tenant and group labels of that domain's vgpuctl metadata.  A running domain first, then by
+    name, when several reference one instance.  Pure."""
+    known = {i.uuid for i in inventory.instances}
+    out: Dict[str, Consumer] = {}
+    for d in sorted(snap.domains, key=lambda d: (not d.running, d.name)):
+        xs = _preferred(d)
+        idents = {i for x in xs for i in (*x.devices, *(m.uuid for m in x.managed))}
+        tenant = next((x.tenant for x in xs if x.tenant), None)
+        groups = tuple(dict.fromkeys(g for x in xs for g in x.groups))
+        for ident in sorted(idents & known):
+            out.setdefault(ident, Consumer(domain=d.name, tenant=tenant, groups=groups))
+    return out
+
+
 def build_usage(s: Settings, inventory: Inventory) -> Usage:
     """Who uses each instance (domain, tenant label, anti-affinity labels) and heterogeneous-mode GPUs.
 
-    Both come from libvirt (domain XML and vgpuctl metadata) and NVML, which this module does not read yet: until
-    they are wired in here, existing instances count toward no tenant's quota and no anti-affinity group.
-    """
-    return Usage()
+    Consumers come from the domains at ``--connect`` (read once per command; none with ``--connect none``), modes from
+    NVML (``commands.nvidia.mix_modes``; none, with one line on stderr, when NVML cannot say)."""
+    from .nvidia import mix_modes
+
+    snap = domain_snapshot(s)
+    consumers = consumers_from(snap, inventory) if snap is not None else {}
+    return Usage.of(consumers, modes=mix_modes(s, inventory))
+
+
+def usage_provider(s: Settings) -> Callable[[Inventory], Usage]:
+    """For the reconciler's placer (``apply.policy_placer``): inventory -> ``Usage``, reading the domains afresh on
+    every call (once per plan; the service plans many times in one process).  No domains with ``--connect none``."""
+
+    def usage(inventory: Inventory) -> Usage:
+        consumers: Dict[str, Consumer] = {}
+        if s.connect != "none":
+            from ..virt import DomainUsers
+
+            consumers = consumers_from(DomainUsers(s.connect).read(), inventory)
+        from .nvidia import mix_modes
+
+        return Usage.of(consumers, modes=mix_modes(s, inventory))
+
+    return usage
+
+
+@dataclass(frozen=True)
+class DomainFacts:
+    """What placement takes from a domain's XML: its tenant and group labels and its NUMA nodes."""
+
+    name: str
+    found: bool
+    tenant: Optional[str] = None
+    groups: Tuple[str, ...] = ()
+    numa_nodes: Tuple[int, ...] = ()
+    numa_from: Tuple[str, ...] = ()  #: "numatune", "vcpupin"
+    notes: Tuple[str, ...] = ()
+
+
+def cpu_nodes(paths: HostPaths) -> Optional[Dict[int, int]]:
+    """Host CPU -> NUMA node, from ``ROOT/sys/devices/system/node/node*/cpulist``; None when there are none."""
+    from ..virt import parse_cpuset
+
+    out: Dict[int, int] = {}
+    try:
+        entries = sorted(os.listdir(paths.numa_nodes))
+    except OSError:
+        return None
+    for name in entries:
+        if not (name.startswith("node") and name[4:].isdigit()):
+            continue
+        try:
+            with open(paths.numa_nodes / name / "cpulist", encoding="ascii") as f:
+                cpus = parse_cpuset(f.read().strip())
+        except (OSError, UnicodeDecodeError, ValueError):
+            continue
+        for c in cpus:
+            out.setdefault(c, int(name[4:]))
+    return out or None
+
+
+def facts_of(info: "DomainInfo", cpus: Optional[Dict[int, int]], node_dir: str) -> DomainFacts:
+    """``DomainFacts`` from one domain: NUMA nodes are ``<numatune><memory nodeset>`` together with the nodes of
+    the host CPUs its vCPUs are pinned to (``cpus``: CPU -> node; None: unknown, then only numatune counts).  Pure."""
+    xs = _preferred(info)
+    x = xs[0] if xs else None
+    if x is None:
+        return DomainFacts(info.name, found=True)
+    nodes = set(x.memory_nodes)
+    sources = ["numatune"] if x.memory_nodes else []
+    notes: List[str] = []
+    if x.vcpu_cpus:
+        if cpus is None:
+            notes.append(f"vCPU pinning of {info.name!r} not used: no cpulist files under {node_dir}; "
+                         + ("only <numatune> counts" if x.memory_nodes else "no NUMA affinity"))
+        else:
+            pinned = {cpus[c] for c in x.vcpu_cpus if c in cpus}
+            if pinned:
+                nodes |= pinned
+                sources.append("vcpupin")
+            unknown = [c for c in x.vcpu_cpus if c not in cpus]
+            if unknown:
+                notes.append(f"vCPU pinning of {info.name!r}: CPU(s) {','.join(map(str, unknown))} are on no "
+                             f"NUMA node under {node_dir}")
+    tenant = next((y.tenant for y in xs if y.tenant), None)
+    groups = tuple(dict.fromkeys(g for y in xs for g in y.groups))
+    return DomainFacts(info.name, found=True, tenant=tenant, groups=groups, numa_nodes=tuple(sorted(nodes)),
+                       numa_from=tuple(sources), notes=tuple(notes))
+
+
+def domain_facts(s: Settings, domain: Optional[str]) -> Optional[DomainFacts]:
+    """The facts of ``domain`` at ``--connect`` (None without a domain or with ``--connect none``).  A domain libvirt
+    does not know is not an error (it may be defined later): its facts are empty, with a note."""
+    if not domain:
+        return None
+    snap = domain_snapshot(s)
+    if snap is None:
+        return None
+    info = next((d for d in snap.domains if d.name == domain), None)
+    if info is None:
+        return DomainFacts(domain, found=False, notes=(f"no domain {domain!r} at {snap.uri}: no tenant, groups or "
+                                                       "NUMA nodes from it",))
+    needs_cpus = any(x.vcpu_cpus for x in _preferred(info))
+    return facts_of(info, cpu_nodes(s.paths) if needs_cpus else None, str(s.paths.numa_nodes))
+
+
+def complete_request(s: Settings, request: Request) -> Tuple[Request, Optional[DomainFacts]]:
+    """``request`` with what its domain's XML says: the tenant (unless given), its group labels (added), its NUMA
+    nodes (unless given: ``--numa-node`` overrides)."""
+    facts = domain_facts(s, request.domain)
+    if facts is None:
+        return request, None
+    return replace(
+        request,
+        tenant=request.tenant if request.tenant is not None else facts.tenant,
+        groups=tuple(dict.fromkeys((*request.groups, *facts.groups))),
+        numa_nodes=request.numa_nodes or facts.numa_nodes,
+    ), facts
 
 
 def placement_for(
@@ -69,6 +228,7 @@ def placement_for(
 ) -> Decision:
     """The decision for ``request`` under the configured policy; what ``create`` without ``--parent`` uses too."""
     policy = load_settings_policy(s, policy_file)
+    request, _ = complete_request(s, request)
     return place_request(inventory, policy, request, usage=build_usage(s, inventory))
 
 
@@ -82,10 +242,10 @@ def placer_for(
 ) -> Callable[[Inventory], str]:
     """For ``create`` without ``--parent``: a function from the inventory (read under the lock) to the chosen parent."""
     policy = load_settings_policy(s, policy_file)  # read before the lock: a bad file fails fast
+    request, _ = complete_request(s, Request(type=type_name, tenant=tenant, domain=domain))
 
     def choose(inventory: Inventory) -> str:
-        d = place_request(inventory, policy, Request(type=type_name, tenant=tenant, domain=domain),
-                          usage=build_usage(s, inventory))
+        d = place_request(inventory, policy, request, usage=build_usage(s, inventory))
         if d.parent is None:
             raise NoPlacement(type_name, d.refusals())
         return d.parent
@@ -113,7 +273,7 @@ def verdict_record(v: Verdict, inv: Inventory) -> Dict[str, Any]:
     )
 
 
-def decision_record(d: Decision, inv: Inventory) -> Dict[str, Any]:
+def decision_record(d: Decision, inv: Inventory, *, numa_from: Sequence[str] = ()) -> Dict[str, Any]:
     c = d.chosen
     t = inv.type_on(c.parent, c.type_id) if c and c.parent and c.type_id else None
     return record(
@@ -129,21 +289,24 @@ def decision_record(d: Decision, inv: Inventory) -> Dict[str, Any]:
         domain=d.request.domain,
         tenant=d.request.tenant,
         numa_nodes=list(d.request.numa_nodes),
+        numa_from=list(numa_from),
         refusals=[{"gpu": g, "reason": r, "detail": x} for g, r, x in d.refusals()],
     )
 
 
 @click.command()
 @click.option("--type", "-t", "type_name", required=True, metavar="TYPE", help="Type id (nvidia-231) or name (T4-2Q).")
-@click.option("--domain", "-d", metavar="DOMAIN", help="The domain the vGPU is for (anti-affinity groups).")
-@click.option("--tenant", metavar="TENANT", help="Tenant label for quotas and reserved GPUs.")
+@click.option("--domain", "-d", metavar="DOMAIN",
+              help="The domain the vGPU is for: anti-affinity groups; with libvirt, its tenant and NUMA nodes too.")
+@click.option("--tenant", metavar="TENANT",
+              help="Tenant label for quotas and reserved GPUs (default: the domain's, from its vgpuctl metadata).")
 @click.option(
     "--numa-node",
     "numa_nodes",
     type=click.IntRange(min=0),
     multiple=True,
     metavar="N",
-    help="NUMA node(s) of the domain (its numatune); repeat for several.",
+    help="NUMA node(s) for the vGPU; repeat for several (default: the domain's numatune and vCPU pinning).",
 )
 @click.option(
     "--numa",
@@ -177,9 +340,17 @@ def place(
         numa=NumaMode(numa_mode) if numa_mode else None,
         groups=tuple(groups),
     )
+    req, facts = complete_request(s, req)
+    numa_from: Tuple[str, ...] = ("--numa-node",) if numa_nodes else (facts.numa_from if facts else ())
     d = placement_for(s, inv, req, policy_file=policy_file)
+    if explain and facts is not None:
+        info(f"domain {facts.name}: tenant {facts.tenant or '-'}, groups {','.join(facts.groups) or '-'}, "
+             f"NUMA nodes {','.join(map(str, req.numa_nodes)) or '-'} "
+             f"(from {' and '.join(numa_from) or 'nothing'})")
+    for note in facts.notes if facts is not None and (explain or not facts.found) else ():
+        info(note)
     if as_json:
-        recs: List[Dict[str, Any]] = [decision_record(d, inv)]
+        recs: List[Dict[str, Any]] = [decision_record(d, inv, numa_from=numa_from)]
         if explain:
             recs += [verdict_record(v, inv) for v in d.verdicts]
         render(recs, [], as_json=True)
@@ -256,4 +427,5 @@ def _move_line(m: Any, inv: Inventory) -> str:
     return f"~ move {m.uuid} {name} {m.from_parent} -> {m.to_parent}{who}: restart needed"
 
 
-__all__: Sequence[str] = ["place", "defrag", "placement_for", "placer_for", "build_usage"]
+__all__: Sequence[str] = ["place", "defrag", "placement_for", "placer_for", "build_usage", "complete_request",
+                          "domain_snapshot", "domain_facts", "consumers_from", "usage_provider", "DomainFacts"]

@@ -55,9 +55,10 @@ def _policy(s: Settings) -> Policy:
 
 
 def decide(s: Settings, inv: Inventory, profile: Profile, policy: Policy, **request: Any) -> Decision:
-    from .placement import build_usage
+    from .placement import build_usage, complete_request
 
-    return place_request(inv, policy, profile_request(profile, inv, **request), usage=build_usage(s, inv))
+    req, _ = complete_request(s, profile_request(profile, inv, **request))  # the domain's tenant and NUMA nodes
+    return place_request(inv, policy, req, usage=build_usage(s, inv))
 
 
 def held(s: Settings, store: AssignmentStore, present: Sequence[str]) -> Tuple[Assignment, ...]:

@@ -12,11 +12,11 @@ from ._common import Settings, build_host, json_option, render, settings
 
 def domains_of(s: Settings, uuids) -> Dict[str, str]:  # type: ignore[no-untyped-def]
     """Instance uuid -> the domain using it (a running one first), from one libvirt read; {} without libvirt."""
-    if s.connect == "none":
-        return {}
-    from ..virt import DomainUsers
+    from .placement import domain_snapshot  # the same read as the placement usage's
 
-    snap = DomainUsers(s.connect).read()
+    snap = domain_snapshot(s)
+    if snap is None:
+        return {}
     out: Dict[str, str] = {}
     for u in uuids:
         uses = sorted(snap.uses(u), key=lambda x: (x.stale, x.domain))

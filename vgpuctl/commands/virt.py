@@ -49,7 +49,8 @@ def _attachments():  # type: ignore[no-untyped-def]
 @click.option("--type", "-t", "type_id", metavar="TYPE", shell_complete=complete_types,
               help="Type of the new vGPU (id or name).")
 @profile_option
-@click.option("--tenant", metavar="TENANT", help="With --profile: whose vGPU it is (profile limits, quotas).")
+@click.option("--tenant", metavar="TENANT",
+              help="Whose vGPU it is (quotas, profile limits); recorded in the domain's vgpuctl metadata.")
 @_scope
 @click.option("--display/--no-display", default=None, help="Use the vGPU as the domain's display (default: libvirt's).")
 @click.option("--ramfb", is_flag=True, default=None, help="Boot display through ramfb (implies --display).")
@@ -57,7 +58,8 @@ def _attachments():  # type: ignore[no-untyped-def]
 def attach(domain: str, uuid: Optional[str], parent: Optional[str], type_id: Optional[str],
            profile_name: Optional[str], tenant: Optional[str], config: bool, live: bool,
            display: Optional[bool], ramfb: Optional[bool], as_json: bool) -> None:
-    """Attach a vGPU to DOMAIN, creating it first with --parent/--type.
+    """Attach a vGPU to DOMAIN, creating it first with --type (on --parent, or where the placement policy puts it
+    for DOMAIN: its tenant, groups and NUMA nodes).
 
     Without --config or --live, the running domain gets it if DOMAIN runs, else the persistent definition (as
     'virsh attach-device --current').  The device XML comes from the template mdev-hostdev.xml.j2 (override it in
@@ -73,8 +75,10 @@ def attach(domain: str, uuid: Optional[str], parent: Optional[str], type_id: Opt
             r = _attach_profiled(a, domain, profile_name, uuid=uuid, parent=parent, type_id=type_id, tenant=tenant,
                                  live=live, config=config, display=display, ramfb=ramfb)
         else:
+            if type_id is not None and parent is None:
+                parent = _place(domain, type_id, tenant)
             r = a.attach(domain, uuid=uuid, parent=parent, type_id=type_id, live=live, config=config,
-                         display=display, ramfb=ramfb)
+                         display=display, ramfb=ramfb, tenant=tenant)
     finally:
         a.virt.close()
     if as_json:
@@ -86,6 +90,22 @@ def attach(domain: str, uuid: Optional[str], parent: Optional[str], type_id: Opt
     made = f"created and " if r.created else ""
     what = "attached" if r.changed else "already attached"
     info(f"{made}{what} {r.instance.uuid} ({r.instance.type_id} on {r.instance.parent}) to {r.domain!r} ({r.scope})")
+
+
+def _place(domain: str, type_id: str, tenant: Optional[str]) -> str:
+    """``attach --type`` without ``--parent``: where the placement policy puts it for DOMAIN (its tenant, groups and
+    NUMA nodes from its XML), as ``vgpuctl place --domain DOMAIN`` says."""
+    from ..errors import NoPlacement
+    from ..placement import Request
+    from ._common import build_host
+    from .placement import placement_for
+
+    s = settings()
+    inv = build_host(s).inventory()
+    d = placement_for(s, inv, Request(type=type_id, domain=domain, tenant=tenant))
+    if d.parent is None:
+        raise NoPlacement(type_id, d.refusals())
+    return d.parent
 
 
 def _attach_profiled(a, domain: str, name: str, *, uuid: Optional[str], parent: Optional[str],  # type: ignore[no-untyped-def]
@@ -103,7 +123,7 @@ def _attach_profiled(a, domain: str, name: str, *, uuid: Optional[str], parent: 
         pname, tid = resolve(s, profile, parent=parent, tenant=tenant, domain=domain)
         return a.attach(domain, uuid=uuid, parent=pname, type_id=tid, live=live, config=config,
                         display=profile.display if display is None else display,
-                        ramfb=profile.ramfb if ramfb is None else ramfb)
+                        ramfb=profile.ramfb if ramfb is None else ramfb, tenant=tenant)
 
     return ProfiledCreate(ps, profile, tenant).run(s, make)
 
