@@ -13,6 +13,11 @@ attach``/``detach``), journalled the same way.  Both are idempotent, so recovery
 plan redoes what an interrupted one left undone.  With a backend, ``apply`` takes its attach lock before the host
 lock, in the order ``vgpuctl attach --parent --type`` takes them.
 
+GPU-wide settings (the desired state's ``gpus:``: vGPU scheduler, heterogeneous mode) go to a ``GpuSettings``
+(``nvml.NvmlSettings``): it reports what NVML says for the planner, read only when the desired state names GPUs or
+pins instances to NVIDIA vendor-VFIO parents (their mixing rule), and sets them for ``apply``, journalled like
+attaches (idempotent: recovery drops the intent, the next plan redoes it).  A refusal is that step's failure.
+
 ``Reconciler`` is also what ``plan``, ``check`` and the service use to observe the host without the lock.
 """
 from __future__ import annotations
@@ -27,7 +32,8 @@ from .errors import AlreadyExists, LibvirtConnectError, LibvirtUnavailable, Vgpu
 from .hook import HookRecords
 from .lifecycle import Lifecycle
 from .model import BackendKind, Inventory
-from .plan import Action, Attachments, Op, PlacementFailure, Placer, Plan, destroy_candidates, plan
+from .plan import (Action, Attachments, GpuObservation, Op, PlacementFailure, Placer, Plan, destroy_candidates,
+                   plan)
 from .spec import DesiredInstance, DesiredState, PlacementRequest, load
 from .state import ORIGIN_APPLY, HostLock, Intent, State
 
@@ -51,6 +57,19 @@ class AttachmentBackend(Protocol):
 
     def detach(self, action: Action) -> None:
         """Detach as the action says and drop vgpuctl's record of it."""
+
+
+class GpuSettings(Protocol):
+    """NVML's GPU-wide settings for the reconciler (``nvml.NvmlSettings``).  Setters raise ``VgpuctlError``s."""
+
+    def observe(self, gpus: Sequence[str]) -> Dict[str, GpuObservation]:
+        """What each GPU reports; where NVML cannot tell, an observation with ``unavailable`` set."""
+
+    def set_scheduler(self, gpu: str, policy: str, timeslice_ms: Optional[float]) -> None:
+        """Set the vGPU scheduler (refused while a vGPU runs on the GPU)."""
+
+    def set_heterogeneous(self, gpu: str, on: bool) -> None:
+        """Set heterogeneous mode."""
 
 
 @dataclass(frozen=True)
@@ -97,12 +116,18 @@ class Reconciler:
         *,
         placer: Optional[Placer] = None,
         attachments: Optional[AttachmentBackend] = None,
+        gpu_settings: Optional[GpuSettings] = None,
     ) -> None:
         self.lifecycle = lifecycle
         self.host = lifecycle.host
         self.store = lifecycle.store
         self.placer = placer
         self.attachments = attachments  #: None: libvirt not configured, attach actions stay blocked
+        if gpu_settings is None:
+            from .nvml import NvmlSettings  # pynvml itself is loaded only when a GPU is asked about
+
+            gpu_settings = NvmlSettings()
+        self.gpu_settings = gpu_settings
 
     def desired(self) -> DesiredState:
         return load(self.host.paths.config_dir)
@@ -122,9 +147,13 @@ class Reconciler:
         candidates = destroy_candidates(inv, state, desired, on_demand)
         attached: Optional[Attachments] = None
         unreadable: Optional[str] = None
+        settings_gpus = sorted({g.gpu for g in desired.gpus})
+        vendor_vfio = _pinned_vendor_vfio_gpus(inv, desired)
+        on_gpus = [i for i in inv.instances if _gpu_of(inv, i.parent) in settings_gpus]
         # one read of libvirt serves the in-use check and the attachments
         with self.attachments.session() if self.attachments is not None else nullcontext():
-            users = self.lifecycle.users(candidates) if candidates else {}
+            held = {i.uuid: i for i in list(candidates) + on_gpus}
+            users = self.lifecycle.users(tuple(held.values())) if held else {}
             if self.attachments is not None and desired.instances:
                 try:
                     attached = self.attachments.observe(inv)
@@ -135,8 +164,26 @@ class Reconciler:
                         attached = {}
             elif self.attachments is not None:
                 attached = {}
+        gpus: Optional[Dict[str, GpuObservation]] = None
+        asked = sorted(set(settings_gpus) | vendor_vfio)
+        if asked:
+            gpus = self._observe_gpus(inv, asked, users)
         return Observation(inv, state, plan(inv, state, desired, users=users, attachments=attached, placer=self.placer,
-                                            libvirt_error=unreadable, on_demand=on_demand))
+                                            libvirt_error=unreadable, on_demand=on_demand, gpus=gpus))
+
+    def _observe_gpus(self, inv: Inventory, gpus: Sequence[str], users: Any) -> Dict[str, GpuObservation]:
+        """NVML's view of ``gpus``, with the instances a process or domain holds on each added to what runs there
+        (the rule of ``vgpuctl sched set``: NVML may not list a vGPU whose VM is only starting)."""
+        from dataclasses import replace
+
+        seen = self.gpu_settings.observe(gpus)
+        out: Dict[str, GpuObservation] = {}
+        for gpu in gpus:
+            obs = seen.get(gpu) or GpuObservation(gpu, unavailable=f"NVML did not report GPU {gpu}")
+            held = [f"{i.uuid} ({', '.join(users[i.uuid])})" for i in inv.instances
+                    if i.uuid in users and _gpu_of(inv, i.parent) == gpu]
+            out[gpu] = replace(obs, running=tuple(obs.running) + tuple(held)) if held else obs
+        return out
 
     # --- apply -----------------------------------------------------------------------------------------------------
     def apply(
@@ -187,6 +234,8 @@ class Reconciler:
     def _run(self, a: Action, state: State, inv: Inventory) -> "tuple[State, Step]":
         if a.op in (Op.ATTACH, Op.DETACH):
             return self._run_libvirt(a, state, inv)
+        if a.op.gpu_setting:
+            return self._run_setting(a, state)
         existing = inv.instance(a.uuid)
         parent = inv.parent(a.parent or "")
         backend = str(existing.backend if existing else parent.backend if parent else "mdev")
@@ -226,6 +275,22 @@ class Reconciler:
             return journalled.settle(intent, exists=True), Step(a, False, str(e), e.kind)
         return journalled.settle(intent, exists=True), Step(a, True)
 
+    def _run_setting(self, a: Action, state: State) -> "tuple[State, Step]":
+        """A GPU-wide setting through NVML: journalled, then set; a refusal (NVML's or a vGPU that started running
+        meanwhile) is this step's failure only."""
+        intent = Intent(str(a.op), "", a.parent or "", a.type_id, "nvml", ORIGIN_APPLY)
+        journalled = state.with_intent(intent)
+        self.store.save(journalled)
+        try:
+            if a.op is Op.SCHED:
+                self.gpu_settings.set_scheduler(a.parent or "", a.value.policy, a.value.timeslice_ms)
+            else:
+                self.gpu_settings.set_heterogeneous(a.parent or "", bool(a.value))
+        except VgpuctlError as e:
+            log.warning("%s failed: %s", a.line(), e)
+            return journalled.settle(intent, exists=True), Step(a, False, str(e), e.kind)
+        return journalled.settle(intent, exists=True), Step(a, True)
+
     def _settle_after_failure(
         self, journalled: State, intent: Intent, a: Action, old: State, error: VgpuctlError
     ) -> State:
@@ -238,13 +303,33 @@ class Reconciler:
         return state
 
 
+def _gpu_of(inv: Inventory, parent: str) -> str:
+    p = inv.parent(parent)
+    return p.gpu if p is not None else parent
+
+
+def _pinned_vendor_vfio_gpus(inv: Inventory, desired: DesiredState) -> Set[str]:
+    """Physical GPUs of NVIDIA vendor-VFIO parents that desired instances are pinned to: their mixing rule depends on
+    heterogeneous mode, which only NVML reports."""
+    names = {p.name.lower(): p for p in inv.parents if p.backend is BackendKind.NVIDIA_VF}
+    out: Set[str] = set()
+    for d in desired.instances:
+        p = names.get((d.parent or "").lower())
+        if p is not None:
+            out.add(p.gpu)
+    return out
+
+
 def _wants_domains(desired: DesiredState) -> bool:
     return any(d.domain for d in desired.instances)
 
 
-def policy_placer(paths: Any) -> Placer:
+def policy_placer(paths: Any, *, usage: Optional[Callable[[Inventory], Any]] = None) -> Placer:
     """A ``Placer`` over ``vgpuctl.placement.place`` and the policy file ``etc/vgpuctl/policy.yaml``.  Instances are
-    placed one after the other, each seeing the ones before it (and the plan's destroys and pinned creates)."""
+    placed one after the other, each seeing the ones before it (and the plan's destroys and pinned creates).
+
+    ``usage``: inventory -> ``placement.Usage`` (who uses the existing instances: domains, tenants, groups; GPU mix
+    modes), asked once per plan, so quotas and anti-affinity count the host's other VMs; None: nobody's."""
     from . import placement
     from .policy import NumaMode, load_policy, policy_path
 
@@ -255,8 +340,10 @@ def policy_placer(paths: Any) -> Placer:
         destroys: Sequence[str],
     ) -> Dict[str, Any]:
         inv = inventory
+        used = usage(inventory) if usage is not None else placement.Usage()
         for uuid in destroys:
             inv = placement.release(inv, uuid)
+            used = used.without(uuid)
         for uuid, parent, type_id in creates:
             inv = placement.apply(inv, parent=parent, type_id=type_id, uuid=uuid)
         out: Dict[str, Any] = {}
@@ -269,7 +356,7 @@ def policy_placer(paths: Any) -> Placer:
                 any_of=d.profile_def.type_ids(inv) if d.profile_def is not None else None,
             )
             try:
-                decision = placement.place(inv, policy, request)
+                decision = placement.place(inv, policy, request, usage=used)
             except VgpuctlError as e:
                 out[d.name] = PlacementFailure(str(e))
                 continue
@@ -278,6 +365,7 @@ def policy_placer(paths: Any) -> Placer:
                 out[d.name] = PlacementFailure(why)
                 continue
             inv = placement.apply(inv, parent=decision.parent, type_id=decision.type_id, uuid=d.uuid)
+            used = used.with_consumer(d.uuid, placement.Consumer(domain=d.domain, tenant=req.tenant))
             out[d.name] = decision.parent
         return out
 

@@ -302,6 +302,53 @@ class Nvml:
             raise NvmlError(f"NVML refused heterogeneous mode on GPU {pci}: {reason_for(e.value)}", e.value) from None
 
 
+class NvmlSettings:
+    """GPU-wide settings for the reconciler (``apply.GpuSettings``): observe them for the planner, set them for
+    ``apply`` with the checks ``vgpuctl sched set``/``hetero set`` make.  pynvml is loaded only when called."""
+
+    def observe(self, gpus: Sequence[str]) -> Dict[str, Any]:
+        """``plan.GpuObservation`` per GPU; where NVML cannot tell, one with ``unavailable`` set (never raises)."""
+        from .plan import GpuObservation
+
+        out: Dict[str, Any] = {}
+        try:
+            with Nvml() as nv:
+                for pci in gpus:
+                    try:
+                        sc = nv.scheduler(pci)
+                        running = tuple(f"NVML vGPU {v}" for v in nv.active_vgpus(pci))
+                    except NvmlUnavailable as e:
+                        out[pci] = GpuObservation(pci, unavailable=f"GPU {pci}: {e.reason}")
+                        continue
+                    except NvmlError as e:  # not in vGPU host mode
+                        out[pci] = GpuObservation(pci, unavailable=str(e))
+                        continue
+                    out[pci] = GpuObservation(
+                        pci, policy=sc.policy, timeslice_us=sc.timeslice_us, supported=sc.supported,
+                        min_timeslice_us=sc.min_timeslice_us, max_timeslice_us=sc.max_timeslice_us,
+                        heterogeneous=sc.heterogeneous, running=running,
+                    )
+        except NvmlUnavailable as e:
+            return {pci: GpuObservation(pci, unavailable=f"NVML not usable: {e.reason}") for pci in gpus}
+        return out
+
+    def set_scheduler(self, gpu: str, policy: str, timeslice_ms: Optional[float]) -> None:
+        required(_set_checked, gpu, "vGPU scheduler", lambda nv: nv.set_scheduler(gpu, policy, timeslice_ms))
+
+    def set_heterogeneous(self, gpu: str, on: bool) -> None:
+        required(_set_checked, gpu, "heterogeneous mode", lambda nv: nv.set_heterogeneous(gpu, on))
+
+
+def _set_checked(nv: Nvml, gpu: str, setting: str, change: Any) -> None:
+    """Refuse (``GpuBusy``) while NVML lists an active vGPU on ``gpu``, before trying; then change."""
+    from .errors import GpuBusy
+
+    running = [f"NVML vGPU {v}" for v in nv.active_vgpus(gpu)]
+    if running:
+        raise GpuBusy(gpu, setting, running)
+    change(nv)
+
+
 def required(fn: Any, *args: Any) -> Any:
     """Run ``fn(nvml, *args)`` in an NVML session for a command that cannot do without NVML (typed error)."""
     try:

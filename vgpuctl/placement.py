@@ -401,6 +401,40 @@ def headroom(g: GpuState, type_id: str, *, added: Optional[str] = None) -> int:
     return min(host, _rule_room(g, o.vtype, counts, used, free_vfs))
 
 
+def refusal(
+    inventory: Inventory, parent: str, type_id: str, *, usage: Optional[Usage] = None
+) -> Optional[Tuple[Refusal, str]]:
+    """Whether one more ``type_id`` fits on ``parent`` (a create pinned there, as the planner predicts it): None when
+    it does, else (``TYPE_MIX`` or ``FULL``, why).  The same per-GPU rules as ``place``, without policy or NUMA."""
+    p = inventory.parent(parent)
+    vt = inventory.type_on(parent, type_id)
+    if p is None or vt is None:
+        return Refusal.NOT_OFFERED, f"{parent} offers no {type_id}"
+    names = {q.name for q in inventory.parents if q.gpu == p.gpu}
+    types_by_parent: Dict[str, List[VgpuType]] = {}
+    for t in inventory.types:
+        if t.parent in names:
+            types_by_parent.setdefault(t.parent, []).append(t)
+    inst_by_parent: Dict[str, List[Instance]] = {}
+    for i in inventory.instances:
+        if i.parent in names:
+            inst_by_parent.setdefault(i.parent, []).append(i)
+    parents = tuple(q for q in inventory.parents if q.name in names)
+    g = _gpu_state(p.gpu, parents, types_by_parent, inst_by_parent, (usage or Usage()).mode(p.gpu))
+    label = vt.profile or vt.name or type_id
+    counts = dict(g.counts)
+    clash = _mix_conflict(g, type_id, counts)
+    if clash is not None:
+        held = g.offer(clash)
+        other = (held.vtype.profile or held.vtype.name if held else None) or clash
+        return Refusal.TYPE_MIX, f"GPU {g.gpu} holds {other}, which {label} cannot share it with ({g.mode})"
+    if g.kind is GpuKind.SRIOV and parent in g.occupied:
+        return Refusal.FULL, f"VF {parent} already holds a vGPU (one per VF)"
+    if vt.available <= 0 or headroom(g, type_id) <= 0:
+        return Refusal.FULL, f"GPU {g.gpu} has no room for another {label} ({counts.get(type_id, 0)} of it there)"
+    return None
+
+
 # --- the decision --------------------------------------------------------------------------------------------------
 def rule_for(policy: Policy, g: GpuState) -> Tuple[int, GpuRule]:
     """(tier, rule): the first rule of the policy that matches ``g``, else the default after all of them."""
@@ -728,6 +762,7 @@ __all__ = [
     "occupancy",
     "place",
     "plan_defrag",
+    "refusal",
     "release",
     "resolve_type",
     "rule_for",

@@ -2,8 +2,8 @@
 
 ``plan(inventory, state, desired, ...)`` compares what the host has (``Inventory``), what vgpuctl owns (``State``)
 and what the files ask for (``DesiredState``), and returns a ``Plan``: actions in the order ``apply`` runs them
-(detaches first, so a device can move between domains, then destroys, to free capacity, then creates in file order,
-then attaches).  An action that must not or cannot run now carries a ``Block`` with the reason; it stays in the plan,
+(detaches first, so a device can move between domains, then destroys, to free capacity, then GPU-wide settings
+(heterogeneous mode, then the vGPU scheduler), then creates in file order, then attaches).  An action that must not or cannot run now carries a ``Block`` with the reason; it stays in the plan,
 so a plan is empty only when the host matches.
 
 The safety rules live here, in one place the property tests check:
@@ -14,16 +14,21 @@ The safety rules live here, in one place the property tests check:
 - what the libvirt hook created for a running domain (``on_demand``) is the hook's to destroy, not the plan's;
 - only attachments vgpuctl made (recorded in the domain's vgpuctl metadata) are ever detached, and only from a
   desired instance whose ``domain`` no longer names that domain; an instance dropped from the desired state keeps
-  its domain, and its destroy stays blocked while the domain references it.
+  its domain, and its destroy stays blocked while the domain references it;
+- a pinned create is predicted with the placement engine's per-GPU rules (``placement.apply`` on the inventory after
+  the plan's destroys and the creates before it): one the GPU cannot take is blocked ``no-capacity`` or ``type-mix``;
+- a GPU-wide setting (``gpus:``) is changed only from what NVML reported (``gpus``: ``GpuObservation`` per GPU); it
+  is blocked ``nvml`` where NVML could not say, and ``in-use`` while a vGPU runs on that GPU (heterogeneous mode:
+  while the GPU hosts any vGPU at all), the rule ``vgpuctl sched set``/``hetero set`` enforce.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable, Collection, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Collection, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 
-from .model import Instance, Inventory
-from .spec import AttachMode, DesiredInstance, DesiredState, desired_type, host_parent
+from .model import BackendKind, Instance, Inventory
+from .spec import AttachMode, DesiredGpu, DesiredInstance, DesiredState, desired_type, host_parent
 from .state import ORIGIN_APPLY, State
 
 
@@ -32,13 +37,19 @@ class Op(str, Enum):
     DESTROY = "destroy"
     ATTACH = "attach"
     DETACH = "detach"
+    SCHED = "sched"  #: set a GPU's vGPU scheduler (NVML)
+    HETERO = "hetero"  #: set a GPU's heterogeneous vGPU mode (NVML)
 
     def __str__(self) -> str:
         return self.value
 
     @property
     def sign(self) -> str:
-        return {"create": "+", "destroy": "-", "attach": "~", "detach": "~"}[self.value]
+        return {"create": "+", "destroy": "-"}.get(self.value, "~")
+
+    @property
+    def gpu_setting(self) -> bool:
+        return self in (Op.SCHED, Op.HETERO)
 
 
 class Block(str, Enum):
@@ -50,6 +61,10 @@ class Block(str, Enum):
     LIBVIRT = "libvirt"  #: attaching needs libvirt, which is not configured
     LIBVIRT_DOWN = "libvirt-unreachable"  #: libvirt is configured but could not be read: retried
     DEPENDS = "depends"  #: waits for another blocked action of the same instance
+    NO_CAPACITY = "no-capacity"  #: the pinned parent's GPU has no room left for the type (after the plan's changes)
+    TYPE_MIX = "type-mix"  #: the pinned parent's GPU holds (or will hold) a type its mixing rule forbids next to it
+    NVML = "nvml"  #: a GPU-wide setting cannot be read through NVML (no library, driver loading, not a vGPU host)
+    UNSUPPORTED = "unsupported"  #: the GPU does not support the desired setting (policy, time-slice range)
 
     def __str__(self) -> str:
         return self.value
@@ -57,7 +72,8 @@ class Block(str, Enum):
     @property
     def retryable(self) -> bool:
         """Whether time alone may clear it (the service retries these with backoff)."""
-        return self in (Block.PARENT_MISSING, Block.NO_PLACEMENT, Block.IN_USE, Block.DEPENDS, Block.LIBVIRT_DOWN)
+        return self in (Block.PARENT_MISSING, Block.NO_PLACEMENT, Block.IN_USE, Block.DEPENDS, Block.LIBVIRT_DOWN,
+                        Block.NVML)
 
 
 @dataclass(frozen=True)
@@ -72,6 +88,10 @@ class Action:
     why: str = ""
     block: Optional[Block] = None
     detail: str = ""  #: what blocks it, for people
+    #: a GPU-wide setting's desired value (``DesiredScheduler`` or the heterogeneous bool); ``parent`` is the GPU,
+    #: ``type_id`` the value as text, ``current`` what NVML reports now, ``uuid`` empty
+    value: Any = None
+    current: str = ""
 
     @property
     def blocked(self) -> bool:
@@ -83,6 +103,8 @@ class Action:
             text = f"~ attach {self.uuid} to {self.domain} ({self.mode})"
         elif self.op is Op.DETACH:
             text = f"~ detach {self.uuid} from {self.domain} ({self.mode})"
+        elif self.op.gpu_setting:
+            text = f"~ {self.op} GPU {self.parent} {self.current or '?'} -> {self.type_id}"
         else:
             text = f"{self.op.sign} {self.op} {self.uuid} {self.type_id} on {self.parent or '?'}"
         extras = [x for x in (self.name, self.why) if x]
@@ -122,6 +144,26 @@ Placer = Callable[
 @dataclass(frozen=True)
 class PlacementFailure:
     reason: str
+
+
+@dataclass(frozen=True)
+class GpuObservation:
+    """What NVML says about one physical GPU's settings, read by the caller for the planner."""
+
+    gpu: str
+    policy: Optional[str] = None  #: best-effort, equal-share, fixed-share (``nvml.Scheduler.policy``)
+    timeslice_us: Optional[int] = None  #: None: the driver's default
+    supported: Tuple[str, ...] = ()  #: policies the GPU supports (empty: not known)
+    min_timeslice_us: Optional[int] = None
+    max_timeslice_us: Optional[int] = None
+    heterogeneous: Optional[bool] = None
+    running: Tuple[str, ...] = ()  #: what runs on the GPU now: NVML's active vGPUs, instances a process holds
+    unavailable: Optional[str] = None  #: why NVML cannot tell (one line); the other fields are then unset
+
+    def scheduler_text(self) -> str:
+        if self.policy is None:
+            return "?"
+        return self.policy + (f" {self.timeslice_us / 1000:g}ms" if self.timeslice_us else "")
 
 
 @dataclass(frozen=True)
@@ -210,12 +252,18 @@ def plan(
     placer: Optional[Placer] = None,
     libvirt_error: Optional[str] = None,
     on_demand: Collection[str] = (),
+    gpus: Optional[Mapping[str, GpuObservation]] = None,
+    modes: Optional[Mapping[str, Any]] = None,
 ) -> Plan:
     """The actions that take ``inventory`` to ``desired``.  ``users``: who uses which instance (uuid -> holders);
     ``attachments``: uuid -> the domains that reference it (``DomainAttachment``), or None when libvirt is not
     configured (``libvirt_error``: or configured but unreadable, and why); ``placer``: the placement engine, or None
     (then only instances with a parent can be placed); ``on_demand``: instances the libvirt hook made for a running
-    domain, which the desired state neither destroys nor reports unless it declares them."""
+    domain, which the desired state neither destroys nor reports unless it declares them; ``gpus``: NVML's view of
+    the GPUs the desired state's ``gpus:`` names and of vendor-VFIO GPUs with pinned instances (None: not read);
+    their heterogeneous mode decides a vendor-VFIO GPU's mixing rule (one NVML did not report is predicted
+    mixed-size, the most permissive rule, so that only the host refuses); ``modes``: physical GPU -> the placement
+    engine's ``MixMode`` for any other GPU that is not homogeneous."""
     users = users or {}
     want = desired.by_uuid()
     destroys: List[Action] = []
@@ -242,8 +290,16 @@ def plan(
         else:
             destroys.append(Action(Op.DESTROY, inst.uuid, inst.parent, inst.type_id, d.name if d else None, why=why))
 
-    # 2. desired instances that do not exist as wanted: create (pinned first, then placed)
+    # 2. GPU-wide settings (before the creates: heterogeneous mode needs a GPU without vGPUs)
     freed = {a.uuid for a in destroys if a.block is None}
+    settings: List[Action] = []
+    for g in desired.gpus:
+        settings += _gpu_actions(g, (gpus or {}).get(g.gpu), inventory, freed, observed=gpus is not None)
+    hetero_to = {a.parent: bool(a.value) for a in settings if a.op is Op.HETERO and a.block is None}
+
+    # 3. desired instances that do not exist as wanted: create (pinned first, then placed)
+    hetero_seen = {g: o.heterogeneous for g, o in (gpus or {}).items() if o.heterogeneous is not None}
+    fit = _CapacityModel(inventory, freed, modes or {}, {**hetero_seen, **hetero_to})
     to_place: List[DesiredInstance] = []
     for d in desired.instances:
         inst = inventory.instance(d.uuid)
@@ -271,6 +327,10 @@ def plan(
             creates.append(_blocked_create(d, parent, d.type, Block.TYPE_UNKNOWN,
                                            f"{parent} does not offer type {d.type}"))
             continue
+        refused = fit.take(d.uuid, parent, tid)
+        if refused is not None:
+            creates.append(_blocked_create(d, parent, tid, refused[0], refused[1]))
+            continue
         creates.append(Action(Op.CREATE, d.uuid, parent, tid, d.name, why="desired"))
 
     if to_place:
@@ -295,7 +355,7 @@ def plan(
                 reason = where.reason if isinstance(where, PlacementFailure) else "no parent fits"
                 creates.append(_blocked_create(d, None, d.type, Block.NO_PLACEMENT, reason))
 
-    # 3. attachments: detach what vgpuctl attached to a domain the instance no longer names, then attach
+    # 4. attachments: detach what vgpuctl attached to a domain the instance no longer names, then attach
     creates_by_uuid = {a.uuid: a for a in creates}
     for d in desired.instances:
         create = creates_by_uuid.get(d.uuid)
@@ -332,7 +392,96 @@ def plan(
             attaches.append(Action(Op.ATTACH, d.uuid, parent, type_id, d.name, d.domain, d.attach, why="desired"))
 
     destroys.sort(key=lambda a: a.uuid)
-    return Plan(actions=tuple(detaches + destroys + creates + attaches))
+    return Plan(actions=tuple(detaches + destroys + settings + creates + attaches))
+
+
+class _CapacityModel:
+    """The inventory as the plan changes it, with placement's per-GPU rules deciding whether a pinned create fits.
+    Built lazily: a plan without pinned creates never loads the placement engine."""
+
+    def __init__(self, inventory: Inventory, freed: Collection[str], modes: Mapping[str, Any],
+                 hetero: Mapping[str, bool]) -> None:
+        self.base = inventory
+        self.freed = sorted(freed)
+        self.modes = modes
+        self.hetero = hetero  #: heterogeneous mode per GPU: NVML's, or what the plan sets before the creates
+        self.inv: Optional[Inventory] = None
+        self.usage: Any = None
+
+    def _start(self) -> Inventory:
+        from . import placement
+
+        inv = self.base
+        modes = dict(self.modes)
+        vendor_vfio = {p.gpu for p in inv.parents if p.backend is BackendKind.NVIDIA_VF}
+        for gpu in vendor_vfio:
+            if gpu in self.hetero:
+                modes[gpu] = placement.MixMode.MIXED_SIZE if self.hetero[gpu] else placement.MixMode.EQUAL_SIZE
+            else:
+                modes.setdefault(gpu, placement.MixMode.MIXED_SIZE)
+        self.usage = placement.Usage.of(modes=modes)
+        for uuid in self.freed:
+            if inv.instance(uuid) is not None:
+                inv = placement.release(inv, uuid, usage=self.usage)
+        self.inv = inv
+        return inv
+
+    def take(self, uuid: str, parent: str, type_id: str) -> "Optional[Tuple[Block, str]]":
+        """Record the create of ``uuid`` on ``parent``; or (block, why) when the GPU's rules refuse it."""
+        from . import placement
+
+        inv = self.inv if self.inv is not None else self._start()
+        why = placement.refusal(inv, parent, type_id, usage=self.usage)
+        if why is not None:
+            reason, detail = why
+            return (Block.TYPE_MIX if reason is placement.Refusal.TYPE_MIX else Block.NO_CAPACITY), detail
+        self.inv = placement.apply(inv, parent=parent, type_id=type_id, uuid=uuid, usage=self.usage)
+        return None
+
+
+def _gpu_actions(
+    g: DesiredGpu, obs: Optional[GpuObservation], inventory: Inventory, freed: Collection[str], *, observed: bool
+) -> List[Action]:
+    """The heterogeneous-mode and scheduler actions one ``gpus:`` entry needs (none when NVML reports them as
+    desired)."""
+    out: List[Action] = []
+    wanted: List[Tuple[Op, Any, str]] = []
+    if g.heterogeneous is not None:
+        wanted.append((Op.HETERO, g.heterogeneous, "on" if g.heterogeneous else "off"))
+    if g.scheduler is not None:
+        wanted.append((Op.SCHED, g.scheduler, g.scheduler.text()))
+    if obs is None or obs.unavailable is not None:
+        why = obs.unavailable if obs is not None and obs.unavailable else (
+            f"NVML did not report GPU {g.gpu}" if observed else "the GPU's settings were not read (NVML)")
+        return [Action(op, "", g.gpu, text, why="desired", block=Block.NVML, detail=why, value=value)
+                for op, value, text in wanted]
+    for op, value, text in wanted:
+        if op is Op.HETERO:
+            current = "?" if obs.heterogeneous is None else ("on" if obs.heterogeneous else "off")
+            if obs.heterogeneous is value:
+                continue
+            hosted = [i.uuid for i in inventory.instances if i.uuid not in freed
+                      and (inventory.parent(i.parent) is not None and inventory.parent(i.parent).gpu == g.gpu)]  # type: ignore[union-attr]
+            busy = list(obs.running) + [u for u in hosted if u not in obs.running]
+            block, detail = (Block.IN_USE, "the GPU hosts vGPUs: " + ", ".join(busy)) if busy else (None, "")
+            out.append(Action(op, "", g.gpu, text, why="desired", block=block, detail=detail, value=value,
+                              current=current))
+            continue
+        want_us = None if value.timeslice_ms is None else int(round(value.timeslice_ms * 1000))
+        if obs.policy == value.policy and (want_us is None or want_us == obs.timeslice_us):
+            continue
+        block, detail = None, ""
+        if obs.supported and value.policy not in obs.supported:
+            block, detail = Block.UNSUPPORTED, f"GPU supports {', '.join(obs.supported)}"
+        elif want_us is not None and obs.min_timeslice_us is not None and obs.max_timeslice_us is not None and not (
+                obs.min_timeslice_us <= want_us <= obs.max_timeslice_us):
+            block, detail = Block.UNSUPPORTED, (f"time slice outside the GPU's range "
+                                                f"{obs.min_timeslice_us / 1000:g}..{obs.max_timeslice_us / 1000:g} ms")
+        elif obs.running:
+            block, detail = Block.IN_USE, "vGPUs run on it: " + ", ".join(obs.running)
+        out.append(Action(op, "", g.gpu, text, why="desired", block=block, detail=detail, value=value,
+                          current=obs.scheduler_text()))
+    return out
 
 
 def _blocked_create(d: DesiredInstance, parent: Optional[str], type_id: str, block: Block, detail: str) -> Action:

@@ -15,6 +15,10 @@ file, the line and the key, raised before anything on the host is touched.  The 
         placement: {tenant: a, numa_node: 0}   # ... or a placement request (exactly one of the two)
         domain: web-1                   # optional: libvirt domain to attach the device to
         attach: config                  # live | config | both (default config); only with domain
+    gpus:                               # optional: GPU-wide NVIDIA settings, converged through NVML
+      "0000:4a:00.0":                   # a physical GPU's PCI address, unique over all files
+        scheduler: {policy: equal-share, timeslice_ms: 2}   # best-effort | equal-share | fixed-share
+        heterogeneous: false            # heterogeneous vGPU mode (mixed-size types)
 
 Checks that need the host (the type is offered, pinned instances fit a parent) are in ``validate``; the planner
 never raises for them but shows the instance as blocked, so the service keeps running while a driver loads.
@@ -42,7 +46,11 @@ SPEC_VERSION = 1
 UUID_NAMESPACE = uuidlib.UUID("6f0b3f63-3a51-4d8e-9d0c-7e1b5a2c9a40")
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 
-_TOP_KEYS = ("version", "instances")
+_TOP_KEYS = ("version", "instances", "gpus")
+_GPU_KEYS = ("scheduler", "heterogeneous")
+_SCHED_KEYS = ("policy", "timeslice_ms")
+#: the vGPU scheduler policies NVML knows (``nvml.POLICIES``; spelled out here so parsing needs no NVML)
+SCHED_POLICIES = ("best-effort", "equal-share", "fixed-share")
 _INSTANCE_KEYS = ("uuid", "type", "profile", "parent", "placement", "domain", "attach")
 _PLACEMENT_KEYS = ("tenant", "numa_node")
 
@@ -95,9 +103,38 @@ class DesiredInstance:
 
 
 @dataclass(frozen=True)
+class DesiredScheduler:
+    """A GPU's vGPU time-slice scheduler as the desired state asks for it."""
+
+    policy: str  #: one of ``SCHED_POLICIES``
+    timeslice_ms: Optional[float] = None  #: None: leave the time slice as the driver has it (not for best-effort)
+
+    def text(self) -> str:
+        return self.policy + (f" {self.timeslice_ms:g}ms" if self.timeslice_ms is not None else "")
+
+
+@dataclass(frozen=True)
+class DesiredGpu:
+    """GPU-wide settings of one physical GPU (``gpus:``); a setting left out is not managed."""
+
+    gpu: str  #: canonical PCI address of the physical GPU
+    scheduler: Optional[DesiredScheduler] = None
+    heterogeneous: Optional[bool] = None
+    mark: Mark = Mark("<none>")
+    key_lines: Tuple[Tuple[str, int], ...] = ()
+
+    def line_of(self, key: str) -> Optional[int]:
+        for k, line in self.key_lines:
+            if k == key:
+                return line
+        return self.mark.line
+
+
+@dataclass(frozen=True)
 class DesiredState:
     instances: Tuple[DesiredInstance, ...] = ()
     files: Tuple[str, ...] = ()  #: the files read, in merge order
+    gpus: Tuple[DesiredGpu, ...] = ()  #: GPU-wide settings, in file order
 
     def by_uuid(self) -> Dict[str, DesiredInstance]:
         return {d.uuid: d for d in self.instances}
@@ -130,12 +167,15 @@ def load_files(paths: "Sequence[os.PathLike[str] | str]", config_dir: "os.PathLi
     the same strict parsing as ``load``; ``profile:`` names are bound to ``config_dir``'s ``profiles.yaml``.  A
     missing file is a ``ConfigError``; no file at all is an empty desired state."""
     parsed: List[DesiredInstance] = []
+    gpus: List[DesiredGpu] = []
     for p in paths:
         text = read_config(p, missing_ok=False)
-        parsed += parse(text or "", path=os.fspath(p)).instances
+        doc = parse(text or "", path=os.fspath(p))
+        parsed += doc.instances
+        gpus += doc.gpus
     if any(d.profile for d in parsed):
         parsed = bind_profiles(parsed, config_dir)
-    return merge(parsed, files=tuple(os.fspath(p) for p in paths))
+    return merge(parsed, files=tuple(os.fspath(p) for p in paths), gpus=gpus)
 
 
 def bind_profiles(instances: Sequence[DesiredInstance], config_dir: "os.PathLike[str] | str") -> List[DesiredInstance]:
@@ -158,7 +198,18 @@ def bind_profiles(instances: Sequence[DesiredInstance], config_dir: "os.PathLike
     return out
 
 
-def merge(instances: Sequence[DesiredInstance], *, files: Tuple[str, ...] = ()) -> DesiredState:
+def merge(
+    instances: Sequence[DesiredInstance], *, files: Tuple[str, ...] = (), gpus: Sequence[DesiredGpu] = ()
+) -> DesiredState:
+    seen_gpus: Dict[str, DesiredGpu] = {}
+    for g in gpus:
+        if g.gpu in seen_gpus:
+            first = seen_gpus[g.gpu]
+            raise ConfigError(
+                g.mark.path, f"GPU {g.gpu} is already configured at {first.mark.path}:{first.mark.line}",
+                line=g.mark.line, key=f"gpus.{g.gpu}",
+            )
+        seen_gpus[g.gpu] = g
     seen_names: Dict[str, DesiredInstance] = {}
     seen_uuids: Dict[str, DesiredInstance] = {}
     for d in instances:
@@ -177,7 +228,7 @@ def merge(instances: Sequence[DesiredInstance], *, files: Tuple[str, ...] = ()) 
             )
         seen_names[d.name] = d
         seen_uuids[d.uuid] = d
-    return DesiredState(instances=tuple(instances), files=files)
+    return DesiredState(instances=tuple(instances), files=files, gpus=tuple(gpus))
 
 
 def parse(text: str, *, path: str = "<spec>") -> DesiredState:
@@ -251,7 +302,53 @@ class _Parser:
             else:
                 for name, (knode, vnode) in self.mapping(inode, "instances", None).items():
                     instances.append(self.instance(name, knode, vnode))
-        return merge(instances, files=(self.path,))
+        gpus: List[DesiredGpu] = []
+        if "gpus" in top:
+            gnode = top["gpus"][1]
+            if not (isinstance(gnode, self.yaml.ScalarNode) and gnode.tag.endswith(":null")):
+                for name, (knode, vnode) in self.mapping(gnode, "gpus", None).items():
+                    gpus.append(self.gpu(name, knode, vnode))
+        return merge(instances, files=(self.path,), gpus=gpus)
+
+    def gpu(self, name: str, knode: Any, node: Any) -> DesiredGpu:
+        canon = canonical_parent_name(name)
+        if canon is None or ":" not in canon:
+            raise self.fail(knode, f"gpus.{name}", f"{name!r} is not a PCI address (e.g. \"0000:4a:00.0\")")
+        key = f"gpus.{canon}"
+        fields = self.mapping(node, key, _GPU_KEYS)
+        if not fields:
+            raise self.fail(node, key, f"give at least one of: {', '.join(_GPU_KEYS)}")
+        lines = tuple((k, kn.start_mark.line + 1) for k, (kn, _) in fields.items())
+        sched = self.scheduler(fields["scheduler"][1], f"{key}.scheduler") if "scheduler" in fields else None
+        hetero = None
+        if "heterogeneous" in fields:
+            v = self.scalar(fields["heterogeneous"][1], f"{key}.heterogeneous")
+            if not isinstance(v, bool):
+                raise self.fail(fields["heterogeneous"][1], f"{key}.heterogeneous", "must be true or false")
+            hetero = v
+        if hetero and sched is not None and sched.policy == "fixed-share":
+            raise self.fail(fields["scheduler"][1], f"{key}.scheduler.policy",
+                            "fixed-share is not available in heterogeneous mode (best-effort or equal-share)")
+        return DesiredGpu(gpu=canon, scheduler=sched, heterogeneous=hetero,
+                          mark=Mark(self.path, knode.start_mark.line + 1), key_lines=lines)
+
+    def scheduler(self, node: Any, key: str) -> DesiredScheduler:
+        f = self.mapping(node, key, _SCHED_KEYS)
+        if "policy" not in f:
+            raise self.fail(node, f"{key}.policy", f"is required: one of {', '.join(SCHED_POLICIES)}")
+        policy = self.string(f["policy"][1], f"{key}.policy")
+        if policy not in SCHED_POLICIES:
+            raise self.fail(f["policy"][1], f"{key}.policy", f"must be one of: {', '.join(SCHED_POLICIES)}")
+        ms = None
+        if "timeslice_ms" in f:
+            vnode = f["timeslice_ms"][1]
+            v = self.scalar(vnode, f"{key}.timeslice_ms")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise self.fail(vnode, f"{key}.timeslice_ms", "must be a number of milliseconds > 0")
+            if policy == "best-effort":
+                raise self.fail(vnode, f"{key}.timeslice_ms", "best-effort has no time slice; drop timeslice_ms")
+            ms = float(v)
+        return DesiredScheduler(policy=policy, timeslice_ms=ms)
 
     def instance(self, name: str, knode: Any, node: Any) -> DesiredInstance:
         key = f"instances.{name}"

@@ -25,6 +25,7 @@ from .paths import HostPaths
 
 SCHEMA = "vgpuctl.state/v1"
 LIBVIRT_OPS = ("attach", "detach")  #: intents that change a domain, not a device
+SETTING_OPS = ("sched", "hetero")  #: intents that change a GPU-wide NVML setting, not a device
 
 #: Who made (or claimed) an owned device.  ``apply`` (the desired state and its service) destroys only devices of
 #: origin ``apply``: a device made by ``vgpuctl create``/``attach`` or by the libvirt hook is never removed because a
@@ -69,8 +70,8 @@ class State:
         An attach or detach intent only leaves the journal: ownership is about devices, and the next plan redoes
         whatever part of an interrupted (idempotent) attach or detach is missing."""
         owned = dict(self.owned)
-        if intent.op in LIBVIRT_OPS:
-            pass
+        if intent.op in LIBVIRT_OPS or intent.op in SETTING_OPS:
+            pass  # idempotent: the next plan redoes what is missing
         elif exists:
             prev = owned.get(intent.uuid)
             owned[intent.uuid] = prev or Owned(

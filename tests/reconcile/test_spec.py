@@ -116,3 +116,53 @@ def test_list_does_not_import_yaml():
             "print('yaml' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip().splitlines()[-1] == "False", out.stderr
+
+
+# --- gpus: GPU-wide settings --------------------------------------------------------------------------------------
+GPUS = """\
+version: 1
+gpus:
+  4A:00.0:
+    scheduler: {policy: equal-share, timeslice_ms: 2}
+    heterogeneous: false
+  "0000:ca:00.0":
+    scheduler:
+      policy: best-effort
+"""
+
+
+def test_parse_gpus():
+    a, b = parse(GPUS, path="x.yaml").gpus
+    assert (a.gpu, a.scheduler.policy, a.scheduler.timeslice_ms, a.heterogeneous) == (
+        "0000:4a:00.0", "equal-share", 2.0, False)
+    assert (b.gpu, b.scheduler.text(), b.heterogeneous, b.mark.line) == ("0000:ca:00.0", "best-effort", None, 6)
+
+
+@pytest.mark.parametrize("text,line,key", [
+    ("version: 1\ngpus:\n  nope:\n    heterogeneous: true\n", 3, "gpus.nope"),
+    ("version: 1\ngpus:\n  4a:00.0:\n    colour: red\n", 4, "gpus.0000:4a:00.0.colour"),
+    ("version: 1\ngpus:\n  4a:00.0: {}\n", 3, "gpus.0000:4a:00.0"),
+    ("version: 1\ngpus:\n  4a:00.0:\n    heterogeneous: yes please\n", 4, "gpus.0000:4a:00.0.heterogeneous"),
+    ("version: 1\ngpus:\n  4a:00.0:\n    scheduler: {timeslice_ms: 2}\n", 4, "gpus.0000:4a:00.0.scheduler.policy"),
+    ("version: 1\ngpus:\n  4a:00.0:\n    scheduler: {policy: fair}\n", 4, "gpus.0000:4a:00.0.scheduler.policy"),
+    ("version: 1\ngpus:\n  4a:00.0:\n    scheduler:\n      policy: equal-share\n      timeslice_ms: 0\n", 6,
+     "gpus.0000:4a:00.0.scheduler.timeslice_ms"),
+    ("version: 1\ngpus:\n  4a:00.0:\n    scheduler:\n      policy: best-effort\n      timeslice_ms: 2\n", 6,
+     "gpus.0000:4a:00.0.scheduler.timeslice_ms"),
+    ("version: 1\ngpus:\n  4a:00.0:\n    scheduler: {policy: fixed-share}\n    heterogeneous: true\n", 4,
+     "gpus.0000:4a:00.0.scheduler.policy"),
+    ("version: 1\ngpus:\n  4a:00.0: {heterogeneous: true}\n  0000:4A:00.0: {heterogeneous: true}\n", 4,
+     "gpus.0000:4a:00.0"),
+])
+def test_gpus_errors_name_file_line_key(text, line, key):
+    with pytest.raises(ConfigError) as e:
+        parse(text, path="g.yaml")
+    assert (e.value.path, e.value.line, e.value.key) == ("g.yaml", line, key), str(e.value)
+
+
+def test_gpu_configured_in_two_files(tmp_path):
+    write(tmp_path, "vgpuctl.yaml", "version: 1\ngpus:\n  4a:00.0: {heterogeneous: true}\n")
+    write(tmp_path, "conf.d/10-x.yaml", "version: 1\ngpus:\n  4a:00.0: {heterogeneous: false}\n")
+    with pytest.raises(ConfigError) as e:
+        load(tmp_path / "etc" / "vgpuctl")
+    assert e.value.path.endswith("10-x.yaml") and e.value.key == "gpus.0000:4a:00.0" and "vgpuctl.yaml:3" in str(e.value)
