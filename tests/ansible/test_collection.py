@@ -329,11 +329,12 @@ def test_config_failures(host):
     failed(chk, 13, "1 action(s) left (1 blocked, 0 failed)")
     assert chk["msg"] == real["msg"] and real["rc"] == 13 and chk["changed"] and real["changed"]
     assert chk["blocked"] == real["blocked"] and "in-use: in use by pid" in real["blocked"][0]
-    # no capacity: apply's create fails; the held destroy is still blocked
+    # no capacity: vgpuctl's plan blocks the create (the T4 holds another type); the held destroy is still blocked
     chk, real = rs[6], rs[7]
-    failed(chk, 13, "2 action(s) left (1 blocked, 1 failed)")
-    assert chk["msg"] == real["msg"] and real["rc"] == 13
-    assert [a["outcome"] for a in real["actions"]] == ["blocked", "failed"]
+    failed(chk, 13, "2 action(s) left (2 blocked, 0 failed)")
+    assert chk["msg"] == real["msg"] and real["rc"] == 13 and chk["blocked"] == real["blocked"]
+    assert [a["outcome"] for a in real["actions"]] == ["blocked", "blocked"]
+    assert "type-mix" in real["blocked"][1]
     after = snapshot(host)
     assert after["instances"] == before["instances"]  # nothing created or destroyed
     assert set(after["etc"]) == {"vgpuctl.yaml"}  # only the real runs wrote: the drop-in is gone, the new file there
