@@ -35,7 +35,9 @@ def _placer(s: Any) -> Any:
         from .. import placement  # noqa: F401  (the placement engine; without it only pinned parents work)
     except ImportError:
         return None
-    return policy_placer(s.paths)
+    from .placement import usage_provider  # existing VMs count toward quotas and anti-affinity
+
+    return policy_placer(s.paths, usage=usage_provider(s))
 
 
 def _attachments(s: Any, lifecycle: Any) -> Any:
