@@ -23,7 +23,6 @@ attaches (idempotent: recovery drops the intent, the next plan redoes it).  A re
 from __future__ import annotations
 
 import logging
-import os
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Dict, Optional, Protocol, Sequence, Set, Tuple

@@ -48,7 +48,7 @@ from .errors import (
     NotOwned,
     UnknownInstance,
 )
-from .model import PCI_ADDR_RE, BackendKind, Instance, Inventory, canonical_parent_name, canonical_uuid
+from .model import PCI_ADDR_RE, Instance, Inventory, canonical_parent_name, canonical_uuid
 from .paths import HostPaths
 
 if TYPE_CHECKING:  # the planner's types; plan.py imports nothing from here

@@ -87,7 +87,7 @@ def attach(domain: str, uuid: Optional[str], parent: Optional[str], type_id: Opt
                                      config=r.scope.config, created=r.created, changed=r.changed), indent=2))
         return
     click.echo(r.instance.uuid)
-    made = f"created and " if r.created else ""
+    made = "created and " if r.created else ""
     what = "attached" if r.changed else "already attached"
     info(f"{made}{what} {r.instance.uuid} ({r.instance.type_id} on {r.instance.parent}) to {r.domain!r} ({r.scope})")
 
