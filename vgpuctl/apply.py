@@ -33,7 +33,7 @@ from .lifecycle import Lifecycle
 from .model import BackendKind, Inventory
 from .plan import (Action, Attachments, GpuObservation, Op, PlacementFailure, Placer, Plan, destroy_candidates,
                    plan)
-from .spec import DesiredInstance, DesiredState, PlacementRequest, load
+from .spec import DesiredInstance, DesiredState, PlacementRequest, bind, load
 from .state import ORIGIN_APPLY, HostLock, Intent, State
 
 log = logging.getLogger("vgpuctl.apply")
@@ -223,7 +223,7 @@ class Reconciler:
                 steps.append(step)
                 on_step(step)
             # what the desired state declares is apply's to manage from now on (export, then apply, adopts devices)
-            claimed = state.claim(d.uuid for d in desired.instances)
+            claimed = state.claim(d.uuid for d in bind(desired, before.inventory).instances)
             if steps or claimed != state:
                 state = claimed
                 self.store.save(state)  # the last step's outcome (earlier ones went out with the next intent)

@@ -11,6 +11,9 @@ The safety rules live here, in one place the property tests check:
 - only instances in ``state.owned`` are ever destroyed (a foreign device in the way blocks the create instead);
 - an instance someone uses (``users``: processes, libvirt domains) is never destroyed: its destroy is blocked;
 - a parent that is not registered yet blocks its instances with ``PARENT_MISSING``, which the service retries;
+- an instance pinned to an NVIDIA vendor-VFIO VF is the vGPU on that VF (``spec.bind``: its id is the VF's
+  address); one the desired state cannot mean there (``spec.vf_issues``: an explicit uuid, a second pin of one VF,
+  the physical GPU as parent, placement landing on a VF) is blocked ``config`` and changes nothing;
 - what the libvirt hook created for a running domain (``on_demand``) is the hook's to destroy, not the plan's;
 - only attachments vgpuctl made (recorded in the domain's vgpuctl metadata) are ever detached, and only from a
   desired instance whose ``domain`` no longer names that domain; an instance dropped from the desired state keeps
@@ -23,12 +26,13 @@ The safety rules live here, in one place the property tests check:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any, Callable, Collection, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 
-from .model import BackendKind, Instance, Inventory
-from .spec import AttachMode, DesiredGpu, DesiredInstance, DesiredState, desired_type, host_parent
+from .model import BackendKind, Instance, Inventory, VgpuType
+from .spec import (AttachMode, DesiredGpu, DesiredInstance, DesiredState, bind, desired_type, host_parent,
+                   vf_issues)
 from .state import ORIGIN_APPLY, State
 
 
@@ -65,6 +69,7 @@ class Block(str, Enum):
     TYPE_MIX = "type-mix"  #: the pinned parent's GPU holds (or will hold) a type its mixing rule forbids next to it
     NVML = "nvml"  #: a GPU-wide setting cannot be read through NVML (no library, driver loading, not a vGPU host)
     UNSUPPORTED = "unsupported"  #: the GPU does not support the desired setting (policy, time-slice range)
+    CONFIG = "config"  #: the desired state cannot mean anything on this host as written (vendor-VFIO naming)
 
     def __str__(self) -> str:
         return self.value
@@ -231,11 +236,13 @@ def destroy_candidates(
     inventory: Inventory, state: State, desired: DesiredState, on_demand: Collection[str] = ()
 ) -> Tuple[Instance, ...]:
     """Owned instances the plan would destroy if nobody used them: whose in-use check is worth its cost."""
+    desired = bind(desired, inventory)
+    issues = vf_issues(desired, inventory)
     want = desired.by_uuid()
     out = []
     for inst in inventory.instances:
         d = want.get(inst.uuid)
-        if not _manages(inst, d, state, on_demand):
+        if not _manages(inst, d, state, on_demand) or (d is not None and d.name in issues):
             continue
         if d is None or not _matches(inst, d, inventory):
             out.append(inst)
@@ -265,6 +272,8 @@ def plan(
     mixed-size, the most permissive rule, so that only the host refuses); ``modes``: physical GPU -> the placement
     engine's ``MixMode`` for any other GPU that is not homogeneous."""
     users = users or {}
+    desired = bind(desired, inventory)  # an instance pinned to a vendor-VFIO VF is named by the VF
+    issues = vf_issues(desired, inventory)  #: instances the desired state cannot mean here: left alone, blocked
     want = desired.by_uuid()
     destroys: List[Action] = []
     creates: List[Action] = []
@@ -275,7 +284,7 @@ def plan(
     # 1. owned instances that are not wanted, or not as they are: destroy unless in use
     for inst in inventory.instances:
         d = want.get(inst.uuid)
-        if not _manages(inst, d, state, on_demand):
+        if not _manages(inst, d, state, on_demand) or (d is not None and d.name in issues):
             continue
         if d is not None and _matches(inst, d, inventory):
             continue
@@ -302,6 +311,9 @@ def plan(
     fit = _CapacityModel(inventory, freed, modes or {}, {**hetero_seen, **hetero_to})
     to_place: List[DesiredInstance] = []
     for d in desired.instances:
+        if d.name in issues:
+            creates.append(_blocked_create(d, d.parent, d.type, Block.CONFIG, issues[d.name][1]))
+            continue
         inst = inventory.instance(d.uuid)
         if inst is not None and _matches(inst, d, inventory):
             continue
@@ -346,6 +358,13 @@ def plan(
             placed = placer(inventory, to_place, pinned, sorted(freed))
             for d in to_place:
                 where = placed.get(d.name)
+                vf = inventory.parent(where) if isinstance(where, str) else None
+                if vf is not None and vf.backend is BackendKind.NVIDIA_VF:
+                    creates.append(_blocked_create(
+                        d, None, d.type, Block.CONFIG,
+                        f"placement chose NVIDIA vendor-VFIO VF {where}, and a vGPU there is named by its VF, not by "
+                        f"a uuid: pin it instead of placing it (parent: \"{where}\")"))
+                    continue
                 if isinstance(where, str):
                     tid = desired_type(inventory, where, d)
                     if tid is not None:
@@ -420,6 +439,7 @@ class _CapacityModel:
             else:
                 modes.setdefault(gpu, placement.MixMode.MIXED_SIZE)
         self.usage = placement.Usage.of(modes=modes)
+        inv = _vf_offers_after_destroy(inv, self.freed)
         for uuid in self.freed:
             if inv.instance(uuid) is not None:
                 inv = placement.release(inv, uuid, usage=self.usage)
@@ -437,6 +457,31 @@ class _CapacityModel:
             return (Block.TYPE_MIX if reason is placement.Refusal.TYPE_MIX else Block.NO_CAPACITY), detail
         self.inv = placement.apply(inv, parent=parent, type_id=type_id, uuid=uuid, usage=self.usage)
         return None
+
+
+def _vf_offers_after_destroy(inventory: Inventory, freed: Collection[str]) -> Inventory:
+    """``inventory`` where each vendor-VFIO VF whose vGPU the plan destroys also lists what the GPU's free VFs offer
+    (a typed VF lists only its own type; reset to 0 it offers the GPU's table again), so re-typing a VF is predicted.
+    ``placement.release`` then recounts them by the GPU's rules."""
+    extra: List[VgpuType] = []
+    used = {i.parent for i in inventory.instances}
+    for uuid in freed:
+        inst = inventory.instance(uuid)
+        p = inventory.parent(inst.parent) if inst is not None else None
+        if inst is None or p is None or p.backend is not BackendKind.NVIDIA_VF:
+            continue
+        have = {t.type_id for t in inventory.types_on(p.name)}
+        for q in inventory.parents:
+            if q.gpu != p.gpu or q.name in used or q.backend is not p.backend:
+                continue
+            for t in inventory.types_on(q.name):
+                if t.type_id not in have:
+                    have.add(t.type_id)
+                    extra.append(replace(t, parent=p.name))
+    if not extra:
+        return inventory
+    types = tuple(sorted(inventory.types + tuple(extra), key=lambda t: (t.parent, t.type_id)))
+    return replace(inventory, types=types)
 
 
 def _gpu_actions(

@@ -323,7 +323,9 @@ class Service:
     def _summary(self, result: Any) -> str:
         inv, p = result.after.inventory, result.after.plan
         n = len(self.desired.instances)
-        have = sum(1 for d in self.desired.instances if inv.instance(d.uuid) is not None)
+        from .spec import bind  # an instance pinned to a vendor-VFIO VF is named by the VF
+
+        have = sum(1 for d in bind(self.desired, inv).instances if inv.instance(d.uuid) is not None)
         text = f"{have}/{n} desired instances present"
         if p.empty:
             text += ", converged"
