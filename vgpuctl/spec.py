@@ -78,6 +78,11 @@ class PlacementRequest:
     numa_node: Optional[int] = None  #: only parents on this NUMA node (or without NUMA information)
 
 
+def _line_of(key_lines: Tuple[Tuple[str, int], ...], key: str, default: Optional[int]) -> Optional[int]:
+    """The line ``key`` was written on, for errors found after parsing; the entry's own line if not recorded."""
+    return next((line for k, line in key_lines if k == key), default)
+
+
 @dataclass(frozen=True)
 class DesiredInstance:
     name: str
@@ -96,10 +101,7 @@ class DesiredInstance:
     profile_def: Any = field(default=None, compare=False, repr=False)  #: a ``vgpuctl.profiles.Profile``
 
     def line_of(self, key: str) -> Optional[int]:
-        for k, line in self.key_lines:
-            if k == key:
-                return line
-        return self.mark.line
+        return _line_of(self.key_lines, key, self.mark.line)
 
 
 @dataclass(frozen=True)
@@ -124,10 +126,7 @@ class DesiredGpu:
     key_lines: Tuple[Tuple[str, int], ...] = ()
 
     def line_of(self, key: str) -> Optional[int]:
-        for k, line in self.key_lines:
-            if k == key:
-                return line
-        return self.mark.line
+        return _line_of(self.key_lines, key, self.mark.line)
 
 
 @dataclass(frozen=True)
