@@ -23,8 +23,14 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# pip's noise about this machine's unused local index locations is not ours to show
-quiet() { "$@" 2>&1 | { grep -v "^WARNING: Location '.*' is ignored" || true; }; }
+# pip's and setuptools' chatter goes to .venv/setup.log; on a failure its end is shown
+quiet() {
+  if ! "$@" >>.venv/setup.log 2>&1; then
+    echo "setup: '$*' failed; the end of .venv/setup.log:" >&2
+    tail -n 40 .venv/setup.log >&2
+    return 1
+  fi
+}
 
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
