@@ -149,7 +149,7 @@ class Reconciler:
         settings_gpus = sorted({g.gpu for g in desired.gpus})
         vendor_vfio = _pinned_vendor_vfio_gpus(inv, desired)
         on_gpus = [i for i in inv.instances if _gpu_of(inv, i.parent) in settings_gpus]
-        # one read of libvirt serves the in-use check and the attachments
+        # one read of libvirt serves the in-use check, the attachments and the placer's usage (``plan`` calls it)
         with self.attachments.session() if self.attachments is not None else nullcontext():
             held = {i.uuid: i for i in list(candidates) + on_gpus}
             users = self.lifecycle.users(tuple(held.values())) if held else {}
@@ -163,12 +163,13 @@ class Reconciler:
                         attached = {}
             elif self.attachments is not None:
                 attached = {}
-        gpus: Optional[Dict[str, GpuObservation]] = None
-        asked = sorted(set(settings_gpus) | vendor_vfio)
-        if asked:
-            gpus = self._observe_gpus(inv, asked, users)
-        return Observation(inv, state, plan(inv, state, desired, users=users, attachments=attached, placer=self.placer,
-                                            libvirt_error=unreadable, on_demand=on_demand, gpus=gpus))
+            gpus: Optional[Dict[str, GpuObservation]] = None
+            asked = sorted(set(settings_gpus) | vendor_vfio)
+            if asked:
+                gpus = self._observe_gpus(inv, asked, users)
+            return Observation(inv, state, plan(inv, state, desired, users=users, attachments=attached,
+                                                placer=self.placer, libvirt_error=unreadable, on_demand=on_demand,
+                                                gpus=gpus))
 
     def _observe_gpus(self, inv: Inventory, gpus: Sequence[str], users: Any) -> Dict[str, GpuObservation]:
         """NVML's view of ``gpus``, with the instances a process or domain holds on each added to what runs there

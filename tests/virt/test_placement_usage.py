@@ -155,3 +155,20 @@ def test_reconciler_placer_sees_existing_vms(host):
     want = DesiredInstance(name="web2", uuid="cccccccc-0000-4000-8000-000000000001", type="T4-2B", domain="acme-2")
     assert policy_placer(s.paths, usage=usage_provider(s))(inv, [want], [], []) == {"web2": T4B}
     assert policy_placer(s.paths)(inv, [want], [], []) == {"web2": T4A}
+
+
+def test_reconciler_plan_reads_libvirt_once(host, monkeypatch):
+    """The placer's usage comes from the snapshot the plan's attachments read: one read of the domains per plan."""
+    from vgpuctl import virt
+    from vgpuctl.commands._common import Settings
+    from vgpuctl.commands.reconcile import build_reconciler
+    from vgpuctl.spec import DesiredInstance, DesiredState
+
+    reads = []
+    real = virt.Virt.snapshot
+    monkeypatch.setattr(virt.Virt, "snapshot", lambda self: reads.append(1) or real(self))
+    rec = build_reconciler(Settings(root=str(host), connect=URI, nvml="off", lock_timeout=2))
+    want = DesiredInstance(name="web2", uuid="cccccccc-0000-4000-8000-000000000001", type="T4-2B", domain="acme-2")
+    obs = rec.observe(DesiredState(instances=(want,)))
+    assert [a.parent for a in obs.plan.actions if a.uuid == want.uuid and str(a.op) == "create"] == [T4B]
+    assert len(reads) == 1

@@ -108,16 +108,23 @@ def build_usage(s: Settings, inventory: Inventory) -> Usage:
     return Usage.of(consumers, modes=mix_modes(s, inventory))
 
 
-def usage_provider(s: Settings) -> Callable[[Inventory], Usage]:
+def usage_provider(s: Settings, *, read: Optional[Callable[[], "Snapshot"]] = None) -> Callable[[Inventory], Usage]:
     """For the reconciler's placer (``apply.policy_placer``): inventory -> ``Usage``, reading the domains afresh on
-    every call (once per plan; the service plans many times in one process).  No domains with ``--connect none``."""
+    every call (once per plan; the service plans many times in one process).  No domains with ``--connect none``.
+
+    ``read``: where the domains come from (the reconciler passes its ``AttachmentSource.users.read``, so that inside
+    a plan's session the attachments and the placement usage share one read of libvirt); a read of its own if None."""
 
     def usage(inventory: Inventory) -> Usage:
         consumers: Dict[str, Consumer] = {}
         if s.connect != "none":
-            from ..virt import DomainUsers
+            if read is not None:
+                snap = read()
+            else:
+                from ..virt import DomainUsers
 
-            consumers = consumers_from(DomainUsers(s.connect).read(), inventory)
+                snap = DomainUsers(s.connect).read()
+            consumers = consumers_from(snap, inventory)
         from .nvidia import mix_modes
 
         return Usage.of(consumers, modes=mix_modes(s, inventory))

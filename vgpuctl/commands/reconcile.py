@@ -25,10 +25,11 @@ def build_reconciler(s: Any) -> Any:
     from ..apply import Reconciler
 
     lc = build_lifecycle(s)
-    return Reconciler(lc, placer=_placer(s), attachments=_attachments(s, lc))
+    attachments = _attachments(s, lc)
+    return Reconciler(lc, placer=_placer(s, attachments), attachments=attachments)
 
 
-def _placer(s: Any) -> Any:
+def _placer(s: Any, attachments: Any) -> Any:
     from ..apply import policy_placer
 
     try:
@@ -37,7 +38,9 @@ def _placer(s: Any) -> Any:
         return None
     from .placement import usage_provider  # existing VMs count toward quotas and anti-affinity
 
-    return policy_placer(s.paths, usage=usage_provider(s))
+    # the domains the attachments read serve the placement usage too: one read of libvirt per plan
+    read = attachments.users.read if attachments is not None else None
+    return policy_placer(s.paths, usage=usage_provider(s, read=read))
 
 
 def _attachments(s: Any, lifecycle: Any) -> Any:
