@@ -237,16 +237,23 @@ def destroy_candidates(
 ) -> Tuple[Instance, ...]:
     """Owned instances the plan would destroy if nobody used them: whose in-use check is worth its cost."""
     desired = bind(desired, inventory)
-    issues = vf_issues(desired, inventory)
-    want = desired.by_uuid()
+    return tuple(i for i, _ in _unwanted(inventory, state, desired.by_uuid(), vf_issues(desired, inventory), on_demand))
+
+
+def _unwanted(
+    inventory: Inventory, state: State, want: Mapping[str, DesiredInstance], issues: Collection[str],
+    on_demand: Collection[str],
+) -> List[Tuple[Instance, Optional[DesiredInstance]]]:
+    """Owned instances that are not wanted, or not as they are, each with its desired instance (None: undeclared);
+    ``want``: the bound desired state by uuid.  What ``destroy_candidates`` returns and ``plan`` destroys unless in use."""
     out = []
     for inst in inventory.instances:
         d = want.get(inst.uuid)
         if not _manages(inst, d, state, on_demand) or (d is not None and d.name in issues):
             continue
         if d is None or not _matches(inst, d, inventory):
-            out.append(inst)
-    return tuple(out)
+            out.append((inst, d))
+    return out
 
 
 def plan(
@@ -282,12 +289,7 @@ def plan(
     blocked_uuids: Dict[str, str] = {}  #: uuid -> why its create must wait
 
     # 1. owned instances that are not wanted, or not as they are: destroy unless in use
-    for inst in inventory.instances:
-        d = want.get(inst.uuid)
-        if not _manages(inst, d, state, on_demand) or (d is not None and d.name in issues):
-            continue
-        if d is not None and _matches(inst, d, inventory):
-            continue
+    for inst, d in _unwanted(inventory, state, want, issues, on_demand):
         why = "not in the desired state" if d is None else "desired with another type or parent"
         who = list(users.get(inst.uuid, ()))
         if who:
