@@ -23,7 +23,7 @@ from .errors import (
     UnknownType,
 )
 from .host import Host, TypeScope
-from .model import BackendKind, Instance, Inventory, Parent, VgpuType, canonical_instance_id, canonical_parent_name
+from .model import Instance, Inventory, Parent, VgpuType, canonical_instance_id, canonical_parent_name
 from .state import ORIGIN_CREATE, HostLock, Intent, State, StateStore
 
 
@@ -156,7 +156,7 @@ class Lifecycle:
             vfs = [p for p in inv.parents if p.is_vf and p.gpu.lower() == gpu]
             if vfs:
                 return self._free_vf(vfs, type_id, inv)
-            if gpu in getattr(self.host.backend(BackendKind.NVIDIA_VF), "sriov_disabled", list)():
+            if gpu in self.host.sriov_disabled():
                 raise SriovDisabled(gpu) from None
             raise
 

@@ -6,8 +6,8 @@ inventories into one ``Inventory`` and routes create/remove to the backend that 
 
 Besides the protocol in ``base.py`` a backend may offer ``identity`` (the identity a new instance on a parent will
 have), ``exists`` (whether an identity is on the host now), ``busy`` (who holds a parent open, so that it must not
-get a vGPU) and ``hints`` (lines that tell the operator why something expected is missing).  ``Host`` supplies the
-mdev behaviour where a backend has none.
+get a vGPU), ``sriov_disabled`` (GPUs that have no SR-IOV VFs enabled) and ``hints`` (lines that tell the operator
+why something expected is missing).  ``Host`` supplies the mdev behaviour where a backend has none.
 """
 from __future__ import annotations
 
@@ -108,6 +108,16 @@ class Host:
         out: List[str] = []
         for b in self.backends:
             fn = getattr(b, "hints", None)
+            if fn is not None:
+                out += fn()
+        return out
+
+    def sriov_disabled(self) -> List[str]:
+        """NVIDIA GPUs that could host vendor-VFIO vGPUs but have no SR-IOV VFs enabled; empty where no backend has
+        such a notion."""
+        out: List[str] = []
+        for b in self.backends:
+            fn = getattr(b, "sriov_disabled", None)
             if fn is not None:
                 out += fn()
         return out
