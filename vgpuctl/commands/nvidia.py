@@ -2,7 +2,7 @@
 the NVML enrichment that ``parents``/``types``/``list`` use on NVIDIA hosts."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import click
 
@@ -71,6 +71,26 @@ def _running_on(s: Settings, gpu: str, nv: Any, *, existing: bool) -> List[str]:
     return out
 
 
+_Show = Callable[[Any], List[Dict[str, Any]]]
+
+
+def _per_gpu(gpu: Optional[str], rec: Callable[[Any, str, Any], Dict[str, Any]]) -> _Show:
+    """For ``show``: a function of NVML that makes ``rec(nv, pci, gpu_info)`` for ``gpu`` (default: every NVIDIA GPU
+    NVML sees); a GPU asked for by name that is not a vGPU host is an error (``NotVgpuHost``)."""
+    gpus = [_gpu_arg(gpu)] if gpu else None
+
+    def show(nv: Any) -> List[Dict[str, Any]]:
+        out = []
+        for pci in gpus if gpus is not None else nv.all_gpus():
+            g = nv.gpu(pci, types=False, vgpus=False)
+            if gpus is not None and not g.vgpu_host:
+                nv.host_handle(pci)  # raises NotVgpuHost for a GPU asked for by name
+            out.append(rec(nv, pci, g))
+        return out
+
+    return show
+
+
 def _sched_record(sc: Any, gpu_info: Any) -> Dict[str, Any]:
     ms = (lambda us: None if us is None else us / 1000)
     return record(
@@ -103,18 +123,7 @@ def sched_show(gpu: Optional[str], as_json: bool) -> None:
     """Policy, time slice, supported policies and range of one GPU (default: every NVIDIA GPU NVML sees)."""
     from ..nvml import required
 
-    gpus = [_gpu_arg(gpu)] if gpu else None
-
-    def show(nv: Any) -> List[Dict[str, Any]]:
-        out = []
-        for pci in gpus if gpus is not None else nv.all_gpus():
-            g = nv.gpu(pci, types=False, vgpus=False)
-            if gpus is not None and not g.vgpu_host:
-                nv.host_handle(pci)  # raises NotVgpuHost for a GPU asked for by name
-            out.append(_sched_record(nv.scheduler(pci) if g.vgpu_host else None, g))
-        return out
-
-    recs = required(show)
+    recs = required(_per_gpu(gpu, lambda nv, pci, g: _sched_record(nv.scheduler(pci) if g.vgpu_host else None, g)))
     render(recs, SCHED_COLUMNS, as_json=as_json, empty="no NVIDIA GPU found by NVML")
     for r in recs:
         if not r["vgpu_host"]:
@@ -165,20 +174,11 @@ def hetero_show(gpu: Optional[str], as_json: bool) -> None:
     """Whether each GPU (default: every NVIDIA GPU NVML sees) is in heterogeneous mode."""
     from ..nvml import required
 
-    gpus = [_gpu_arg(gpu)] if gpu else None
+    def rec(nv: Any, pci: str, g: Any) -> Dict[str, Any]:
+        return record("vgpuctl.heterogeneous/v1", gpu=pci, name=g.name, vgpu_host=g.vgpu_host,
+                      heterogeneous=nv.heterogeneous(pci) if g.vgpu_host else None)
 
-    def show(nv: Any) -> List[Dict[str, Any]]:
-        out = []
-        for pci in gpus if gpus is not None else nv.all_gpus():
-            g = nv.gpu(pci, types=False, vgpus=False)
-            if gpus is not None:
-                nv.host_handle(pci)
-            mode = nv.heterogeneous(pci) if g.vgpu_host else None
-            out.append(record("vgpuctl.heterogeneous/v1", gpu=pci, name=g.name, vgpu_host=g.vgpu_host,
-                              heterogeneous=mode))
-        return out
-
-    render(required(show), HETERO_COLUMNS, as_json=as_json, empty="no NVIDIA GPU found by NVML")
+    render(required(_per_gpu(gpu, rec)), HETERO_COLUMNS, as_json=as_json, empty="no NVIDIA GPU found by NVML")
 
 
 @hetero.command("set")
