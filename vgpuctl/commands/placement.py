@@ -349,7 +349,7 @@ def place(
     )
     req, facts = complete_request(s, req)
     numa_from: Tuple[str, ...] = ("--numa-node",) if numa_nodes else (facts.numa_from if facts else ())
-    d = placement_for(s, inv, req, policy_file=policy_file)
+    d = place_request(inv, load_settings_policy(s, policy_file), req, usage=build_usage(s, inv))  # req is complete
     if explain and facts is not None:
         info(f"domain {facts.name}: tenant {facts.tenant or '-'}, groups {','.join(facts.groups) or '-'}, "
              f"NUMA nodes {','.join(map(str, req.numa_nodes)) or '-'} "
