@@ -7,6 +7,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import click
 
 from ..errors import GpuBusy
+from ..host import TypeScope
 from ..model import BackendKind, Inventory, canonical_parent_name
 from ..state import HostLock
 from ._common import Settings, build_lifecycle, info, json_option, record, render, settings
@@ -61,7 +62,7 @@ def _running_on(s: Settings, gpu: str, nv: Any, *, existing: bool) -> List[str]:
     """What blocks a GPU-wide change: NVML's active vGPUs, vGPUs a process holds open, and (``existing``) any vGPU
     instance on the GPU at all."""
     lc = build_lifecycle(Settings(root=s.root, connect="none", lock_timeout=s.lock_timeout, nvml="off"))
-    inv = lc.host.inventory()
+    inv = lc.host.inventory(types=TypeScope.NONE)  # parents and instances only: no type tables
     on_gpu = [i for i in inv.instances if (inv.parent(i.parent) and inv.parent(i.parent).gpu == gpu)]  # type: ignore
     out = [f"NVML vGPU {v}" for v in nv.active_vgpus(gpu)]
     held = lc.users(on_gpu)
