@@ -111,6 +111,23 @@ def _sched_record(sc: Any, gpu_info: Any) -> Dict[str, Any]:
     )
 
 
+def _while_idle(s: Any, pci: str, what: str, change: Callable[[Any, Any], Dict[str, Any]], *,
+                existing: bool) -> Callable[[Any], Dict[str, Any]]:
+    """An NVML action that makes ``change(nv, gpu)`` under the host lock, once the GPU is known to be a vGPU host
+    with no vGPU running on it (``existing``: with no vGPU at all), else ``GpuBusy`` naming ``what``."""
+
+    def act(nv: Any) -> Dict[str, Any]:
+        with HostLock(s.paths, s.lock_timeout):
+            g = nv.gpu(pci, types=False, vgpus=False)
+            nv.host_handle(pci)
+            busy = _running_on(s, pci, nv, existing=existing)
+            if busy:
+                raise GpuBusy(pci, what, busy)
+            return change(nv, g)
+
+    return act
+
+
 # --- sched ---------------------------------------------------------------------------------------------------------
 @click.group()
 def sched() -> None:
@@ -145,17 +162,11 @@ def sched_set(gpu: str, policy: str, timeslice: Optional[float], as_json: bool) 
     s = settings()
     pci = _gpu_arg(gpu)
 
-    def change(nv: Any) -> Dict[str, Any]:
-        with HostLock(s.paths, s.lock_timeout):
-            g = nv.gpu(pci, types=False, vgpus=False)
-            nv.host_handle(pci)
-            running = _running_on(s, pci, nv, existing=False)
-            if running:
-                raise GpuBusy(pci, "vGPU scheduler", running)
-            nv.set_scheduler(pci, policy, timeslice)
-            return _sched_record(nv.scheduler(pci), g)
+    def change(nv: Any, g: Any) -> Dict[str, Any]:
+        nv.set_scheduler(pci, policy, timeslice)
+        return _sched_record(nv.scheduler(pci), g)
 
-    rec = required(change)
+    rec = required(_while_idle(s, pci, "vGPU scheduler", change, existing=False))
     render([rec], SCHED_COLUMNS, as_json=as_json)
 
 
@@ -193,18 +204,13 @@ def hetero_set(gpu: str, mode: str, as_json: bool) -> None:
     s = settings()
     pci = _gpu_arg(gpu)
 
-    def change(nv: Any) -> Dict[str, Any]:
-        with HostLock(s.paths, s.lock_timeout):
-            g = nv.gpu(pci, types=False, vgpus=False)
-            nv.host_handle(pci)
-            busy = _running_on(s, pci, nv, existing=True)
-            if busy:
-                raise GpuBusy(pci, "heterogeneous mode", busy)
-            nv.set_heterogeneous(pci, mode == "on")
-            return record("vgpuctl.heterogeneous/v1", gpu=pci, name=g.name, vgpu_host=True,
-                          heterogeneous=nv.heterogeneous(pci))
+    def change(nv: Any, g: Any) -> Dict[str, Any]:
+        nv.set_heterogeneous(pci, mode == "on")
+        return record("vgpuctl.heterogeneous/v1", gpu=pci, name=g.name, vgpu_host=True,
+                      heterogeneous=nv.heterogeneous(pci))
 
-    render([required(change)], HETERO_COLUMNS, as_json=as_json)
+    render([required(_while_idle(s, pci, "heterogeneous mode", change, existing=True))], HETERO_COLUMNS,
+           as_json=as_json)
 
 
 def mix_modes(s: Settings, inv: Inventory) -> Dict[str, Any]:
