@@ -9,6 +9,7 @@ APT_PACKAGES=(
   python3-venv python3-dev gcc pkg-config
   libvirt-dev               # libvirt-python builds against it
   libvirt-daemon-system     # real libvirtd for the libvirt tests
+  qemu-system-x86           # libvirtd probes /usr/bin/qemu-system-x86_64 before it defines a domain
   mdevctl hyperfine         # benchmarks compare against mdevctl
 )
 
@@ -19,8 +20,8 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  apt-get -o DPkg::Lock::Timeout=600 update -qq
+  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 # pip's and setuptools' chatter goes to .venv/setup.log; on a failure its end is shown
@@ -32,7 +33,8 @@ quiet() {
   fi
 }
 
-PY=${PYTHON:-python3}
+# Debian's interpreter (python3-venv above), not whatever python3 comes first on PATH (pyenv, a conda env, ...)
+PY=${PYTHON:-/usr/bin/python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
