@@ -37,6 +37,7 @@ COMMANDS = {
     "completion": "vgpuctl.commands.status:completion",
     "sched": "vgpuctl.commands.nvidia:sched",
     "hetero": "vgpuctl.commands.nvidia:hetero",
+    "migrate": "vgpuctl.commands.migrate:migrate",
 }
 
 

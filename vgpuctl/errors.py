@@ -445,6 +445,31 @@ class NotConverged(VgpuctlError):
         self.failed = failed
 
 
+# --- live migration (4, 15) ----------------------------------------------------------------------------------------
+class MigrationNoCapacity(VgpuctlError):
+    """This host offers a migrating domain's vGPU types, but cannot take them all now (``migrate check``)."""
+
+    exit_code = 4
+    kind = "migration-no-capacity"
+
+    def __init__(self, domain: str, reasons: Sequence[str]) -> None:
+        super().__init__(f"this host cannot take domain {domain!r} now: " + "; ".join(reasons))
+        self.domain = domain
+        self.reasons = tuple(reasons)
+
+
+class MigrationIncompatible(VgpuctlError):
+    """This host cannot run a migrating domain's vGPU at all: no such type, another vGPU manager or board."""
+
+    exit_code = 15
+    kind = "migration-incompatible"
+
+    def __init__(self, domain: str, reasons: Sequence[str]) -> None:
+        super().__init__(f"domain {domain!r} cannot migrate to this host: " + "; ".join(reasons))
+        self.domain = domain
+        self.reasons = tuple(reasons)
+
+
 #: Every exit code, for the docs and the tests that keep docs and code in step.
 EXIT_CODES = {
     0: "success",
@@ -463,4 +488,6 @@ EXIT_CODES = {
     13: "not converged: the host differs from the desired state (check), or apply left blocked or failed actions",
     14: "NVML error: a command that needs NVIDIA's management library could not use it, the GPU is not a vGPU host, "
     "or NVML refused the change",
+    15: "migration incompatible: this host cannot run the domain's vGPU (no such type, another vGPU manager "
+    "version or board)",
 }

@@ -14,7 +14,7 @@ Ownership metadata, in the domain XML (persistent and/or live, like the device i
     <metadata>
       <vgpuctl:vgpus xmlns:vgpuctl="https://vgpuctl.dev/xmlns/1">
         <vgpuctl:tenant>acme</vgpuctl:tenant>
-        <vgpuctl:vgpu uuid="..." parent="mtty" type="mtty-1" backend="mdev"/>
+        <vgpuctl:vgpu uuid="..." parent="mtty" type="mtty-1" backend="mdev" name="Single port serial"/>
       </vgpuctl:vgpus>
     </metadata>
 
@@ -31,7 +31,7 @@ import time
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, FrozenSet, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from .errors import (
@@ -100,6 +100,9 @@ class ManagedVgpu:
     parent: str = ""
     type_id: str = ""
     backend: str = "mdev"
+    #: the type's name on the host that attached it ("GRID T4-2Q"): lets another host check that its type of the same
+    #: id is the same vGPU (NVIDIA's type ids are per driver).  Informational: not part of the entry's identity.
+    type_name: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)
@@ -204,7 +207,7 @@ def parse_domain(text: str) -> DomainXml:
                 ident = canonical_uuid(v.get("uuid", "")) or canonical_parent_name(v.get("uuid", ""))
                 if ident:
                     managed.append(ManagedVgpu(ident, v.get("parent", ""), v.get("type", ""),
-                                               v.get("backend", "mdev")))
+                                               v.get("backend", "mdev"), v.get("name", "")))
     pins: set = set()
     for pin in root.iterfind("cputune/vcpupin"):
         pins.update(_cpuset_attr(pin, "cpuset"))
@@ -224,7 +227,10 @@ def metadata_xml(entries: Iterable[ManagedVgpu], *, tenant: Optional[str] = None
     for g in groups:
         ET.SubElement(root, "group").text = g
     for e in sorted(entries, key=lambda e: e.uuid):
-        ET.SubElement(root, "vgpu", {"uuid": e.uuid, "parent": e.parent, "type": e.type_id, "backend": e.backend})
+        attrs = {"uuid": e.uuid, "parent": e.parent, "type": e.type_id, "backend": e.backend}
+        if e.type_name:
+            attrs["name"] = e.type_name
+        ET.SubElement(root, "vgpu", attrs)
     return ET.tostring(root, encoding="unicode")
 
 
@@ -604,7 +610,8 @@ class Attachments:
         if others:
             raise AttachedElsewhere(planned.uuid, others)
         rendered = self.templates.for_instance(planned, vtype, domain=info.name, display=display, ramfb=ramfb)
-        entry = ManagedVgpu(planned.uuid, planned.parent, planned.type_id, str(planned.backend))
+        entry = ManagedVgpu(planned.uuid, planned.parent, planned.type_id, str(planned.backend),
+                            (vtype.name or "") if vtype is not None else "")
         missing = Scope(
             live=scope.live and planned.uuid not in (info.live.devices if info.live else ()),
             config=scope.config and planned.uuid not in (info.config.devices if info.config else ()),

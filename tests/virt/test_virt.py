@@ -182,3 +182,18 @@ def test_list_without_libvirt_imports_neither_libvirt_nor_jinja2(tmp_path):
             "except SystemExit:\n pass\nprint(sorted(m for m in ('libvirt', 'jinja2') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_metadata_carries_the_type_name_for_another_host_but_not_as_identity():
+    """The type's name rides along (a migration target compares it, docs/migration.md); two entries that differ only
+    in it are the same entry, so metadata written before names were recorded is never rewritten for it."""
+    named = ManagedVgpu(U_FREE, "0000:3b:00.0", "nvidia-232", "mdev", "GRID T4-4Q")
+    md = metadata_xml([named])
+    assert 'name="GRID T4-4Q"' in md
+    ns = '<vgpuctl:vgpus xmlns:vgpuctl="https://vgpuctl.dev/xmlns/1"'
+    prefixed = md.replace("<vgpus", ns).replace("</vgpus>", "</vgpuctl:vgpus>").replace("<vgpu ", "<vgpuctl:vgpu ")
+    dx = parse_domain(f"<domain><name>x</name><uuid>{U_DB}</uuid><metadata>{prefixed}</metadata></domain>")
+    (back,) = dx.managed
+    assert back.type_name == "GRID T4-4Q"
+    assert back == ManagedVgpu(U_FREE, "0000:3b:00.0", "nvidia-232", "mdev")
+    assert 'name=' not in metadata_xml([ManagedVgpu(U_FREE, "mtty", "mtty-1")])
