@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Any, Dict, Iterable, Optional, Tuple
 
 
 class BackendKind(str, Enum):
@@ -110,6 +110,9 @@ class Inventory:
     types: Tuple[VgpuType, ...] = ()
     instances: Tuple[Instance, ...] = ()
     _by_parent: Dict[str, Parent] = field(default_factory=dict, compare=False, repr=False)
+    #: tables derived from this inventory (indexes, placement's per-GPU states), filled on first use; never copied
+    #: by ``dataclasses.replace`` (init=False), so a changed inventory never sees another one's tables
+    _memo: Dict[Any, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_by_parent", {p.name: p for p in self.parents})
@@ -121,10 +124,13 @@ class Inventory:
         return tuple(t for t in self.types if t.parent == parent)
 
     def type_on(self, parent: str, type_id: str) -> Optional[VgpuType]:
-        for t in self.types:
-            if t.parent == parent and t.type_id == type_id:
-                return t
-        return None
+        index = self._memo.get("type_on")
+        if index is None:
+            index = {}
+            for t in self.types:
+                index.setdefault((t.parent, t.type_id), t)
+            self._memo["type_on"] = index
+        return index.get((parent, type_id))
 
     def instances_on(self, parent: str) -> Tuple[Instance, ...]:
         return tuple(i for i in self.instances if i.parent == parent)

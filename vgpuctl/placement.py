@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import AmbiguousType, UnknownType
 from .model import BackendKind, Instance, Inventory, Parent, Vendor, VgpuType
@@ -148,36 +148,76 @@ class Verdict:
         return self.reason is None
 
 
-@dataclass(frozen=True)
 class Decision:
-    request: Request
-    verdicts: Tuple[Verdict, ...]  #: feasible GPUs by rank, then refused GPUs by name
-    strategy: Optional[Strategy] = None  #: the chosen GPU's strategy
+    """The answer to one request: the chosen GPU (``placed``, ``parent``, ``type_id``, ``strategy``) and, for
+    ``--explain``, one ``Verdict`` per physical GPU (feasible GPUs by rank, then refused GPUs by name).
+
+    ``place`` ranks the GPUs; the verdicts (every GPU's rank or refusal with its sentence) are written out only when
+    something reads ``verdicts``, ``chosen`` or ``refusals()``.  Equal decisions compare equal either way."""
+
+    __slots__ = ("request", "strategy", "_verdicts", "_make", "_winner")
+
+    def __init__(
+        self,
+        request: Request,
+        verdicts: Optional[Tuple[Verdict, ...]] = None,
+        strategy: Optional[Strategy] = None,
+        *,
+        _make: Optional[Callable[[], Tuple[Verdict, ...]]] = None,
+        _winner: Optional[Tuple[str, str, str]] = None,
+    ) -> None:
+        self.request = request
+        self.strategy = strategy  #: the chosen GPU's strategy
+        self._verdicts = verdicts
+        self._make = _make
+        if _make is None:
+            c = verdicts[0] if verdicts and verdicts[0].feasible else None
+            _winner = (c.gpu, c.parent, c.type_id) if c is not None else None  # type: ignore[assignment]
+        self._winner = _winner  #: (gpu, parent, type id) of the choice, known without writing the verdicts
+
+    @property
+    def verdicts(self) -> Tuple[Verdict, ...]:
+        """Feasible GPUs by rank, then refused GPUs by name."""
+        if self._verdicts is None:
+            self._verdicts = self._make()  # type: ignore[misc]
+            self._make = None
+        return self._verdicts
 
     @property
     def chosen(self) -> Optional[Verdict]:
-        first = self.verdicts[0] if self.verdicts else None
-        return first if first is not None and first.feasible else None
+        return self.verdicts[0] if self._winner is not None else None
 
     @property
     def placed(self) -> bool:
-        return self.chosen is not None
+        return self._winner is not None
 
     @property
     def parent(self) -> Optional[str]:
-        return self.chosen.parent if self.chosen else None
+        return self._winner[1] if self._winner else None
 
     @property
     def gpu(self) -> Optional[str]:
-        return self.chosen.gpu if self.chosen else None
+        return self._winner[0] if self._winner else None
 
     @property
     def type_id(self) -> Optional[str]:
-        return self.chosen.type_id if self.chosen else None
+        return self._winner[2] if self._winner else None
 
     def refusals(self) -> Tuple[Tuple[str, str, str], ...]:
         """(gpu, reason, detail) for every refused GPU, by GPU name."""
         return tuple((v.gpu, str(v.reason), v.detail) for v in self.verdicts if v.reason is not None)
+
+    def _key(self) -> tuple:
+        return (self.request, self.verdicts, self.strategy)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Decision) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return f"Decision(request={self.request!r}, verdicts={self.verdicts!r}, strategy={self.strategy!r})"
 
 
 # --- type names ----------------------------------------------------------------------------------------------------
@@ -238,10 +278,22 @@ class GpuState:
     total_fb: Optional[int]  #: MiB, the largest framebuffer x max_instance among its types
     fb_of: Tuple[Tuple[str, Optional[int]], ...]  #: framebuffer per type id seen on the GPU
     occupied: FrozenSet[str]  #: parents that hold an instance
+    #: what is derived from this state alone (counts, fullness, headroom, the policy rule, loss), filled on first use
+    _memo: Dict[Any, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     @property
     def numa_node(self) -> Optional[int]:
-        return next((p.numa_node for p in self.parents if p.numa_node is not None), None)
+        m = self._memo
+        if "numa" not in m:
+            m["numa"] = next((p.numa_node for p in self.parents if p.numa_node is not None), None)
+        return m["numa"]
+
+    def count_map(self) -> Dict[str, int]:
+        """{type id: instances} on this GPU (shared: do not change it)."""
+        m = self._memo.get("counts")
+        if m is None:
+            m = self._memo["counts"] = dict(self.counts)
+        return m
 
     @property
     def vendor_id(self) -> Optional[str]:
@@ -264,12 +316,18 @@ class GpuState:
         return sum(c for _, c in self.counts)
 
     def offer(self, type_id: str) -> Optional[Offer]:
-        for o in self.offers:
-            if o.type_id == type_id:
-                return o
-        return None
+        by_id = self._memo.get("offers")
+        if by_id is None:
+            by_id = self._memo["offers"] = {o.type_id: o for o in self.offers}
+        return by_id.get(type_id)
 
     def fullness(self) -> float:
+        f = self._memo.get("fullness")
+        if f is None:
+            f = self._memo["fullness"] = self._fullness()
+        return f
+
+    def _fullness(self) -> float:
         n = self.instances
         if n == 0:
             return 0.0
@@ -291,8 +349,17 @@ def gpu_kind(parents: Sequence[Parent]) -> GpuKind:
 
 
 def gpu_states(inventory: Inventory, usage: Optional[Usage] = None) -> Tuple[GpuState, ...]:
-    """One state per physical GPU, sorted by GPU name."""
+    """One state per physical GPU, sorted by GPU name.  Computed once per inventory and set of GPU modes (the
+    inventory keeps it; ``apply``/``release`` hand it on with only the changed GPU recomputed)."""
     usage = usage or Usage()
+    key = ("gpu_states", usage.modes)
+    states = inventory._memo.get(key)
+    if states is None:
+        states = inventory._memo[key] = _all_gpu_states(inventory, usage)
+    return states
+
+
+def _all_gpu_states(inventory: Inventory, usage: Usage) -> Tuple[GpuState, ...]:
     by_gpu: Dict[str, List[Parent]] = {}
     for p in inventory.parents:
         by_gpu.setdefault(p.gpu, []).append(p)
@@ -380,6 +447,14 @@ def _rule_room(g: GpuState, vtype: VgpuType, counts: Mapping[str, int], used_fb:
 
 def headroom(g: GpuState, type_id: str, *, added: Optional[str] = None) -> int:
     """How many more of ``type_id`` fit on ``g`` now, or after one more ``added`` (a type id) were placed there."""
+    key = ("headroom", type_id, added)
+    room = g._memo.get(key)
+    if room is None:
+        room = g._memo[key] = _headroom(g, type_id, added)
+    return room
+
+
+def _headroom(g: GpuState, type_id: str, added: Optional[str]) -> int:
     o = g.offer(type_id)
     if o is None:
         return 0
@@ -438,6 +513,13 @@ def refusal(
 # --- the decision --------------------------------------------------------------------------------------------------
 def rule_for(policy: Policy, g: GpuState) -> Tuple[int, GpuRule]:
     """(tier, rule): the first rule of the policy that matches ``g``, else the default after all of them."""
+    hit = g._memo.get("rule")
+    if hit is None or hit[0] is not policy:
+        hit = g._memo["rule"] = (policy, _rule_for(policy, g))
+    return hit[1]
+
+
+def _rule_for(policy: Policy, g: GpuState) -> Tuple[int, GpuRule]:
     addresses = [g.gpu] + [p.name for p in g.parents]
     for i, r in enumerate(policy.rules):
         if r.match.matches(
@@ -453,7 +535,45 @@ def place(inventory: Inventory, policy: Policy, request: Request, *, usage: Opti
     Raises ``UnknownType``/``AmbiguousType`` for a type name that names nothing or more than one profile; a request
     no GPU can take is a ``Decision`` that is not ``placed`` (its ``refusals`` say why, per GPU).
     """
-    return _decide(inventory, policy, request, usage or Usage(), only=None)
+    return _decide(inventory, policy, request, usage or _NO_USAGE, only=None)
+
+
+_NO_USAGE = Usage()
+
+
+def wanted_type_ids(inventory: Inventory, name: str) -> FrozenSet[str]:
+    """The type ids ``resolve_type`` finds for ``name``, remembered by the inventory (and handed on by ``apply`` and
+    ``release``, which change counts, never names)."""
+    names = inventory._memo.get("type_names")
+    if names is None:
+        names = inventory._memo["type_names"] = {}
+    key = name.strip().lower()
+    ids = names.get(key)
+    if ids is None:
+        ids = names[key] = frozenset(t.type_id for t in resolve_type(inventory, name))
+    return ids
+
+
+def _first_offer(g: GpuState, wanted: FrozenSet[str]) -> Optional[Offer]:
+    key = ("first_offer", wanted)
+    memo = g._memo
+    if key in memo:
+        return memo[key]
+    o = memo[key] = next((o for o in g.offers if o.type_id in wanted), None)
+    return o
+
+
+def _mix_clash(g: GpuState, type_id: str) -> Optional[str]:
+    key = ("mix", type_id)
+    memo = g._memo
+    if key in memo:
+        return memo[key]
+    c = memo[key] = _mix_conflict(g, type_id, g.count_map())
+    return c
+
+
+# A GPU's answer before it is written out as a Verdict: (state, rule, offer or None, refusal or None, detail args).
+_Row = Tuple[GpuState, GpuRule, Optional[Offer], Optional[Refusal], tuple]
 
 
 def _decide(
@@ -466,91 +586,129 @@ def _decide(
     gpus: Optional[Tuple[GpuState, ...]] = None,
 ) -> Decision:
     if request.any_of is not None:
-        wanted_ids = set(request.any_of)
+        wanted_ids = frozenset(request.any_of)
     else:
-        wanted_ids = {t.type_id for t in resolve_type(inventory, request.type)}
+        wanted_ids = wanted_type_ids(inventory, request.type)
     states = gpus if gpus is not None else gpu_states(inventory, usage)
     numa_mode = request.numa or policy.numa
+    numa_nodes = request.numa_nodes if numa_mode is not NumaMode.IGNORE else ()
     tenant_count, tenant_fb = _tenant_usage(inventory, usage, request.tenant)
     quota = policy.quota(request.tenant)
     blockers = _anti_affinity_blockers(inventory, policy, request, usage)
 
-    feasible: List[Tuple[tuple, Verdict, Strategy]] = []
-    refused: List[Verdict] = []
+    feasible: List[Tuple[tuple, _Row]] = []
+    refused: List[_Row] = []
     for g in states:
         if only is not None and g.gpu not in only:
             continue
         tier, rule = rule_for(policy, g)
-        offer = next((o for o in g.offers if o.type_id in wanted_ids), None)
-        base = dict(gpu=g.gpu, rule=rule.name, numa_node=g.numa_node, fullness=g.fullness())
+        offer = _first_offer(g, wanted_ids)
         if offer is None:
-            refused.append(Verdict(reason=Refusal.NOT_OFFERED, detail=f"offers no {request.type}", **base))  # type: ignore[arg-type]
+            refused.append((g, rule, None, Refusal.NOT_OFFERED, ()))
             continue
         vt = offer.vtype
-        base["type_id"] = vt.type_id
-
-        def no(reason: Refusal, detail: str) -> None:
-            refused.append(Verdict(reason=reason, detail=detail, **base))  # type: ignore[arg-type]
-
         if not rule.admits_tenant(request.tenant):
-            no(Refusal.RESERVED, f"rule {rule.name} reserves it" + (f" for {', '.join(rule.reserved_for)}" if rule.reserved_for else ""))
+            refused.append((g, rule, offer, Refusal.RESERVED, ()))
             continue
         if not rule.allows(vt):
-            no(Refusal.NOT_ALLOWED, f"rule {rule.name} does not allow {vt.profile or vt.type_id}")
+            refused.append((g, rule, offer, Refusal.NOT_ALLOWED, ()))
             continue
         if quota is not None:
             if quota.max_instances is not None and tenant_count + 1 > quota.max_instances:
-                no(Refusal.QUOTA, f"tenant {request.tenant} has {tenant_count} of {quota.max_instances} instances")
+                refused.append((g, rule, offer, Refusal.QUOTA, (tenant_count, quota.max_instances, None)))
                 continue
             fb = vt.framebuffer_mib or 0
             if quota.max_framebuffer_mib is not None and tenant_fb + fb > quota.max_framebuffer_mib:
-                no(
-                    Refusal.QUOTA,
-                    f"tenant {request.tenant} holds {tenant_fb} MiB; +{fb} exceeds {quota.max_framebuffer_mib} MiB",
-                )
+                refused.append((g, rule, offer, Refusal.QUOTA, (tenant_fb, fb, quota.max_framebuffer_mib)))
                 continue
         numa_rank = 0
-        if request.numa_nodes and numa_mode is not NumaMode.IGNORE:
+        if numa_nodes:
             node = g.numa_node
-            numa_rank = 1 if node is None else (0 if node in request.numa_nodes else 2)
+            numa_rank = 1 if node is None else (0 if node in numa_nodes else 2)
             if numa_rank == 2 and numa_mode is NumaMode.REQUIRE:
-                no(Refusal.NUMA, f"on NUMA node {node}, domain needs {','.join(map(str, request.numa_nodes))}")
+                refused.append((g, rule, offer, Refusal.NUMA, ()))
                 continue
         if g.gpu in blockers:
-            group, other = blockers[g.gpu]
-            no(Refusal.ANTI_AFFINITY, f"{other} of group {group} is here")
+            refused.append((g, rule, offer, Refusal.ANTI_AFFINITY, blockers[g.gpu]))
             continue
-        counts = dict(g.counts)
-        clash = _mix_conflict(g, vt.type_id, counts)
+        clash = _mix_clash(g, vt.type_id)
         if clash is not None:
-            held = g.offer(clash)
-            no(Refusal.TYPE_MIX, f"holds {(held.vtype.profile if held else None) or clash} ({g.mode})")
+            refused.append((g, rule, offer, Refusal.TYPE_MIX, (clash,)))
             continue
         room = headroom(g, vt.type_id)
         if room <= 0 or not offer.free_parents:
-            no(Refusal.FULL, f"{vt.profile or vt.type_id}: {counts.get(vt.type_id, 0)} in use, none available")
+            refused.append((g, rule, offer, Refusal.FULL, ()))
             continue
         loss = _loss(g, rule, vt.type_id)
-        fullness = base["fullness"]
-        strat = -fullness if rule.strategy is Strategy.PACK else fullness  # type: ignore[operator]
-        key = (numa_rank, tier, strat, loss, g.gpu)
-        detail = f"{rule.strategy}, {room} more {vt.profile or vt.type_id} fit"
+        fullness = g.fullness()
+        strat = -fullness if rule.strategy is Strategy.PACK else fullness
+        feasible.append(((numa_rank, tier, strat, loss, g.gpu), (g, rule, offer, None, (room, numa_rank, loss))))
+    if not feasible:
+        return Decision(request, strategy=None, _make=lambda: _verdicts(request, (), refused), _winner=None)
+    feasible.sort(key=lambda x: x[0])
+    g0, rule0, offer0, _, _ = feasible[0][1]
+    winner = (g0.gpu, offer0.free_parents[0], offer0.type_id)  # type: ignore[union-attr]
+    rows = [r for _, r in feasible]
+    return Decision(request, strategy=rule0.strategy, _make=lambda: _verdicts(request, rows, refused), _winner=winner)
+
+
+def _verdicts(request: Request, feasible: Sequence[_Row], refused: Sequence[_Row]) -> Tuple[Verdict, ...]:
+    """The explanation: every GPU's verdict, feasible ones by rank, then refused ones by GPU name."""
+    out = [_verdict(request, row, rank) for rank, row in enumerate(feasible, 1)]
+    out += sorted((_verdict(request, row, None) for row in refused), key=lambda v: v.gpu)
+    return tuple(out)
+
+
+def _verdict(request: Request, row: _Row, rank: Optional[int]) -> Verdict:
+    g, rule, offer, reason, args = row
+    base: Dict[str, Any] = dict(gpu=g.gpu, rule=rule.name, numa_node=g.numa_node, fullness=g.fullness())
+    if offer is None:
+        return Verdict(reason=Refusal.NOT_OFFERED, detail=f"offers no {request.type}", **base)
+    vt = offer.vtype
+    base["type_id"] = vt.type_id
+    label = vt.profile or vt.type_id
+    if reason is None:
+        room, numa_rank, loss = args
+        detail = f"{rule.strategy}, {room} more {label} fit"
         if numa_rank == 1:
             detail += ", NUMA node unknown"
         elif numa_rank == 2:
             detail += f", remote NUMA node {g.numa_node}"
-        feasible.append(
-            (key, Verdict(reason=None, detail=detail, parent=offer.free_parents[0], loss=loss, **base), rule.strategy)  # type: ignore[arg-type]
-        )
-    feasible.sort(key=lambda x: x[0])
-    ranked = tuple(replace(v, rank=i + 1) for i, (_, v, _) in enumerate(feasible))
-    refused.sort(key=lambda v: v.gpu)
-    return Decision(request=request, verdicts=ranked + tuple(refused), strategy=feasible[0][2] if feasible else None)
+        return Verdict(reason=None, detail=detail, parent=offer.free_parents[0], rank=rank, loss=loss, **base)
+    if reason is Refusal.RESERVED:
+        detail = f"rule {rule.name} reserves it" + (f" for {', '.join(rule.reserved_for)}" if rule.reserved_for else "")
+    elif reason is Refusal.NOT_ALLOWED:
+        detail = f"rule {rule.name} does not allow {label}"
+    elif reason is Refusal.QUOTA:
+        held, fb, limit = args
+        if limit is None:
+            detail = f"tenant {request.tenant} has {held} of {fb} instances"
+        else:
+            detail = f"tenant {request.tenant} holds {held} MiB; +{fb} exceeds {limit} MiB"
+    elif reason is Refusal.NUMA:
+        detail = f"on NUMA node {g.numa_node}, domain needs {','.join(map(str, request.numa_nodes))}"
+    elif reason is Refusal.ANTI_AFFINITY:
+        group, other = args
+        detail = f"{other} of group {group} is here"
+    elif reason is Refusal.TYPE_MIX:
+        held_offer = g.offer(args[0])
+        detail = f"holds {(held_offer.vtype.profile if held_offer else None) or args[0]} ({g.mode})"
+    else:
+        detail = f"{label}: {g.count_map().get(vt.type_id, 0)} in use, none available"
+    return Verdict(reason=reason, detail=detail, **base)
 
 
 def _loss(g: GpuState, rule: GpuRule, type_id: str) -> float:
     """What placing one ``type_id`` on ``g`` costs the profiles the rule allows there: the sum over those profiles of
     the share of a full GPU of that profile that it removes.  Lower keeps more capacity for the other profiles."""
+    key = ("loss", id(rule), type_id)
+    hit = g._memo.get(key)
+    if hit is None or hit[0] is not rule:
+        hit = g._memo[key] = (rule, _compute_loss(g, rule, type_id))
+    return hit[1]
+
+
+def _compute_loss(g: GpuState, rule: GpuRule, type_id: str) -> float:
     total = 0.0
     for o in g.offers:
         if not rule.allows(o.vtype):
@@ -659,7 +817,35 @@ def _recount(
             room = _rule_room(after, t, counts, after.used_fb, 0)
             avail = room if t.max_instance is not None else min(room, base)
         new_types.append(t if t.available == max(avail, 0) else replace(t, available=max(avail, 0)))
-    return Inventory(parents=inventory.parents, types=tuple(new_types), instances=instances)
+    out = Inventory(parents=inventory.parents, types=tuple(new_types), instances=instances)
+    _hand_on(inventory, out, gpu, parents, names, inst_by_parent)
+    return out
+
+
+def _hand_on(
+    before: Inventory,
+    after: Inventory,
+    gpu: str,
+    parents: Tuple[Parent, ...],
+    names: set,
+    inst_by_parent: Mapping[str, List[Instance]],
+) -> None:
+    """Give ``after`` (``before`` with one instance more or less on ``gpu``) the tables ``before`` had: the type
+    names (counts change, names do not) and the per-GPU states, every GPU's but ``gpu``'s kept as they are."""
+    names_memo = before._memo.get("type_names")
+    if names_memo is not None:
+        after._memo["type_names"] = names_memo
+    keyed = [(k, v) for k, v in before._memo.items() if isinstance(k, tuple) and k[0] == "gpu_states"]
+    if not keyed:
+        return
+    types_by_parent: Dict[str, List[VgpuType]] = {}
+    for t in after.types:
+        if t.parent in names:
+            types_by_parent.setdefault(t.parent, []).append(t)
+    for key, states in keyed:
+        mode = dict(key[1]).get(gpu, MixMode.HOMOGENEOUS)
+        fresh = _gpu_state(gpu, parents, types_by_parent, inst_by_parent, mode)
+        after._memo[key] = tuple(fresh if s.gpu == gpu else s for s in states)
 
 
 # --- defragmentation -----------------------------------------------------------------------------------------------

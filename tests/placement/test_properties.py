@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from placement_hosts import A16_TYPES, T4_TYPES, a16_gpu, host, t4
 from vgpuctl.model import Inventory
-from vgpuctl.placement import Consumer, Request, Usage, apply, place, release
+from vgpuctl.placement import Consumer, MixMode, Request, Usage, apply, gpu_states, place, release
 from vgpuctl.policy import GpuRule, Policy, Quota, Selector, Strategy
 
 PROFILES = [p for _, p, _, _ in T4_TYPES] + [p for _, p, _, _ in A16_TYPES]
@@ -126,3 +126,38 @@ def test_fill_then_empty_restores_capacity(inv, profiles):
     for u in reversed(uuids):
         inv = release(inv, u)
     assert inv == start
+
+
+def _fresh(inv: Inventory) -> Inventory:
+    """The same inventory without any table a previous one handed on."""
+    return Inventory(parents=inv.parents, types=inv.types, instances=inv.instances)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(hosts(), policies(), events, st.sampled_from(list(MixMode)))
+def test_tables_handed_on_by_apply_and_release_equal_fresh_ones(inv, policy, evs, mode):
+    """place() keeps its per-GPU tables on the inventory and apply()/release() hand them on with only the changed
+    GPU recomputed: every decision, verdicts included, equals the decision on a fresh copy of the same inventory."""
+    usage = Usage.of(modes={p.gpu: mode for p in inv.parents[:1]})
+    live: List[str] = []
+    for n, ev in enumerate(evs):
+        if ev[0] == "add":
+            req = Request(type=ev[1], tenant=ev[2], numa_nodes=ev[3], domain=f"vm{n}")
+            try:
+                d = place(inv, policy, req, usage=usage)
+            except Exception:
+                continue
+            fresh = place(_fresh(inv), policy, req, usage=usage)
+            assert (d.placed, d.parent, d.type_id, d.strategy) == (fresh.placed, fresh.parent, fresh.type_id, fresh.strategy)
+            assert d.verdicts == fresh.verdicts and d == fresh
+            assert gpu_states(inv, usage) == gpu_states(_fresh(inv), usage)
+            if d.placed:
+                uuid = f"00000000-0000-0000-0000-{n:012d}"
+                inv = apply(inv, parent=d.parent, type_id=d.type_id, uuid=uuid, usage=usage)
+                usage = usage.with_consumer(uuid, Consumer(domain=f"vm{n}", tenant=ev[2]))
+                live.append(uuid)
+        elif live:
+            uuid = live.pop(ev[1] % len(live))
+            inv = release(inv, uuid, usage=usage)
+            usage = usage.without(uuid)
+    assert gpu_states(inv, usage) == gpu_states(_fresh(inv), usage)
