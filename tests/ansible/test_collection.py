@@ -19,7 +19,7 @@ pytestmark = pytest.mark.ansible
 
 P1, P2 = "0000:3b:00.0", "0000:d8:00.0"
 U1 = "6a1a4a5e-1111-4c1e-9b1a-000000000001"
-MODULES = ("vgpu_info", "vgpu_instance", "vgpu_config")
+MODULES = ("vgpu_info", "vgpu_instance", "vgpu_config", "vgpu_migration_check")
 
 
 def ok(r, changed):
@@ -375,3 +375,62 @@ def test_example_site_playbook_on_a_t4_host(host):
     assert len(host.instances()) == 4 and "changed=3" in real.stdout
     again = run("--check")
     assert again.returncode == 0 and "changed=0" in again.stdout, again.stdout[-3000:]
+
+
+# --- vgpu_migration_check -------------------------------------------------------------------------------------------
+MIG_UUID = "aaaaaaaa-0000-4000-8000-000000000001"
+
+
+def _migrating_domain(type_id, type_name):
+    return ("<domain type='kvm'><name>render-1</name><uuid>11111111-2222-4333-8444-555555555555</uuid><metadata>"
+            '<vgpuctl:vgpus xmlns:vgpuctl="https://vgpuctl.dev/xmlns/1"><vgpuctl:vgpu uuid="%s" parent="0000:af:00.0"'
+            ' type="%s" backend="mdev" name="%s"/></vgpuctl:vgpus></metadata><devices>'
+            "<hostdev mode='subsystem' type='mdev' model='vfio-pci'><source><address uuid='%s'/></source></hostdev>"
+            "</devices></domain>" % (MIG_UUID, type_id, type_name, MIG_UUID))
+
+
+@pytest.mark.sim
+def test_migration_check_answers_and_never_changes_anything(host):
+    fits_xml = _migrating_domain("nvidia-232", "GRID T4-4Q")
+    for p in (P1, P2):
+        vgpuctl(host.root, "create", "--parent", p, "--type", "T4-16Q")
+    before = snapshot(host)
+    full, bad_board, bad_xml = host.play(
+        {"vgpuctl.vgpu.vgpu_migration_check": {"xml": fits_xml}, "check_mode": True},
+        {"vgpuctl.vgpu.vgpu_migration_check": {"xml": _migrating_domain("nvidia-232", "NVIDIA A16-4Q")}},
+        {"vgpuctl.vgpu.vgpu_migration_check": {"xml": "not xml"}},
+    )
+    assert ok(full, False)["fits"] is False and full["fit"] == "no-capacity" and full["exit_code"] == 4
+    assert full["vgpus"][0]["fit"] == "no-capacity" and "type-mix" in full["reason"]
+    assert ok(bad_board, False)["fit"] == "incompatible" and bad_board["exit_code"] == 15
+    failed(bad_xml, 2, "unusable")
+    assert snapshot(host) == before
+    for u in host.instances():
+        vgpuctl(host.root, "destroy", u)
+    (fits,) = host.play({"vgpuctl.vgpu.vgpu_migration_check": {"xml": fits_xml}})
+    assert ok(fits, False)["fits"] is True and fits["vgpus"][0]["target_uuid"] == MIG_UUID
+    assert fits["vgpus"][0]["parent"] in (P1, P2)
+
+
+@pytest.mark.sim
+def test_example_migrate_playbook_chooses_a_target_in_check_mode(host, tmp_path):
+    """docs/ansible/migrate.yml with localhost as the only candidate, the domain XML given, in check mode."""
+    inv = tmp_path / "inv.yml"
+    inv.write_text(yaml.safe_dump({"all": {"hosts": {"source": {}},  # the source: this machine too, not a candidate
+                                           "children": {"vgpu_hosts": {"hosts": {"localhost": {}}}}}}))
+
+    def run(xml):
+        return subprocess.run(
+            [str(BIN / "ansible-playbook"), "-i", str(inv), str(EXAMPLE / "migrate.yml"), "--check",
+             "-e", "ansible_connection=local", "-e", "vgpuctl_root=%s" % host.root, "-e", "vgpuctl_libvirt_uri=none",
+             "-e", json.dumps({"migrate_xml": xml, "migrate_domain": "render-1", "migrate_source": "source"})],
+            env=ansible_env(host.root.parent), capture_output=True, text=True, timeout=120)
+
+    before = snapshot(host)
+    good = run(_migrating_domain("nvidia-232", "GRID T4-4Q"))
+    assert good.returncode == 0, good.stdout[-3000:]
+    assert "render-1 goes to localhost" in good.stdout
+    none = run(_migrating_domain("nvidia-999", "GRID T4-99Q"))
+    assert none.returncode != 0 and "no candidate host can take render-1" in none.stdout, none.stdout[-3000:]
+    assert "incompatible" in none.stdout
+    assert snapshot(host) == before

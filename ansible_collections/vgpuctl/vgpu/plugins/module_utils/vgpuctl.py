@@ -35,6 +35,7 @@ RC_EXISTS = 5
 RC_IN_USE = 6
 RC_NOT_OWNED = 7
 RC_NOT_CONVERGED = 13
+RC_MIGRATION_INCOMPATIBLE = 15
 
 
 def derive_uuid(name):
@@ -120,7 +121,8 @@ class Vgpuctl(object):
         env = dict((k, "") for k in os.environ if k.startswith("VGPUCTL_") and k not in ("VGPUCTL_ROOT",
                                                                                        "VGPUCTL_LIBVIRT_URI",
                                                                                        "VGPUCTL_LOCK_TIMEOUT"))
-        rc, out, err = self.module.run_command(cmd, environ_update=env, check_rc=False)
+        rc, out, err = self.module.run_command(cmd, environ_update=env, check_rc=False, data=kw.get("data"),
+                                               binary_data=True)
         data = None
         if out.strip():
             try:
@@ -141,6 +143,17 @@ class Vgpuctl(object):
 
     def instances(self, parent=None):
         return self.run("list", *(["--parent", parent] if parent else []))
+
+    def migrate_check(self, xml=None, domain=None, source_uri=None, source_driver=None, policy=None):
+        """``vgpuctl migrate check``: the domain XML as text (passed on stdin), or a domain read from the source's
+        libvirt.  Exit 4 (no capacity now) and 15 (incompatible) are answers: raised with the records in ``data``."""
+        args = ["migrate", "check"]
+        args += ["--xml", "-"] if xml is not None else ["--domain", domain, "--source", source_uri]
+        if source_driver:
+            args += ["--source-driver", source_driver]
+        if policy:
+            args += ["--policy", policy]
+        return self.run(*args, data=xml)
 
 
 def fail(module, err, **extra):
