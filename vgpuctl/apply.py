@@ -29,6 +29,7 @@ from typing import Any, Callable, ContextManager, Dict, Optional, Protocol, Sequ
 
 from .errors import AlreadyExists, LibvirtConnectError, LibvirtUnavailable, VgpuctlError
 from .hook import HookRecords
+from .host.mdevctl import read_checked
 from .lifecycle import Lifecycle
 from .model import BackendKind, Inventory
 from .plan import (Action, Attachments, GpuObservation, Op, PlacementFailure, Placer, Plan, destroy_candidates,
@@ -143,6 +144,7 @@ class Reconciler:
 
     def _plan(self, inv: Inventory, state: State, desired: DesiredState) -> Observation:
         on_demand = HookRecords(self.host.paths).all()
+        foreign = read_checked(self.host.paths, inv).by_uuid()  # mdevctl's definitions: never fought
         candidates = destroy_candidates(inv, state, desired, on_demand)
         attached: Optional[Attachments] = None
         unreadable: Optional[str] = None
@@ -169,7 +171,7 @@ class Reconciler:
                 gpus = self._observe_gpus(inv, asked, users)
             return Observation(inv, state, plan(inv, state, desired, users=users, attachments=attached,
                                                 placer=self.placer, libvirt_error=unreadable, on_demand=on_demand,
-                                                gpus=gpus))
+                                                gpus=gpus, foreign=foreign))
 
     def _observe_gpus(self, inv: Inventory, gpus: Sequence[str], users: Any) -> Dict[str, GpuObservation]:
         """NVML's view of ``gpus``, with the instances a process or domain holds on each added to what runs there

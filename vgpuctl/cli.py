@@ -28,6 +28,7 @@ COMMANDS = {
     "apply": "vgpuctl.commands.reconcile:apply",
     "check": "vgpuctl.commands.reconcile:check",
     "export": "vgpuctl.commands.reconcile:export",
+    "adopt": "vgpuctl.commands.coexist:adopt",
     "service": "vgpuctl.commands.reconcile:service",
     "attach": "vgpuctl.commands.virt:attach",
     "detach": "vgpuctl.commands.virt:detach",

@@ -223,6 +223,26 @@ class NotOwned(VgpuctlError):
         self.uuid = uuid
 
 
+class ForeignManaged(NotOwned):
+    """mdevctl defines the device: removing it alone would not last (an auto-start definition brings it back)."""
+
+    kind = "foreign-managed"
+
+    def __init__(self, uuid: str, path: str, start: Optional[str]) -> None:
+        VgpuctlError.__init__(self, "")
+        if start == "manual":
+            back = "mdevctl keeps its definition ('mdevctl start' makes it again)"
+        elif start == "auto":
+            back = "mdevctl will bring it back at boot (its definition starts it automatically)"
+        else:
+            back = "mdevctl may bring it back at boot (vgpuctl cannot read its definition)"
+        self.message = (f"device {uuid} is defined by mdevctl ({path}): {back}; pass --undefine to remove mdevctl's "
+                        "definition too (nothing was changed)")
+        self.uuid = uuid
+        self.path = path
+        self.start = start
+
+
 # --- vgpuctl's own state or config is broken (8) -------------------------------------------------------------------
 class StateError(VgpuctlError):
     exit_code = 8
@@ -479,7 +499,7 @@ EXIT_CODES = {
     4: "no capacity: the type has no available instances on that parent, or no GPU can take it under the policy",
     5: "already exists: the UUID is taken on some parent",
     6: "in use: a process or VM holds the device; nothing was changed",
-    7: "not owned: the device was not created by vgpuctl (use --foreign)",
+    7: "not owned: the device was not created by vgpuctl (use --foreign), or mdevctl defines it (use --undefine)",
     8: "vgpuctl's state, configuration or device template is corrupt, unsafe or invalid",
     9: "host I/O error: the kernel refused a sysfs operation (path and errno in the message)",
     10: "parent went away during the operation (driver unloading)",

@@ -6,7 +6,9 @@ the CLI renders them.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Protocol, Sequence
+import errno
+import os
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence
 
 from .errors import (
     AlreadyExists,
@@ -14,6 +16,8 @@ from .errors import (
     BadParentName,
     BadUuid,
     DeviceInUse,
+    ForeignManaged,
+    HostIOError,
     InvalidInput,
     NoCapacity,
     NotOwned,
@@ -176,6 +180,19 @@ class Lifecycle:
 
     # --- destroy ---------------------------------------------------------------------------------------------------
     def destroy(self, uuid: str, *, foreign: bool = False) -> Instance:
+        """Destroy one instance; refuse (``ForeignManaged``) where mdevctl defines it: mdevctl would bring it back."""
+        inst, _ = self.destroy_undefining(uuid, foreign=foreign, undefine=False)
+        assert inst is not None
+        return inst
+
+    def destroy_undefining(
+        self, uuid: str, *, foreign: bool = False, undefine: bool = True
+    ) -> "tuple[Optional[Instance], Any]":
+        """Destroy one instance and, with ``undefine``, retire mdevctl's definition of it first (journalled like the
+        removal, put back if the removal then fails).  A definition that has no device yet is only retired.
+        Returns the instance destroyed (None: there was none) and the definition retired (None: there was none)."""
+        from .host import mdevctl
+
         want = canonical_instance_id(uuid)
         if want is None:
             raise BadUuid(uuid)
@@ -183,13 +200,21 @@ class Lifecycle:
             inv = self.host.inventory()
             state = self._locked_state(inv)
             inst = inv.instance(want)
-            if inst is None:
+            defn = mdevctl.read_checked(self.host.paths, inv).get(want)
+            if inst is None and not (undefine and defn is not None):
                 raise UnknownInstance(want)
-            if want not in state.owned and not foreign:
+            if inst is not None and want not in state.owned and not foreign:
                 raise NotOwned(want)
-            who = self.users([inst]).get(want)
+            if defn is not None and not undefine:
+                raise ForeignManaged(want, defn.path, defn.start)
+            who = self.users([inst]).get(want) if inst is not None else None
             if who:
                 raise DeviceInUse(want, who)
+            saved = None
+            if defn is not None:
+                state, saved = self.undefine(state, defn)
+            if inst is None:
+                return None, defn
             intent = Intent("remove", want, inst.parent, inst.type_id, str(inst.backend))
             self.store.save(state.with_intent(intent))
             try:
@@ -197,9 +222,41 @@ class Lifecycle:
             except BaseException:
                 still = self.host.exists(want, inst.backend)
                 self.store.save(state.settle(intent, exists=still) if want in state.owned else state)
+                if still and defn is not None:
+                    self.redefine(defn, saved)  # the device stays: so does mdevctl's definition of it
                 raise
             self.store.save(state.settle(intent, exists=False))
-            return inst
+            return inst, defn
+
+    def undefine(self, state: State, defn: Any) -> "tuple[State, Optional[bytes]]":
+        """Retire mdevctl's definition ``defn`` (caller holds the lock), journalled: the intent is saved first.
+        Returns the new state and the file's bytes, for ``redefine`` to roll back with."""
+        from .host import mdevctl
+
+        saved = mdevctl.read_bytes(defn.path)
+        intent = Intent("undefine", defn.uuid, defn.parent, defn.type_id or "", "mdevctl")
+        self.store.save(state.with_intent(intent))
+        try:
+            mdevctl.remove_definition(defn)
+        except OSError as e:
+            self.store.save(state)
+            raise HostIOError(defn.path, e.errno or errno.EIO, action="remove mdevctl's definition") from None
+        done = state.with_intent(intent).settle(intent, exists=False)
+        self.store.save(done)
+        return done, saved
+
+    def redefine(self, defn: Any, saved: Optional[bytes]) -> None:
+        """Put back a definition ``undefine`` retired (rolling back); a failure is logged, not raised."""
+        from .host import mdevctl
+
+        try:
+            mdevctl.restore_definition(defn, saved)
+        except OSError as e:  # the removal's error is the one to report; say what is left to do
+            import logging
+
+            logging.getLogger("vgpuctl.lifecycle").warning(
+                "could not put back mdevctl's definition %s (%s): define it again with mdevctl", defn.path,
+                os.strerror(e.errno or errno.EIO))
 
 
 def _offers(inventory: Inventory, parent: str, type_id: str, *, free_only: bool = True) -> bool:

@@ -20,6 +20,10 @@ The safety rules live here, in one place the property tests check:
   its domain, and its destroy stays blocked while the domain references it;
 - a pinned create is predicted with the placement engine's per-GPU rules (``placement.apply`` on the inventory after
   the plan's destroys and the creates before it): one the GPU cannot take is blocked ``no-capacity`` or ``type-mix``;
+- an instance mdevctl defines (``foreign``: uuid -> its ``host.mdevctl.Definition``) is never destroyed, re-typed or
+  created against that definition: a desired instance with an auto-start definition is *double-managed* and gets
+  one blocked ``manage`` action (``foreign-managed``, with the fix); one with a manual definition of another type or
+  parent is blocked the same way; an owned instance the plan would destroy is blocked instead;
 - a GPU-wide setting (``gpus:``) is changed only from what NVML reported (``gpus``: ``GpuObservation`` per GPU); it
   is blocked ``nvml`` where NVML could not say, and ``in-use`` while a vGPU runs on that GPU (heterogeneous mode:
   while the GPU hosts any vGPU at all), the rule ``vgpuctl sched set``/``hetero set`` enforce.
@@ -43,6 +47,7 @@ class Op(str, Enum):
     DETACH = "detach"
     SCHED = "sched"  #: set a GPU's vGPU scheduler (NVML)
     HETERO = "hetero"  #: set a GPU's heterogeneous vGPU mode (NVML)
+    MANAGE = "manage"  #: take over an instance another manager (mdevctl) also defines: never runnable, always blocked
 
     def __str__(self) -> str:
         return self.value
@@ -70,6 +75,7 @@ class Block(str, Enum):
     NVML = "nvml"  #: a GPU-wide setting cannot be read through NVML (no library, driver loading, not a vGPU host)
     UNSUPPORTED = "unsupported"  #: the GPU does not support the desired setting (policy, time-slice range)
     CONFIG = "config"  #: the desired state cannot mean anything on this host as written (vendor-VFIO naming)
+    FOREIGN_MANAGED = "foreign-managed"  #: mdevctl defines the instance too: vgpuctl never fights it
 
     def __str__(self) -> str:
         return self.value
@@ -268,6 +274,7 @@ def plan(
     on_demand: Collection[str] = (),
     gpus: Optional[Mapping[str, GpuObservation]] = None,
     modes: Optional[Mapping[str, Any]] = None,
+    foreign: Optional[Mapping[str, Any]] = None,
 ) -> Plan:
     """The actions that take ``inventory`` to ``desired``.  ``users``: who uses which instance (uuid -> holders);
     ``attachments``: uuid -> the domains that reference it (``DomainAttachment``), or None when libvirt is not
@@ -277,8 +284,10 @@ def plan(
     the GPUs the desired state's ``gpus:`` names and of vendor-VFIO GPUs with pinned instances (None: not read);
     their heterogeneous mode decides a vendor-VFIO GPU's mixing rule (one NVML did not report is predicted
     mixed-size, the most permissive rule, so that only the host refuses); ``modes``: physical GPU -> the placement
-    engine's ``MixMode`` for any other GPU that is not homogeneous."""
+    engine's ``MixMode`` for any other GPU that is not homogeneous; ``foreign``: uuid -> mdevctl's definition of it
+    (``host.mdevctl.Definition``: ``parent``, ``type_id``, ``auto``, ``label``, ``path``)."""
     users = users or {}
+    foreign = foreign or {}
     desired = bind(desired, inventory)  # an instance pinned to a vendor-VFIO VF is named by the VF
     issues = vf_issues(desired, inventory)  #: instances the desired state cannot mean here: left alone, blocked
     want = desired.by_uuid()
@@ -292,7 +301,16 @@ def plan(
     for inst, d in _unwanted(inventory, state, want, issues, on_demand):
         why = "not in the desired state" if d is None else "desired with another type or parent"
         who = list(users.get(inst.uuid, ()))
-        if who:
+        fd = foreign.get(inst.uuid)
+        if fd is not None:
+            blocked_uuids[inst.uuid] = f"mdevctl defines the device ({fd.label})"
+            if d is not None and fd.auto:
+                continue  # double-managed: reported once, by its manage action
+            destroys.append(
+                Action(Op.DESTROY, inst.uuid, inst.parent, inst.type_id, d.name if d else None, why=why,
+                       block=Block.FOREIGN_MANAGED, detail=_foreign_detail(fd, inst.uuid, d.name if d else None))
+            )
+        elif who:
             destroys.append(
                 Action(Op.DESTROY, inst.uuid, inst.parent, inst.type_id, d.name if d else None, why=why,
                        block=Block.IN_USE, detail="in use by " + ", ".join(who))
@@ -317,6 +335,13 @@ def plan(
             creates.append(_blocked_create(d, d.parent, d.type, Block.CONFIG, issues[d.name][1]))
             continue
         inst = inventory.instance(d.uuid)
+        fd = foreign.get(d.uuid)
+        if fd is not None and (fd.auto or not _defines_as(fd, d, inventory)):
+            where = inst.parent if inst is not None else fd.parent
+            creates.append(Action(Op.MANAGE, d.uuid, where, inst.type_id if inst is not None else (fd.type_id or d.type),
+                                  d.name, why="desired", block=Block.FOREIGN_MANAGED,
+                                  detail=_foreign_detail(fd, d.uuid, d.name)))
+            continue
         if inst is not None and _matches(inst, d, inventory):
             continue
         if inst is not None and inst.uuid not in freed:
@@ -529,6 +554,25 @@ def _gpu_actions(
         out.append(Action(op, "", g.gpu, text, why="desired", block=block, detail=detail, value=value,
                           current=obs.scheduler_text()))
     return out
+
+
+def _defines_as(fd: Any, d: DesiredInstance, inventory: Inventory) -> bool:
+    """Whether mdevctl's (manual) definition ``fd`` describes the instance the desired state asks for: same parent
+    (where one is pinned) and the type the desired state resolves to on that parent."""
+    if d.parent is not None and (host_parent(inventory, d.parent) or d.parent).lower() != fd.parent.lower():
+        return False
+    return fd.type_id is not None and desired_type(inventory, host_parent(inventory, fd.parent) or fd.parent,
+                                                     d) == fd.type_id
+
+
+def _foreign_detail(fd: Any, uuid: str, name: Optional[str]) -> str:
+    """Why an action over an mdevctl definition is blocked, and the two ways out."""
+    boot = "starts it at boot" if fd.auto else "keeps a definition of it"
+    keep = (f"'vgpuctl adopt --from-mdevctl --undefine {uuid}' (vgpuctl keeps it)" if name is not None
+            else f"'vgpuctl destroy --foreign --undefine {uuid}' (neither keeps it)")
+    other = (f"remove instance {name} from the desired state (mdevctl keeps it)" if name is not None
+             else f"'mdevctl undefine --uuid {uuid}' (vgpuctl decides)")
+    return f"mdevctl also defines it ({fd.label}, {fd.path}) and {boot}: let one tool manage it: {keep}, or {other}"
 
 
 def _blocked_create(d: DesiredInstance, parent: Optional[str], type_id: str, block: Block, detail: str) -> Action:

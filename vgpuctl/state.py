@@ -26,6 +26,9 @@ from .paths import HostPaths
 SCHEMA = "vgpuctl.state/v1"
 LIBVIRT_OPS = ("attach", "detach")  #: intents that change a domain, not a device
 SETTING_OPS = ("sched", "hetero")  #: intents that change a GPU-wide NVML setting, not a device
+#: intents that change another manager's files (mdevctl's definition), not a device: ``undefine`` removes
+#: ``etc/mdevctl.d/<parent>/<uuid>``; finishing or dropping it needs no device, so recovery only drops the intent
+MDEVCTL_OPS = ("undefine",)
 
 #: Who made (or claimed) an owned device.  ``apply`` (the desired state and its service) destroys only devices of
 #: origin ``apply``: a device made by ``vgpuctl create``/``attach`` or by the libvirt hook is never removed because a
@@ -70,8 +73,8 @@ class State:
         An attach or detach intent only leaves the journal: ownership is about devices, and the next plan redoes
         whatever part of an interrupted (idempotent) attach or detach is missing."""
         owned = dict(self.owned)
-        if intent.op in LIBVIRT_OPS or intent.op in SETTING_OPS:
-            pass  # idempotent: the next plan redoes what is missing
+        if intent.op in LIBVIRT_OPS or intent.op in SETTING_OPS or intent.op in MDEVCTL_OPS:
+            pass  # idempotent: the next plan (or the same command again) redoes what is missing
         elif exists:
             prev = owned.get(intent.uuid)
             owned[intent.uuid] = prev or Owned(

@@ -17,7 +17,7 @@ profile: the host's fragmentation, what ``vgpuctl defrag --plan`` can win back.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .model import Inventory, VgpuType
 from .placement import GpuKind, GpuState, Usage, gpu_states, headroom, rule_for
@@ -49,6 +49,7 @@ class Holder:
     profile: Optional[str]  #: "T4-4Q"
     domain: Optional[str]
     slots: int
+    defined_by: Tuple[str, ...] = ()  #: who defines it (``coexist.definers``): vgpuctl:<name>, mdevctl:auto, hook
 
 
 @dataclass(frozen=True)
@@ -111,13 +112,17 @@ def host_status(
     *,
     domains: Optional[Mapping[str, str]] = None,
     usage: Optional[Usage] = None,
+    defined_by: Optional[Mapping[str, Sequence[str]]] = None,
 ) -> HostStatus:
-    """The status of every physical GPU; ``domains``: instance uuid -> the domain using it (from libvirt)."""
+    """The status of every physical GPU; ``domains``: instance uuid -> the domain using it (from libvirt);
+    ``defined_by``: instance uuid -> who defines it."""
     domains = domains or {}
-    return HostStatus(tuple(_gpu(inventory, policy, g, domains) for g in gpu_states(inventory, usage)))
+    defs = defined_by or {}
+    return HostStatus(tuple(_gpu(inventory, policy, g, domains, defs) for g in gpu_states(inventory, usage)))
 
 
-def _gpu(inv: Inventory, policy: Policy, g: GpuState, domains: Mapping[str, str]) -> GpuStatus:
+def _gpu(inv: Inventory, policy: Policy, g: GpuState, domains: Mapping[str, str],
+         defs: Mapping[str, Sequence[str]] = {}) -> GpuStatus:
     _, rule = rule_for(policy, g)
     names = {p.name for p in g.parents}
     insts = sorted((i for i in inv.instances if i.parent in names), key=lambda i: (i.parent, i.uuid))
@@ -136,7 +141,7 @@ def _gpu(inv: Inventory, policy: Policy, g: GpuState, domains: Mapping[str, str]
         unit = "VF"
         by_parent = {i.parent: i for i in insts}
         for i in insts:
-            holders.append(_holder(inv, i, len(holders), domains, 1))
+            holders.append(_holder(inv, i, len(holders), domains, 1, defs))
         label = {h.uuid: h.label for h in holders}
         free_vfs = [p.name for p in g.parents if p.name not in by_parent]
         restricted = set(free_vfs[:held_room]) if insts else set()
@@ -154,7 +159,7 @@ def _gpu(inv: Inventory, policy: Policy, g: GpuState, domains: Mapping[str, str]
         cells = g.total_fb // size
         for i in insts:
             span = max(1, (fb.get(i.type_id) or size) // size)
-            h = _holder(inv, i, len(holders), domains, span)
+            h = _holder(inv, i, len(holders), domains, span, defs)
             holders.append(h)
             slots += [Slot(USED, i.uuid, h.label, i.parent)] * span
         free = max(cells - len(slots), 0)
@@ -168,7 +173,7 @@ def _gpu(inv: Inventory, policy: Policy, g: GpuState, domains: Mapping[str, str]
     else:
         unit = "instance"
         for i in insts:
-            h = _holder(inv, i, len(holders), domains, 1)
+            h = _holder(inv, i, len(holders), domains, 1, defs)
             holders.append(h)
             slots.append(Slot(USED, i.uuid, h.label, i.parent))
         room = max((o.host_available for o in g.offers), default=0)
@@ -193,11 +198,13 @@ def _gpu(inv: Inventory, policy: Policy, g: GpuState, domains: Mapping[str, str]
     return status
 
 
-def _holder(inv: Inventory, i: Any, n: int, domains: Mapping[str, str], span: int) -> Holder:
+def _holder(inv: Inventory, i: Any, n: int, domains: Mapping[str, str], span: int,
+            defs: Mapping[str, Sequence[str]]) -> Holder:
     t = inv.type_on(i.parent, i.type_id)
     return Holder(
         label=LETTERS[n % len(LETTERS)], uuid=i.uuid, parent=i.parent, type_id=i.type_id,
         profile=_profile(t, i.type_id), domain=domains.get(i.uuid), slots=span,
+        defined_by=tuple(defs.get(i.uuid, ())),
     )
 
 
@@ -223,7 +230,7 @@ def records(status: HostStatus) -> List[Dict[str, Any]]:
             "slots": [{"state": s.state, "label": s.label, "uuid": s.uuid, "parent": s.parent} for s in g.slots],
             "instances": [
                 {"label": h.label, "uuid": h.uuid, "parent": h.parent, "type_id": h.type_id, "type_name": h.profile,
-                 "domain": h.domain, "slots": h.slots}
+                 "domain": h.domain, "slots": h.slots, "defined_by": list(h.defined_by)}
                 for h in g.holders
             ],
             "capacity": [
@@ -285,6 +292,8 @@ def render_text(status: HostStatus, *, colour: bool = False) -> str:
         lines += ["", head, f"  slots  {picture(g, colour=colour)}  (1 slot = {g.slot_unit})"]
         for h in g.holders:
             extra = f"  {h.parent}" if g.kind is GpuKind.SRIOV else ""
+            if h.defined_by:
+                extra += f"  defined by {','.join(h.defined_by)}"
             lines.append(f"  {h.label}  {h.uuid}  {h.profile:<8}  {h.domain or '-'}{extra}")
         left = ", ".join(f"{c.profile or c.type_id} {c.left}" for c in g.capacity if c.left) or "nothing"
         lines.append(f"  left   {left}")

@@ -817,3 +817,67 @@ def _mode_scope(action: "Action") -> Tuple[bool, bool]:
 def attachments_provider(uri: str, lifecycle: Any) -> AttachmentSource:
     """What ``commands.reconcile`` looks for: the attachment source for ``uri``, attaching with ``lifecycle``."""
     return AttachmentSource(uri, lifecycle)
+
+
+# --- node devices --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class NodeDev:
+    """libvirt's node device for one mdev: ``mdev_<uuid>_<parent>`` (libvirt >= 7.7; every character that is not a
+    letter or digit becomes ``_``), whether libvirt keeps it persistently (an mdevctl definition) and runs it."""
+
+    name: str
+    uuid: str
+    persistent: Optional[bool] = None
+    active: Optional[bool] = None
+
+
+def nodedev_name(uuid: str, parent: str) -> str:
+    """The name libvirt (7.7 and later, 9.0 included) gives the node device of mdev ``uuid`` on ``parent``."""
+    return "".join(c if c.isascii() and c.isalnum() else "_" for c in f"mdev_{uuid}_{parent}")
+
+
+def _nodedev_uuid(name: str) -> Optional[str]:
+    """The mdev uuid a node device name carries (``mdev_<uuid>[_<parent>]``), or None."""
+    if not name.startswith("mdev_") or len(name) < 41:
+        return None
+    return canonical_uuid(name[5:41].replace("_", "-"))
+
+
+def mdev_nodedevs(uri: str, *, timeout: float = 5.0) -> Dict[str, NodeDev]:
+    """uuid -> libvirt's node device, for every mdev node device libvirt knows (active or only defined), in one
+    read-only connection bounded by ``timeout`` seconds.  ``LibvirtConnectError`` when libvirt cannot say."""
+    import threading
+
+    out: Dict[str, NodeDev] = {}
+    failure: List[BaseException] = []
+
+    def read() -> None:
+        try:
+            with Virt.open(uri, readonly=True) as v:
+                try:
+                    devs = v.conn.listAllDevices(v.lv.VIR_CONNECT_LIST_NODE_DEVICES_CAP_MDEV)
+                except v.lv.libvirtError as e:
+                    raise LibvirtConnectError(uri, _detail(e)) from None
+                for d in devs:
+                    u = _nodedev_uuid(d.name())
+                    if u is None:
+                        continue
+                    out[u] = NodeDev(d.name(), u, _flag(d, "isPersistent"), _flag(d, "isActive"))
+        except BaseException as e:  # handed to the caller's thread
+            failure.append(e)
+
+    t = threading.Thread(target=read, name="vgpuctl-nodedevs", daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        raise LibvirtConnectError(uri, f"no answer about node devices within {timeout:g} s")
+    if failure:
+        raise failure[0]
+    return dict(out)
+
+
+def _flag(dev: Any, method: str) -> Optional[bool]:
+    try:
+        return bool(getattr(dev, method)())
+    except Exception:  # older libvirt (< 7.3) has no such call, or the device went away
+        return None

@@ -12,6 +12,7 @@ from ..model import Instance, Inventory, Vendor
 from ._common import build_lifecycle, info, json_option, render, settings
 from .records import (
     INSTANCE_COLUMNS,
+    definition_record,
     NVML_INSTANCE_COLUMNS,
     PARENT_COLUMNS,
     TYPE_COLUMNS,
@@ -51,23 +52,84 @@ def types(parent: Optional[str], as_json: bool) -> None:
 
 @click.command("list")
 @parent_option
+@click.option("--defined", "-d", is_flag=True,
+              help="Also show mdevctl's definitions that have no device yet (as 'mdevctl list --defined' does).")
 @json_option
-def list_instances(parent: Optional[str], as_json: bool) -> None:
-    """Existing vGPU instances, who owns them and who uses them."""
-    lc = build_lifecycle(settings())
+def list_instances(parent: Optional[str], defined: bool, as_json: bool) -> None:
+    """Existing vGPU instances, who owns them, who defines them (vgpuctl's desired state, mdevctl, the hook), who uses
+    them, and libvirt's node device for each."""
+    from ..coexist import definers
+    from ..host import mdevctl
+
+    s = settings()
+    lc = build_lifecycle(s)
     inv, state = lc.read(types=TypeScope.USED)
     only = lc.host.resolve_parent(parent, inv) if parent else None
     shown = [i for i in inv.instances if only is None or i.parent == only]
+    defs = mdevctl.read_checked(lc.host.paths, inv)
+    by_uuid = defs.by_uuid()
+    dormant = [d for d in by_uuid.values() if defined and inv.instance(d.uuid) is None
+               and (only is None or d.parent.lower() == only.lower())]
     users = lc.users(shown)  # the one read of libvirt, when it is enabled
     doms = _domains(lc, shown)
+    names = _desired_names(lc, inv)
+    hook = _hook(lc)
+    nodedevs = _nodedevs(s) if shown or dormant else None
     inv, details, gpus = _nvml(inv, vgpus=True)
+
+    def extra(uuid: str) -> Dict[str, Any]:
+        dev = nodedevs.get(uuid) if nodedevs is not None else None
+        return {"defined_by": definers(uuid, defs=by_uuid, desired=names, hook=hook),
+                "nodedev": dev.name if dev is not None else None,
+                "nodedev_known": None if nodedevs is None else dev is not None}
+
     recs = [
         instance_record(i, inv, owned=i.uuid in state.owned, used_by=users.get(i.uuid, ()), nvml=details.get(i.uuid),
-                        **doms.get(i.uuid, {}))
+                        **doms.get(i.uuid, {}), **extra(i.uuid))
         for i in shown
     ]
+    recs += [definition_record(d, owned=d.uuid in state.owned, **extra(d.uuid)) for d in dormant]
+    recs.sort(key=lambda r: (r["parent"], r["uuid"]))
     columns = INSTANCE_COLUMNS + (NVML_INSTANCE_COLUMNS if any(g.vgpu_host for g in gpus.values()) else [])
-    render(recs, columns, as_json=as_json, empty="no vGPU instances")
+    if nodedevs:
+        columns = columns + [("NODEDEV", "nodedev")]
+    render(recs, columns, as_json=as_json, empty="no vGPU instances" + (" or mdevctl definitions" if defined else ""))
+
+
+def _desired_names(lc: Lifecycle, inv: Inventory) -> Optional[Dict[str, str]]:
+    """uuid -> desired instance name; None (and one line why) when the desired state cannot be read."""
+    from ..errors import ConfigError
+    from ..spec import bind, load, spec_files
+
+    if not spec_files(lc.host.paths.config_dir):
+        return {}
+    try:
+        desired = bind(load(lc.host.paths.config_dir), inv)
+    except ConfigError as e:
+        info(f"who vgpuctl's desired state defines is unknown: {e}")
+        return None
+    return {d.uuid: d.name for d in desired.instances}
+
+
+def _hook(lc: Lifecycle) -> Tuple[str, ...]:
+    from ..hook import HookRecords
+
+    return tuple(HookRecords(lc.host.paths).all())
+
+
+def _nodedevs(s: Any) -> Optional[Dict[str, Any]]:
+    """uuid -> libvirt's node device (one bounded read); None without libvirt, or (with one line why) when libvirt
+    could not say."""
+    if s.connect == "none":
+        return None
+    from ..errors import LibvirtError
+    from ..virt import mdev_nodedevs
+
+    try:
+        return mdev_nodedevs(s.connect)
+    except LibvirtError as e:
+        info(f"libvirt's node devices are unknown: {e}")
+        return None
 
 
 def _nvml(inv: Inventory, *, vgpus: bool) -> Tuple[Inventory, Dict[str, Any], Dict[str, Any]]:

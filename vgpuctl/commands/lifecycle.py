@@ -97,15 +97,31 @@ def _create_profiled(s, name: str, *, parent: Optional[str], uuid: Optional[str]
     help="Destroy even though a libvirt domain definition (not running with it) still references the device; "
     "never overrides a running domain or a process holding it.",
 )
+@click.option(
+    "--undefine",
+    is_flag=True,
+    help="Also remove mdevctl's definition of the device (etc/mdevctl.d/PARENT/UUID), which would otherwise bring it "
+    "back at boot; a definition without a device is then only removed.",
+)
 @json_option
-def destroy(uuid: str, foreign: bool, force: bool, as_json: bool) -> None:
-    """Destroy one vGPU instance; refuses while a process or VM uses it, or a defined domain references it."""
-    inst = build_lifecycle(settings(), stale_ok=force).destroy(uuid, foreign=foreign)
+def destroy(uuid: str, foreign: bool, force: bool, undefine: bool, as_json: bool) -> None:
+    """Destroy one vGPU instance; refuses while a process or VM uses it, or a defined domain references it, or
+    mdevctl defines it (unless --undefine)."""
+    lc = build_lifecycle(settings(), stale_ok=force)
+    if undefine:
+        inst, defn = lc.destroy_undefining(uuid, foreign=foreign)
+    else:
+        inst, defn = lc.destroy(uuid, foreign=foreign), None
+    undefined = defn.path if defn is not None else None
     if as_json:
         import json
 
-        click.echo(
-            json.dumps(record("vgpuctl.destroyed/v1", uuid=inst.uuid, parent=inst.parent, type_id=inst.type_id), indent=2)
-        )
-    else:
+        click.echo(json.dumps(record(
+            "vgpuctl.destroyed/v1", uuid=inst.uuid if inst else (defn.uuid if defn else uuid),
+            parent=inst.parent if inst else None, type_id=inst.type_id if inst else None,
+            destroyed=inst is not None, undefined=undefined), indent=2))
+        return
+    if inst is not None:
         info(f"destroyed {inst.uuid} ({inst.type_id} on {inst.parent})")
+    if undefined:
+        info(f"removed mdevctl's definition {undefined}" + ("" if inst else " (it had no device)"))

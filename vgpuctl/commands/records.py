@@ -41,6 +41,7 @@ INSTANCE_COLUMNS = [
     ("NAME", "type_name"),
     ("GROUP", "iommu_group"),
     ("OWNED", "owned"),
+    ("DEFINED_BY", "defined_by"),
     ("DOMAINS", "domains"),
     ("RUNNING", "running"),
     ("USED_BY", "used_by"),
@@ -103,9 +104,14 @@ def instance_record(
     domains: Optional[Sequence[str]] = None,
     running: Optional[bool] = None,
     nvml: Optional[Any] = None,
+    defined_by: Sequence[str] = (),
+    nodedev: Optional[str] = None,
+    nodedev_known: Optional[bool] = None,
 ) -> Dict[str, Any]:
     """``domains``: libvirt domains whose live or persistent XML references the instance, ``running``: whether one
-    of them runs with it; both None when libvirt was not asked (``--connect none``)."""
+    of them runs with it; both None when libvirt was not asked (``--connect none``).  ``defined_by``: who defines it
+    (``coexist.definers``); ``nodedev``: libvirt's node device name, ``nodedev_known``: whether libvirt knows one
+    (None: libvirt not asked or unreachable)."""
     t = inv.type_on(i.parent, i.type_id) if inv else None
     return record(
         INSTANCE_SCHEMA,
@@ -120,7 +126,34 @@ def instance_record(
         domains=list(domains) if domains is not None else None,
         running=running,
         used_by=list(used_by),
+        active=True,
+        defined_by=list(defined_by),
+        nodedev=nodedev,
+        nodedev_known=nodedev_known,
         **_nvml_fields(i, inv, nvml),
+    )
+
+
+def definition_record(d: Any, *, owned: bool = False, defined_by: Sequence[str] = (), nodedev: Optional[str] = None,
+                      nodedev_known: Optional[bool] = None) -> Dict[str, Any]:
+    """An mdevctl definition that has no device (``list --defined``): an instance record with ``active`` false."""
+    return record(
+        INSTANCE_SCHEMA,
+        uuid=d.uuid,
+        parent=d.parent,
+        type_id=d.type_id,
+        type_name=None,
+        backend="mdev",
+        iommu_group=None,
+        driver=None,
+        owned=owned,
+        domains=None,
+        running=None,
+        used_by=[],
+        active=False,
+        defined_by=list(defined_by),
+        nodedev=nodedev,
+        nodedev_known=nodedev_known,
     )
 
 

@@ -25,6 +25,20 @@ def domains_of(s: Settings, uuids) -> Dict[str, str]:  # type: ignore[no-untyped
     return out
 
 
+def defined_by(s: Settings, inv) -> Dict[str, tuple]:  # type: ignore[no-untyped-def]
+    """Instance uuid -> who defines it (vgpuctl's desired state, mdevctl, the hook): ``coexist.definers``."""
+    from ..coexist import definers
+    from ..host import mdevctl
+    from ..lifecycle import Lifecycle
+    from .inventory import _desired_names, _hook
+
+    lc = Lifecycle(build_host(s))
+    defs = mdevctl.read_checked(lc.host.paths, inv).by_uuid()
+    names = _desired_names(lc, inv)
+    hook = _hook(lc)
+    return {i.uuid: definers(i.uuid, defs=defs, desired=names, hook=hook) for i in inv.instances}
+
+
 def use_colour(stream=None) -> bool:  # type: ignore[no-untyped-def]
     """Colour only on a terminal, and never with NO_COLOR set (https://no-color.org)."""
     stream = stream or sys.stdout
@@ -51,7 +65,8 @@ def status(policy_file: Optional[str], as_json: bool) -> None:
     s = settings()
     inv = build_host(s).inventory()
     policy = load_settings_policy(s, policy_file)
-    st = host_status(inv, policy, domains=domains_of(s, [i.uuid for i in inv.instances]), usage=build_usage(s, inv))
+    st = host_status(inv, policy, domains=domains_of(s, [i.uuid for i in inv.instances]), usage=build_usage(s, inv),
+                     defined_by=defined_by(s, inv))
     if as_json:
         render(records(st), [], as_json=True)
         return
