@@ -32,6 +32,7 @@ COMMANDS = {
     "service": "vgpuctl.commands.reconcile:service",
     "attach": "vgpuctl.commands.virt:attach",
     "detach": "vgpuctl.commands.virt:detach",
+    "domains": "vgpuctl.commands.virt:domains",
     "hook": "vgpuctl.commands.virt:hook",
     "profiles": "vgpuctl.commands.profiles:profiles",
     "status": "vgpuctl.commands.status:status",

@@ -104,3 +104,24 @@ def test_simulated_mixed_host_fills_in_policy_order(tmp_path):
                     break
                 got.append(json.loads(r.stdout)["parent"][:7])
             assert got == want
+
+
+def test_place_several_types_in_one_call(mixed):
+    """Repeated --type: each type's decision and verdicts, in the order given (the web console's type picker)."""
+    r = run(mixed, "place", "--type", "nvidia-232", "--type", "nvidia-231", "--type", "nvidia-232", "--explain",
+            "--json")
+    assert r.exit_code == 0, r.output
+    recs = json.loads(r.stdout)
+    decisions = [x for x in recs if x["schema"] == "vgpuctl.placement/v1"]
+    assert [d["type"] for d in decisions] == ["nvidia-232", "nvidia-231"]  # a repeated type is asked once
+    i = recs.index(decisions[1])
+    first = {v["gpu"]: v["verdict"] for v in recs[1:i]}
+    second = {v["gpu"]: (v["verdict"], v["parent"]) for v in recs[i + 1:]}
+    assert first[T4A] == "type-mix" and first[T4B] == "ok"
+    assert second[T4A] == ("ok", T4A) and second[T4B] == ("ok", T4B)
+    assert len(first) == len(second) == 6
+    # as for one type: exit 4 when one of them has no GPU, after every record was printed
+    r = run(mixed, "place", "--type", "A16-2Q", "--type", "nvidia-231", "--numa-node", "0", "--numa", "require",
+            "--json")
+    assert r.exit_code == 4 and "no GPU can take a A16-2Q" in r.stderr
+    assert [(d["type"], d["placed"]) for d in json.loads(r.stdout)] == [("A16-2Q", False), ("nvidia-231", True)]

@@ -197,3 +197,26 @@ def test_metadata_carries_the_type_name_for_another_host_but_not_as_identity():
     assert back.type_name == "GRID T4-4Q"
     assert back == ManagedVgpu(U_FREE, "0000:3b:00.0", "nvidia-232", "mdev")
     assert 'name=' not in metadata_xml([ManagedVgpu(U_FREE, "mtty", "mtty-1")])
+
+
+def test_domains_lists_what_attach_takes(cli):
+    """``domains --json``: libvirt's domains (the web console's attach picker), each with its state and vGPUs."""
+    r = cli("domains", "--json")
+    assert r.exit_code == 0, r.stderr
+    recs = {x["name"]: x for x in json.loads(r.stdout)}
+    assert set(recs) == {"web1", "db", ODD_NAME}
+    assert all(x["schema"] == "vgpuctl.domain/v1" for x in recs.values())
+    assert (recs["web1"]["running"], recs["web1"]["state"], recs["web1"]["vgpus"], recs["web1"]["managed"]) == (
+        True, "running", [U_WEB], [U_WEB])
+    assert (recs["db"]["running"], recs["db"]["vgpus"], recs["db"]["managed"]) == (False, [U_DB], [])
+    assert recs[ODD_NAME]["vgpus"] == [] and recs[ODD_NAME]["uuid"] == "6695eb01-f6a4-8304-79aa-97f2502e1003"
+    table = cli("domains").stdout.splitlines()
+    assert table[0].split() == ["NAME", "STATE", "PERSISTENT", "VGPUS"]
+    assert [ln.split()[0] for ln in table[1:]] == ["db", "we'b\"<1>&", "web1"]
+
+
+def test_domains_needs_libvirt(cli, tmp_path):
+    r = cli("domains", "--json", connect="none")
+    assert r.exit_code == 2 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1
+    r = cli("domains", "--json", connect=f"qemu:///system?socket={tmp_path}/none")
+    assert r.exit_code == 12 and r.stdout == "" and "cannot connect to libvirt" in r.stderr

@@ -302,7 +302,9 @@ def decision_record(d: Decision, inv: Inventory, *, numa_from: Sequence[str] = (
 
 
 @click.command()
-@click.option("--type", "-t", "type_name", required=True, metavar="TYPE", help="Type id (nvidia-231) or name (T4-2Q).")
+@click.option("--type", "-t", "type_names", required=True, multiple=True, metavar="TYPE",
+              help="Type id (nvidia-231) or name (T4-2Q); repeat to ask about several types in one call (each gets "
+                   "its own records; exit 4 if any has no placement).")
 @click.option("--domain", "-d", metavar="DOMAIN",
               help="The domain the vGPU is for: anti-affinity groups; with libvirt, its tenant and NUMA nodes too.")
 @click.option("--tenant", metavar="TENANT",
@@ -326,7 +328,7 @@ def decision_record(d: Decision, inv: Inventory, *, numa_from: Sequence[str] = (
 @click.option("--explain", is_flag=True, help="Show every GPU's verdict: rank, or why it cannot take the type.")
 @json_option
 def place(
-    type_name: str,
+    type_names: Tuple[str, ...],
     domain: Optional[str],
     tenant: Optional[str],
     numa_nodes: Tuple[int, ...],
@@ -339,37 +341,47 @@ def place(
     """Say which parent would get a vGPU of TYPE, and why; creates nothing."""
     s = settings()
     inv = build_host(s).inventory()
-    req = Request(
-        type=type_name,
-        domain=domain,
-        tenant=tenant,
-        numa_nodes=tuple(sorted(set(numa_nodes))),
-        numa=NumaMode(numa_mode) if numa_mode else None,
-        groups=tuple(groups),
-    )
-    req, facts = complete_request(s, req)
-    numa_from: Tuple[str, ...] = ("--numa-node",) if numa_nodes else (facts.numa_from if facts else ())
-    d = place_request(inv, load_settings_policy(s, policy_file), req, usage=build_usage(s, inv))  # req is complete
-    if explain and facts is not None:
-        info(f"domain {facts.name}: tenant {facts.tenant or '-'}, groups {','.join(facts.groups) or '-'}, "
-             f"NUMA nodes {','.join(map(str, req.numa_nodes)) or '-'} "
-             f"(from {' and '.join(numa_from) or 'nothing'})")
-    for note in facts.notes if facts is not None and (explain or not facts.found) else ():
-        info(note)
+    policy = load_settings_policy(s, policy_file)
+    usage = build_usage(s, inv)
+    recs: List[Dict[str, Any]] = []
+    unplaced: List[Decision] = []
+    for n, type_name in enumerate(dict.fromkeys(type_names)):
+        req = Request(
+            type=type_name,
+            domain=domain,
+            tenant=tenant,
+            numa_nodes=tuple(sorted(set(numa_nodes))),
+            numa=NumaMode(numa_mode) if numa_mode else None,
+            groups=tuple(groups),
+        )
+        req, facts = complete_request(s, req)
+        numa_from: Tuple[str, ...] = ("--numa-node",) if numa_nodes else (facts.numa_from if facts else ())
+        d = place_request(inv, policy, req, usage=usage)  # req is complete
+        if n == 0:  # the domain's facts are the same for every type: say them once
+            if explain and facts is not None:
+                info(f"domain {facts.name}: tenant {facts.tenant or '-'}, groups {','.join(facts.groups) or '-'}, "
+                     f"NUMA nodes {','.join(map(str, req.numa_nodes)) or '-'} "
+                     f"(from {' and '.join(numa_from) or 'nothing'})")
+            for note in facts.notes if facts is not None and (explain or not facts.found) else ():
+                info(note)
+        if as_json:
+            recs.append(decision_record(d, inv, numa_from=numa_from))
+            if explain:
+                recs += [verdict_record(v, inv) for v in d.verdicts]
+        elif explain:
+            click.echo(table([verdict_record(v, inv) for v in d.verdicts], VERDICT_COLUMNS))
+        if not d.placed:
+            unplaced.append(d)
+            continue
+        c = d.chosen
+        assert c is not None
+        if not as_json and not explain:
+            click.echo(c.parent)
+        info(f"{type_name} -> {c.parent} ({c.type_id} on GPU {c.gpu}, rule {c.rule}, {d.strategy})")
     if as_json:
-        recs: List[Dict[str, Any]] = [decision_record(d, inv, numa_from=numa_from)]
-        if explain:
-            recs += [verdict_record(v, inv) for v in d.verdicts]
         render(recs, [], as_json=True)
-    elif explain:
-        click.echo(table([verdict_record(v, inv) for v in d.verdicts], VERDICT_COLUMNS))
-    if not d.placed:
-        raise NoPlacement(type_name, d.refusals())
-    c = d.chosen
-    assert c is not None
-    if not as_json and not explain:
-        click.echo(c.parent)
-    info(f"{type_name} -> {c.parent} ({c.type_id} on GPU {c.gpu}, rule {c.rule}, {d.strategy})")
+    if unplaced:
+        raise NoPlacement(unplaced[0].request.type, unplaced[0].refusals())
 
 
 def move_record(m: Any, inv: Inventory) -> Dict[str, Any]:

@@ -175,3 +175,37 @@ def hook(timeout: float, args: Tuple[str, ...]) -> None:
 
     code = Hook(build_lifecycle(s), s.paths).run(args, read_stdin, timeout=timeout)
     sys.exit(code)
+
+
+DOMAIN_SCHEMA = "vgpuctl.domain/v1"
+DOMAIN_COLUMNS = [("NAME", "name"), ("STATE", "state"), ("PERSISTENT", "persistent"), ("VGPUS", "vgpus")]
+
+
+@click.command()
+@json_option
+def domains(as_json: bool) -> None:
+    """libvirt's domains, read-only: name, uuid, running or shut off, and the vGPUs each one's XML references
+    (what attach and detach take as DOMAIN)."""
+    from ..virt import Virt
+    from ._common import render
+
+    s = settings()
+    if s.connect == "none":
+        raise InvalidInput("domains needs libvirt: drop --connect none (or VGPUCTL_LIBVIRT_URI=none)")
+    with Virt.open(s.connect, readonly=True) as v:
+        snap = v.snapshot()
+    recs = []
+    for d in snap.domains:
+        xmls = [x for x in (d.live, d.config) if x is not None]
+        recs.append(record(
+            DOMAIN_SCHEMA,
+            name=d.name,
+            uuid=d.uuid,
+            running=d.running,
+            state="running" if d.running else "shut off",
+            persistent=d.persistent,
+            vgpus=sorted({u for x in xmls for u in x.devices}),
+            managed=sorted({m.uuid for x in xmls for m in x.managed}),
+            tenant=next((x.tenant for x in xmls if x.tenant), None),
+        ))
+    render(recs, DOMAIN_COLUMNS, as_json=as_json, empty=f"no domains at {s.connect}")
