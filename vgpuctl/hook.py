@@ -12,6 +12,10 @@ it does this, and only this:
   parent, type), create the ones that do not exist.  Their uuids are remembered in
   ``run/vgpuctl/hook/<domain-uuid>.json``.  Any failure rolls back what this call created and exits non-zero, which
   makes libvirt abort the start with our message.
+* ``migrate begin`` (on the destination of a live migration, before its QEMU starts): place and create the domain's
+  hook-managed vGPUs here (``vgpuctl.migration``: same type, this host's policy; the uuid kept when free here), record
+  them, and print the domain XML with the changed uuids/parents (libvirt takes a non-empty stdout as the new XML).
+  A vGPU that does not fit aborts the migration (exit 4 or 15); the source's domain keeps running.
 * ``release end``: destroy the vGPUs the hook created for this domain (never one it did not create).  Failures are
   logged; the exit status is 0, because libvirt cannot undo a stop.
 * anything else: exit 0 at once.
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -39,6 +44,8 @@ from .virt import DomainXml, ManagedVgpu, parse_domain
 SCHEMA = "vgpuctl.hook/v1"
 START = ("prepare", "begin")
 STOP = ("release", "end")
+#: on the destination of an incoming migration, before QEMU starts; stdout (when not empty) replaces the domain XML
+MIGRATE = ("migrate", "begin")
 DEFAULT_TIMEOUT = 20.0
 
 
@@ -63,6 +70,15 @@ class HookCall:
     @property
     def is_stop(self) -> bool:
         return (self.operation, self.subop) == STOP
+
+    @property
+    def is_migrate(self) -> bool:
+        return (self.operation, self.subop) == MIGRATE
+
+    @property
+    def aborts(self) -> bool:
+        """Whether a failure of this call must make libvirt give up (a start, an incoming migration)."""
+        return self.is_start or self.is_migrate
 
     def __str__(self) -> str:
         return f"{self.obj} {self.domain!r} {self.operation}/{self.subop}"
@@ -124,10 +140,13 @@ class HookRecords:
 
 
 class Hook:
-    def __init__(self, lifecycle: Any, paths: HostPaths, *, err: Optional[TextIO] = None) -> None:
+    def __init__(self, lifecycle: Any, paths: HostPaths, *, err: Optional[TextIO] = None,
+                 out: Optional[TextIO] = None) -> None:
         self.lc = lifecycle  # vgpuctl.lifecycle.Lifecycle, built without a libvirt usage check
+        self.paths = paths
         self.records = HookRecords(paths)
         self.err = err if err is not None else sys.stderr
+        self.out = out if out is not None else sys.stdout  #: where the rewritten XML of ``migrate begin`` goes
 
     def log(self, call: Optional[HookCall], msg: str) -> None:
         head = f"vgpuctl hook: {call}: " if call else "vgpuctl hook: "
@@ -175,16 +194,60 @@ class Hook:
         self.records.save(dx.uuid, dx.name, left)
         return gone
 
+    def migrate(self, call: HookCall, dx: DomainXml, text: str) -> Optional[str]:
+        """The destination of an incoming live migration, before its QEMU starts: create this domain's hook-managed
+        vGPUs here (placed by this host's policy, the uuid kept when it is free here, else a fresh one), record them
+        as the hook's (``release end`` frees them when the domain stops or the migration fails), and return the
+        domain XML with the hostdevs and metadata rewritten when a uuid or parent changed (None: keep libvirt's)."""
+        from dataclasses import replace
+
+        from .errors import MigrationIncompatible, MigrationNoCapacity
+        from .migration import Fit, check as preflight, verdict
+        from .policy import load_policy, policy_path
+
+        wanted = on_demand(dx)
+        if not wanted:
+            return None
+        policy = load_policy(policy_path(self.paths.config_dir), missing_ok=True)
+        prior = self.records.load(dx.uuid)
+        inv, _ = self.lc.read()
+        fits = preflight(replace(dx, devices=tuple(m.uuid for m in wanted)), inv, policy)
+        answer = verdict(fits)
+        if answer is not Fit.FITS:
+            reasons = [f"{f.uuid}: {f.reason}" for f in fits if f.fit is answer]
+            raise (MigrationIncompatible if answer is Fit.INCOMPATIBLE else MigrationNoCapacity)(dx.name, reasons)
+        made: List[str] = []
+        try:
+            for f in fits:
+                assert f.parent is not None and f.target_uuid is not None and f.type_id is not None
+                self.lc.create(parent=f.parent, type_id=f.type_id, uuid=f.target_uuid, origin=ORIGIN_HOOK)
+                made.append(f.target_uuid)
+                self.log(call, f"created {f.target_uuid} ({f.type_id} on {f.parent}) for the incoming domain"
+                         + ("" if f.keeps_uuid else f" (its uuid {f.uuid} is taken here)"))
+            self.records.save(dx.uuid, dx.name, prior + made)  # recorded before libvirt goes on
+        except BaseException:
+            for u in reversed(made):
+                try:
+                    self.lc.destroy(u)
+                    self.log(call, f"rolled back {u}")
+                except Exception as e:
+                    self.log(call, f"roll-back of {u} failed: {e}")
+            raise
+        was_on = {m.uuid: m.parent for m in wanted}
+        moves = [(f.uuid, f.target_uuid, f.parent) for f in fits if not f.keeps_uuid or was_on[f.uuid] != f.parent]
+        return rewrite_vgpus(text, moves) if moves else None  # type: ignore[arg-type]
+
     def run(self, argv: Sequence[str], read_stdin: Callable[[], str], *, timeout: float = DEFAULT_TIMEOUT) -> int:
         """Do one hook call; the exit status libvirt should see.  Never raises."""
         call: Optional[HookCall] = None
         try:
             call = HookCall.parse(argv)
-            if call.obj != "qemu" or not (call.is_start or call.is_stop):
+            if call.obj != "qemu" or not (call.is_start or call.is_stop or call.is_migrate):
                 return 0
             with _deadline(timeout):
+                text = read_stdin()
                 try:
-                    dx = parse_domain(read_stdin())
+                    dx = parse_domain(text)
                 except ValueError as e:
                     raise HookError(f"the domain XML on stdin is unusable: {e}") from None
                 if dx.name != call.domain:
@@ -193,17 +256,39 @@ class Hook:
                     raise HookError("the domain XML on stdin has no <uuid>")
                 if call.is_start:
                     self.start(call, dx)
+                elif call.is_migrate:
+                    new_xml = self.migrate(call, dx, text)
+                    if new_xml is not None:
+                        self.out.write(new_xml)
+                        self.out.flush()
                 else:
                     self.stop(call, dx)
             return 0
         except VgpuctlError as e:
-            aborts = call is not None and call.is_start
+            aborts = call is not None and call.aborts
             self.log(call, f"{'error' if aborts else 'warning'}: {e}")
             return e.exit_code if aborts else 0
         except Exception as e:  # a bug: still one line, and libvirt is never left hanging
-            aborts = call is not None and call.is_start
+            aborts = call is not None and call.aborts
             self.log(call, f"internal error: {type(e).__name__}: {e}")
             return 1 if aborts else 0
+
+
+def rewrite_vgpus(text: str, moves: Sequence["tuple[str, str, str]"]) -> str:
+    """``text`` (a domain XML) with each (old uuid, new uuid, new parent) applied: the mdev hostdev's address and
+    vgpuctl's metadata entry name the new uuid, the entry the new parent.  Textual, so that libvirt gets back its
+    own document otherwise byte for byte (namespaces, prefixes, order)."""
+    for old, new, parent in moves:
+        entry = re.compile(r"<(?:[A-Za-z_][\w.-]*:)?vgpu\b[^>]*?\buuid=(['\"])" + re.escape(old) + r"\1[^>]*>",
+                           re.IGNORECASE)
+
+        def reparent(m: "re.Match[str]") -> str:
+            return re.sub(r"(\bparent=)(['\"])[^'\"]*\2", lambda p: f"{p.group(1)}{p.group(2)}{parent}{p.group(2)}",
+                          m.group(0), count=1)
+
+        text = entry.sub(reparent, text)
+        text = re.sub(re.escape(old), new, text, flags=re.IGNORECASE)
+    return text
 
 
 class _deadline:

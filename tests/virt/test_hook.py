@@ -98,3 +98,71 @@ def test_hook_cli_never_asks_libvirt(cli):
     assert r.exit_code == 0, r.stderr
     r = cli("hook", "--bogus", "x")
     assert r.exit_code == 0
+
+
+# --- migrate begin: the destination of a live migration ------------------------------------------------------------
+def migrating_xml(*vgpus, parent="0000:af:00.0"):
+    """A domain arriving from a source host whose vGPU parent does not exist here."""
+    return domain_xml(*vgpus).replace("parent='mtty'", f"parent='{parent}'")
+
+
+def test_migrate_begin_creates_here_rewrites_the_parent_and_release_frees_it(hook):
+    h, err, host = hook
+    out = io.StringIO()
+    h.out = out
+    xml = migrating_xml((NEW1, "mtty-1"))
+    assert h.run(["qemu", "guest", "migrate", "begin", "-"], lambda: xml) == 0, err.getvalue()
+    assert NEW1 in present(host)
+    new = out.getvalue()
+    assert new and "parent='mtty'" in new and "0000:af:00.0" not in new and NEW1 in new
+    assert new.replace("parent='mtty'", "parent='0000:af:00.0'") == xml  # otherwise libvirt's own text
+    # libvirt then starts the domain from the new XML: prepare finds the vGPU there and makes nothing
+    assert h.run(["qemu", "guest", "prepare", "begin", "-"], lambda: new) == 0
+    assert err.getvalue().count("created") == 1
+    # the migration fails or the domain later stops here: release frees what the migration made
+    assert h.run(["qemu", "guest", "release", "end", "-"], lambda: new) == 0
+    assert NEW1 not in present(host)
+
+
+def test_migrate_begin_gives_a_fresh_uuid_when_the_uuid_is_taken_here(hook, sim):
+    h, err, host = hook
+    from .conftest import U_FREE
+    out = io.StringIO()
+    h.out = out
+    xml = domain_xml((U_FREE, "mtty-1"))  # U_FREE exists here already (someone else's)
+    before = present(host)
+    assert U_FREE in before
+    assert h.run(["qemu", "guest", "migrate", "begin", "-"], lambda: xml) == 0, err.getvalue()
+    new = out.getvalue()
+    assert U_FREE not in new
+    (made,) = present(host) - before
+    assert made in new and "is taken here" in err.getvalue()
+    assert h.run(["qemu", "guest", "release", "end", "-"], lambda: new) == 0
+    assert made not in present(host) and U_FREE in present(host)  # someone else's vGPU is left alone
+
+
+def test_migrate_begin_refuses_what_does_not_fit_and_makes_nothing(hook):
+    h, err, host = hook
+    out = io.StringIO()
+    h.out = out
+    before = present(host)
+    xml = domain_xml((NEW1, "nvidia-999"))
+    assert h.run(["qemu", "guest", "migrate", "begin", "-"], lambda: xml) == 15
+    assert present(host) == before and out.getvalue() == ""
+    assert err.getvalue().count("\n") == 1 and "cannot migrate to this host" in err.getvalue()
+
+
+def test_migrate_begin_rolls_back_when_the_kernel_refuses(hook, sim):
+    h, err, host = hook
+    h.out = io.StringIO()
+    sim.fail_next("create", "ENOSPC")
+    before = present(host)
+    assert h.run(["qemu", "guest", "migrate", "begin", "-"], lambda: migrating_xml((NEW1, "mtty-1"))) == 4
+    assert present(host) == before and h.out.getvalue() == ""
+
+
+def test_migrate_begin_of_a_domain_without_hook_vgpus_prints_nothing(hook):
+    h, err, host = hook
+    h.out = io.StringIO()
+    assert h.run(["qemu", "guest", "migrate", "begin", "-"], lambda: domain_xml()) == 0
+    assert h.out.getvalue() == "" and err.getvalue() == ""

@@ -156,11 +156,12 @@ def detach(domain: str, uuid: Optional[str], destroy: bool, config: bool, live: 
               help="Give up after this long (libvirt waits for the hook while it holds the domain).")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def hook(timeout: float, args: Tuple[str, ...]) -> None:
-    """libvirt qemu hook: create a domain's vGPUs at prepare/begin, destroy them at release/end.
+    """libvirt qemu hook: create a domain's vGPUs at prepare/begin (and at migrate/begin on a migration's
+    destination, printing the domain XML with the vGPUs it made there), destroy them at release/end.
 
     Install as /etc/libvirt/hooks/qemu:  exec vgpuctl --connect none hook qemu "$@"
     ARGS are what libvirt passes (qemu DOMAIN OPERATION SUB-OP EXTRA); the domain XML is read from stdin.
-    Exits non-zero only when a start should be aborted; never contacts libvirt.
+    Exits non-zero only when a start or an incoming migration should be aborted; never contacts libvirt.
     """
     from ..hook import Hook
 
