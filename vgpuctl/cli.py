@@ -40,6 +40,7 @@ COMMANDS = {
     "sched": "vgpuctl.commands.nvidia:sched",
     "hetero": "vgpuctl.commands.nvidia:hetero",
     "migrate": "vgpuctl.commands.migrate:migrate",
+    "doctor": "vgpuctl.commands.doctor:doctor",
 }
 
 

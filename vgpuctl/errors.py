@@ -490,6 +490,19 @@ class MigrationIncompatible(VgpuctlError):
         self.reasons = tuple(reasons)
 
 
+# --- the host is not ready to run vGPUs (16) -------------------------------------------------------------------------
+class HostNotReady(VgpuctlError):
+    """``doctor`` found at least one failing check (listed in ``failed``; each line above says what to fix)."""
+
+    exit_code = 16
+    kind = "not-ready"
+
+    def __init__(self, failed: Sequence[str]) -> None:
+        self.failed = tuple(failed)
+        super().__init__(f"{len(self.failed)} check(s) failed: {', '.join(self.failed)}; each line above says what "
+                         "to fix")
+
+
 #: Every exit code, for the docs and the tests that keep docs and code in step.
 EXIT_CODES = {
     0: "success",
@@ -510,4 +523,5 @@ EXIT_CODES = {
     "or NVML refused the change",
     15: "migration incompatible: this host cannot run the domain's vGPU (no such type, another vGPU manager "
     "version or board)",
+    16: "host not ready: 'vgpuctl doctor' found a failing check (each line says what to fix)",
 }

@@ -32,6 +32,7 @@ REASONS = {
     13: "the driver's NVML lacks a function this needs (driver older than nvidia-ml-py)",
     25: "NVML struct version mismatch (nvidia-ml-py newer than the driver)",
     4: "no permission (run as root)",
+    18: "the NVIDIA kernel module and libnvidia-ml are different releases (driver upgraded without reloading it)",
 }
 
 
@@ -151,6 +152,10 @@ class Nvml:
             except self.nv.NVMLError:
                 pass
             self.nv = None
+
+    def driver_version(self) -> Optional[str]:
+        """The driver release NVML's library reports (``nvmlSystemGetDriverVersion``), e.g. ``550.90.05``."""
+        return _s(self._call("nvmlSystemGetDriverVersion"))
 
     # --- devices ---------------------------------------------------------------------------------------------------
     def _call(self, fn: str, *args: Any, where: str = "") -> Any:

@@ -35,10 +35,15 @@ def _int(v: Any) -> int:
 
 
 class FakeNvml:
-    def __init__(self, sim: Any, *, virt_mode: int = 3, missing: Iterable[str] = ()) -> None:
+    def __init__(self, sim: Any, *, virt_mode: int = 3, missing: Iterable[str] = (),
+                 init_error: Optional[int] = None) -> None:
         self.sim = sim
         prof = load_profile(sim.profile)
         self.devices = [d for d in prof.devices if d.model.vgpu == "vendor-vfio"]
+        #: the release of this "libnvidia-ml": the profile's driver, as the package that installed both ships it
+        self.driver_version = next((d.model.driver_version for d in prof.devices if d.model.driver_version), "")
+        #: an NVML error number nvmlInit returns (18: the kernel module is another release than the library)
+        self.init_error = init_error
         self.virt_mode = virt_mode
         self.missing = set(missing)
         self.vms: Dict[str, str] = {}  #: VF -> VM id (an active vGPU)
@@ -109,6 +114,10 @@ class FakeNvml:
 
     # --- C functions ----------------------------------------------------------------------------------------------
     def nvmlInitWithFlags(self, flags: Any) -> int:
+        return self.init_error or OK
+
+    def nvmlSystemGetDriverVersion(self, buf: Any, size: Any) -> int:
+        buf.value = self.driver_version.encode()
         return OK
 
     def nvmlShutdown(self) -> int:

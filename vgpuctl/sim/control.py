@@ -88,6 +88,25 @@ class SimHost:
     def reboot(self) -> None:
         self.control("reboot", "1")
 
+    def unload_module(self, name: str) -> None:
+        """``name`` and the modules that need it leave sys/module; the parents they registered leave the mdev core."""
+        self.control("modules", f"unload {name}")
+
+    def load_module(self, name: str) -> None:
+        self.control("modules", f"load {name}")
+
+    def reload_module(self, name: str, version: Optional[str] = None) -> None:
+        """As after installing another release of the driver and reloading it (sys/module/NAME/version)."""
+        self.control("modules", f"reload {name}" + (f" {version}" if version else ""))
+
+    def set_iommu(self, on: bool) -> None:
+        """Reboot with (True) or without (False) a hardware IOMMU."""
+        self.control("iommu", "1" if on else "0")
+
+    def set_numvfs(self, pf: str, n: int) -> None:
+        """Write ``n`` to the PF's sriov_numvfs (0 disables its VFs; the PCI core's errnos come back as OSError)."""
+        write_attr(self.paths.pci_devices / pf / "sriov_numvfs", f"{n}\n")
+
     def set_remove_block_seconds(self, seconds: float) -> None:
         self.control("remove_block_seconds", f"{seconds:g}")
 

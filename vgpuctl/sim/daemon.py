@@ -28,9 +28,42 @@ class SimStartError(RuntimeError):
     """The daemon did not come up (message is one line)."""
 
 
-def _dirs(root: Path) -> None:
+def _dirs(root: Path, prof: Optional[Profile] = None) -> None:
     for sub in ("sys", "dev/vfio", "etc", "var", "run"):
         (root / sub).mkdir(parents=True, exist_ok=True)
+    if prof is not None:
+        install_vgpu_manager_units(root, prof)
+
+
+UNIT_DIR = "usr/lib/systemd/system"
+WANTS_DIR = "etc/systemd/system/multi-user.target.wants"
+
+
+def vgpu_manager_units(prof: Profile) -> Tuple[str, ...]:
+    """The NVIDIA vGPU manager's systemd units a host of ``prof`` has: nvidia-vgpu-mgr where a GPU has the nvidia
+    driver, and nvidia-vgpud too where its vGPUs are mdevs (the older releases' daemon pair)."""
+    nvidia = [d.model for d in prof.devices if d.model.driver == "nvidia"]
+    if not nvidia:
+        return ()
+    return ("nvidia-vgpu-mgr.service",) + (("nvidia-vgpud.service",) if any(m.vgpu == "mdev" for m in nvidia) else ())
+
+
+def install_vgpu_manager_units(root: Path, prof: Profile) -> None:
+    """As the vGPU manager's package leaves them: its unit files under ROOT/usr/lib/systemd/system, enabled
+    (ROOT/etc/systemd/system/multi-user.target.wants).  A unit file already there is left alone, and so is whether
+    it is enabled (a test may have disabled it with ``systemctl --root ROOT disable``)."""
+    for unit in vgpu_manager_units(prof):
+        path = root / UNIT_DIR / unit
+        if path.exists():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        daemon = unit.split(".")[0]
+        path.write_text(f"[Unit]\nDescription=NVIDIA {daemon} (simulated host: nothing runs)\n\n[Service]\n"
+                        f"Type=forking\nExecStart=/usr/bin/{daemon}\n\n[Install]\nWantedBy=multi-user.target\n")
+        wants = root / WANTS_DIR
+        wants.mkdir(parents=True, exist_ok=True)
+        if not os.path.lexists(wants / unit):
+            os.symlink(f"/{UNIT_DIR}/{unit}", wants / unit)
 
 
 def _unescape_mount(path: str) -> str:
@@ -90,7 +123,7 @@ def start(profile: "str | os.PathLike[str]", root: "str | os.PathLike[str]", *,
     mnt = root / "sys"
     if is_mounted(mnt):
         raise SimStartError(f"{mnt} is already mounted (run 'vgpuctl-sim stop {root}' first)")
-    _dirs(root)
+    _dirs(root, prof)
     if any(mnt.iterdir()):
         raise SimStartError(f"{mnt} is not empty")
     log_path = root / "run" / LOG_NAME
@@ -213,7 +246,7 @@ def materialize(profile: "str | os.PathLike[str] | Profile", root: "str | os.Pat
     create first, with their ROOT/dev/vfio/<group> files.  Returns ROOT/sys."""
     prof = profile if isinstance(profile, Profile) else load_profile(profile)
     rootp = Path(os.path.abspath(os.fspath(root)))
-    _dirs(rootp)
+    _dirs(rootp, prof)
     machine = Machine(prof, dev_vfio=str(rootp / "dev" / "vfio"))
     for parent, type_id, uuid in instances:
         if machine.functions[parent].vendor_vfio:  # a vendor-VFIO vGPU: (VF, "nvidia-N" or "N", VF)

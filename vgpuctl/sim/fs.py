@@ -164,14 +164,7 @@ class SimFS(mfusepy.Operations):
         elif kind == "vf_attr":
             m.set_vf_attr(action[1], action[2], data)
         elif kind == "numvfs":
-            with m.lock:
-                fn = m.functions[action[1]]
-                try:
-                    value = int(data.decode().strip())
-                except ValueError:
-                    raise SimError(errno.EINVAL) from None
-                if value != len(fn.vfs):
-                    raise SimError(errno.EBUSY, "changing the number of VFs is not simulated")
+            m.set_numvfs(action[1], data)
         else:
             raise SimError(errno.EIO, f"unknown action {kind}")
 
@@ -213,6 +206,10 @@ class SimFS(mfusepy.Operations):
             m.set_remove_block_seconds(text)
         elif name == "heterogeneous":
             m.set_heterogeneous(text)
+        elif name == "modules":
+            m.module_control(text)
+        elif name == "iommu":
+            m.set_iommu(text)
         else:
             raise SimError(errno.EINVAL, name)
 

@@ -110,6 +110,8 @@ class Function:
     vendor_vfio: bool = False  #: a VF with NVIDIA's nvidia/ vGPU directory (vendor VFIO)
     mig: bool = False  #: PF of a vendor-vfio GPU: MIG mode
     heterogeneous: bool = False  #: PF of a vendor-vfio GPU: heterogeneous (mixed-size) mode
+    present: bool = True  #: False: a VF of a PF whose SR-IOV VFs are (now) disabled: not in the tree
+    all_vfs: List[str] = field(default_factory=list)  #: PF: every VF it can enable (``vfs``: the enabled ones)
 
     @property
     def gpu(self) -> str:
@@ -177,6 +179,19 @@ def parse_errno(text: str) -> int:
     return code
 
 
+def profile_modules(profile: Profile) -> Dict[str, Optional[str]]:
+    """The modules a host of ``profile`` has loaded at boot, with their version text (None: no version file):
+    vfio and vfio_iommu_type1, then each model's PCI driver (its ``driver_version``), mdev and the parents'
+    module where vGPUs are mdevs.  The first model that gives a driver's version wins."""
+    out: Dict[str, Optional[str]] = {"vfio": None, "vfio_iommu_type1": None}
+    for dev in profile.devices:
+        m = dev.model
+        for name in m.modules:
+            if name not in out or (out[name] is None and name == m.driver):
+                out[name] = m.driver_version if name == m.driver else None
+    return out
+
+
 class Machine:
     """The simulated host.  ``dev_vfio``: directory where a group's file appears while its mdev exists (None: none)."""
 
@@ -198,12 +213,12 @@ class Machine:
         self.remove_block_seconds = 10.0
         self.events: List[str] = []
         self.event_seq = 0
+        #: booted with a hardware IOMMU (PCI functions have IOMMU groups); mdevs get groups either way
+        self.iommu = True
+        #: loaded kernel modules (sys/module/<name>) -> their version file's text (None: no version file)
+        self.modules: Dict[str, Optional[str]] = profile_modules(profile)
         self._build(profile)
-        for fn in self.functions.values():
-            gf = self.group_file(fn.group) if fn.vendor_vfio and fn.group is not None else None
-            if gf:  # a vendor-VFIO VF is a VFIO device from the start: its group file exists (QEMU opens it)
-                with open(gf, "w"):
-                    pass
+        self._vf_group_files()
         self.group_base = max([f.group for f in self.functions.values() if f.group is not None] + [0]) + 1
         self._tree: Optional[Tree] = None
 
@@ -233,17 +248,35 @@ class Machine:
                           is_parent=m.mdev_on == "pf" and not vfio, mig=dev.mig, heterogeneous=dev.heterogeneous)
             self.functions[pf.name] = pf
             if m.sriov:
-                for i in range(m.sriov.numvfs):
+                for i in range(max(m.sriov.numvfs, m.sriov.totalvfs)):
                     addr = vf_address(pf.name, m.sriov.offset, m.sriov.stride, i)
-                    pf.vfs.append(addr)
+                    pf.all_vfs.append(addr)
+                    if i < m.sriov.numvfs:
+                        pf.vfs.append(addr)
                     self.functions[addr] = Function(
                         name=addr, model=m, devpath=f"/devices/pci0000:00/{addr}", group=group(None),
                         numa_node=dev.numa_node, physfn=pf.name, is_parent=m.mdev_on == "vf" and not vfio,
-                        vendor_vfio=vfio)
+                        vendor_vfio=vfio, present=i < m.sriov.numvfs)
+
+    def _vf_group_files(self) -> None:
+        """A vendor-VFIO VF is a VFIO device from the start: its group file exists (QEMU opens it) while the VF is
+        enabled and the host has an IOMMU; otherwise it does not."""
+        for fn in self.functions.values():
+            gf = self.group_file(fn.group) if fn.vendor_vfio and fn.group is not None else None
+            if not gf:
+                continue
+            if fn.present and self.iommu:
+                with open(gf, "w"):
+                    pass
+            else:
+                try:
+                    os.unlink(gf)
+                except FileNotFoundError:
+                    pass
 
     # --- queries ------------------------------------------------------------------------------------------------
     def parents(self) -> List[Function]:
-        return [f for f in self.functions.values() if f.is_parent and f.registered]
+        return [f for f in self.functions.values() if f.is_parent and f.registered and f.present]
 
     def type_spec(self, parent: str, type_id: str) -> TypeSpec:
         for t in self.functions[parent].model.types:
@@ -369,12 +402,118 @@ class Machine:
             if len(parts) != 2 or parts[1] not in ("0", "1"):
                 raise SimError(errno.EINVAL, "write '<PF address> 0|1'")
             pf = self.functions.get(parts[0].lower())
-            if pf is None or not pf.vfs or not self.functions[pf.vfs[0]].vendor_vfio:
+            if pf is None or not pf.all_vfs or not self.functions[pf.all_vfs[0]].vendor_vfio:
                 raise SimError(errno.ENODEV, f"{parts[0]} is not a vendor-VFIO GPU")
             if any(self.vf_type.get(v) for v in pf.vfs):
                 raise SimError(errno.EBUSY, f"{pf.name} hosts vGPUs")
             pf.heterogeneous = parts[1] == "1"
             self.rerender()
+
+    # --- SR-IOV, modules, IOMMU ----------------------------------------------------------------------------------
+    def set_numvfs(self, pf_name: str, data: bytes) -> None:
+        """A write to <PF>/sriov_numvfs, as the 6.1 PCI core takes it (``sriov_numvfs_store``): the current value
+        succeeds and does nothing; 0 disables the VFs; another value enables that many when none are enabled,
+        EBUSY when some are ("Disable before enabling"), ERANGE above sriov_totalvfs.  Assumption: the NVIDIA
+        driver refuses (EBUSY) to disable VFs that host a vGPU."""
+        with self.lock:
+            pf = self.functions[pf_name]
+            try:
+                value = int(data.decode("ascii", "replace").strip(), 0)
+            except ValueError:
+                raise SimError(errno.EINVAL, "not a number") from None
+            total = pf.model.sriov.totalvfs if pf.model.sriov else 0
+            if value < 0 or value > total:
+                raise SimError(errno.ERANGE, f"{value} is more than sriov_totalvfs {total}")
+            if value == len(pf.vfs):
+                return
+            if value and pf.vfs:
+                raise SimError(errno.EBUSY, f"{len(pf.vfs)} VFs already enabled; disable before enabling {value}")
+            if not value:
+                busy = [v for v in pf.vfs if self.vf_type.get(v) or any(i.parent == v for i in self.instances.values())]
+                if busy:
+                    raise SimError(errno.EBUSY, f"VF {busy[0]} hosts a vGPU")
+                for v in pf.vfs:
+                    self.functions[v].present = False
+                    self.vf_params.pop(v, None)
+                    self.vf_placement.pop(v, None)
+                    self._event("remove", self.functions[v].devpath)
+                pf.vfs = []
+            else:
+                pf.vfs = pf.all_vfs[:value]
+                for v in pf.vfs:
+                    self.functions[v].present = True
+                    self.functions[v].registered = self._modules_loaded(self.functions[v])
+                    self._event("add", self.functions[v].devpath)
+            self._vf_group_files()
+            self.rerender()
+
+    def _modules_loaded(self, fn: Function) -> bool:
+        need = list(fn.model.modules) + (["vfio"] if fn.is_parent else [])
+        return all(m in self.modules for m in need)
+
+    def _dependents(self, name: str) -> List[str]:
+        """``name`` and the loaded modules that need it (a vendor mdev module needs mdev, vfio and its PCI driver)."""
+        out = [name]
+        for dev in self.profile.devices:
+            m = dev.model
+            vendor = [x for x in m.modules if x not in ("mdev", m.driver)]
+            needs = {"mdev", "vfio", m.driver} if m.vgpu == "mdev" else set()
+            if name in needs:
+                out += [x for x in vendor if x in self.modules]
+        return list(dict.fromkeys(out))
+
+    def module_control(self, text: str) -> None:
+        """Control ``modules``: 'unload NAME' (NAME and the modules that need it go, as ``modprobe -r`` would take
+        them; parents they registered leave the mdev core, their mdevs are lost), 'load NAME' (back, with the
+        profile's version; parents whose modules are all loaded again register, empty), 'reload NAME [VERSION]'
+        (as after installing another release of the driver and reloading it: the parents it serves lose their
+        vGPUs, the version file says VERSION)."""
+        with self.lock:
+            parts = text.split()
+            if not parts or parts[0] not in ("unload", "load", "reload") or len(parts) not in (2, 3) \
+                    or (len(parts) == 3 and parts[0] != "reload"):
+                raise SimError(errno.EINVAL, "write 'unload NAME', 'load NAME' or 'reload NAME [VERSION]'")
+            op, name = parts[0], parts[1]
+            known = profile_modules(self.profile)
+            if name not in known:
+                raise SimError(errno.ENOENT, f"module {name} is not part of this host")
+            if op == "load":
+                self.modules.setdefault(name, known[name])
+            else:
+                if name not in self.modules:
+                    raise SimError(errno.ENOENT, f"module {name} is not loaded")
+                gone = self._dependents(name)
+                affected = [fn for fn in self.functions.values()
+                            if (fn.is_parent and any(g in fn.model.modules for g in gone))
+                            or (fn.vendor_vfio and fn.model.driver in gone)]
+                for fn in affected:
+                    for inst in [i for i in self.instances.values() if i.parent == fn.name]:
+                        self._drop(inst)
+                    self.vf_type.pop(fn.name, None)
+                    self.vf_gi.pop(fn.name, None)
+                    if fn.is_parent and fn.registered:
+                        fn.registered = False
+                        self._event("change", fn.devpath, MDEV_STATE="unregistered")
+                if op == "unload":
+                    for g in gone:
+                        self.modules.pop(g, None)
+                else:
+                    self.modules[name] = parts[2] if len(parts) == 3 else known[name]
+            for fn in self.functions.values():
+                if fn.is_parent and fn.present and not fn.registered and self._modules_loaded(fn):
+                    fn.registered = True
+                    self._event("change", fn.devpath, MDEV_STATE="registered")
+            self.rerender()
+
+    def set_iommu(self, text: str) -> None:
+        """Control ``iommu``: '0' or '1': reboot, with (1) or without (0) a hardware IOMMU (intel_iommu=on, or
+        VT-d / AMD-Vi off in the firmware): without one, PCI functions have no IOMMU group (mdevs still get theirs)."""
+        value = text.strip()
+        if value not in ("0", "1"):
+            raise SimError(errno.EINVAL, "write 0 or 1")
+        with self.lock:
+            self.iommu = value == "1"
+            self.reboot()
 
     # --- events, groups, failures ---------------------------------------------------------------------------------
     def _event(self, action: str, devpath: str, **env: str) -> None:
@@ -406,7 +545,7 @@ class Machine:
         """A write to mdev_supported_types/<type>/create; returns the new mdev's uuid."""
         with self.lock:
             fn = self.functions.get(parent)
-            if fn is None or not fn.is_parent or not fn.registered:
+            if fn is None or not fn.is_parent or not fn.registered or not fn.present:
                 raise SimError(errno.ENODEV, f"parent {parent} is not registered")
             uuid = parse_uuid_write(data)
             if uuid in self.instances:
@@ -491,6 +630,8 @@ class Machine:
     def register(self, name: str) -> None:
         with self.lock:
             for fn in self._resolve_parents(name):
+                if not self._modules_loaded(fn):
+                    raise SimError(errno.ENODEV, f"the modules of {fn.name} are not loaded")
                 if not fn.registered:
                     fn.registered = True
                     self._event("change", fn.devpath, MDEV_STATE="registered")
@@ -508,8 +649,16 @@ class Machine:
             for dev in self.profile.devices:
                 if dev.name in self.functions:
                     self.functions[dev.name].heterogeneous = dev.heterogeneous
+            self.modules = profile_modules(self.profile)
             for fn in self.functions.values():
                 fn.registered = True
+                if fn.physfn is not None:
+                    pf = self.functions[fn.physfn]
+                    fn.present = pf.all_vfs.index(fn.name) < (fn.model.sriov.numvfs if fn.model.sriov else 0)
+            for fn in self.functions.values():
+                if fn.all_vfs:
+                    fn.vfs = [v for v in fn.all_vfs if self.functions[v].present]
+            self._vf_group_files()
             self.fail_rules.clear()
             self._event("reboot", "/")
             self.rerender()
@@ -566,6 +715,12 @@ vgpusim control directory: the only part of this tree no kernel has.  Write a li
                         (vendor-VFIO VFs lose their vGPU types; heterogeneous modes return to the profile's).
   heterogeneous         '<PF> 0|1': a vendor-VFIO GPU's heterogeneous (mixed-size) mode, as NVML's
                         nvmlDeviceSetVgpuHeterogeneousMode sets it; EBUSY while the GPU hosts vGPUs.
+  modules               'unload NAME': the module and those that need it go (their parents leave the mdev
+                        core, their mdevs are lost); 'load NAME': it comes back (parents register, empty);
+                        'reload NAME [VERSION]': as after installing another driver release and reloading it
+                        (its parents lose their vGPUs; sys/module/NAME/version says VERSION).  Read: loaded ones.
+  iommu                 '0' or '1': reboot without or with a hardware IOMMU (PCI functions lose or get their
+                        IOMMU groups; mdevs get groups either way).  Read: the current setting.
   remove_block_seconds  how long a write to 'remove' of a held mdev (someone has dev/vfio/<group> open)
                         blocks before failing with EBUSY (default 10).
   events                read: 'SEQ ACTION DEVPATH KEY=VALUE...' lines (add, remove, change, reboot).
@@ -575,15 +730,24 @@ vgpusim control directory: the only part of this tree no kernel has.  Write a li
 
 def render(m: Machine) -> Tree:
     b = _Builder()
-    for d in ("/bus/pci/devices", "/bus/mdev/devices", "/bus/mdev/drivers", "/class/mdev_bus",
-              "/kernel/iommu_groups", "/devices/virtual"):
+    mdev_core = ("/bus/mdev/devices", "/bus/mdev/drivers", "/class/mdev_bus") if "mdev" in m.modules else ()
+    for d in ("/bus/pci/devices", "/kernel/iommu_groups", "/devices/virtual") + mdev_core:
         b.mkdir(d)
+    for name, version in sorted(m.modules.items()):
+        # as a loaded module's directory: initstate, refcnt, version where the module declares one, holders/
+        b.file(f"/module/{name}/initstate", "live\n")
+        b.file(f"/module/{name}/refcnt", "0\n")
+        if version is not None:
+            b.file(f"/module/{name}/version", version + "\n")
+        b.mkdir(f"/module/{name}/holders")
     by_parent: Dict[str, List[Instance]] = {}
     for inst in sorted(m.instances.values(), key=lambda i: i.uuid):
         by_parent.setdefault(inst.parent, []).append(inst)
     for fn in m.functions.values():
         md = fn.model
         base = fn.devpath
+        if not fn.present:
+            continue  # a VF of a PF whose VFs are disabled
         if md.kind == "pci":
             _render_pci(b, m, fn)
         elif fn.registered:
@@ -648,7 +812,7 @@ def _render_pci(b: _Builder, m: Machine, fn: Function) -> None:
     if md.driver:
         b.link(f"{base}/driver", f"/bus/pci/drivers/{md.driver}")
         b.link(f"/bus/pci/drivers/{md.driver}/{fn.name}", base)
-    if fn.group is not None:
+    if fn.group is not None and m.iommu:
         b.link(f"{base}/iommu_group", f"/kernel/iommu_groups/{fn.group}")
         b.link(f"/kernel/iommu_groups/{fn.group}/devices/{fn.name}", base)
         b.file(f"/kernel/iommu_groups/{fn.group}/type", "DMA\n")
@@ -683,7 +847,10 @@ def _render_control(b: _Builder, m: Machine) -> None:
     b.file(f"{c}/register", "", WO, ("ctl", "register"))
     b.file(f"{c}/reboot", "", WO, ("ctl", "reboot"))
     b.file(f"{c}/heterogeneous", "".join(f"{f.name} {int(f.heterogeneous)}\n" for f in m.functions.values()
-                                         if f.vfs and m.functions[f.vfs[0]].vendor_vfio), RW, ("ctl", "heterogeneous"))
+                                         if f.all_vfs and m.functions[f.all_vfs[0]].vendor_vfio), RW, ("ctl", "heterogeneous"))
+    b.file(f"{c}/iommu", f"{int(m.iommu)}\n", RW, ("ctl", "iommu"))
+    b.file(f"{c}/modules", "".join(f"{k} {v or '-'}\n" for k, v in sorted(m.modules.items())), RW,
+           ("ctl", "modules"))
     b.file(f"{c}/remove_block_seconds", f"{m.remove_block_seconds:g}\n", RW, ("ctl", "remove_block_seconds"))
     b.file(f"{c}/events", "".join(e + "\n" for e in m.events))
     b.file(f"{c}/profile", f"{m.profile.name}\n")

@@ -19,7 +19,8 @@ Schema, version 1 (every key below; anything else is an error)::
         subsystem_vendor: "0x10de"
         subsystem_device: "0x12a2"
         class: "0x030200"
-        driver: nvidia                # the PCI driver bound to the function(s)
+        driver: nvidia                # the PCI driver bound to the function(s); also a module, sys/module/nvidia
+        driver_version: "550.90.05"   # that module's sys/module/<driver>/version (NVIDIA's driver release)
         sriov: {totalvfs: 16, numvfs: 16, offset: 4, stride: 1}   # VFs appear as PCI functions
         mdev_on: pf | vf              # where mdev_supported_types live (vf: on every VF, one vGPU per VF)
         vgpu: mdev | vendor-vfio      # vendor-vfio: NVIDIA vGPU 17+ on kernel 6.8+: no mdev; every VF has
@@ -34,6 +35,7 @@ Schema, version 1 (every key below; anything else is an error)::
         class_name: mtty
         # both:
         mdev_driver: mtty             # the driver mdevs bind to: /sys/bus/mdev/drivers/<mdev_driver>
+        module: kvmgt                 # the module that registers the parents (default: mdev_driver, '-' -> '_')
         capacity: nvidia | pool
         #   nvidia: each type has max_instance; once a type has an instance on a physical GPU every other type on
         #           that GPU shows 0 available (homogeneous, time-sliced vGPU).  With mdev_on: vf a VF holds at
@@ -77,7 +79,7 @@ _TOP_KEYS = {"version", "summary", "include", "first_iommu_group", "models", "de
 _MODEL_KEYS = {
     "kind", "vendor", "device", "subsystem_vendor", "subsystem_device", "class", "driver", "sriov", "mdev_on",
     "class_name", "mdev_driver", "capacity", "pool", "full_errno", "description", "name_prefix", "types",
-    "vgpu", "mix", "framebuffer", "mig_slices",
+    "vgpu", "mix", "framebuffer", "mig_slices", "module", "driver_version",
 }
 _SRIOV_KEYS = {"totalvfs", "numvfs", "offset", "stride"}
 _TYPE_KEYS = {
@@ -130,6 +132,18 @@ class ModelSpec:
     mix: str = "equal-size"  #: vendor-vfio: "equal-size" or "homogeneous"
     framebuffer: Optional[int] = None  #: vendor-vfio: the GPU's framebuffer, MiB
     mig_slices: int = 7
+    #: the kernel module that registers the mdev parents (sys/module/<module>); default: mdev_driver with '_'
+    module: Optional[str] = None
+    #: the version of the PCI driver's module (sys/module/<driver>/version), e.g. NVIDIA's "550.90.05"
+    driver_version: Optional[str] = None
+
+    @property
+    def modules(self) -> Tuple[str, ...]:
+        """The kernel modules a host with this model has loaded, besides vfio and vfio_iommu_type1."""
+        out = [self.driver] if self.driver else []
+        if self.vgpu == "mdev":
+            out += ["mdev", self.module or self.mdev_driver.replace("-", "_")]
+        return tuple(dict.fromkeys(m for m in out if m))
 
 
 @dataclass(frozen=True)
@@ -359,6 +373,8 @@ def _model(path: Path, key: str, m: Mapping[str, Any]) -> ModelSpec:
         pci_class=_hex(m.get("class")), driver=m.get("driver"), sriov=sriov, mdev_on=mdev_on,
         class_name=m.get("class_name"), pool=pool, vgpu=vgpu, mix=mix,
         framebuffer=m.get("framebuffer"), mig_slices=int(m.get("mig_slices", 7)),
+        module=str(m["module"]) if m.get("module") else None,
+        driver_version=str(m["driver_version"]) if m.get("driver_version") is not None else None,
     )
 
 
