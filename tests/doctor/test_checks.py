@@ -285,6 +285,7 @@ def test_desired_state_absent_ok_and_unplaceable(t4x2):
     _desired(t4x2, "version: 1\ninstances:\n" + "".join(f"  big-{i}: {{type: T4-16Q, placement: {{}}}}\n" for i in range(3)))
     rs = results(t4x2, "desired-state")
     assert [r.status for r in rs] == [FAIL] and "no-placement" in rs[0].seen and rs[0].subject == "big-2"
+    assert rs[0].fix == "see why every GPU refuses: vgpuctl place --type T4-16Q --explain"
 
 
 def test_desired_state_that_does_not_parse(t4x2):

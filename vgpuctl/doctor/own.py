@@ -102,6 +102,23 @@ def service(ctx: Context) -> Result:
 #: blocked reasons that time alone clears, or that say nothing about the desired state itself
 _TRANSIENT = ("in-use", "depends", "libvirt-unreachable", "nvml")
 
+#: the fix for each planner block reason (``plan.Block``); ``{t}`` the type, ``{p}`` the parent, ``{u}`` the uuid
+_BLOCK_FIX = {
+    "parent-missing": "load the parent's driver (see the parents line), or name a parent that exists",
+    "type-unknown": "use a type the parent offers: vgpuctl types --parent {p}",
+    "no-placement": "see why every GPU refuses: vgpuctl place --type {t} --explain",
+    "no-capacity": "vgpuctl status shows what fills the GPU: pin another parent or a smaller type",
+    "type-mix": "vgpuctl status shows the GPU's types: use the same type (or size), or another GPU",
+    "foreign": "vgpuctl destroy --foreign {u}, or give the instance another uuid",
+    "config": "edit the instance as the reason says",
+    "libvirt": "set --connect / VGPUCTL_LIBVIRT_URI so the attach can happen",
+    "libvirt-unreachable": "start libvirtd (see the libvirt line)",
+    "in-use": "stop the VM that uses the device",
+    "nvml": "see the nvml line",
+    "unsupported": "use a setting the GPU supports: vgpuctl sched show",
+    "depends": "fix the blocked action it waits for (another line)",
+}
+
 
 @check("desired-state", "the desired state (etc/vgpuctl/vgpuctl.yaml, conf.d/*.yaml) parses and 'vgpuctl plan' can "
        "place every instance (no blocked action)", "edit the file and line named, then vgpuctl plan")
@@ -136,8 +153,9 @@ def desired_state(ctx: Context) -> List[Result]:
         transient = block in _TRANSIENT or (block == "libvirt" and connect != ctx.connect)
         what = a.name or a.uuid or a.parent or "?"
         make = Result.warn if transient else Result.fail
+        fix = _BLOCK_FIX.get(block, "vgpuctl plan shows it; change the desired state or the host as it says")
         out.append(make("desired-state", f"{a.op} {what} blocked: {block}: {a.detail}",
-                        "vgpuctl plan shows it; change the desired state or the host as the reason says", what))
+                        fix.format(t=a.type_id, p=a.parent or "?", u=a.uuid), what))
     if not out:
         n = len(desired.instances)
         todo = f"; {len(p.runnable)} action(s) for vgpuctl apply" if p.runnable else "; the host matches it"
