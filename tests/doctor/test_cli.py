@@ -53,6 +53,13 @@ def test_check_option_and_bad_name(t4x2):
     assert p.returncode == 2 and p.stdout == "" and "bogus" in p.stderr and "Traceback" not in p.stderr
 
 
+def test_root_that_is_not_a_directory(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("")
+    p = subprocess.run(VGPUCTL + ["--root", str(f), "doctor"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and p.stdout == "" and len(p.stderr.splitlines()) == 1 and "not a directory" in p.stderr
+
+
 @pytest.mark.parametrize("text", ["version: 1\ninstances: [\n", "version: 7\n", "\x00\xff garbage", "version: 1\n"
                                   "instances:\n  a: {type: T4-2Q, parent: ../../etc}\n"])
 def test_broken_desired_state_is_a_fail_line_not_a_traceback(t4x2, text):

@@ -6,7 +6,7 @@ from typing import Sequence
 import click
 
 from ..doctor import REGISTRY, Context, Status, checks, run_checks
-from ..errors import HostNotReady
+from ..errors import HostNotReady, InvalidInput
 from ._common import json_option, render, settings
 
 COLUMNS = [("STATUS", "status"), ("CHECK", "check"), ("SUBJECT", "subject"), ("SEEN", "seen"), ("FIX", "fix")]
@@ -34,6 +34,8 @@ def _help() -> str:
 @json_option
 def doctor(names: Sequence[str], timeout: float, as_json: bool) -> None:
     s = settings()
+    if not s.paths.root.is_dir():
+        raise InvalidInput(f"--root {s.paths.root} is not a directory: give the host's root (/, or a simulated host's)")
     ctx = Context(paths=s.paths, connect=s.connect, timeout=timeout, nvml=s.nvml)
     results = run_checks(ctx, list(names) or None)
     render([r.record() for r in results], COLUMNS, as_json=as_json)
