@@ -9,6 +9,8 @@ What it does:
     a listing of ``sys/class/mdev_bus`` and ``sys/bus/mdev/devices`` every ``--poll-interval``: two readdirs;
   * the desired-state files: inotify on ``etc/vgpuctl`` and ``etc/vgpuctl/conf.d`` (a file's mtime and size are
     compared at each resync where inotify is not available);
+  * mdevctl's definitions: inotify on ``etc/mdevctl.d`` and its parent directories, so that ``mdevctl define`` or
+    ``undefine`` is reflected at once in what the service leaves alone (``docs/coexistence.md``);
   * signals: SIGHUP reloads the configuration (and the policy), SIGTERM/SIGINT stop after the current step;
 - a periodic resync (``--resync-interval``) as a safety net against a missed event;
 - a parent that is not registered yet, a device in use, a failed step: retried with exponential backoff
@@ -172,6 +174,38 @@ class ConfigWatch:
             return False
         self.signature = sig
         return True
+
+
+class DefinitionsWatch(ConfigWatch):
+    """Notices mdevctl's definitions changing (``etc/mdevctl.d/<parent>/<uuid>``: ``mdevctl define``/``undefine``,
+    ``virsh nodedev-define``): the plan's never-fight rules depend on them."""
+
+    def rewatch(self) -> None:
+        if self.inotify is None:
+            return
+        for d in self._dirs(with_base=True):
+            self.inotify.watch(d)
+
+    def _dirs(self, *, with_base: bool = False) -> List[str]:
+        out = [os.path.dirname(self.dir)] if with_base and os.path.isdir(os.path.dirname(self.dir)) else []
+        try:
+            entries = sorted(os.scandir(self.dir), key=lambda e: e.name)
+        except OSError:
+            return out
+        out.append(self.dir)
+        out += [e.path for e in entries if e.name != "scripts.d" and e.is_dir(follow_symlinks=False)]
+        return out
+
+    def _signature(self) -> Tuple[Tuple[str, int, int], ...]:
+        out = []
+        for d in self._dirs():
+            try:
+                for e in os.scandir(d):
+                    st = e.stat(follow_symlinks=False)
+                    out.append((e.path, st.st_mtime_ns, st.st_size))
+            except OSError:
+                continue
+        return tuple(sorted(out))
 
 
 class HostWatch:
@@ -354,6 +388,9 @@ class Service:
         self.load("start")
         paths = self.paths
         config = ConfigWatch(paths.config_dir)
+        from .host.mdevctl import config_dir as mdevctl_dir
+
+        definitions = DefinitionsWatch(mdevctl_dir(paths))
         host = HostWatch(paths, self.options.watch, self.options.poll_interval)
         log.info("watching the host by %s, resync every %gs", host.mode, self.options.resync_interval)
         self.converge("start")
@@ -376,7 +413,7 @@ class Service:
             if pending is not None:
                 deadlines.append(pending_at + DEBOUNCE)
             timeout = max(0.0, min(deadlines) - time.monotonic())
-            fds = [wake] + [f for f in (config.fileno(), host.fileno()) if f is not None]
+            fds = [wake] + [f for f in (config.fileno(), definitions.fileno(), host.fileno()) if f is not None]
             try:
                 ready, _, _ = select.select(fds, [], [], timeout)
             except InterruptedError:
@@ -391,6 +428,8 @@ class Service:
             if config.fileno() is not None and config.fileno() in ready and config.changed():
                 self.load("configuration changed")
                 pending, pending_at = pending or "configuration changed", now
+            if definitions.fileno() is not None and definitions.fileno() in ready and definitions.changed():
+                pending, pending_at = pending or "mdevctl's definitions changed", now
             if host.fileno() is not None and host.fileno() in ready:
                 events = host.relevant_events()
                 if events:
@@ -400,6 +439,8 @@ class Service:
                 next_poll = now + self.options.poll_interval
                 if host.poll_changed():
                     pending, pending_at = pending or "sysfs changed", now
+                if definitions.inotify is None and definitions.changed():
+                    pending, pending_at = pending or "mdevctl's definitions changed", now
             if next_wd is not None and now >= next_wd:
                 self.notify(WATCHDOG="1")
                 next_wd = now + (wd or 1.0)
