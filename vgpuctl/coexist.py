@@ -15,8 +15,8 @@ An instance that is both ``vgpuctl:`` and ``mdevctl:auto`` is *double-managed*: 
 takes is valid, has no sysfs attributes (the desired state has no place for them), is on a registered parent that
 offers its type, and the desired state with the new file still loads.  Then it writes ``conf.d/<file>``
 atomically, records the existing devices as owned by the desired state (origin ``apply``), and, with
-``undefine``, retires mdevctl's definitions one by one, each journalled; a failure puts back what it retired and the
-previous file.
+``undefine``, retires mdevctl's definitions one by one, each journalled; a failure puts back what it retired, the
+previous file and the ownership records.
 """
 from __future__ import annotations
 
@@ -201,6 +201,7 @@ class Adopter:
                                              _now(), ORIGIN_APPLY)
             from dataclasses import replace
 
+            original = state
             new_state = replace(state, owned=owned)
             if new_state != state:
                 self.lc.store.save(new_state)
@@ -216,6 +217,7 @@ class Adopter:
             except BaseException:
                 for d, saved in reversed(retired):
                     self.lc.redefine(d, saved)
+                self.lc.store.save(original)  # the devices are not the desired state's after all
                 if changed_file:
                     if previous is None:
                         _unlink(self.dropin)

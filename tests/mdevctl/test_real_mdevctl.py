@@ -226,3 +226,38 @@ def test_bad_mdevctl_files_warn_once_and_change_nothing(host, md, case, tmp_path
     assert tree(host.root) == before and host.instances() == devices
     r = vgpuctl(host.root, "adopt", "--from-mdevctl")
     assert r.returncode in (2,) and str(path) in r.stderr and tree(host.root) == before
+
+
+def test_adopt_undefine_that_fails_half_way_puts_everything_back(host, md):
+    import shutil as _sh
+
+    if _sh.which("chattr") is None:
+        pytest.skip("chattr (e2fsprogs) is not installed")
+    md.run("define", "-u", UA, "-p", "mtty", "-t", "mtty-1", "--auto")
+    md.run("start", "-u", UA)
+    # a second parent directory mdevctl cannot change either: the immutable flag makes its unlink fail (EPERM)
+    other = md.etc / "mdpy"
+    other.mkdir()
+    (other / UB).write_text(json.dumps({"mdev_type": "mtty-1", "start": "auto", "attrs": []}, indent=2))
+    devices = [UA]
+    before = tree(host.root)
+    r0 = subprocess.run(["chattr", "+i", str(other)], capture_output=True, text=True)
+    if r0.returncode != 0:
+        pytest.skip(f"the file system has no immutable flag: {r0.stderr.strip()}")
+    try:
+        r = vgpuctl(host.root, "adopt", "--from-mdevctl", "--undefine", UA, UB)
+    finally:
+        subprocess.run(["chattr", "-i", str(other)], check=True)
+    # UB's parent is not registered here, so adopt refuses it before writing anything
+    assert r.returncode == 2 and "not registered" in r.stderr and tree(host.root) == before
+    # now one that passes every check but cannot be undefined: UA's own directory made immutable
+    subprocess.run(["chattr", "+i", str(md.etc / "mtty")], check=True)
+    try:
+        r = vgpuctl(host.root, "adopt", "--from-mdevctl", "--undefine", UA)
+    finally:
+        subprocess.run(["chattr", "-i", str(md.etc / "mtty")], check=True)
+    assert r.returncode == 9 and "remove mdevctl's definition" in r.stderr, r.stderr
+    after = tree(host.root)
+    state = json.loads(after.pop(str(host.root / "var/lib/vgpuctl/state.json")))
+    assert state["pending"] == [] and state["owned"] == []  # intent settled, ownership claim undone
+    assert after == before and host.instances() == devices  # the conf.d file is gone again, mdevctl's file kept
