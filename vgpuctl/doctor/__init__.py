@@ -32,7 +32,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Type
 from ..paths import HostPaths
 
 #: Modules that define checks, in the order their checks are shown.
-CHECK_MODULES = ("vgpuctl.doctor.kernel", "vgpuctl.doctor.nvidia", "vgpuctl.doctor.libvirt", "vgpuctl.doctor.own")
+CHECK_MODULES = ("vgpuctl.doctor.kernel", "vgpuctl.doctor.nvidia", "vgpuctl.doctor.libvirt", "vgpuctl.doctor.own",
+                 "vgpuctl.doctor.mdevctl")
 
 SCHEMA = "vgpuctl.doctor/v1"
 DEFAULT_TIMEOUT = 5.0
