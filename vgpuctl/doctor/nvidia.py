@@ -31,9 +31,16 @@ def nvidia_gpus(ctx: Context) -> List[str]:
 
 
 def _mdev_types(ctx: Context, parent: str) -> List[str]:
-    """The type names (ids where a type has no name) one mdev parent offers (the GPU's other VFs offer the same)."""
+    """The type names (ids where a type has no name) one mdev parent offers, in id order (the GPU's other VFs offer
+    the same)."""
     base = ctx.paths.mdev_bus / parent / "mdev_supported_types"
-    return sorted(read(base / t / "name") or t for t in listdir(base))
+    return [read(base / t / "name") or t for t in sorted(listdir(base), key=_id_order)]
+
+
+def _id_order(type_id: str) -> "tuple[str, int]":
+    """nvidia-222 before nvidia-1000: by the id's text, then its number."""
+    head, _, num = type_id.rpartition("-")
+    return (head, int(num)) if num.isdigit() else (type_id, -1)
 
 
 @check("vgpu-manager", "each NVIDIA GPU offers vGPUs: mdev types on the GPU or its VFs, or vendor-VFIO VFs with "
