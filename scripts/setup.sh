@@ -11,6 +11,8 @@ APT_PACKAGES=(
   libvirt-daemon-system     # real libvirtd for the libvirt tests
   qemu-system-x86           # libvirtd probes /usr/bin/qemu-system-x86_64 before it defines a domain
   mdevctl hyperfine         # benchmarks compare against mdevctl
+  cockpit-ws cockpit-bridge # the web console page (cockpit/) is tested through Debian's Cockpit ...
+  chromium chromium-driver  # ... in headless Chromium (tests/cockpit)
   git                       # ansible-test sanity runs in a git repository (tests/ansible)
 )
 
