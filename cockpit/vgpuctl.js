@@ -105,6 +105,7 @@ const state = {
     refreshes: 0,
     busy: false,
     again: false,
+    doctorBusy: false,
 };
 
 /* One read of every listing, each rendered as soon as it arrives (the GPU pictures need only status). */
@@ -117,13 +118,16 @@ async function refresh() {
     state.again = false;
     try {
         const askDoctor = state.refreshes % DOCTOR_EVERY === 0 && state.doctor !== null;
+        const status = run(["status", "--json"]).then(r => {
+            state.status = parse(r);
+            state.statusError = r.ok ? null : r.error;
+            renderAlerts();
+            renderGpus();
+        });
+        if (state.refreshes === 0)
+            await status; // the first pictures do not share the CPU with the other listings
         await Promise.all([
-            run(["status", "--json"]).then(r => {
-                state.status = parse(r);
-                state.statusError = r.ok ? null : r.error;
-                renderAlerts();
-                renderGpus();
-            }),
+            status,
             run(["list", "--json"]).then(r => {
                 state.instances = parse(r);
                 state.listError = r.ok ? null : r.error;
@@ -142,19 +146,9 @@ async function refresh() {
                 renderAlerts();
                 renderSched();
             }),
-            askDoctor
-                ? run(["doctor", "--json"]).then(r => {
-                    if (!r.ok && r.exit === 2 && /No such command/.test(r.error || "")) {
-                        state.doctor = null; // this vgpuctl has no doctor: do not ask again
-                        state.doctorError = null;
-                    } else {
-                        state.doctor = parse(r);
-                        state.doctorError = r.ok ? null : r.error;
-                    }
-                    renderDoctor();
-                })
-                : null,
         ]);
+        if (askDoctor)
+            askTheDoctor();
         state.refreshes += 1;
         render(); // once more with everything: slot tooltips name domains from list, actions need domains
         document.body.dataset.refreshes = String(state.refreshes);
@@ -163,6 +157,24 @@ async function refresh() {
     }
     if (state.again)
         await refresh();
+}
+
+/* The doctor's checks wait on peers (libvirt's QEMU probe may take 30 s): never part of a refresh's wait. */
+function askTheDoctor() {
+    if (state.doctorBusy)
+        return;
+    state.doctorBusy = true;
+    run(["doctor", "--json"]).then(r => {
+        state.doctorBusy = false;
+        if (!r.ok && r.exit === 2 && /No such command/.test(r.error || "")) {
+            state.doctor = null; // this vgpuctl has no doctor: do not ask again
+            state.doctorError = null;
+        } else {
+            state.doctor = parse(r);
+            state.doctorError = r.ok ? null : r.error;
+        }
+        renderDoctor();
+    });
 }
 
 // what the listings say about libvirt and NVML
@@ -434,12 +446,22 @@ function renderDoctor() {
     const recs = Array.isArray(state.doctor) ? state.doctor : (state.doctor ? [state.doctor] : []);
     const out = [];
     if (state.doctorError)
-        out.push(alert("warning", _("vgpuctl doctor:"), state.doctorError));
-    if (recs.length) {
-        const keys = [...new Set(recs.flatMap(r => Object.keys(r)))].filter(k => k !== "schema");
+        out.push(alert(/ fail/.test(state.doctorError) ? "danger" : "warning", _("vgpuctl doctor:"), state.doctorError));
+    const counts = {};
+    for (const r of recs)
+        counts[r.status] = (counts[r.status] || 0) + 1;
+    if (recs.length)
+        out.push(h("p", { "data-field": "doctor-summary" },
+                    Object.entries(counts).map(([k, n]) => `${n} ${k}`).join(", ")));
+    const notOk = recs.filter(r => r.status !== "ok" && r.status !== "n/a");
+    if (notOk.length) {
+        const keys = ["check", "status", "subject", "seen", "fix"];
         out.push(h("table", { class: "vg-table" },
-                   h("thead", {}, h("tr", {}, keys.map(k => h("th", {}, k.replace(/_/g, " "))))),
-                   h("tbody", {}, recs.map(r => h("tr", {}, keys.map(k => h("td", {}, show(r[k]))))))));
+                   h("thead", {}, h("tr", {}, [_("Check"), _("Status"), _("Subject"), _("Seen"), _("Fix")].map(t => h("th", {}, t)))),
+                   h("tbody", {}, notOk.map(r => h("tr", { "data-check": r.check, "data-status": r.status },
+                                                   keys.map(k => h("td", {}, show(r[k]))))))));
+    } else if (recs.length) {
+        out.push(h("p", { class: "vg-muted" }, _("Every check that applies here passes.")));
     }
     replace("doctor", h("div", { "data-field": "doctor", "data-doctor": "present" }, out));
 }
