@@ -125,3 +125,11 @@ def test_place_several_types_in_one_call(mixed):
             "--json")
     assert r.exit_code == 4 and "no GPU can take a A16-2Q" in r.stderr
     assert [(d["type"], d["placed"]) for d in json.loads(r.stdout)] == [("A16-2Q", False), ("nvidia-231", True)]
+
+
+def test_place_type_from_its_variable(mixed, monkeypatch):
+    """VGPUCTL_PLACE_TYPE_NAME stays the --type variable; several types are separated by whitespace."""
+    monkeypatch.setenv("VGPUCTL_PLACE_TYPE_NAME", "nvidia-232 nvidia-231")
+    r = run(mixed, "place", "--json")
+    assert r.exit_code == 0, r.output
+    assert [d["type"] for d in json.loads(r.stdout)] == ["nvidia-232", "nvidia-231"]

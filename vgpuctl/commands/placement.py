@@ -302,7 +302,7 @@ def decision_record(d: Decision, inv: Inventory, *, numa_from: Sequence[str] = (
 
 
 @click.command()
-@click.option("--type", "-t", "type_names", required=True, multiple=True, metavar="TYPE",
+@click.option("--type", "-t", "type_name", required=True, multiple=True, metavar="TYPE",
               help="Type id (nvidia-231) or name (T4-2Q); repeat to ask about several types in one call (each gets "
                    "its own records; exit 4 if any has no placement).")
 @click.option("--domain", "-d", metavar="DOMAIN",
@@ -328,7 +328,7 @@ def decision_record(d: Decision, inv: Inventory, *, numa_from: Sequence[str] = (
 @click.option("--explain", is_flag=True, help="Show every GPU's verdict: rank, or why it cannot take the type.")
 @json_option
 def place(
-    type_names: Tuple[str, ...],
+    type_name: Tuple[str, ...],  # named so: its variable stays VGPUCTL_PLACE_TYPE_NAME (whitespace separates several)
     domain: Optional[str],
     tenant: Optional[str],
     numa_nodes: Tuple[int, ...],
@@ -345,9 +345,9 @@ def place(
     usage = build_usage(s, inv)
     recs: List[Dict[str, Any]] = []
     unplaced: List[Decision] = []
-    for n, type_name in enumerate(dict.fromkeys(type_names)):
+    for n, one in enumerate(dict.fromkeys(type_name)):
         req = Request(
-            type=type_name,
+            type=one,
             domain=domain,
             tenant=tenant,
             numa_nodes=tuple(sorted(set(numa_nodes))),
@@ -377,7 +377,7 @@ def place(
         assert c is not None
         if not as_json and not explain:
             click.echo(c.parent)
-        info(f"{type_name} -> {c.parent} ({c.type_id} on GPU {c.gpu}, rule {c.rule}, {d.strategy})")
+        info(f"{one} -> {c.parent} ({c.type_id} on GPU {c.gpu}, rule {c.rule}, {d.strategy})")
     if as_json:
         render(recs, [], as_json=True)
     if unplaced:
