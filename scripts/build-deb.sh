@@ -39,9 +39,10 @@ version=$(dpkg-parsechangelog -l debian/changelog -S Version)
   exit 1
 }
 mkdir -p dist
-deb=dist/vgpuctl_${version}_all.deb
-cp "$work/vgpuctl_${version}_all.deb" "$deb"
-echo "build-deb: built $deb" >&2
+for pkg in vgpuctl cockpit-vgpuctl; do
+  cp "$work/${pkg}_${version}_all.deb" "dist/${pkg}_${version}_all.deb"
+  echo "build-deb: built dist/${pkg}_${version}_all.deb" >&2
+done
 # lintian: errors fail the build; warnings and the rest are printed for a person to read.
 lintian --tag-display-limit 0 --display-info "$work/vgpuctl_${version}_amd64.changes" | tee dist/lintian.txt >&2 || true
 if grep -q '^E:' dist/lintian.txt; then

@@ -1,4 +1,4 @@
-# The Debian package on a clean Debian 12 root (docs/packaging.md): build it with Debian's tools (lintian errors
+# The Debian packages (vgpuctl, cockpit-vgpuctl) on a clean Debian 12 root (docs/packaging.md): build it with Debian's tools (lintian errors
 # fail), install it with apt, and use it as an operator would: --version, doctor against a simulated host, the
 # unit under systemd-analyze verify, the libvirt hook for an unknown domain; then apt-get remove destroys no vGPU.
 # Runs inside tests/freshroot/run's root, from the exported tree, after the README's commands (so .venv has
@@ -12,9 +12,13 @@ cleanup() { .venv/bin/vgpuctl-sim stop "$sim" >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 
 scripts/build-deb.sh
-deb=$(ls dist/vgpuctl_*_all.deb)
+debs=(dist/vgpuctl_*_all.deb dist/cockpit-vgpuctl_*_all.deb)
 say "lintian: $(grep -c '^E:' dist/lintian.txt || true) errors, $(grep -c '^W:' dist/lintian.txt || true) warnings"
-apt install -y -qq "./$deb" >/tmp/fr-deb-apt.log 2>&1 || { tail -20 /tmp/fr-deb-apt.log >&2; exit 1; }
+apt install -y -qq "${debs[@]/#/./}" >/tmp/fr-deb-apt.log 2>&1 || { tail -20 /tmp/fr-deb-apt.log >&2; exit 1; }
+
+# 0. the web console page: Cockpit's bridge finds it where the package put it
+[ -s /usr/share/cockpit/vgpuctl/manifest.json ] || { say "no /usr/share/cockpit/vgpuctl/manifest.json"; exit 1; }
+cockpit-bridge --packages | grep -q '^vgpuctl\b' || { say "cockpit-bridge --packages does not list vgpuctl"; exit 1; }
 
 # 1. the packaged CLI, on Debian's python3
 [ "$(command -v vgpuctl)" = /usr/bin/vgpuctl ] || { say "vgpuctl on PATH is $(command -v vgpuctl)"; exit 1; }
@@ -57,7 +61,7 @@ echo "$xml" | /etc/libvirt/hooks/qemu.d/vgpuctl fr-unknown release end -
 u=$("${V[@]}" create --parent 0000:3b:00.0 --type T4-2Q)
 before=$(.venv/bin/vgpuctl --root "$sim" --connect none list --json)
 state=$(sha256sum "$sim/var/lib/vgpuctl/state.json")
-apt-get -o DPkg::Lock::Timeout=600 remove -y -qq vgpuctl >/dev/null
+apt-get -o DPkg::Lock::Timeout=600 remove -y -qq cockpit-vgpuctl vgpuctl >/dev/null
 [ ! -e /usr/bin/vgpuctl ] || { say "/usr/bin/vgpuctl is still there after remove"; exit 1; }
 after=$(.venv/bin/vgpuctl --root "$sim" --connect none list --json)
 [ "$before" = "$after" ] || { say "the host's vGPUs changed across apt-get remove"; exit 1; }
