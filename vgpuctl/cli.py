@@ -14,7 +14,8 @@ from typing import Any, List, Optional
 import click
 
 from . import __version__
-from .errors import VgpuctlError
+from .errors import InvalidInput, VgpuctlError
+from .options import FiniteFloat
 
 COMMANDS = {
     "parents": "vgpuctl.commands.inventory:parents",
@@ -44,7 +45,60 @@ COMMANDS = {
 }
 
 
+def usage_line(e: click.UsageError) -> str:
+    """A click usage error as one line: the command, click's own message (it names the option), and the fix."""
+    path = e.ctx.command_path if e.ctx is not None else "vgpuctl"
+    sub = path.split(" ", 1)[1] + ": " if " " in path else ""
+    msg = " ".join(e.format_message().split()).rstrip(".")
+    return f"vgpuctl: error: {sub}{msg[:1].lower() + msg[1:]}; see '{path} --help'"
+
+
+def _usage_exit(e: click.UsageError) -> "click.exceptions.Exit":
+    click.echo(usage_line(e), err=True)
+    return click.exceptions.Exit(InvalidInput.exit_code)
+
+
+#: The shells click can complete for; ``_VGPUCTL_COMPLETE`` must be one of ``{shell}_source``/``{shell}_complete``.
+COMPLETION_SHELLS = ("bash", "zsh", "fish")
+
+
+def _check_completion(complete_var: Optional[str], prog_name: Optional[str]) -> None:
+    """The environment-variable form of completion with an unknown shell or instruction: one line, exit 2."""
+    import os
+
+    var = complete_var or f"_{(prog_name or 'vgpuctl').replace('-', '_').upper()}_COMPLETE"
+    instruction = os.environ.get(var)
+    if not instruction:
+        return
+    shell, _, action = instruction.partition("_")
+    if shell not in COMPLETION_SHELLS or action not in ("source", "complete"):
+        click.echo(f"vgpuctl: error: {var}={instruction!r} is not a completion instruction; use one of "
+                   f"{', '.join(s + '_source' for s in COMPLETION_SHELLS)} (or run 'vgpuctl completion SHELL')",
+                   err=True)
+        sys.exit(InvalidInput.exit_code)
+
+
 class LazyGroup(click.Group):
+    """The top-level group: commands imported when invoked, typed errors and usage errors as one line each.
+
+    Usage errors (an unknown option, a bad value, a missing argument), wherever click raises them in the command
+    tree, are printed as one ``vgpuctl: error:`` line naming the option and the fix, with exit 2; ``--help`` and a
+    group called without a sub-command still show click's help."""
+
+    def main(self, args: Any = None, prog_name: Optional[str] = None, complete_var: Optional[str] = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        _check_completion(complete_var, prog_name)
+        return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+
+    def make_context(self, info_name: Optional[str], args: List[str], parent: Optional[click.Context] = None,
+                     **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as e:
+            raise _usage_exit(e) from None
+
     def list_commands(self, ctx: click.Context) -> List[str]:
         return sorted(COMMANDS)
 
@@ -61,9 +115,14 @@ class LazyGroup(click.Group):
         except VgpuctlError as e:
             click.echo(f"vgpuctl: error: {e}", err=True)
             ctx.exit(e.exit_code)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as e:
+            raise _usage_exit(e) from None
 
 
 @click.group(
+    name="vgpuctl",
     cls=LazyGroup,
     context_settings={"auto_envvar_prefix": "VGPUCTL", "help_option_names": ["-h", "--help"]},
 )
@@ -73,6 +132,7 @@ class LazyGroup(click.Group):
     default="/",
     show_default=True,
     metavar="DIR",
+    type=click.Path(file_okay=False),
     help="Host root: sysfs is DIR/sys, state DIR/var/lib/vgpuctl, config DIR/etc/vgpuctl. [env VGPUCTL_ROOT]",
 )
 @click.option(
@@ -86,7 +146,7 @@ class LazyGroup(click.Group):
 @click.option(
     "--lock-timeout",
     envvar="VGPUCTL_LOCK_TIMEOUT",
-    type=click.FloatRange(min=0),
+    type=FiniteFloat(min=0),
     default=30.0,
     show_default=True,
     metavar="SECONDS",

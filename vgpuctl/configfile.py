@@ -1,30 +1,42 @@
-"""Reading vgpuctl's YAML configuration files: one place for the I/O and YAML errors every config file shares.
+"""The one strict reader of vgpuctl's YAML and JSON files.
 
-Each config module (``spec``, ``policy``, ``profiles``) keeps its own strict schema parser over the composed node
-tree (whose marks give the line numbers in its errors); this module only turns the file into that tree.
+Every file vgpuctl reads as data comes through here: the desired state, the policy and the profiles (YAML, via
+``read_config`` + ``compose_yaml`` + a ``NodeReader`` schema), and its own records (``state.json``, the hook's
+records, the profile assignments; JSON via ``read_json``).  The same function reads mdevctl's definition files
+(``read_json(path, error=...)``).  The rules, documented in docs/security.md:
+
+* the file is read through ``fsutil`` (regular file only, bounded size, no symlink inside vgpuctl's own
+  directories, not world-writable, UTF-8);
+* YAML is composed by a safe loader that refuses every explicit tag (``!!python/object``, ``!!int "x"``,
+  ``!custom``, even ``!``) with an error naming file:line, and nesting deeper than ``MAX_DEPTH``;
+* scalars are built only with YAML's implicit types, and a value those cannot build (``2001-13-45``) is an error
+  at its line, not a traceback;
+* ``version`` is the integer 1 in every file: not ``true``, not ``"1"``, not ``v1``;
+* JSON is strict: no NaN or Infinity, no duplicate keys, no nesting the decoder cannot take.
+
+Each config module keeps its own schema (``spec``, ``policy``, ``profiles``) as a ``NodeReader`` subclass.
 """
 from __future__ import annotations
 
+import json
 import os
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
-from .errors import ConfigError
+from .errors import ConfigError, StateError
+from .fsutil import CONFIG_LIMIT, RECORD_LIMIT, ErrorFactory, read_text
+
+MAX_DEPTH = 32  #: deepest nesting of mappings and lists any of vgpuctl's files may have
+VERSION = 1  #: the only ``version`` any of vgpuctl's config files may have
 
 
-def read_config(path: "os.PathLike[str] | str", *, missing_ok: bool = True) -> Optional[str]:
-    """The file's text; None if it does not exist and ``missing_ok``; a ``ConfigError`` naming the file otherwise."""
-    p = os.fspath(path)
-    try:
-        with open(p, "rb") as f:
-            return f.read().decode("utf-8")
-    except FileNotFoundError:
-        if missing_ok:
-            return None
-        raise ConfigError(p, "no such file") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(p, f"not UTF-8 text ({e.reason})") from None
-    except OSError as e:
-        raise ConfigError(p, f"cannot read: {e.strerror}") from None
+def config_error(path: str, problem: str) -> ConfigError:
+    return ConfigError(path, problem)
+
+
+def read_config(path: "os.PathLike[str] | str", *, missing_ok: bool = True, follow: bool = False) -> Optional[str]:
+    """The file's text; None if it does not exist and ``missing_ok``; a ``ConfigError`` naming the file otherwise
+    (not a regular file, a symlink unless ``follow``, world-writable, over ``CONFIG_LIMIT``, not UTF-8)."""
+    return read_text(path, limit=CONFIG_LIMIT, error=config_error, follow=follow, missing_ok=missing_ok)
 
 
 def compose_yaml(text: str, path: str) -> Tuple[Any, Any]:
@@ -33,10 +45,159 @@ def compose_yaml(text: str, path: str) -> Tuple[Any, Any]:
     PyYAML is imported here, lazily: commands that read no config file never pay for it."""
     import yaml
 
+    loader = None
     try:
-        return yaml, yaml.compose(text, Loader=yaml.SafeLoader)
+        loader = _strict_loader(yaml)(text)  # the reader checks the characters here already
+        loader.vgpuctl_path = path
+        return yaml, loader.get_single_node()
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         raise ConfigError(path, f"not valid YAML: {e.problem or e.context}", line=mark.line + 1 if mark else None) from None
     except yaml.YAMLError as e:
-        raise ConfigError(path, f"not valid YAML: {e}") from None
+        raise ConfigError(path, f"not valid YAML: {' '.join(str(e).split())}") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+_LOADER: Any = None
+
+
+def _strict_loader(yaml: Any) -> Any:
+    global _LOADER
+    if _LOADER is None:
+
+        class StrictLoader(yaml.SafeLoader):  # type: ignore[misc,name-defined]
+            vgpuctl_path = "<yaml>"
+            vgpuctl_depth = 0
+
+            def compose_node(self, parent: Any, index: Any) -> Any:
+                event = self.peek_event()
+                tag = getattr(event, "tag", None)
+                line = event.start_mark.line + 1 if event.start_mark else None
+                if tag is not None:
+                    raise ConfigError(self.vgpuctl_path, f"explicit YAML tags such as {tag!r} are not allowed: "
+                                      "write plain values (quote a string)", line=line)
+                self.vgpuctl_depth += 1
+                try:
+                    if self.vgpuctl_depth > MAX_DEPTH:
+                        raise ConfigError(self.vgpuctl_path, f"nested deeper than {MAX_DEPTH} levels", line=line)
+                    return super().compose_node(parent, index)
+                finally:
+                    self.vgpuctl_depth -= 1
+
+        _LOADER = StrictLoader
+    return _LOADER
+
+
+class NodeReader:
+    """The schema helpers every config parser shares, over a composed node tree: each error is a ``ConfigError``
+    naming the file, the line and the key.  Subclasses add their document's shape."""
+
+    def __init__(self, path: str, yaml: Any) -> None:
+        self.path = path
+        self.yaml = yaml
+
+    def fail(self, node: Any, key: Optional[str], problem: str) -> ConfigError:
+        line = node.start_mark.line + 1 if node is not None and getattr(node, "start_mark", None) else None
+        return ConfigError(self.path, problem, line=line, key=key)
+
+    def is_null(self, node: Any) -> bool:
+        return isinstance(node, self.yaml.ScalarNode) and node.tag.endswith(":null")
+
+    def mapping(self, node: Any, key: Optional[str], allowed: Optional[Sequence[str]]) -> Dict[str, Tuple[Any, Any]]:
+        """``{key: (key_node, value_node)}``; rejects non-mappings, non-scalar keys, merge keys, duplicates and keys
+        outside ``allowed`` (None: any).  A key is taken as written (``0000:41:00.0`` stays text)."""
+        if not isinstance(node, self.yaml.MappingNode):
+            expect = f" with keys {', '.join(allowed)}" if allowed else ""
+            raise self.fail(node, key, f"must be a mapping{expect}")
+        out: Dict[str, Tuple[Any, Any]] = {}
+        for knode, vnode in node.value:
+            if not isinstance(knode, self.yaml.ScalarNode):
+                raise self.fail(knode, key, "keys must be plain strings")
+            k = str(knode.value)
+            full = f"{key}.{k}" if key else k
+            if k == "<<":
+                raise self.fail(knode, full, "merge keys (<<) are not supported")
+            if allowed is not None and k not in allowed:
+                raise self.fail(knode, full, f"unknown key; expected one of: {', '.join(allowed)}")
+            if k in out:
+                raise self.fail(knode, full, "duplicate key")
+            out[k] = (knode, vnode)
+        return out
+
+    def scalar(self, node: Any, key: str) -> Any:
+        """A single value with YAML's implicit types (str, int, float, bool, null, timestamp)."""
+        if not isinstance(node, self.yaml.ScalarNode):
+            raise self.fail(node, key, "must be a single value, not a list or mapping")
+        loader = self.yaml.SafeLoader("")
+        try:
+            return loader.construct_object(node, deep=True)
+        except Exception as e:  # an implicit type the constructor cannot build (2001-13-45)
+            raise self.fail(node, key, f"{node.value!r} is not a valid value ({' '.join(str(e).split())})") from None
+        finally:
+            loader.dispose()
+
+    def integer(self, node: Any, key: str, minimum: int = 0) -> int:
+        v = self.scalar(node, key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            raise self.fail(node, key, f"must be an integer >= {minimum}")
+        return v
+
+    def boolean(self, node: Any, key: str) -> bool:
+        v = self.scalar(node, key)
+        if not isinstance(v, bool):
+            raise self.fail(node, key, "must be true or false")
+        return v
+
+    def version(self, top: Dict[str, Tuple[Any, Any]], root: Any) -> int:
+        """The one ``version`` rule: present, and the integer 1 written as ``1`` (not ``true``, ``"1"``, ``v1``,
+        ``0x1`` or ``1.0``)."""
+        if "version" not in top:
+            raise self.fail(root, "version", f"is required: add 'version: {VERSION}'")
+        vnode = top["version"][1]
+        v = self.scalar(vnode, "version")
+        if isinstance(v, bool) or not isinstance(v, int) or v != VERSION or vnode.value != str(VERSION):
+            raise self.fail(vnode, "version", f"unsupported version {vnode.value!r}; this vgpuctl reads "
+                            f"version: {VERSION} (an unquoted integer)")
+        return v
+
+
+# --- JSON ----------------------------------------------------------------------------------------------------------
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _no_duplicates(pairs: Any) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
+def parse_json(text: "str | bytes", path: str, *, error: ErrorFactory = StateError) -> Any:
+    """A strict JSON document: no NaN/Infinity, no duplicate keys; nesting too deep for the decoder is an error
+    too (its ``RecursionError`` is caught here, before it can become a traceback)."""
+    try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        return json.loads(text, parse_constant=_no_constant, object_pairs_hook=_no_duplicates)
+    except (ValueError, RecursionError) as e:
+        raise error(path, f"is not valid JSON: {' '.join(str(e).split())}") from None
+
+
+def read_json(
+    path: "os.PathLike[str] | str",
+    *,
+    error: ErrorFactory = StateError,
+    limit: int = RECORD_LIMIT,
+    follow: bool = False,
+    missing_ok: bool = True,
+) -> Any:
+    """The strict JSON document in ``path`` (read as ``fsutil.read_text`` reads), or None if it does not exist and
+    ``missing_ok``.  Every problem is ``error(path, problem)``: ``StateError`` for vgpuctl's own records by default.
+    """
+    text = read_text(path, limit=limit, error=error, follow=follow, missing_ok=missing_ok)
+    return None if text is None else parse_json(text, os.fspath(path), error=error)

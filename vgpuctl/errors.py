@@ -142,6 +142,39 @@ class TypeConflict(NoCapacity):
         self.parent = parent
 
 
+class TypeMix(NoCapacity):
+    """The GPU's type-mixing rule keeps the type off it: another type runs there (the kernel only says that the
+    type has no available instances)."""
+
+    kind = "type-mix"
+
+    def __init__(self, type_id: str, gpu: str, holds: str, rule: str) -> None:
+        VgpuctlError.__init__(self, f"GPU {gpu} runs {holds}; {rule}; free it or choose another GPU")
+        self.type_id = type_id
+        self.parent = gpu
+        self.gpu = gpu
+        self.holds = holds
+        self.rule = rule
+
+
+class CreateRefused(VgpuctlError):
+    """The parent's driver refused a create with EINVAL although vgpuctl wrote a well-formed uuid it chose or
+    checked itself: the parent's state forbids the type now, it is not the uuid."""
+
+    exit_code = 9
+    kind = "create-refused"
+
+    def __init__(self, path: str, type_id: str, parent: str) -> None:
+        super().__init__(
+            f"the driver of {parent} refused to create a {type_id} (writing {path} failed: EINVAL); the uuid is "
+            f"valid, so {parent}'s current state forbids this type: see 'vgpuctl status' for what it runs"
+        )
+        self.path = path
+        self.type_id = type_id
+        self.parent = parent
+        self.errno = _errno.EINVAL
+
+
 class NoPlacement(NoCapacity):
     """No GPU can take a request under the placement policy; ``refusals`` says why, per physical GPU."""
 
@@ -281,6 +314,22 @@ class HostIOError(VgpuctlError):
         self.path = path
         self.errno = err
         self.action = action
+
+
+class OutputError(HostIOError):
+    """A file the user asked vgpuctl to write (``export -o``) cannot be written."""
+
+    kind = "output"
+
+    def __init__(self, path: str, err: int) -> None:
+        VgpuctlError.__init__(
+            self,
+            f"cannot write {path}: {_errno.errorcode.get(err, str(err))} ({os.strerror(err)}); "
+            "choose another --output (its directory must exist), or '-' for stdout",
+        )
+        self.path = path
+        self.errno = err
+        self.action = "write"
 
 
 class ParentGone(VgpuctlError):
@@ -514,7 +563,8 @@ EXIT_CODES = {
     6: "in use: a process or VM holds the device; nothing was changed",
     7: "not owned: the device was not created by vgpuctl (use --foreign), or mdevctl defines it (use --undefine)",
     8: "vgpuctl's state, configuration or device template is corrupt, unsafe or invalid",
-    9: "host I/O error: the kernel refused a sysfs operation (path and errno in the message)",
+    9: "host I/O error: the kernel refused a sysfs operation, or an output file cannot be written (path and errno "
+    "in the message)",
     10: "parent went away during the operation (driver unloading)",
     11: "timed out waiting for the vgpuctl lock held by another process",
     12: "libvirt error: daemon unreachable, domain unknown, or it refused the change",

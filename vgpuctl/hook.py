@@ -30,12 +30,13 @@ import os
 import re
 import signal
 import sys
-import tempfile
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence, TextIO
 
-from .errors import HookError, VgpuctlError
+from .configfile import read_json
+from .errors import HookError, StateError, VgpuctlError
+from .fsutil import ensure_dirs, write_atomic
 from .model import BackendKind, canonical_uuid
 from .paths import HostPaths
 from .state import ORIGIN_HOOK
@@ -91,9 +92,13 @@ def on_demand(dx: DomainXml) -> List[ManagedVgpu]:
 
 
 class HookRecords:
-    """Which vGPUs the hook created for which domain (``run/vgpuctl/hook``: gone at reboot, like the vGPUs)."""
+    """Which vGPUs the hook created for which domain (``run/vgpuctl/hook``: gone at reboot, like the vGPUs).
+
+    Read with the strict reader (``configfile.read_json``): a record that is a symlink, a FIFO, world-writable or
+    corrupt is a ``StateError``, never "nothing recorded"."""
 
     def __init__(self, paths: HostPaths) -> None:
+        self.root = paths.root
         self.dir = paths.run_dir / "hook"
 
     def _path(self, domain_uuid: str) -> str:
@@ -103,14 +108,14 @@ class HookRecords:
         return os.fspath(self.dir / f"{key}.json")
 
     def load(self, domain_uuid: str) -> List[str]:
-        try:
-            with open(self._path(domain_uuid)) as f:
-                doc = json.load(f)
-            return [u for u in doc["created"] if canonical_uuid(u)]
-        except FileNotFoundError:
+        path = self._path(domain_uuid)
+        doc = read_json(path, error=StateError)
+        if doc is None:
             return []
-        except (ValueError, KeyError, TypeError):
-            return []  # a torn record is worth nothing: the next release will not destroy what it cannot name
+        created = doc.get("created") if isinstance(doc, dict) and doc.get("schema") == SCHEMA else None
+        if not isinstance(created, list) or not all(isinstance(u, str) and canonical_uuid(u) for u in created):
+            raise StateError(path, f"is not a {SCHEMA} record; move it aside (the vGPUs it named stay until destroyed)")
+        return list(created)
 
     def all(self) -> List[str]:
         """Every vGPU the hook created and has not destroyed yet, for any domain (the desired state leaves them be)."""
@@ -124,6 +129,13 @@ class HookRecords:
                 out += self.load(n[: -len(".json")])
         return sorted(set(out))
 
+    def prepare(self, domain_uuid: str) -> List[str]:
+        """Check, before the first write, that the domain's record can be kept: its uuid is a UUID, the record
+        directory is a usable directory (made if missing), and any record already there is readable.  Returns it."""
+        self._path(domain_uuid)
+        ensure_dirs(self.dir, below=self.root)
+        return self.load(domain_uuid)
+
     def save(self, domain_uuid: str, domain: str, created: Sequence[str]) -> None:
         path = self._path(domain_uuid)
         if not created:
@@ -131,12 +143,12 @@ class HookRecords:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+            except OSError as e:
+                raise StateError(path, f"cannot be removed: {os.strerror(e.errno or 0)}") from None
             return
-        os.makedirs(self.dir, mode=0o755, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".hook.", dir=os.fspath(self.dir))
-        with os.fdopen(fd, "w") as f:
-            json.dump({"schema": SCHEMA, "domain": domain, "created": sorted(set(created))}, f)
-        os.replace(tmp, path)
+        ensure_dirs(self.dir, below=self.root)
+        doc = {"schema": SCHEMA, "domain": domain, "created": sorted(set(created))}
+        write_atomic(path, json.dumps(doc), mode=0o644, durable=True)
 
 
 class Hook:
@@ -153,15 +165,21 @@ class Hook:
         print(head + " ".join(msg.split()), file=self.err, flush=True)
 
     def start(self, call: HookCall, dx: DomainXml) -> List[str]:
+        wanted = on_demand(dx)
+        if not wanted:
+            return []
+        prior = self.records.prepare(dx.uuid)  # every check before the first write: uuid, record dir, old record
         inv, _ = self.lc.read()
         made: List[str] = []
         try:
-            for m in on_demand(dx):
+            for m in wanted:
                 if inv.instance(m.uuid) is not None:
                     continue
                 self.lc.create(parent=m.parent, type_id=m.type_id, uuid=m.uuid, origin=ORIGIN_HOOK)
                 made.append(m.uuid)
                 self.log(call, f"created {m.uuid} ({m.type_id} on {m.parent})")
+            if made:  # recorded before returning: a record that cannot be written rolls the creates back
+                self.records.save(dx.uuid, dx.name, prior + made)
         except BaseException:
             for u in reversed(made):
                 try:
@@ -170,8 +188,6 @@ class Hook:
                 except Exception as e:
                     self.log(call, f"roll-back of {u} failed: {e}")
             raise
-        if made:
-            self.records.save(dx.uuid, dx.name, self.records.load(dx.uuid) + made)
         return made
 
     def stop(self, call: HookCall, dx: DomainXml) -> List[str]:

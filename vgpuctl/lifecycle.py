@@ -22,12 +22,14 @@ from .errors import (
     NoCapacity,
     NotOwned,
     SriovDisabled,
+    TypeMix,
     UnknownInstance,
     UnknownParent,
     UnknownType,
 )
 from .host import Host, TypeScope
-from .model import Instance, Inventory, Parent, VgpuType, canonical_instance_id, canonical_parent_name
+from .model import (Instance, Inventory, Parent, canonical_instance_id, canonical_parent_name,
+                    find_type)  # noqa: F401  (find_type: re-exported, the one resolver lives in model)
 from .state import ORIGIN_CREATE, HostLock, Intent, State, StateStore
 
 
@@ -131,6 +133,11 @@ class Lifecycle:
                 raise AlreadyExists(want, clash.parent if clash else None)
             vtype = find_type(inv, pname, type_id)
             if vtype.available <= 0:
+                from .placement import type_mix  # the rule, and who holds the GPU, when that is the reason
+
+                mix = type_mix(inv, pname, vtype.type_id)
+                if mix is not None:
+                    raise TypeMix(vtype.profile or vtype.type_id, *mix)
                 raise NoCapacity(vtype.type_id, pname, detail="available_instances is 0")
             who = self.host.busy(pname, inv)  # an NVIDIA VF open by a VM must not get a vGPU
             if who:
@@ -265,16 +272,3 @@ def _offers(inventory: Inventory, parent: str, type_id: str, *, free_only: bool 
     except (UnknownType, AmbiguousType):
         return False
     return t.available > 0 or not free_only
-
-
-def find_type(inventory: Inventory, parent: str, type_id: str) -> VgpuType:
-    """The type ``type_id`` names on ``parent``: by id, else by name or profile name, case-insensitively."""
-    offered = inventory.types_on(parent)
-    for t in offered:
-        if t.type_id == type_id:
-            return t
-    key = type_id.strip().lower()
-    matches = [t for t in offered if key in ((t.name or "").lower(), (t.profile or "").lower(), t.type_id.lower())]
-    if len(matches) == 1:
-        return matches[0]
-    raise UnknownType(type_id, parent, [t.type_id for t in (matches or offered)])

@@ -255,12 +255,13 @@ class MetricsExporter:
         return generate_latest(self._registry)
 
     def write_textfile(self) -> None:
-        from .profiles import write_atomic
+        from .errors import StateError
+        from .fsutil import write_atomic
 
         assert self.textfile is not None
         try:
-            write_atomic(self.textfile, self.render().decode())
-        except OSError as e:
+            write_atomic(self.textfile, self.render(), durable=False)
+        except (OSError, StateError) as e:
             log.warning("metrics: cannot write %s: %s", self.textfile, e)
 
 

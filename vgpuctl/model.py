@@ -9,7 +9,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Dict, Iterable, Optional, Tuple
+from typing import Any, Dict, FrozenSet, Iterable, Optional, Tuple
+
+from .errors import AmbiguousType, UnknownType
 
 
 class BackendKind(str, Enum):
@@ -183,3 +185,35 @@ def sorted_inventory(parents: Iterable[Parent], types: Iterable[VgpuType], insta
         types=tuple(sorted(types, key=lambda t: (t.parent, t.type_id))),
         instances=tuple(sorted(instances, key=lambda i: (i.parent, i.uuid))),
     )
+
+
+# --- type names: the one resolver -----------------------------------------------------------------------------------
+def type_names(t: VgpuType) -> FrozenSet[str]:
+    """Every name that means ``t``, lowercase: its id, its full name (``GRID T4-2Q``) and its profile (``T4-2Q``)."""
+    names = {t.type_id.lower()}
+    if t.name:
+        names.add(t.name.strip().lower())
+    if t.profile:
+        names.add(t.profile.lower())
+    return frozenset(names)
+
+
+def type_label(t: VgpuType) -> str:
+    return f"{t.type_id} ({t.name})" if t.name else t.type_id
+
+
+def find_type(inventory: "Inventory", parent: str, name: str) -> VgpuType:
+    """The type ``name`` names on ``parent``: its exact id, else the one type whose id, name or profile it is
+    (case-insensitively).  ``UnknownType`` (exit 3) if none; ``AmbiguousType`` (exit 2) if it names two types
+    there: the same rule as ``placement.resolve_type`` across the host, so ``--parent`` changes nothing about it."""
+    offered = inventory.types_on(parent)
+    for t in offered:
+        if t.type_id == name:
+            return t
+    key = name.strip().lower()
+    matches = [t for t in offered if key in type_names(t)]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise AmbiguousType(name, sorted(type_label(t) for t in matches))
+    raise UnknownType(name, parent, [t.type_id for t in offered])

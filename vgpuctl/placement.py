@@ -24,7 +24,7 @@ from enum import Enum
 from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import AmbiguousType, UnknownType
-from .model import BackendKind, Instance, Inventory, Parent, Vendor, VgpuType
+from .model import BackendKind, Instance, Inventory, Parent, Vendor, VgpuType, type_label, type_names
 from .policy import GpuRule, NumaMode, Policy, Strategy
 
 _UNBOUNDED = 1 << 30
@@ -225,8 +225,7 @@ def _identity(t: VgpuType) -> str:
     return (t.profile or t.type_id).lower()
 
 
-def _label(t: VgpuType) -> str:
-    return f"{t.type_id} ({t.name})" if t.name else t.type_id
+_label = type_label
 
 
 def resolve_type(inventory: Inventory, name: str) -> Tuple[VgpuType, ...]:
@@ -237,9 +236,7 @@ def resolve_type(inventory: Inventory, name: str) -> Tuple[VgpuType, ...]:
     """
     key = name.strip().lower()
     by_id = [t for t in inventory.types if t.type_id.lower() == key]
-    matches = by_id or [
-        t for t in inventory.types if key in ((t.name or "").strip().lower(), (t.profile or "").lower())
-    ]
+    matches = by_id or [t for t in inventory.types if key in type_names(t)]
     if not matches:
         known = sorted({t.profile or t.type_id for t in inventory.types})
         raise UnknownType(name, None, known)
@@ -476,15 +473,31 @@ def _headroom(g: GpuState, type_id: str, added: Optional[str]) -> int:
     return min(host, _rule_room(g, o.vtype, counts, used, free_vfs))
 
 
-def refusal(
+def mix_rule(g: GpuState) -> str:
+    """The type-mixing rule of ``g``, in words (for messages that must name the rule, not only the symptom)."""
+    if g.mode is MixMode.EQUAL_SIZE:
+        return "in equal-size heterogeneous mode an NVIDIA GPU runs types of one framebuffer size at a time"
+    if g.kind is GpuKind.SRIOV:
+        return "NVIDIA GPUs run one vGPU type at a time unless heterogeneous mode is on"
+    return "NVIDIA time-sliced GPUs run one type at a time"
+
+
+def type_mix(
     inventory: Inventory, parent: str, type_id: str, *, usage: Optional[Usage] = None
-) -> Optional[Tuple[Refusal, str]]:
-    """Whether one more ``type_id`` fits on ``parent`` (a create pinned there, as the planner predicts it): None when
-    it does, else (``TYPE_MIX`` or ``FULL``, why).  The same per-GPU rules as ``place``, without policy or NUMA."""
+) -> Optional[Tuple[str, str, str]]:
+    """``(gpu, held type, rule)`` when the type-mixing rule is what keeps ``type_id`` off ``parent``; else None."""
     p = inventory.parent(parent)
-    vt = inventory.type_on(parent, type_id)
-    if p is None or vt is None:
-        return Refusal.NOT_OFFERED, f"{parent} offers no {type_id}"
+    if p is None or inventory.type_on(parent, type_id) is None:
+        return None
+    g = _gpu_of_parent(inventory, p, usage)
+    clash = _mix_conflict(g, type_id, dict(g.counts))
+    if clash is None:
+        return None
+    held = g.offer(clash)
+    return g.gpu, (held.vtype.profile or held.vtype.name if held else None) or clash, mix_rule(g)
+
+
+def _gpu_of_parent(inventory: Inventory, p: Parent, usage: Optional[Usage]) -> GpuState:
     names = {q.name for q in inventory.parents if q.gpu == p.gpu}
     types_by_parent: Dict[str, List[VgpuType]] = {}
     for t in inventory.types:
@@ -495,7 +508,19 @@ def refusal(
         if i.parent in names:
             inst_by_parent.setdefault(i.parent, []).append(i)
     parents = tuple(q for q in inventory.parents if q.name in names)
-    g = _gpu_state(p.gpu, parents, types_by_parent, inst_by_parent, (usage or Usage()).mode(p.gpu))
+    return _gpu_state(p.gpu, parents, types_by_parent, inst_by_parent, (usage or Usage()).mode(p.gpu))
+
+
+def refusal(
+    inventory: Inventory, parent: str, type_id: str, *, usage: Optional[Usage] = None
+) -> Optional[Tuple[Refusal, str]]:
+    """Whether one more ``type_id`` fits on ``parent`` (a create pinned there, as the planner predicts it): None when
+    it does, else (``TYPE_MIX`` or ``FULL``, why).  The same per-GPU rules as ``place``, without policy or NUMA."""
+    p = inventory.parent(parent)
+    vt = inventory.type_on(parent, type_id)
+    if p is None or vt is None:
+        return Refusal.NOT_OFFERED, f"{parent} offers no {type_id}"
+    g = _gpu_of_parent(inventory, p, usage)
     label = vt.profile or vt.name or type_id
     counts = dict(g.counts)
     clash = _mix_conflict(g, type_id, counts)

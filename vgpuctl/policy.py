@@ -38,11 +38,11 @@ import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
-from .configfile import compose_yaml, read_config
+from .configfile import NodeReader, compose_yaml, read_config
 from .errors import ConfigError
-from .model import PCI_VENDORS, VgpuType, canonical_parent_name
+from .model import PCI_VENDORS, VgpuType, canonical_parent_name, type_names
 
 POLICY_FILE = "policy.yaml"
 SERIES = ("Q", "B", "A", "C")
@@ -164,11 +164,7 @@ class Policy:
 
 def type_matches(vtype: VgpuType, keys: Sequence[str]) -> bool:
     """Does one of ``keys`` (lowercase) name ``vtype`` by id, full name or profile name?"""
-    names = {vtype.type_id.lower()}
-    if vtype.name:
-        names.add(vtype.name.strip().lower())
-    if vtype.profile:
-        names.add(vtype.profile.lower())
+    names = type_names(vtype)
     return any(k in names for k in keys)
 
 
@@ -177,9 +173,10 @@ def policy_path(config_dir: "os.PathLike[str] | str") -> Path:
     return Path(config_dir) / POLICY_FILE
 
 
-def load_policy(path: "os.PathLike[str] | str", *, missing_ok: bool = True) -> Policy:
-    """The policy in ``path``; the built-in default (pack, everything allowed) if there is none and ``missing_ok``."""
-    text = read_config(path, missing_ok=missing_ok)
+def load_policy(path: "os.PathLike[str] | str", *, missing_ok: bool = True, follow: bool = False) -> Policy:
+    """The policy in ``path``; the built-in default (pack, everything allowed) if there is none and ``missing_ok``.
+    ``follow``: the user named the file (``--policy``), so a symlink is followed."""
+    text = read_config(path, missing_ok=missing_ok, follow=follow)
     return Policy() if text is None else parse_policy(text, path=os.fspath(path))
 
 
@@ -196,57 +193,14 @@ _VENDOR_NAMES = {str(v): k for k, v in PCI_VENDORS.items()}
 _HEX_ID_RE = re.compile(r"^0x[0-9a-f]{4}$")
 
 
-class _Parser:
+class _Parser(NodeReader):
     """Turns a composed YAML node tree into a ``Policy``, with the line and key of each problem."""
-
-    def __init__(self, path: str, yaml: Any) -> None:
-        self.path = path
-        self.yaml = yaml
-
-    # helpers -------------------------------------------------------------------------------------------------------
-    def fail(self, node: Any, key: Optional[str], problem: str) -> ConfigError:
-        line = node.start_mark.line + 1 if node is not None and getattr(node, "start_mark", None) else None
-        return ConfigError(self.path, problem, line=line, key=key)
-
-    def mapping(self, node: Any, key: Optional[str], allowed: Sequence[str]) -> Dict[str, Tuple[Any, Any]]:
-        """{key: (key node, value node)}; rejects non-mappings, non-string keys, duplicates and unknown keys."""
-        if not isinstance(node, self.yaml.MappingNode):
-            raise self.fail(node, key, f"expected a mapping with keys {', '.join(allowed)}")
-        out: Dict[str, Tuple[Any, Any]] = {}
-        for k, v in node.value:
-            name = k.value if isinstance(k, self.yaml.ScalarNode) else None
-            where = f"{key}.{name}" if key and name is not None else name
-            if not isinstance(name, str) or k.tag != "tag:yaml.org,2002:str":
-                raise self.fail(k, key, "keys must be strings")
-            if name in out:
-                raise self.fail(k, where, "duplicate key")
-            if name not in allowed:
-                raise self.fail(k, where, f"unknown key; expected one of {', '.join(allowed)}")
-            out[name] = (k, v)
-        return out
-
-    def scalar(self, node: Any, key: str) -> Any:
-        if not isinstance(node, self.yaml.ScalarNode):
-            raise self.fail(node, key, "expected a single value, not a list or mapping")
-        return _scalar_value(self.yaml, node)
 
     def string(self, node: Any, key: str) -> str:
         v = self.scalar(node, key)
         if not isinstance(v, str) or not v.strip():
             raise self.fail(node, key, "expected a non-empty string")
         return v.strip()
-
-    def integer(self, node: Any, key: str, *, minimum: int = 0) -> int:
-        v = self.scalar(node, key)
-        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-            raise self.fail(node, key, f"expected a whole number >= {minimum}")
-        return v
-
-    def boolean(self, node: Any, key: str) -> bool:
-        v = self.scalar(node, key)
-        if not isinstance(v, bool):
-            raise self.fail(node, key, "expected true or false")
-        return v
 
     def strings(self, node: Any, key: str) -> Tuple[str, ...]:
         """A string or a list of strings (a single value is a list of one)."""
@@ -271,11 +225,7 @@ class _Parser:
     # the document --------------------------------------------------------------------------------------------------
     def policy(self, root: Any) -> Policy:
         top = self.mapping(root, None, ("version", "numa", "default", "gpus", "quotas", "anti_affinity"))
-        if "version" not in top:
-            raise self.fail(root, "version", "missing: the policy must start with 'version: 1'")
-        vnode = top["version"][1]
-        if self.scalar(vnode, "version") not in (1, "1", "v1"):
-            raise self.fail(vnode, "version", "unsupported version; this vgpuctl reads version 1")
+        self.version(top, root)
         numa = self.choice(top["numa"][1], "numa", NumaMode) if "numa" in top else NumaMode.PREFER
         default = self.rule(top["default"][1], "default", name="default", with_match=False) if "default" in top else DEFAULT_RULE
         rules: List[GpuRule] = []
@@ -415,15 +365,6 @@ class _Parser:
             domains = self.strings(m["domains"][1], f"{key}.domains") if "domains" in m else ()
             out.append(AntiAffinityGroup(name=name, domains=domains))
         return tuple(out)
-
-
-def _scalar_value(yaml: Any, node: Any) -> Any:
-    """A scalar node's value with YAML's usual implicit types (int, bool, null, str)."""
-    loader = yaml.SafeLoader("")
-    try:
-        return loader.construct_object(node, deep=True)
-    finally:
-        loader.dispose()
 
 
 __all__ = [

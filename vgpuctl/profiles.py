@@ -28,19 +28,17 @@ Which instance belongs to which profile and tenant: what the desired-state files
 """
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import os
 import re
-import time
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-from .configfile import compose_yaml, read_config
-from .errors import ConfigError, InvalidInput, LockTimeout, ProfileLimit, UnknownProfile
+from .configfile import compose_yaml, config_error, read_config, read_json
+from .errors import ConfigError, InvalidInput, ProfileLimit, UnknownProfile
+from .fsutil import FileLock, ensure_dirs, write_atomic
 from .model import Inventory, VgpuType
 from .policy import SERIES, _Parser as _PolicyParser, type_matches
 
@@ -161,11 +159,7 @@ _PROFILE_KEYS = ("description", "type", "series", "framebuffer", "display", "ram
 class _Parser(_PolicyParser):
     def document(self, root: Any) -> Profiles:
         top = self.mapping(root, None, ("version", "profiles"))
-        if "version" not in top:
-            raise self.fail(root, "version", "missing: the file must start with 'version: 1'")
-        vnode = top["version"][1]
-        if self.scalar(vnode, "version") not in (1, "1", "v1"):
-            raise self.fail(vnode, "version", "unsupported version; this vgpuctl reads version 1")
+        self.version(top, root)
         out: List[Profile] = []
         if "profiles" in top:
             pnode = top["profiles"][1]
@@ -278,17 +272,15 @@ class AssignmentStore:
     tenant.  Written atomically (temporary file, fsync, rename); ``lock()`` serialises check-create-record."""
 
     def __init__(self, paths: Any) -> None:
+        self.root = paths.root
         self.path = Path(paths.state_dir) / ASSIGNMENTS_FILE
         self.lock_path = Path(paths.run_dir) / "profiles.lock"
 
     def load(self, present: Optional[Iterable[str]] = None) -> Tuple[Assignment, ...]:
         """The recorded assignments; with ``present``, only those whose instance still exists."""
-        try:
-            doc = json.loads(self.path.read_text())
-        except FileNotFoundError:
+        doc = read_json(self.path, error=config_error)
+        if doc is None:
             return ()
-        except (OSError, ValueError) as e:
-            raise ConfigError(os.fspath(self.path), f"cannot read: {e}") from None
         if not isinstance(doc, dict) or doc.get("schema") != ASSIGNMENTS_SCHEMA or not isinstance(doc.get("instances"), dict):
             raise ConfigError(os.fspath(self.path), f"not a {ASSIGNMENTS_SCHEMA} document")
         keep = set(present) if present is not None else None
@@ -306,58 +298,11 @@ class AssignmentStore:
         keep[a.uuid] = a
         doc = {"schema": ASSIGNMENTS_SCHEMA,
                "instances": {u: {"profile": x.profile, "tenant": x.tenant} for u, x in sorted(keep.items())}}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_dirs(self.path.parent, below=self.root)
         write_atomic(self.path, json.dumps(doc, indent=2) + "\n")
 
-    def lock(self, timeout: float) -> "_FileLock":
-        return _FileLock(self.lock_path, timeout)
-
-
-class _FileLock:
-    def __init__(self, path: Path, timeout: float) -> None:
-        self.path, self.timeout, self.fd = path, timeout, -1
-
-    def __enter__(self) -> "_FileLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return self
-            except OSError as e:
-                if e.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                if time.monotonic() >= deadline:
-                    os.close(self.fd)
-                    self.fd = -1
-                    raise LockTimeout(os.fspath(self.path), self.timeout) from None
-                time.sleep(0.05)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-
-def write_atomic(path: "os.PathLike[str] | str", text: str, mode: int = 0o644) -> None:
-    """Write ``text`` to ``path`` so that readers see the old or the new content, never a part."""
-    p = os.fspath(path)
-    tmp = f"{p}.tmp.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    def lock(self, timeout: float) -> FileLock:
+        return FileLock(self.lock_path, timeout, mode=0o600, root=self.root)
 
 
 def desired_assignments(desired: Any) -> Tuple[Assignment, ...]:

@@ -35,13 +35,13 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Collection, Dict, List, Optional, Sequence, Tuple
 
-from .configfile import compose_yaml, read_config
-from .errors import ConfigError, UnknownType
-from .model import BackendKind, Inventory, Parent, canonical_parent_name, canonical_uuid
+from .configfile import VERSION, NodeReader, compose_yaml, read_config
+from .errors import AmbiguousType, ConfigError, UnknownType
+from .model import BackendKind, Inventory, Parent, canonical_parent_name, canonical_uuid, find_type
 
 MAIN_FILE = "vgpuctl.yaml"
 DROPIN_DIR = "conf.d"
-SPEC_VERSION = 1
+SPEC_VERSION = VERSION
 #: uuid5 namespace of derived instance uuids.  Never change it: derived uuids must stay the same across releases.
 UUID_NAMESPACE = uuidlib.UUID("6f0b3f63-3a51-4d8e-9d0c-7e1b5a2c9a40")
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
@@ -145,30 +145,46 @@ def derive_uuid(name: str) -> str:
 
 
 def spec_files(config_dir: "os.PathLike[str] | str") -> List[Path]:
-    """The desired-state files under ``config_dir`` in merge order (main file first, then conf.d by name)."""
+    """The desired-state files under ``config_dir`` in merge order (main file first, then conf.d by name).
+
+    Every entry that is there counts, whatever its kind: a ``vgpuctl.yaml`` that is a directory, or a
+    ``conf.d/*.yaml`` that is a symlink loop, is listed so that reading it refuses the whole desired state
+    (``ConfigError``, exit 8).  Skipping it would shrink the desired state, and ``apply`` would destroy what the
+    file declares.  Only names starting with ``.`` and names not ending in ``.yaml`` are ignored."""
     base = Path(config_dir)
     files = []
-    if (base / MAIN_FILE).is_file():
+    if os.path.lexists(base / MAIN_FILE):
         files.append(base / MAIN_FILE)
     dropins = base / DROPIN_DIR
-    if dropins.is_dir():
-        files += sorted(p for p in dropins.iterdir() if p.suffix == ".yaml" and p.is_file() and not p.name.startswith("."))
+    try:
+        names = os.listdir(dropins)
+    except FileNotFoundError:
+        names = []
+    except NotADirectoryError:
+        if os.path.lexists(base) and not os.path.isdir(base):
+            raise ConfigError(os.fspath(base), "is not a directory; move it aside") from None
+        raise ConfigError(os.fspath(dropins), "is not a directory; move it aside") from None
+    except OSError as e:
+        raise ConfigError(os.fspath(dropins), f"cannot be listed: {os.strerror(e.errno or 0)}") from None
+    files += sorted(dropins / n for n in names if n.endswith(".yaml") and not n.startswith("."))
     return files
 
 
 def load(config_dir: "os.PathLike[str] | str") -> DesiredState:
     """Read and merge every desired-state file; no file at all is an empty desired state."""
-    return load_files(spec_files(config_dir), config_dir)
+    return load_files(spec_files(config_dir), config_dir, follow=False)
 
 
-def load_files(paths: "Sequence[os.PathLike[str] | str]", config_dir: "os.PathLike[str] | str") -> DesiredState:
+def load_files(paths: "Sequence[os.PathLike[str] | str]", config_dir: "os.PathLike[str] | str", *,
+               follow: bool = True) -> DesiredState:
     """Read and merge the desired-state files ``paths`` in the order given (``vgpuctl plan --config FILE``), with
     the same strict parsing as ``load``; ``profile:`` names are bound to ``config_dir``'s ``profiles.yaml``.  A
-    missing file is a ``ConfigError``; no file at all is an empty desired state."""
+    missing or unreadable file is a ``ConfigError``; no file at all is an empty desired state.  ``follow``: the
+    files were named by the user, so a symlink is followed (the files ``load`` finds itself are not)."""
     parsed: List[DesiredInstance] = []
     gpus: List[DesiredGpu] = []
     for p in paths:
-        text = read_config(p, missing_ok=False)
+        text = read_config(p, missing_ok=False, follow=follow)
         doc = parse(text or "", path=os.fspath(p))
         parsed += doc.instances
         gpus += doc.gpus
@@ -236,37 +252,8 @@ def parse(text: str, *, path: str = "<spec>") -> DesiredState:
     return _Parser(path, yaml).document(root)
 
 
-class _Parser:
-    def __init__(self, path: str, yaml: Any) -> None:
-        self.path = path
-        self.yaml = yaml
-
-    def fail(self, node: Any, key: Optional[str], problem: str) -> ConfigError:
-        return ConfigError(self.path, problem, line=node.start_mark.line + 1 if node is not None else None, key=key)
-
-    def mapping(self, node: Any, key: Optional[str], allowed: Optional[Sequence[str]]) -> Dict[str, Tuple[Any, Any]]:
-        """``{key: (key_node, value_node)}``; rejects duplicates and keys outside ``allowed`` (None: any)."""
-        if not isinstance(node, self.yaml.MappingNode):
-            raise self.fail(node, key, "must be a mapping")
-        out: Dict[str, Tuple[Any, Any]] = {}
-        for knode, vnode in node.value:
-            if not isinstance(knode, self.yaml.ScalarNode):
-                raise self.fail(knode, key, "keys must be plain strings")
-            k = str(knode.value)
-            full = f"{key}.{k}" if key else k
-            if k == "<<":
-                raise self.fail(knode, full, "merge keys (<<) are not supported")
-            if allowed is not None and k not in allowed:
-                raise self.fail(knode, full, f"unknown key; expected one of: {', '.join(allowed)}")
-            if k in out:
-                raise self.fail(knode, full, "duplicate key")
-            out[k] = (knode, vnode)
-        return out
-
-    def scalar(self, node: Any, key: str) -> Any:
-        if not isinstance(node, self.yaml.ScalarNode):
-            raise self.fail(node, key, "must be a single value")
-        return self.yaml.SafeLoader(" ").construct_object(node)  # type: ignore[no-untyped-call]
+class _Parser(NodeReader):
+    """The desired-state schema over ``configfile.NodeReader``'s strict helpers."""
 
     def string(self, node: Any, key: str) -> str:
         v = self.scalar(node, key)
@@ -278,21 +265,11 @@ class _Parser:
             raise self.fail(node, key, "must not be empty")
         return v
 
-    def integer(self, node: Any, key: str, minimum: int = 0) -> int:
-        v = self.scalar(node, key)
-        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-            raise self.fail(node, key, f"must be an integer >= {minimum}")
-        return v
-
     def document(self, root: Any) -> DesiredState:
         if root is None:
             raise ConfigError(self.path, "is empty; it needs at least 'version: 1'", line=1)
         top = self.mapping(root, None, _TOP_KEYS)
-        if "version" not in top:
-            raise self.fail(root, "version", "is required: add 'version: 1'")
-        vnode = top["version"][1]
-        if self.scalar(vnode, "version") != SPEC_VERSION:
-            raise self.fail(vnode, "version", f"unsupported version {vnode.value!r}; this vgpuctl reads version 1")
+        self.version(top, root)
         instances: List[DesiredInstance] = []
         if "instances" in top:
             inode = top["instances"][1]
@@ -414,16 +391,10 @@ class _Parser:
 # --- checks against the host --------------------------------------------------------------------------------------
 def resolve_type(inventory: Inventory, parent: str, wanted: str) -> Optional[str]:
     """The type id ``wanted`` names on ``parent``, or None if that parent does not offer it."""
-    from .lifecycle import find_type
-
     try:
         return find_type(inventory, parent, wanted).type_id
-    except UnknownType:
+    except (UnknownType, AmbiguousType):  # does not resolve to one type there
         return None
-    except Exception as e:  # AmbiguousType and friends: also "does not resolve to one type"
-        if getattr(e, "exit_code", None) is not None:
-            return None
-        raise
 
 
 def desired_type(inventory: Inventory, parent: str, d: DesiredInstance) -> Optional[str]:

@@ -11,16 +11,16 @@ the ownership record.  So a crash at any point never leaves a device that vgpuct
 """
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import os
-import stat
 import time
 from dataclasses import dataclass, field, replace
 from typing import Dict, Iterable, Optional, Tuple
 
-from .errors import LockTimeout, StateError
+from .configfile import parse_json
+from .fsutil import read_text
+from .errors import StateError
+from .fsutil import FileLock, ensure_dirs, write_atomic
 from .paths import HostPaths
 
 SCHEMA = "vgpuctl.state/v1"
@@ -111,27 +111,25 @@ class State:
         }
 
 
+def _corrupt(path: str, problem: str) -> StateError:
+    problem = problem[3:] if problem.startswith("is ") else problem
+    return StateError(
+        path, f"is corrupt ({problem}); move it aside and run 'vgpuctl export' or re-adopt devices with --foreign"
+    )
+
+
 class StateStore:
     def __init__(self, paths: HostPaths) -> None:
+        self.paths = paths
         self.path = paths.state_file
 
     def load(self) -> State:
         path = os.fspath(self.path)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        except FileNotFoundError:
+        text = read_text(path, error=StateError)  # a regular file, no symlink, not world-writable, bounded, UTF-8
+        if text is None:
             return State()
-        except OSError as e:
-            if e.errno == errno.ELOOP:
-                raise StateError(path, "is a symlink; refusing to trust it") from None
-            raise StateError(path, f"cannot read: {os.strerror(e.errno or 0)}") from None
-        with os.fdopen(fd, "rb") as f:
-            st = os.fstat(f.fileno())
-            if st.st_mode & stat.S_IWOTH:
-                raise StateError(path, "is world-writable; fix with: chmod 0644 " + path)
-            raw = f.read()
+        doc = parse_json(text, path, error=_corrupt)  # strict: no NaN, no duplicate keys, no runaway nesting
         try:
-            doc = json.loads(raw)
             if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
                 raise ValueError(f"schema is not {SCHEMA}")
             owned = {o["uuid"]: Owned(**o) for o in doc["owned"]}
@@ -140,65 +138,20 @@ class StateStore:
             if bad:
                 raise ValueError(f"unknown origin {bad[0]!r}")
         except (ValueError, KeyError, TypeError) as e:
-            raise StateError(
-                path, f"is corrupt ({e}); move it aside and run 'vgpuctl export' or re-adopt devices with --foreign"
-            ) from None
+            raise _corrupt(path, str(e)) from None
         return State(owned=owned, pending=pending)
 
     def save(self, state: State) -> None:
-        import tempfile  # only mutating commands pay for it
-
-        directory = os.path.dirname(os.fspath(self.path))
-        os.makedirs(directory, mode=0o755, exist_ok=True)
+        ensure_dirs(os.path.dirname(os.fspath(self.path)), below=self.paths.root)
         data = (json.dumps(state.to_json(), indent=1, sort_keys=True) + "\n").encode()
-        fd, tmp = tempfile.mkstemp(prefix=".state.", dir=directory)
-        try:
-            os.fchmod(fd, 0o644)
-            os.write(fd, data)
-            os.fsync(fd)
-            os.close(fd)
-            fd = -1
-            os.replace(tmp, self.path)
-            dfd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except BaseException:
-            if fd >= 0:
-                os.close(fd)
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        write_atomic(self.path, data, mode=0o644, durable=True)
 
 
-class HostLock:
-    """Exclusive ``flock`` on ``run/vgpuctl/lock``; waits up to ``timeout`` seconds, then raises ``LockTimeout``."""
+class HostLock(FileLock):
+    """Exclusive ``flock`` on ``run/vgpuctl/lock``; waits up to ``timeout`` seconds, then raises ``LockTimeout``.
+
+    Refuses a lock file that is a symlink or not a regular file, and creates ``run/vgpuctl`` only under a root
+    that exists (``fsutil.FileLock``)."""
 
     def __init__(self, paths: HostPaths, timeout: float = 30.0) -> None:
-        self.path = paths.lock_file
-        self.timeout = timeout
-        self._fd: Optional[int] = None
-
-    def __enter__(self) -> "HostLock":
-        os.makedirs(os.path.dirname(os.fspath(self.path)), mode=0o755, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    os.close(fd)
-                    raise LockTimeout(os.fspath(self.path), self.timeout) from None
-                time.sleep(0.02)
-        self._fd = fd
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing drops the flock
-            self._fd = None
+        super().__init__(paths.lock_file, timeout, mode=0o644, root=paths.root)

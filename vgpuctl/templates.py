@@ -1,7 +1,9 @@
 """Device XML from jinja2 templates: the ``<hostdev>`` that gives a domain its vGPU.
 
 Built-in templates live in the package (``vgpuctl/data/templates``); a file of the same name in
-``etc/vgpuctl/templates`` overrides one.  Rendering is sandboxed (a template cannot reach Python internals) and every
+``etc/vgpuctl/templates`` overrides one (read with ``fsutil``'s rules: a regular UTF-8 file of at most
+``TEMPLATE_LIMIT`` bytes, no symlink, not world-writable).  Rendering is sandboxed (a template cannot reach Python
+internals, and ``*``/``**`` are bounded), any error the template causes is a ``TemplateError``, and every
 value is XML-escaped, so a domain name or a metadata value containing ``'"<>&`` cannot inject markup.  The result is
 parsed and must be exactly one ``<hostdev>`` element; any failure is a ``TemplateError`` naming the file and line.
 
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from .errors import ConfigError, LibvirtUnavailable, TemplateError
+from .fsutil import read_text
 from .model import PCI_ADDR_RE, BackendKind, Instance, VgpuType
 from .paths import HostPaths
 
@@ -88,22 +91,32 @@ class Templates:
         if self._env is None:
             try:
                 import jinja2
-                from jinja2.sandbox import SandboxedEnvironment
             except ImportError:
                 raise LibvirtUnavailable("jinja2") from None
-            self._env = SandboxedEnvironment(
-                loader=jinja2.FileSystemLoader([os.fspath(p) for p in self.search]),
+            self._env = _bounded_sandbox()(
+                loader=jinja2.FunctionLoader(self._load),
                 autoescape=True,
                 undefined=jinja2.StrictUndefined,
                 keep_trailing_newline=False,
                 auto_reload=False,
             )
+            self._env.globals.pop("lipsum", None)  # lipsum(10**6) would write for minutes: a device needs no filler
         return self._env
+
+    def _load(self, name: str) -> Any:
+        """jinja2's loader: the template's text, read with the hardened reader (``fsutil``): a regular file of at
+        most ``TEMPLATE_LIMIT`` bytes, UTF-8, not world-writable; no symlink in the override directory."""
+        path = self.source_of(name)
+        own = path.parent == self.override_dir
+        text = read_text(path, limit=TEMPLATE_LIMIT, error=_template_error, follow=not own, missing_ok=False)
+        return text, os.fspath(path), lambda: False
 
     def source_of(self, name: str) -> Path:
         """The file ``name`` resolves to (an override if there is one)."""
+        if "/" in name or name.startswith("."):
+            raise ConfigError(name, "is not a template name")
         for d in self.search:
-            if (d / name).is_file():
+            if os.path.lexists(d / name):  # an override of the wrong kind is refused when read, never skipped
                 return d / name
         raise ConfigError(os.fspath(self.search[-1] / name), "template not found (looked in "
                           + ", ".join(os.fspath(d) for d in self.search) + ")")
@@ -116,10 +129,20 @@ class Templates:
 
         try:
             text = env.get_template(name).render(**context)
+        except TemplateError:
+            raise
         except jinja2.TemplateSyntaxError as e:
             raise TemplateError(e.filename or os.fspath(path), e.message or str(e), line=e.lineno) from None
         except jinja2.TemplateError as e:
             raise TemplateError(os.fspath(path), _one_line(e), line=_template_line(e, os.fspath(path))) from None
+        except RecursionError:
+            raise TemplateError(os.fspath(path), "rendering recursed too deeply (a macro that calls itself?)") from None
+        except Exception as e:  # whatever the sandboxed template did wrong (range too big, 1/0, ...): its error
+            raise TemplateError(os.fspath(path), f"rendering failed: {type(e).__name__}: {_one_line(e)}",
+                                line=_template_line(e, os.fspath(path))) from None
+        if len(text) > TEMPLATE_LIMIT:
+            raise TemplateError(os.fspath(path), f"renders more than {TEMPLATE_LIMIT} characters; a device template "
+                                "renders one <hostdev>")
         return Rendered(xml=check_hostdev(text, os.fspath(path)), template=os.fspath(path))
 
     def for_instance(
@@ -133,6 +156,41 @@ class Templates:
     ) -> Rendered:
         name, ctx = device_context(instance, vtype, domain=domain, display=display, ramfb=ramfb)
         return self.render(name, ctx)
+
+
+#: The most a template file may hold, and the most it may render.
+TEMPLATE_LIMIT = 256 * 1024
+
+
+def _template_error(path: str, problem: str) -> TemplateError:
+    return TemplateError(path, problem)
+
+
+_SANDBOX: Any = None
+
+
+def _bounded_sandbox() -> Any:
+    """jinja2's ``SandboxedEnvironment``, with ``*`` and ``**`` bounded so that a template cannot build a string,
+    list or number large enough to exhaust memory (``'x' * 10**10``, ``9 ** 9 ** 9``)."""
+    global _SANDBOX
+    if _SANDBOX is None:
+        from jinja2.sandbox import SandboxedEnvironment
+
+        class Bounded(SandboxedEnvironment):  # type: ignore[misc]
+            intercepted_binops = frozenset(["*", "**"])
+
+            def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+                if operator == "**":
+                    if isinstance(right, int) and abs(right) > 64 or isinstance(left, int) and abs(left) > 2 ** 64:
+                        raise OverflowError("the power is too large for a device template")
+                elif operator == "*":
+                    for seq, n in ((left, right), (right, left)):
+                        if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > TEMPLATE_LIMIT:
+                            raise OverflowError("the repetition is too large for a device template")
+                return super().call_binop(context, operator, left, right)
+
+        _SANDBOX = Bounded
+    return _SANDBOX
 
 
 def check_hostdev(text: str, source: str) -> str:
@@ -162,8 +220,11 @@ def _refuse_unsafe(path: Path, override_dir: Path) -> None:
     if path.parent != override_dir:
         return
     for p in (path, override_dir):
-        st = os.stat(p)
-        if st.st_mode & stat.S_IWOTH:
+        try:
+            st = os.lstat(p)
+        except OSError as e:
+            raise ConfigError(os.fspath(p), f"cannot be read: {os.strerror(e.errno or 0)}") from None
+        if st.st_mode & stat.S_IWOTH and not stat.S_ISLNK(st.st_mode):
             raise ConfigError(os.fspath(p), f"is world-writable; fix with: chmod o-w {os.fspath(p)}")
 
 

@@ -23,11 +23,7 @@ written by hand) label the domain for placement: quotas count the tenant's insta
 """
 from __future__ import annotations
 
-import errno
-import fcntl
 import logging
-import os
-import time
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
 from contextlib import contextmanager
@@ -43,11 +39,11 @@ from .errors import (
     LibvirtConnectError,
     LibvirtRefused,
     LibvirtUnavailable,
-    LockTimeout,
     NotAttached,
     NotOwned,
     UnknownInstance,
 )
+from .fsutil import FileLock
 from .model import PCI_ADDR_RE, Instance, Inventory, canonical_parent_name, canonical_uuid
 from .paths import HostPaths
 
@@ -487,38 +483,14 @@ class DetachResult:
     destroyed: bool
 
 
-class VirtLock:
+class VirtLock(FileLock):
     """Serialises vgpuctl's attach/detach (``run/vgpuctl/virt.lock``), so two attaches cannot both take one vGPU.
 
     Separate from the host lock, which ``Lifecycle`` takes inside it for create and destroy.
     """
 
     def __init__(self, paths: HostPaths, timeout: float) -> None:
-        self.path = paths.run_dir / "virt.lock"
-        self.timeout = timeout
-        self._fd = -1
-
-    def __enter__(self) -> "VirtLock":
-        os.makedirs(self.path.parent, mode=0o755, exist_ok=True)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return self
-            except OSError as e:
-                if e.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() >= deadline:
-                    os.close(self._fd)
-                    self._fd = -1
-                    if e.errno in (errno.EAGAIN, errno.EACCES):
-                        raise LockTimeout(os.fspath(self.path), self.timeout) from None
-                    raise
-                time.sleep(0.05)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        super().__init__(paths.run_dir / "virt.lock", timeout, mode=0o600, root=paths.root)
 
 
 class Attachments:

@@ -53,7 +53,7 @@ policy_option = click.option(
 
 def load_settings_policy(s: Settings, policy_file: Optional[str]) -> Policy:
     if policy_file:
-        return load_policy(policy_file, missing_ok=False)
+        return load_policy(policy_file, missing_ok=False, follow=True)
     return load_policy(policy_path(s.paths.config_dir), missing_ok=True)
 
 

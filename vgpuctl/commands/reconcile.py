@@ -6,14 +6,16 @@ that the Ansible module passes through (``changed`` is what a real run would cha
 """
 from __future__ import annotations
 
+import errno
 import json
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
 import click
 
-from ..errors import ConfigError, NotConverged
+from ..errors import ConfigError, NotConverged, OutputError
 from ..model import Inventory
+from ..options import FiniteFloat
 from ..plan import Action, Plan, predicted
 from ._common import build_lifecycle, info, json_option, record, settings
 
@@ -214,17 +216,20 @@ def export(output: str, as_json: bool) -> None:
     if output == "-":
         sys.stdout.write(text)
     else:
-        with open(output, "w") as f:
-            f.write(text)
+        try:
+            with open(output, "w", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as e:
+            raise OutputError(output, e.errno or errno.EIO) from None
         info(f"wrote {output}")
 
 
 @click.command()
-@click.option("--resync-interval", type=click.FloatRange(min=1), default=300.0, show_default=True,
+@click.option("--resync-interval", type=FiniteFloat(min=1), default=300.0, show_default=True,
               metavar="SECONDS", help="Full re-check of the host this often, whatever the events say.")
 @click.option("--watch", type=click.Choice(["auto", "udev", "poll"]), default="auto", show_default=True,
               help="How to notice host changes: kernel uevents (pyudev), polling sysfs, or udev when available.")
-@click.option("--poll-interval", type=click.FloatRange(min=0.05), default=2.0, show_default=True,
+@click.option("--poll-interval", type=FiniteFloat(min=0.05), default=2.0, show_default=True,
               metavar="SECONDS", help="With --watch poll: how often to list the parent and mdev directories.")
 @click.option("--metrics-address", metavar="[HOST:]PORT",
               help="Serve Prometheus metrics here (a bare PORT listens on 127.0.0.1); off by default.")

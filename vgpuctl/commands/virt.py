@@ -9,6 +9,7 @@ from typing import Optional, Tuple
 import click
 
 from ..errors import InvalidInput
+from ..options import FiniteFloat
 from ._common import build_lifecycle, info, json_option, record, settings
 from ._complete import complete_domains, complete_instances, complete_parents, complete_types
 from .profiles import profile_option
@@ -152,7 +153,7 @@ def detach(domain: str, uuid: Optional[str], destroy: bool, config: bool, live: 
 
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=20.0, show_default=True, metavar="SECONDS",
+@click.option("--timeout", type=FiniteFloat(min=0.1), default=20.0, show_default=True, metavar="SECONDS",
               help="Give up after this long (libvirt waits for the hook while it holds the domain).")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def hook(timeout: float, args: Tuple[str, ...]) -> None:

@@ -14,7 +14,7 @@ import os
 from typing import List, Optional, Tuple
 
 from ..describe import typed_fields
-from ..errors import AlreadyExists, BadUuid, HostIOError, NoCapacity, ParentGone, UnknownInstance
+from ..errors import AlreadyExists, CreateRefused, HostIOError, NoCapacity, ParentGone, UnknownInstance
 from ..model import PCI_ADDR_RE, BackendKind, Instance, Parent, VgpuType
 from ..paths import HostPaths
 from .base import TypeScope
@@ -128,8 +128,8 @@ class MdevBackend:
 
 def _create_error(e: OSError, *, path: str, parent: str, type_id: str, uuid: str) -> Exception:
     code = e.errno or errno.EIO
-    if code == errno.EINVAL:
-        return BadUuid(uuid)
+    if code == errno.EINVAL:  # vgpuctl wrote a canonical uuid: the driver refuses the type, not the uuid
+        return CreateRefused(path, type_id, parent)
     if code == errno.EEXIST:
         return AlreadyExists(uuid)
     if code in (errno.ENOSPC, errno.EUSERS):
