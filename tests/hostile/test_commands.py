@@ -13,7 +13,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vgpuctl.cli import COMMANDS, cli
-from vgpuctl.options import FiniteFloat
 
 from .conftest import SPEC_OK, T4, U1, assert_refused, build_host, invoke, refused, snapshot
 
@@ -151,6 +150,8 @@ def _all_commands():
 
 
 def test_every_float_option_is_a_finite_float():
+    from vgpuctl.options import FiniteFloat
+
     floats = [(path, p.name) for path, cmd in [([], cli)] + list(_all_commands()) for p in cmd.params
               if isinstance(p.type, click.types.FloatParamType) and not isinstance(p.type, FiniteFloat)]
     assert floats == []
