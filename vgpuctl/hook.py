@@ -225,7 +225,7 @@ class Hook:
         if not wanted:
             return None
         policy = load_policy(policy_path(self.paths.config_dir), missing_ok=True)
-        prior = self.records.load(dx.uuid)
+        prior = self.records.prepare(dx.uuid)  # every check before the first write: uuid, record dir, old record
         inv, _ = self.lc.read()
         fits = preflight(replace(dx, devices=tuple(m.uuid for m in wanted)), inv, policy)
         answer = verdict(fits)

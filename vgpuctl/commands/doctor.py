@@ -7,6 +7,7 @@ import click
 
 from ..doctor import REGISTRY, Context, Status, checks, run_checks
 from ..errors import HostNotReady, InvalidInput
+from ..options import FiniteFloat
 from ._common import json_option, render, settings
 
 COLUMNS = [("STATUS", "status"), ("CHECK", "check"), ("SUBJECT", "subject"), ("SEEN", "seen"), ("FIX", "fix")]
@@ -29,7 +30,7 @@ def _help() -> str:
 @click.command(help=_help())
 @click.option("--check", "names", multiple=True, metavar="NAME", type=click.Choice([c.name for c in checks()]),
               help="Run only this check (repeat for several).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+@click.option("--timeout", type=FiniteFloat(min=0, min_open=True), default=5.0, show_default=True,
               metavar="SECONDS", help="Bound on each wait on a peer (libvirtd, NVML, systemctl).")
 @json_option
 def doctor(names: Sequence[str], timeout: float, as_json: bool) -> None:
