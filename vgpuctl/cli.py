@@ -78,6 +78,16 @@ def _check_completion(complete_var: Optional[str], prog_name: Optional[str]) -> 
         sys.exit(InvalidInput.exit_code)
 
 
+def _check_root(value: str) -> str:
+    """``--root`` must be a directory where it exists (one that does not exist reads as an empty host, and nothing
+    is created under it)."""
+    import os
+
+    if os.path.lexists(value) and not os.path.isdir(value):
+        raise click.BadParameter(f"{value} is not a directory: give the host's root (/, or a simulated host's)")
+    return value
+
+
 class LazyGroup(click.Group):
     """The top-level group: commands imported when invoked, typed errors and usage errors as one line each.
 
@@ -132,7 +142,7 @@ class LazyGroup(click.Group):
     default="/",
     show_default=True,
     metavar="DIR",
-    type=click.Path(file_okay=False),
+    callback=lambda ctx, param, value: _check_root(value),
     help="Host root: sysfs is DIR/sys, state DIR/var/lib/vgpuctl, config DIR/etc/vgpuctl. [env VGPUCTL_ROOT]",
 )
 @click.option(
