@@ -2,11 +2,14 @@
 
 ``Reconciler.apply`` holds the host lock (``run/vgpuctl/lock``) from the first read to the last write.  Under it, it
 first settles what a crashed run left in the state file's intent journal (``State.recover``), then plans, then runs
-the plan's runnable actions one by one, each journalled: the intent is saved to ``var/lib/vgpuctl/state.json``
-before the host is touched, and its outcome goes out with the next save (one fsync'd write per step).  A kill -9
-at any point therefore leaves either a pending intent the next run settles against the host, or a settled state;
-never a device that neither the desired state nor the state file knows.  A step that fails is recorded and the rest
-of the plan still runs.  Finally the host is read again and planned again: the run converged when that plan is empty.
+the plan's runnable actions, journalled: the intent is saved to ``var/lib/vgpuctl/state.json`` before the host is
+touched, and its outcome goes out with the next save.  Creates and destroys run as a batch: every intent of the batch
+in one fsync'd write, then the sysfs writes back to back with no read-back, then one look at the host (a readdir of
+``sys/bus/mdev/devices``) verifies them all.  A kill -9 at any point therefore leaves either pending intents the next
+run settles against the host, or a settled state; never a device that neither the desired state nor the state file
+knows.  A step that fails is recorded and the rest of the plan still runs.  Finally the host is planned again: read
+again after a failed or interrupted step or a GPU-wide setting, else as the verified steps left it (``_known_after``);
+the run converged when that plan is empty.
 
 Attach and detach steps go to the ``AttachmentBackend`` (``virt.AttachmentSource``: the code path of ``vgpuctl
 attach``/``detach``), journalled the same way.  Both are idempotent, so recovery only drops their intent and the next
@@ -22,12 +25,13 @@ attaches (idempotent: recovery drops the intent, the next plan redoes it).  A re
 """
 from __future__ import annotations
 
+import errno
 import logging
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, Dict, Optional, Protocol, Sequence, Set, Tuple
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Protocol, Sequence, Set, Tuple
 
-from .errors import AlreadyExists, LibvirtConnectError, LibvirtUnavailable, VgpuctlError
+from .errors import AlreadyExists, HostIOError, LibvirtConnectError, LibvirtUnavailable, VgpuctlError
 from .hook import HookRecords
 from .host.mdevctl import read_checked
 from .lifecycle import Lifecycle
@@ -38,6 +42,8 @@ from .spec import DesiredInstance, DesiredState, PlacementRequest, bind, load
 from .state import ORIGIN_APPLY, HostLock, Intent, State
 
 log = logging.getLogger("vgpuctl.apply")
+
+_DEVICE_OPS = (Op.CREATE, Op.DESTROY)  #: steps that write sysfs: run as one journalled batch
 
 
 class AttachmentBackend(Protocol):
@@ -123,19 +129,31 @@ class Reconciler:
         self.store = lifecycle.store
         self.placer = placer
         self.attachments = attachments  #: None: libvirt not configured, attach actions stay blocked
-        if gpu_settings is None:
+        self._gpu_settings = gpu_settings
+
+    @property
+    def gpu_settings(self) -> GpuSettings:
+        """NVML's settings (``nvml.NvmlSettings`` unless given): imported only when a plan asks about a GPU."""
+        if self._gpu_settings is None:
             from .nvml import NvmlSettings  # pynvml itself is loaded only when a GPU is asked about
 
-            gpu_settings = NvmlSettings()
-        self.gpu_settings = gpu_settings
+            self._gpu_settings = NvmlSettings()
+        return self._gpu_settings
+
+    @gpu_settings.setter
+    def gpu_settings(self, value: GpuSettings) -> None:
+        self._gpu_settings = value
 
     def desired(self) -> DesiredState:
         return load(self.host.paths.config_dir)
 
     # --- observe ---------------------------------------------------------------------------------------------------
-    def observe(self, desired: DesiredState, *, state: Optional[State] = None) -> Observation:
-        """Read the host and plan.  Without the lock, pending intents are settled in memory only."""
-        inv = self.host.inventory()
+    def observe(
+        self, desired: DesiredState, *, state: Optional[State] = None, inventory: Optional[Inventory] = None
+    ) -> Observation:
+        """Read the host (unless ``inventory`` is what it is known to be) and plan.  Without the lock, pending
+        intents are settled in memory only."""
+        inv = inventory if inventory is not None else self.host.inventory()
         if state is None:
             state = self.store.load()
             if state.pending:
@@ -194,12 +212,17 @@ class Reconciler:
         *,
         should_stop: Callable[[], bool] = lambda: False,
         on_step: Callable[[Step], None] = lambda s: None,
+        validate: Optional[Callable[[DesiredState, Inventory], None]] = None,
     ) -> ApplyResult:
+        """``validate``: called with the desired state and the one inventory read under the lock, before anything is
+        written; what it raises ends the run with nothing changed."""
         with ExitStack() as locks:
             if self.attachments is not None:
                 locks.enter_context(self.attachments.lock())
             locks.enter_context(HostLock(self.host.paths, self.lifecycle.lock_timeout))
             inv = self.host.inventory()
+            if validate is not None:
+                validate(desired, inv)
             state = self.store.load()
             present = {i.uuid for i in inv.instances}
             settled = state.recover(present) if state.pending else state
@@ -210,28 +233,107 @@ class Reconciler:
                 self.store.save(settled)
             state = settled
             before = self._plan(inv, state, desired)
-            steps = []
+            steps: List[Step] = []
             interrupted = False
             failed: Set[str] = set()  #: uuids whose create failed: their attach is not tried
-            for action in before.plan.runnable:
+            runnable = before.plan.runnable
+            i = 0
+            while i < len(runnable) and not interrupted:
                 if should_stop():
                     interrupted = True
                     break
-                if action.op is Op.ATTACH and action.uuid in failed:
-                    step = Step(action, False, "the device was not created", "depends")
+                action = runnable[i]
+                if action.op in _DEVICE_OPS:  # a run of creates/destroys: one journal write, one verification
+                    j, ids = i, set()
+                    # a re-type (destroy, then create of the same identity) starts a new batch at its create, so
+                    # that each identity has one intent per batch and one look verifies it
+                    while j < len(runnable) and runnable[j].op in _DEVICE_OPS and runnable[j].uuid not in ids:
+                        ids.add(runnable[j].uuid)
+                        j += 1
+                    state, done, interrupted = self._run_batch(runnable[i:j], state, before.inventory, should_stop)
+                    i = j
                 else:
-                    state, step = self._run(action, state, before.inventory)
-                if not step.ok and action.op is Op.CREATE:
-                    failed.add(action.uuid)
-                steps.append(step)
-                on_step(step)
+                    if action.op is Op.ATTACH and action.uuid in failed:
+                        step = Step(action, False, "the device was not created", "depends")
+                    else:
+                        state, step = self._run(action, state, before.inventory)
+                    done = [step]
+                    i += 1
+                for step in done:
+                    if not step.ok and step.action.op is Op.CREATE:
+                        failed.add(step.action.uuid)
+                    steps.append(step)
+                    on_step(step)
             # what the desired state declares is apply's to manage from now on (export, then apply, adopts devices)
             claimed = state.claim(d.uuid for d in bind(desired, before.inventory).instances)
             if steps or claimed != state:
                 state = claimed
                 self.store.save(state)  # the last step's outcome (earlier ones went out with the next intent)
-            after = self.observe(desired, state=state)
+            after = self.observe(desired, state=state, inventory=_known_after(before.inventory, steps, interrupted))
         return ApplyResult(before, tuple(steps), after, interrupted)
+
+    def _run_batch(
+        self, actions: Sequence[Action], state: State, inv: Inventory, should_stop: Callable[[], bool]
+    ) -> "tuple[State, List[Step], bool]":
+        """Creates and destroys: every intent journalled in one durable write, then the sysfs writes one after the
+        other with no read-back, then one look at the host verifies them all and settles each intent (in memory:
+        the next save writes it).  A kill -9 anywhere leaves intents that ``State.recover`` settles against the host
+        exactly as the verification would, write done or not; so does a refused write (``_settle_after_failure``).
+        (state, steps, interrupted): a stop request leaves the rest unwritten, its intents settled as not done."""
+        intents = [self._intent(a, inv) for a in actions]
+        journalled = State(owned=state.owned, pending=state.pending + tuple(intents))
+        self.store.save(journalled)
+        state = journalled
+        outcome: Dict[int, Step] = {}  #: index -> the failed step of a refused write
+        written: List[int] = []
+        interrupted = False
+        for k, (a, intent) in enumerate(zip(actions, intents)):
+            if k and should_stop():
+                interrupted = True
+                break
+            try:
+                if a.op is Op.CREATE:
+                    self.host.write_create(parent=a.parent or "", type_id=a.type_id, uuid=a.uuid, inventory=inv)
+                else:
+                    existing = inv.instance(a.uuid)
+                    assert existing is not None
+                    self.host.write_remove(existing)
+            except VgpuctlError as e:
+                state = self._settle_after_failure(state, intent, a, e)
+                outcome[k] = Step(a, False, str(e), e.kind)
+                continue
+            written.append(k)
+        looked: Dict[BackendKind, Set[str]] = {}
+        for intent in intents:
+            looked.setdefault(BackendKind(intent.backend), set()).add(intent.uuid)
+        present = self.host.present(looked)
+        steps: List[Step] = []
+        done = set(written)
+        for k, (a, intent) in enumerate(zip(actions, intents)):
+            if k in outcome:
+                steps.append(outcome[k])
+                continue
+            if k not in done:  # not attempted (stopped): nothing changed, the intent goes
+                state = State(owned=state.owned, pending=tuple(p for p in state.pending if p != intent))
+                continue
+            exists = intent.uuid in present
+            state = state.settle(intent, exists=exists)
+            if exists == (a.op is Op.CREATE):
+                steps.append(Step(a, True))
+            else:
+                verb = "create" if a.op is Op.CREATE else "remove"
+                what = "reported success but no device" if a.op is Op.CREATE else "left the device in place"
+                e = HostIOError(a.uuid, errno.EIO, action=f"{verb} {a.uuid} {what}: checking")
+                steps.append(Step(a, False, str(e), e.kind))
+        return state, steps, interrupted
+
+    @staticmethod
+    def _intent(a: Action, inv: Inventory) -> Intent:
+        existing = inv.instance(a.uuid)
+        parent = inv.parent(a.parent or "")
+        backend = str(existing.backend if existing else parent.backend if parent else "mdev")
+        return Intent("create" if a.op is Op.CREATE else "remove", a.uuid, a.parent or "", a.type_id, backend,
+                      ORIGIN_APPLY)
 
     def _run(self, a: Action, state: State, inv: Inventory) -> "tuple[State, Step]":
         if a.op in (Op.ATTACH, Op.DETACH):
@@ -239,10 +341,7 @@ class Reconciler:
         if a.op.gpu_setting:
             return self._run_setting(a, state)
         existing = inv.instance(a.uuid)
-        parent = inv.parent(a.parent or "")
-        backend = str(existing.backend if existing else parent.backend if parent else "mdev")
-        intent = Intent("create" if a.op is Op.CREATE else "remove", a.uuid, a.parent or "", a.type_id, backend,
-                        ORIGIN_APPLY)
+        intent = self._intent(a, inv)
         journalled = state.with_intent(intent)
         self.store.save(journalled)
         try:
@@ -252,7 +351,7 @@ class Reconciler:
                 assert existing is not None
                 self.host.remove(existing)
         except VgpuctlError as e:
-            state = self._settle_after_failure(journalled, intent, a, state, e)
+            state = self._settle_after_failure(journalled, intent, a, e)
             return state, Step(a, False, str(e), e.kind)
         # settled in memory only: the next step's intent (or the final save) writes it; a crash before that leaves
         # this intent pending, and recovery settles it against the host exactly as this line would
@@ -293,16 +392,36 @@ class Reconciler:
             return journalled.settle(intent, exists=True), Step(a, False, str(e), e.kind)
         return journalled.settle(intent, exists=True), Step(a, True)
 
-    def _settle_after_failure(
-        self, journalled: State, intent: Intent, a: Action, old: State, error: VgpuctlError
-    ) -> State:
+    def _settle_after_failure(self, journalled: State, intent: Intent, a: Action, error: VgpuctlError) -> State:
         """After a refused step: look at the host, not only at the error, to know whether the device exists."""
         exists = self.host.exists(a.uuid, BackendKind(intent.backend))
         if a.op is Op.CREATE and (not exists or isinstance(error, AlreadyExists)):
-            state = old  # nothing was made by us (or someone else made that uuid meanwhile): forget the intent
+            # nothing was made by us (or someone else made that uuid meanwhile): forget the intent
+            state = State(owned=journalled.owned, pending=tuple(p for p in journalled.pending if p != intent))
         else:
             state = journalled.settle(intent, exists=exists)
         return state
+
+
+def _known_after(inv: Inventory, steps: Sequence[Step], interrupted: bool) -> Optional[Inventory]:
+    """The host after ``steps``, when every step succeeded and was verified (the batch's one look at the host) and
+    none changed what a GPU offers: ``inv`` with the creates and destroys applied (``placement.apply``/``release``
+    count ``available`` as the host does).  None when the host must be read again: a failed or interrupted run, a
+    GPU-wide setting changed, or a step the model cannot replay."""
+    if interrupted or any(not s.ok or s.action.op.gpu_setting for s in steps):
+        return None
+    from . import placement
+
+    try:
+        for s in steps:
+            a = s.action
+            if a.op is Op.CREATE:
+                inv = placement.apply(inv, parent=a.parent or "", type_id=a.type_id, uuid=a.uuid)
+            elif a.op is Op.DESTROY:
+                inv = placement.release(inv, a.uuid)
+    except VgpuctlError:
+        return None
+    return inv
 
 
 def _gpu_of(inv: Inventory, parent: str) -> str:

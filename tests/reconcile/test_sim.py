@@ -157,7 +157,8 @@ def test_kill9_apply_at_random_points_never_leaks(host):
 
 
 def test_kill9_right_after_every_journal_write(host):
-    """Deterministic: crash after the k-th state save, for every k of a full converge."""
+    """Deterministic: crash right after the k-th durable state save or the k-th sysfs write, for every k of a full
+    converge (a batch journals all its intents in one save, then writes them back to back)."""
     from vgpuctl.apply import Reconciler
     from vgpuctl.lifecycle import Lifecycle
     from vgpuctl.host import Host
@@ -168,22 +169,32 @@ def test_kill9_right_after_every_journal_write(host):
 
     root = host.root
     k = 0
+    kinds = []
     while True:
         k += 1
         lc = Lifecycle(Host(HostPaths.from_root(root)))
-        saves = {"n": 0}
-        real = lc.store.save
+        events = {"n": 0, "kinds": []}
 
-        def save(state, real=real):
-            real(state)
-            saves["n"] += 1
-            if saves["n"] == k:
+        def after(kind):
+            events["n"] += 1
+            events["kinds"].append(kind)
+            if events["n"] == k:
                 raise Crash()
 
-        lc.store.save = save
+        def wrap(fn, kind):
+            def inner(*a, **kw):
+                out = fn(*a, **kw)
+                after(kind)
+                return out
+            return inner
+
+        lc.store.save = wrap(lc.store.save, "save")
+        lc.host.write_create = wrap(lc.host.write_create, "write")
+        lc.host.write_remove = wrap(lc.host.write_remove, "write")
         rec = Reconciler(lc)
         try:
             rec.apply(rec.desired())
+            kinds = events["kinds"]
             break
         except Crash:
             pass
@@ -196,7 +207,8 @@ def test_kill9_right_after_every_journal_write(host):
         for u in host.instances():  # start over from empty
             host.remove(u)
         rec2.store.save(type(st)())
-    assert k >= 5  # one save per step (intent + the previous outcome), plus the last outcome
+    # the batch's intents in one save, a crash point after each of the 3 creates, the outcome in one save
+    assert kinds == ["save", "write", "write", "write", "save"] and k == len(kinds) + 1
 
 
 def read_notify(sock, timeout):

@@ -146,8 +146,7 @@ def apply(configs: Sequence[str], as_json: bool) -> None:
     s = settings()
     rec = build_reconciler(s)
     desired = desired_state(s, rec, configs)
-    validate(desired, rec.host.inventory())
-    result = rec.apply(desired)
+    result = rec.apply(desired, validate=validate)  # against the run's one read of the host, under the lock
     done = {id(s.action): s for s in result.steps}
     if as_json:
         actions = []

@@ -12,7 +12,7 @@ why something expected is missing).  ``Host`` supplies the mdev behaviour where 
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Set
 
 from ..errors import BadParentName, UnknownParent
 from ..model import BackendKind, Instance, Inventory, canonical_parent_name, sorted_inventory
@@ -67,6 +67,27 @@ class Host:
 
     def remove(self, instance: Instance) -> None:
         self.backend(instance.backend).remove(instance)
+
+    def write_create(self, *, parent: str, type_id: str, uuid: str, inventory: Inventory) -> None:
+        """The create's write only (see ``Backend.write_create``); ``present`` verifies a batch of them at once."""
+        p = inventory.parent(parent)
+        if p is None:
+            raise UnknownParent(parent, [x.name for x in inventory.parents])
+        self.backend(p.backend).write_create(parent=parent, type_id=type_id, uuid=uuid)
+
+    def write_remove(self, instance: Instance) -> None:
+        self.backend(instance.backend).write_remove(instance)
+
+    def present(self, ids: Dict[BackendKind, Set[str]]) -> Set[str]:
+        """Which of the identities (per backend kind) exist now: one look per backend."""
+        out: Set[str] = set()
+        for kind, wanted in ids.items():
+            if wanted:
+                try:
+                    out |= self.backend(kind).present(wanted)
+                except KeyError:
+                    pass
+        return out
 
     def backend_of(self, parent: str, inventory: Inventory) -> Backend:
         p = inventory.parent(parent)

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import List, Optional, Tuple
+from typing import Collection, List, Optional, Set, Tuple
 
 from ..describe import typed_fields
 from ..errors import AlreadyExists, CreateRefused, HostIOError, NoCapacity, ParentGone, UnknownInstance
 from ..model import PCI_ADDR_RE, BackendKind, Instance, Parent, VgpuType
 from ..paths import HostPaths
-from .base import TypeScope
+from .base import TypeScope, WatchSpec
 from .sysfs import link_name, listdir, read_attr, read_int, write_attr
 
 
@@ -102,17 +102,27 @@ class MdevBackend:
 
     # --- lifecycle -------------------------------------------------------------------------------------------------
     def create(self, *, parent: str, type_id: str, uuid: str) -> Instance:
+        self.write_create(parent=parent, type_id=type_id, uuid=uuid)
+        inst = self._read_instance(uuid)
+        if inst is None or inst.parent != parent:
+            path = self.paths.mdev_bus / parent / "mdev_supported_types" / type_id / "create"
+            raise HostIOError(os.fspath(path), errno.EIO, action=f"create {uuid} reported success but no device via")
+        return inst
+
+    def write_create(self, *, parent: str, type_id: str, uuid: str) -> None:
         path = self.paths.mdev_bus / parent / "mdev_supported_types" / type_id / "create"
         try:
             write_attr(path, uuid)
         except OSError as e:
             raise _create_error(e, path=os.fspath(path), parent=parent, type_id=type_id, uuid=uuid) from None
-        inst = self._read_instance(uuid)
-        if inst is None or inst.parent != parent:
-            raise HostIOError(os.fspath(path), errno.EIO, action=f"create {uuid} reported success but no device via")
-        return inst
 
     def remove(self, instance: Instance) -> None:
+        self.write_remove(instance)
+        if os.path.lexists(self.paths.mdev_devices / instance.uuid):
+            raise HostIOError(os.fspath(self.paths.mdev_devices / instance.uuid / "remove"), errno.EIO,
+                              action=f"remove {instance.uuid} left the device in place:")
+
+    def write_remove(self, instance: Instance) -> None:
         path = self.paths.mdev_devices / instance.uuid / "remove"
         try:
             write_attr(path, "1")
@@ -122,8 +132,19 @@ class MdevBackend:
             if e.errno == errno.ENODEV:
                 raise ParentGone(instance.parent) from None
             raise HostIOError(os.fspath(path), e.errno or errno.EIO) from None
-        if os.path.lexists(self.paths.mdev_devices / instance.uuid):
-            raise HostIOError(os.fspath(path), errno.EIO, action=f"remove {instance.uuid} left the device in place:")
+
+    def present(self, ids: Collection[str]) -> Set[str]:
+        """Which of ``ids`` exist now: one readdir of ``sys/bus/mdev/devices`` for a whole batch."""
+        return set(ids).intersection(listdir(self.paths.mdev_devices))
+
+    def watch(self) -> WatchSpec:
+        """mdev uevents (an instance added or removed) and a parent's ``MDEV_STATE`` change (registered or
+        unregistered, e.g. by a driver reload); polled: the listings of ``mdev_bus`` and ``bus/mdev/devices``."""
+        return WatchSpec(
+            name="mdev",
+            uevent=lambda subsystem, props: subsystem == "mdev" or "MDEV_STATE" in props,
+            signature=lambda: (tuple(listdir(self.paths.mdev_bus)), tuple(listdir(self.paths.mdev_devices))),
+        )
 
 
 def _create_error(e: OSError, *, path: str, parent: str, type_id: str, uuid: str) -> Exception:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import errno
 import os
 import re
-from typing import Dict, List, Optional, Tuple
+from typing import Collection, Dict, List, Mapping, Optional, Set, Tuple
 
 from ..describe import series_of
 from ..errors import (
@@ -39,7 +39,7 @@ from ..errors import (
 )
 from ..model import BackendKind, Instance, Parent, VgpuType
 from ..paths import HostPaths
-from .base import TypeScope
+from .base import TypeScope, WatchSpec
 from .holders import find_holders
 from .sysfs import link_name, listdir, read_attr, read_int, write_attr
 
@@ -212,6 +212,17 @@ class NvidiaVfBackend:
         return bool(read_int(self.paths.pci_devices / uuid / "nvidia" / "current_vgpu_type"))
 
     def create(self, *, parent: str, type_id: str, uuid: str) -> Instance:
+        number = self.write_create(parent=parent, type_id=type_id, uuid=uuid)
+        path = self.paths.pci_devices / parent / "nvidia" / "current_vgpu_type"
+        if read_int(path) != number:
+            raise HostIOError(os.fspath(path), errno.EIO, action=f"typing {parent} as {type_id} did not stick:")
+        p = self._read_parent(parent)
+        if p is None:
+            raise ParentGone(parent)
+        return self._instance(p, number)
+
+    def write_create(self, *, parent: str, type_id: str, uuid: str) -> int:
+        """Type the VF (its precondition checked: it is untyped); the type number written."""
         number = type_number(type_id)
         if number is None:
             raise UnknownType(type_id, parent)
@@ -226,14 +237,37 @@ class NvidiaVfBackend:
             write_attr(path, str(number))
         except OSError as e:
             raise _create_error(e, path=os.fspath(path), parent=parent, type_id=type_id) from None
-        if read_int(path) != number:
-            raise HostIOError(os.fspath(path), errno.EIO, action=f"typing {parent} as {type_id} did not stick:")
-        p = self._read_parent(parent)
-        if p is None:
-            raise ParentGone(parent)
-        return self._instance(p, number)
+        return number
+
+    def present(self, ids: Collection[str]) -> Set[str]:
+        """Which of ``ids`` (VF addresses) are typed now."""
+        return {i for i in ids if self.exists(i)}
+
+    def watch(self) -> WatchSpec:
+        """PCI uevents of NVIDIA functions: VFs added or removed (``sriov_numvfs``, ``sriov-manage``), a driver
+        bound or unbound (a reload of nvidia.ko brings the VFs' ``nvidia/`` directories back), a change.  Polled:
+        the PCI functions (one readdir) and each vendor-VFIO VF's ``current_vgpu_type``."""
+        return WatchSpec(name="nvidia-vf", uevent=_nvidia_pci_uevent, signature=self._signature)
+
+    def _signature(self) -> Tuple[Tuple[str, ...], Tuple[Tuple[str, Optional[str]], ...]]:
+        """The PCI functions (VFs come and go with ``sriov_numvfs``) and each vendor-VFIO VF's type (a driver
+        reload resets them): one readdir, one read per function with a ``nvidia/`` directory."""
+        base = self.paths.pci_devices
+        functions = tuple(listdir(base))
+        typed = []
+        for d in functions:
+            t = read_attr(base / d / "nvidia" / "current_vgpu_type")
+            if t is not None:
+                typed.append((d, t))
+        return functions, tuple(typed)
 
     def remove(self, instance: Instance) -> None:
+        self.write_remove(instance)
+        path = self.paths.pci_devices / instance.uuid / "nvidia" / "current_vgpu_type"
+        if read_int(path):
+            raise HostIOError(os.fspath(path), errno.EIO, action=f"reset of {instance.uuid} to 0 did not stick:")
+
+    def write_remove(self, instance: Instance) -> None:
         path = self.paths.pci_devices / instance.uuid / "nvidia" / "current_vgpu_type"
         try:
             write_attr(path, "0")
@@ -246,8 +280,13 @@ class NvidiaVfBackend:
             if code in (errno.ENODEV, errno.ENOTDIR):
                 raise ParentGone(instance.parent) from None
             raise HostIOError(os.fspath(path), code) from None
-        if read_int(path):
-            raise HostIOError(os.fspath(path), errno.EIO, action=f"reset of {instance.uuid} to 0 did not stick:")
+
+
+def _nvidia_pci_uevent(subsystem: str, props: Mapping[str, str]) -> bool:
+    """A PCI uevent of an NVIDIA function (``PCI_ID`` 10DE:xxxx), or of one the nvidia driver binds or leaves."""
+    if subsystem != "pci":
+        return False
+    return props.get("PCI_ID", "").upper().startswith("10DE:") or props.get("DRIVER") == "nvidia"
 
 
 def _create_error(e: OSError, *, path: str, parent: str, type_id: str) -> Exception:
