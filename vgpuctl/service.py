@@ -4,9 +4,11 @@ What it does:
 
 - at start, and whenever something may have changed, one ``Reconciler.apply`` (under the host lock, journalled);
 - it notices changes from three sources, all waited on in one ``select``, so an idle service does no work:
-  * the host: kernel uevents over netlink (pyudev): an mdev added or removed, a parent's ``MDEV_STATE`` change
-    (registered/unregistered) -- or, with ``--watch poll`` (hosts without uevents: containers, the simulated host),
-    a listing of ``sys/class/mdev_bus`` and ``sys/bus/mdev/devices`` every ``--poll-interval``: two readdirs;
+  * the host: what each backend declares (``Backend.watch``): kernel uevents over netlink (pyudev): an mdev added
+    or removed, a parent's ``MDEV_STATE`` change (registered/unregistered), a PCI event of an NVIDIA function (VFs
+    added or removed, the driver bound or unbound) -- or, with ``--watch poll`` (hosts without uevents: containers,
+    the simulated host), every ``--poll-interval`` a signature: the listings of ``sys/class/mdev_bus`` and
+    ``sys/bus/mdev/devices``, and NVIDIA PFs' ``sriov_numvfs`` with the vendor-VFIO VFs and their types;
   * the desired-state files: inotify on ``etc/vgpuctl`` and ``etc/vgpuctl/conf.d`` (a file's mtime and size are
     compared at each resync where inotify is not available);
   * mdevctl's definitions: inotify on ``etc/mdevctl.d`` and its parent directories, so that ``mdevctl define`` or
@@ -34,7 +36,7 @@ import socket
 import time
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from .errors import ConfigError, VgpuctlError
 from .plan import Block
@@ -209,11 +211,14 @@ class DefinitionsWatch(ConfigWatch):
 
 
 class HostWatch:
-    """Kernel uevents through pyudev, or a cheap listing of the two sysfs directories that matter."""
+    """Kernel uevents through pyudev, or a cheap polled signature: what each host backend declares it depends on
+    (``Backend.watch``: mdev's ``mdev``/``MDEV_STATE`` uevents and two readdirs; the NVIDIA vendor-VFIO backend's
+    PCI uevents and ``sriov_numvfs``/VF listing)."""
 
-    def __init__(self, paths: Any, watch: Watch, poll_interval: float) -> None:
+    def __init__(self, paths: Any, watch: Watch, poll_interval: float, backends: Sequence[Any] = ()) -> None:
         self.paths = paths
         self.poll_interval = poll_interval
+        self.specs = [b.watch() for b in backends if hasattr(b, "watch")]
         self.monitor: Any = None
         self.mode = Watch.POLL
         if watch in (Watch.AUTO, Watch.UDEV):
@@ -227,29 +232,40 @@ class HostWatch:
                 if watch is Watch.UDEV:
                     raise
                 log.info("kernel uevents not available (%s): polling sysfs every %gs", e, poll_interval)
-        self.signature = self.read_signature()
+        self._last: List[Any] = [None] * len(self.specs)  #: each spec's last signature
+        self._next: List[float] = [0.0] * len(self.specs)  #: when each spec may be read again
+        self.signature = self.read_signature(force=True)
 
-    def read_signature(self) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
-        def ls(p: Any) -> Tuple[str, ...]:
+    def read_signature(self, force: bool = False) -> Tuple[Any, ...]:
+        """Every backend's signature.  One that is costly to read (the vendor-VFIO one reads a file per VF: a few
+        ms on sysfs, far more through a loaded FUSE simulator) is re-read at most once per ten times its own cost,
+        so that polling never takes more than a tenth of the time; ``force``: read all now."""
+        now = time.monotonic()
+        for k, spec in enumerate(self.specs):
+            if not force and now < self._next[k]:
+                continue
+            t0 = time.monotonic()
             try:
-                return tuple(sorted(os.listdir(p)))
+                self._last[k] = spec.signature()
             except OSError:
-                return ()
-
-        return ls(self.paths.mdev_bus), ls(self.paths.mdev_devices)
+                self._last[k] = None
+            cost = time.monotonic() - t0
+            self._next[k] = t0 + max(self.poll_interval, 10 * cost) - self.poll_interval / 2
+        return tuple(self._last)
 
     def fileno(self) -> Optional[int]:
         return self.monitor.fileno() if self.monitor is not None else None
 
     def relevant_events(self) -> List[str]:
-        """Read the pending uevents; describe those that concern vGPUs."""
+        """Read the pending uevents; describe those that concern a backend."""
         out = []
         while True:
             dev = self.monitor.poll(timeout=0)
             if dev is None:
                 return out
             props = dev.properties
-            if dev.subsystem == "mdev" or "MDEV_STATE" in props:
+            subsystem = dev.subsystem or ""
+            if any(spec.uevent(subsystem, props) for spec in self.specs):
                 out.append(f"{dev.action} {dev.sys_name}" + (f" MDEV_STATE={props['MDEV_STATE']}"
                                                              if "MDEV_STATE" in props else ""))
 
@@ -391,7 +407,13 @@ class Service:
         from .host.mdevctl import config_dir as mdevctl_dir
 
         definitions = DefinitionsWatch(mdevctl_dir(paths))
-        host = HostWatch(paths, self.options.watch, self.options.poll_interval)
+        if self.reconciler is not None:
+            backends = self.reconciler.host.backends
+        else:  # no valid configuration yet: watch what the default backends watch
+            from .host import Host
+
+            backends = Host(paths).backends
+        host = HostWatch(paths, self.options.watch, self.options.poll_interval, backends)
         log.info("watching the host by %s, resync every %gs", host.mode, self.options.resync_interval)
         self.converge("start")
         self.notify(READY="1", STATUS=self.status)
@@ -455,7 +477,7 @@ class Service:
             if pending is not None and now >= pending_at + DEBOUNCE and not self.stopping:
                 why, pending = pending, None
                 # the signature is taken before the pass: a change during it (ours included) causes one more pass
-                host.signature = host.read_signature()
+                host.signature = host.read_signature(force=True)
                 self.converge(why)
         self.notify(STOPPING="1", STATUS="stopping")
         if self.metrics is not None:
