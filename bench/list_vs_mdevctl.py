@@ -10,6 +10,12 @@ root option):
 * ``vgpuctl list --json``       the full inventory: 8 parents, their types, 128 instances, owners, holder scan
 * ``mdevctl list --dumpjson``   mdevctl's listing of the same devices (Rust, no holder scan)
 
+and the same two listings of a plain directory copy of the simulated ``sys`` (symlinks kept, no FUSE: each tool's
+own cost, not the simulator's), against ``python -c 'import click'`` (the floor for a click CLI in Python):
+
+* ``python -c 'import click'``
+* ``vgpuctl list --json (plain)``  and  ``mdevctl list --dumpjson (plain)``
+
 and prints the mean times and ratios measured in this one run.  Needs root, /dev/fuse, hyperfine and mdevctl
 (``scripts/setup.sh`` installs them).  Usage: ``.venv/bin/python bench/list_vs_mdevctl.py [--runs N]``.
 """
@@ -63,18 +69,30 @@ def main() -> int:
                     sim.create(g, TYPE, str(uuid.uuid4()))
             assert len(sim.instances()) == len(GPUS) * PER_GPU
             out = Path(tmp) / "hyperfine.json"
+            plain = Path(tmp) / "plain"
+            shutil.copytree(root / "sys", plain / "sys", symlinks=True)
             env = f"VGPUCTL_ROOT={shlex.quote(str(root))} VGPUCTL_LIBVIRT_URI=none"
+            plain_env = f"VGPUCTL_ROOT={shlex.quote(str(plain))} VGPUCTL_LIBVIRT_URI=none"
             cmds = {
                 "python": f"{shlex.quote(sys.executable)} -c pass",
+                "python -c 'import click'": f"{shlex.quote(sys.executable)} -c 'import click'",
                 "vgpuctl --version": f"{vgpuctl} --version",
                 "vgpuctl list --json": f"env {env} {vgpuctl} list --json",
                 "mdevctl list --dumpjson": "mdevctl list --dumpjson",
+                "vgpuctl list --json (plain)": f"env {plain_env} {vgpuctl} list --json",
             }
             hf = ["hyperfine", "-N", "--warmup", "3", "--runs", str(args.runs), "--export-json", str(out)]
             for name, cmd in cmds.items():
                 hf += ["-n", name, cmd]
+            # mdevctl has no root option: the plain copy is bind-mounted over /sys in a second namespace
+            out2 = Path(tmp) / "hyperfine-plain.json"
+            hf2 = ["hyperfine", "-N", "--warmup", "3", "--runs", str(args.runs), "--export-json", str(out2),
+                   "-n", "mdevctl list --dumpjson (plain)", "mdevctl list --dumpjson"]
             script = f"mount --bind {shlex.quote(str(root / 'sys'))} /sys && exec {shlex.join(hf)} >&2"
             subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], check=True)
+            script = f"mount --bind {shlex.quote(str(plain / 'sys'))} /sys && exec {shlex.join(hf2)} >&2"
+            subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], check=True)
+            cmds["mdevctl list --dumpjson (plain)"] = "mdevctl list --dumpjson"
             # both tools must have seen all 128 devices
             listed = subprocess.run(
                 ["unshare", "-m", "sh", "-c", f"mount --bind {shlex.quote(str(root / 'sys'))} /sys && "
@@ -83,7 +101,11 @@ def main() -> int:
             n_vgpuctl = len(json.loads(subprocess.run(
                 [vgpuctl, "--root", str(root), "--connect", "none", "list", "--json"],
                 capture_output=True, text=True, check=True).stdout))
+            n_plain = len(json.loads(subprocess.run(
+                [vgpuctl, "--root", str(plain), "--connect", "none", "list", "--json"],
+                capture_output=True, text=True, check=True).stdout))
         results = {r["command"]: r for r in json.loads(out.read_text())["results"]}
+        results.update({r["command"]: r for r in json.loads(out2.read_text())["results"]})
 
     ms = {k: v["mean"] * 1000 for k, v in results.items()}
     sd = {k: v["stddev"] * 1000 for k, v in results.items()}
@@ -91,7 +113,15 @@ def main() -> int:
           f"mdevctl {n_mdevctl}")
     for k in cmds:
         print(f"  {k:26s} {ms[k]:8.1f} ms ± {sd[k]:.1f}")
+    print(f"plain directory copy (no FUSE): vgpuctl listed {n_plain}")
+    CLICK = "python -c 'import click'"
     print(f"ratio vgpuctl list / mdevctl list:      {ms['vgpuctl list --json'] / ms['mdevctl list --dumpjson']:.2f}")
+    print(f"plain copy: vgpuctl list / python -c 'import click': "
+          f"{ms['vgpuctl list --json (plain)'] / ms[CLICK]:.2f}"
+          f"   vgpuctl list / mdevctl list: "
+          f"{ms['vgpuctl list --json (plain)'] / ms['mdevctl list --dumpjson (plain)']:.2f}")
+    print(f"click's import: {ms[CLICK] - ms['python']:.1f} ms "
+          "over the bare interpreter")
     print(f"ratio vgpuctl --version / bare python:  {ms['vgpuctl --version'] / ms['python']:.2f}")
     work = ms["vgpuctl list --json"] - ms["vgpuctl --version"]
     print(f"vgpuctl list beyond start-up: {work:.1f} ms ({work / (len(GPUS) * PER_GPU):.2f} ms per instance)")
