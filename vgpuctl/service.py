@@ -81,7 +81,9 @@ class Notifier:
             return
         msg = "\n".join(f"{k}={v}" for k, v in fields.items()).encode()
         try:
-            self.sock.sendto(msg, self.address)
+            # never wait on the manager: a receiver that does not read (its queue holds only max_dgram_qlen
+            # datagrams) must not stall the service, so a full socket drops this message (EAGAIN)
+            self.sock.sendto(msg, socket.MSG_DONTWAIT, self.address)
         except OSError as e:  # systemd gone or the socket full: never fatal
             log.debug("sd_notify failed: %s", e)
 

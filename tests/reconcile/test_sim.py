@@ -283,3 +283,25 @@ def test_service_ready_status_and_recreates_after_reboot_reload_and_edit(host, s
     assert service.until(lambda m: "STOPPING=1" in m, timeout=2)
     text = open(service.logfile.name).read()
     assert "+ create" in text and "invalid configuration, keeping the previous desired state" in text
+
+
+def test_service_never_waits_on_a_notify_socket_nobody_reads(host, tmp_path):
+    """sd_notify is fire-and-forget: with $NOTIFY_SOCKET's queue full (a manager that does not read), the service
+    drops the message instead of blocking in sendto, and keeps converging."""
+    addr = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(addr)  # never read: the queue holds net.unix.max_dgram_qlen datagrams, then fills
+    env = dict(os.environ, VGPUCTL_ROOT=str(host.root), VGPUCTL_LIBVIRT_URI="none", NOTIFY_SOCKET=addr,
+               WATCHDOG_USEC="100000")  # WATCHDOG=1 every 50 ms
+    log = open(tmp_path / "service.log", "w+")
+    proc = subprocess.Popen(VGPUCTL + ["service", "--watch", "poll", "--poll-interval", "0.05"],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        assert wait_for(lambda: len(host.instances()) == 3, timeout=30), open(log.name).read()
+        time.sleep(2.0)  # far more datagrams than the queue holds
+        configure(host.root, CONFIG + "  d: {type: mtty-2, parent: mtty}\n")
+        assert wait_for(lambda: len(host.instances()) == 4, timeout=30), open(log.name).read()
+    finally:
+        proc.terminate()
+        assert proc.wait(20) == 0
+        sock.close()
