@@ -45,6 +45,14 @@ devices:
 """
 
 
+def _copy_attr(src: str, dst: str) -> None:
+    """One attribute of the plain copy; a write-only one (``create``, ``remove``) becomes an empty file."""
+    try:
+        shutil.copy2(src, dst)
+    except PermissionError:
+        open(dst, "wb").close()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=30)
@@ -70,7 +78,8 @@ def main() -> int:
             assert len(sim.instances()) == len(GPUS) * PER_GPU
             out = Path(tmp) / "hyperfine.json"
             plain = Path(tmp) / "plain"
-            shutil.copytree(root / "sys", plain / "sys", symlinks=True)
+            shutil.copytree(root / "sys", plain / "sys", symlinks=True, copy_function=_copy_attr,
+                            ignore=shutil.ignore_patterns(".vgpusim"))
             env = f"VGPUCTL_ROOT={shlex.quote(str(root))} VGPUCTL_LIBVIRT_URI=none"
             plain_env = f"VGPUCTL_ROOT={shlex.quote(str(plain))} VGPUCTL_LIBVIRT_URI=none"
             cmds = {
