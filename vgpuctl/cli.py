@@ -163,6 +163,16 @@ class LazyGroup(click.Group):
     help="How long a mutating command waits for another vgpuctl's lock. [env VGPUCTL_LOCK_TIMEOUT]",
 )
 @click.option(
+    "--libvirt-timeout",
+    envvar="VGPUCTL_LIBVIRT_TIMEOUT",
+    type=click.FloatRange(min=0, min_open=True),
+    default=5.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long one read of libvirt (or one connect) may take before libvirt counts as unreachable. "
+    "[env VGPUCTL_LIBVIRT_TIMEOUT]",
+)
+@click.option(
     "--nvml",
     envvar="VGPUCTL_NVML",
     type=click.Choice(["auto", "off"]),
@@ -173,7 +183,8 @@ class LazyGroup(click.Group):
 @click.option("-v", "--verbose", count=True, help="Log more on stderr (-v info, -vv debug).")
 @click.version_option(__version__, prog_name="vgpuctl")
 @click.pass_context
-def cli(ctx: click.Context, root: str, connect: str, lock_timeout: float, nvml: str, verbose: int) -> None:
+def cli(ctx: click.Context, root: str, connect: str, lock_timeout: float, libvirt_timeout: float, nvml: str,
+        verbose: int) -> None:
     """Manage virtual GPUs (mediated devices) on this host."""
     from .commands._common import Settings
 
@@ -182,7 +193,8 @@ def cli(ctx: click.Context, root: str, connect: str, lock_timeout: float, nvml: 
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
         format="vgpuctl: %(levelname)s: %(message)s",
     )
-    ctx.obj = Settings(root=root, connect=connect, lock_timeout=lock_timeout, nvml=nvml)
+    ctx.obj = Settings(root=root, connect=connect, lock_timeout=lock_timeout, nvml=nvml,
+                       libvirt_timeout=libvirt_timeout)
 
 
 def main() -> None:

@@ -384,6 +384,23 @@ class LibvirtConnectError(LibvirtError):
         self.detail = detail
 
 
+class LibvirtTimeout(LibvirtConnectError):
+    """libvirtd accepted the connection (or the call) but did not answer within ``--libvirt-timeout``."""
+
+    kind = "libvirt-timeout"
+
+    def __init__(self, uri: str, timeout: float, detail: str = "") -> None:
+        detail = detail or f"no answer within {timeout:g} s (libvirtd accepts connections but does not respond)"
+        LibvirtError.__init__(
+            self,
+            f"cannot connect to libvirt at {uri}: {detail}; restart libvirtd (systemctl restart libvirtd), raise "
+            "--libvirt-timeout / VGPUCTL_LIBVIRT_TIMEOUT, or pass --connect none to work without libvirt",
+        )
+        self.uri = uri
+        self.detail = detail
+        self.timeout = timeout
+
+
 class DomainNotFound(LibvirtError):
     kind = "domain-not-found"
 

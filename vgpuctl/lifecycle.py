@@ -19,6 +19,8 @@ from .errors import (
     ForeignManaged,
     HostIOError,
     InvalidInput,
+    LibvirtConnectError,
+    LibvirtUnavailable,
     NoCapacity,
     NotOwned,
     SriovDisabled,
@@ -26,6 +28,7 @@ from .errors import (
     UnknownInstance,
     UnknownParent,
     UnknownType,
+    VgpuctlError,
 )
 from .host import Host, TypeScope
 from .model import (Instance, Inventory, Parent, canonical_instance_id, canonical_parent_name,
@@ -70,10 +73,21 @@ class Lifecycle:
         """Inventory and ownership without the lock (for read-only commands)."""
         return self.host.inventory(types=types), self.store.load()
 
-    def users(self, instances: Sequence[Instance]) -> Dict[str, List[str]]:
+    def users(self, instances: Sequence[Instance], *,
+              unreachable: Optional[List[VgpuctlError]] = None) -> Dict[str, List[str]]:
+        """Who uses each instance, from every check.  ``unreachable`` (read-only views and plans only): a check
+        whose peer cannot be asked (libvirt down) is skipped and its error appended there instead of raised, so
+        the answer is what the other checks know; never pass it where the answer guards a change."""
         out: Dict[str, List[str]] = {}
         for check in self.usage_checks:
-            for u, who in check.users(instances).items():
+            try:
+                found = check.users(instances)
+            except (LibvirtConnectError, LibvirtUnavailable) as e:
+                if unreachable is None:
+                    raise
+                unreachable.append(e)
+                continue
+            for u, who in found.items():
                 out.setdefault(u, []).extend(who)
         return out
 

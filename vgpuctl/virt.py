@@ -24,20 +24,25 @@ written by hand) label the domain for placement: quotas count the tenant's insta
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, FrozenSet, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import (TYPE_CHECKING, Any, Callable, Dict, FrozenSet, Iterable, Iterator, List, Optional, Sequence, Tuple,
+                    TypeVar)
 
 from .errors import (
     AttachedElsewhere,
+    LibvirtError,
     TenantMismatch,
     BadUuid,
     DomainNotFound,
     InvalidInput,
     LibvirtConnectError,
     LibvirtRefused,
+    LibvirtTimeout,
     LibvirtUnavailable,
     NotAttached,
     NotOwned,
@@ -313,6 +318,59 @@ def _detail(e: Exception) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
+#: how long one read of libvirt (connect and read every domain) or one connect may take: ``--libvirt-timeout``
+DEFAULT_TIMEOUT = 5.0
+
+_T = TypeVar("_T")
+_stuck: Dict[str, threading.Thread] = {}  #: uri -> a worker still waiting on a libvirtd that never answered
+_stuck_lock = threading.Lock()
+
+
+def bounded(uri: str, timeout: float, fn: Callable[[], _T]) -> _T:
+    """``fn()`` (a libvirt conversation with ``uri``) in a daemon worker thread; its result or its exception, or
+    ``LibvirtTimeout`` once ``timeout`` seconds have passed.
+
+    libvirt's client waits for a reply without a time limit (a daemon that accepts and never answers blocks
+    ``virConnectOpen`` for ever), and its calls release the GIL, so the wait is left to a worker: a daemon thread,
+    which never keeps the process alive at exit.  What an abandoned worker opens after all is closed again.  While a
+    worker for ``uri`` is still stuck, a new call fails at once instead of starting a second one: at most one thread
+    per URI ever waits on a silent daemon, and one command never waits twice."""
+    with _stuck_lock:
+        old = _stuck.get(uri)
+        if old is not None and old.is_alive():
+            raise LibvirtTimeout(uri, timeout, "an earlier connection is still waiting for an answer "
+                                 "(libvirtd accepts connections but does not respond)")
+        _stuck.pop(uri, None)
+    box: Dict[str, Any] = {}
+    done = threading.Event()
+    abandoned = threading.Event()
+
+    def work() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # handed to the caller
+            box["error"] = e
+        finally:
+            done.set()
+            if abandoned.is_set() and isinstance(box.get("value"), Virt):
+                box["value"].close()
+
+    worker = threading.Thread(target=work, name=f"vgpuctl-libvirt {uri}", daemon=True)
+    worker.start()
+    if not done.wait(timeout):
+        abandoned.set()
+        if not done.is_set():
+            with _stuck_lock:
+                _stuck[uri] = worker
+            raise LibvirtTimeout(uri, timeout)
+        if isinstance(box.get("value"), Virt):  # it answered just as we gave up: too late to use, close it
+            box["value"].close()
+        raise LibvirtTimeout(uri, timeout)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
 class Virt:
     """One open libvirt connection.  Build it with ``Virt.open(uri)``; tests pass a ``test:///<file>`` URI."""
 
@@ -322,15 +380,21 @@ class Virt:
         self.lv = _binding()
 
     @classmethod
-    def open(cls, uri: str, *, readonly: bool = False) -> "Virt":
+    def open(cls, uri: str, *, readonly: bool = False, timeout: Optional[float] = DEFAULT_TIMEOUT) -> "Virt":
+        """Connect to ``uri``; ``LibvirtTimeout`` when libvirtd does not answer within ``timeout`` seconds (None:
+        wait as long as libvirt does, for callers that bound the wait themselves)."""
         lv = _binding()
-        try:
-            conn = lv.openReadOnly(uri) if readonly else lv.open(uri)
-        except lv.libvirtError as e:
-            raise LibvirtConnectError(uri, _detail(e)) from None
-        if conn is None:
-            raise LibvirtConnectError(uri, "libvirt returned no connection")
-        return cls(conn, uri)
+
+        def connect() -> "Virt":
+            try:
+                conn = lv.openReadOnly(uri) if readonly else lv.open(uri)
+            except lv.libvirtError as e:
+                raise LibvirtConnectError(uri, _detail(e)) from None
+            if conn is None:
+                raise LibvirtConnectError(uri, "libvirt returned no connection")
+            return cls(conn, uri)
+
+        return connect() if timeout is None else bounded(uri, timeout, connect)
 
     def close(self) -> None:
         try:
@@ -423,19 +487,34 @@ class DomainUsers:
     definition alone no longer counts, but a running domain that has the device always does.
     """
 
-    def __init__(self, uri: str, *, include_stale: bool = True) -> None:
+    def __init__(self, uri: str, *, include_stale: bool = True, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.uri = uri
         self.include_stale = include_stale
+        self.timeout = timeout  #: the bound on one read (connect and every domain), ``LibvirtTimeout`` past it
         #: what the last call read, so a command can show domains without a second read
         self.last: Optional[Snapshot] = None
+        #: why the last read failed (``LibvirtConnectError``, ``LibvirtUnavailable``), None after a good one
+        self.error: Optional[LibvirtError] = None
         self._sessions = 0
 
     def read(self) -> Snapshot:
-        """Every domain, read now; inside ``session()`` the session's first read is reused."""
+        """Every domain, read now (within ``timeout``); inside ``session()`` the session's first read is reused, and
+        so is its failure (a silent libvirtd is waited for once per session)."""
         if self._sessions and self.last is not None:
             return self.last
-        with Virt.open(self.uri, readonly=True) as v:
-            self.last = v.snapshot()
+        if self._sessions and self.error is not None:
+            raise self.error
+
+        def read() -> Snapshot:
+            with Virt.open(self.uri, readonly=True, timeout=None) as v:
+                return v.snapshot()
+
+        try:
+            self.last = bounded(self.uri, self.timeout, read)
+        except (LibvirtConnectError, LibvirtUnavailable) as e:
+            self.last, self.error = None, e
+            raise
+        self.error = None
         return self.last
 
     @contextmanager
@@ -445,6 +524,7 @@ class DomainUsers:
         Never wrap a check that guards a change in it: ``Lifecycle.destroy`` must see libvirt as it is then."""
         if not self._sessions:
             self.last = None
+            self.error = None
         self._sessions += 1
         try:
             yield
@@ -461,6 +541,47 @@ class DomainUsers:
             if uses:
                 out[i.uuid] = [u.describe() for u in uses]
         return out
+
+
+# --- is libvirt reachable ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Reachability:
+    """The answer to "is libvirt reachable at this URI, and if not, why": what ``reachability`` found."""
+
+    uri: str
+    reachable: bool
+    #: why not: ``libvirt-unavailable`` (libvirt-python missing), ``libvirt-connect`` (refused, no socket, auth),
+    #: ``libvirt-timeout`` (it accepted but did not answer in time); None when reachable
+    kind: Optional[str] = None
+    reason: Optional[str] = None  #: the one-line error, with its fix; None when reachable
+    hypervisor: Optional[str] = None  #: the driver's name (``QEMU``), when reachable
+    version: Optional[str] = None  #: the daemon's libvirt version (``9.0.0``), when reachable
+    error: Optional[LibvirtError] = None  #: the typed error itself, for callers that re-raise it
+
+    def __bool__(self) -> bool:
+        return self.reachable
+
+
+def reachability(uri: str, *, timeout: float = DEFAULT_TIMEOUT) -> Reachability:
+    """Connect read-only to ``uri`` within ``timeout`` seconds and ask the daemon who it is.  Never raises for an
+    unreachable libvirt (that is the answer); ``uri`` ``none`` is reported unreachable as configured off."""
+    if uri == "none":
+        return Reachability(uri, False, kind="libvirt-off", reason="libvirt is turned off (--connect none)")
+
+    def ask() -> Tuple[Optional[str], Optional[str]]:
+        with Virt.open(uri, readonly=True, timeout=None) as v:
+            try:
+                kind = v.conn.getType()
+                n = v.conn.getLibVersion()
+            except v.lv.libvirtError as e:
+                raise LibvirtConnectError(uri, _detail(e)) from None
+        return kind, f"{n // 1000000}.{n // 1000 % 1000}.{n % 1000}"
+
+    try:
+        hypervisor, version = bounded(uri, timeout, ask)
+    except (LibvirtConnectError, LibvirtUnavailable) as e:
+        return Reachability(uri, False, kind=e.kind, reason=str(e), error=e)
+    return Reachability(uri, True, hypervisor=hypervisor, version=version)
 
 
 # --- attach and detach ---------------------------------------------------------------------------------------------
@@ -735,12 +856,12 @@ class AttachmentSource:
     """
 
     def __init__(self, uri: str, lifecycle: Any, *, users: Optional[DomainUsers] = None,
-                 templates: Any = None) -> None:
+                 templates: Any = None, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.uri = uri
         self.lc = lifecycle  # vgpuctl.lifecycle.Lifecycle
         if users is None:
             users = next((c for c in getattr(lifecycle, "usage_checks", ())
-                          if isinstance(c, DomainUsers) and c.uri == uri), None) or DomainUsers(uri)
+                          if isinstance(c, DomainUsers) and c.uri == uri), None) or DomainUsers(uri, timeout=timeout)
         self.users = users
         self._templates = templates
 
@@ -767,7 +888,7 @@ class AttachmentSource:
         """Attach ``action.uuid`` to ``action.domain`` in ``action.mode``'s definitions; whether anything changed.
         The caller holds ``lock()``."""
         live, config = _mode_scope(action)
-        with Virt.open(self.uri) as v:
+        with Virt.open(self.uri, timeout=self.users.timeout) as v:
             r = Attachments(v, self.lc, self.templates).attach_held(
                 action.domain or "", uuid=action.uuid, live=live, config=config)
         return r.changed
@@ -776,7 +897,7 @@ class AttachmentSource:
         """Detach ``action.uuid`` from ``action.domain`` and drop vgpuctl's record of it.  The caller holds
         ``lock()``."""
         live, config = _mode_scope(action)
-        with Virt.open(self.uri) as v:
+        with Virt.open(self.uri, timeout=self.users.timeout) as v:
             Attachments(v, self.lc, self.templates).detach_held(
                 action.domain or "", uuid=action.uuid, live=live, config=config)
 
@@ -786,9 +907,9 @@ def _mode_scope(action: "Action") -> Tuple[bool, bool]:
     return mode in ("live", "both"), mode in ("config", "both")
 
 
-def attachments_provider(uri: str, lifecycle: Any) -> AttachmentSource:
+def attachments_provider(uri: str, lifecycle: Any, *, timeout: float = DEFAULT_TIMEOUT) -> AttachmentSource:
     """What ``commands.reconcile`` looks for: the attachment source for ``uri``, attaching with ``lifecycle``."""
-    return AttachmentSource(uri, lifecycle)
+    return AttachmentSource(uri, lifecycle, timeout=timeout)
 
 
 # --- node devices --------------------------------------------------------------------------------------------------

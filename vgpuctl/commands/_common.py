@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import click
 
@@ -19,6 +19,7 @@ class Settings:
     connect: str = "qemu:///system"
     lock_timeout: float = 30.0
     nvml: str = "auto"  #: "auto": ask NVML where the host has NVIDIA GPUs; "off": never
+    libvirt_timeout: float = 5.0  #: the bound on one read of libvirt (``virt.DEFAULT_TIMEOUT``)
 
     @property
     def paths(self) -> HostPaths:
@@ -45,8 +46,52 @@ def build_lifecycle(s: Settings, *, stale_ok: bool = False) -> Lifecycle:
     if s.connect != "none":
         from ..virt import DomainUsers
 
-        checks.append(DomainUsers(s.connect, include_stale=not stale_ok))
+        checks.append(DomainUsers(s.connect, include_stale=not stale_ok, timeout=s.libvirt_timeout))
     return Lifecycle(host, lock_timeout=s.lock_timeout, usage_checks=checks)
+
+
+class _Unknown:
+    """What libvirt would have said, when it could not be asked: ``?`` in tables, ``null`` in JSON."""
+
+    def __str__(self) -> str:
+        return "?"
+
+    __repr__ = __str__
+
+
+UNKNOWN: Any = _Unknown()
+
+
+def json_default(o: Any) -> Any:
+    """``json.dumps(default=...)``: ``UNKNOWN`` is ``null``."""
+    if isinstance(o, _Unknown):
+        return None
+    raise TypeError(f"{type(o).__name__} is not JSON serializable")
+
+
+def dumps(doc: Any) -> str:
+    return json.dumps(doc, indent=2, sort_keys=False, default=json_default)
+
+
+_LIBVIRT_DOWN = "vgpuctl.libvirt.unreachable"
+
+
+def libvirt_unreachable(e: Exception) -> str:
+    """A read-only command goes on without libvirt: ONE line on stderr per command saying why and what fixes it
+    (the error's message carries the fix); returns that reason, for the records' ``libvirt_error``."""
+    reason = str(e)
+    ctx = click.get_current_context(silent=True)
+    meta: Dict[str, Any] = ctx.meta if ctx is not None else {}
+    if _LIBVIRT_DOWN not in meta:
+        meta[_LIBVIRT_DOWN] = reason
+        info(f"libvirt not used: {reason}; showing sysfs data, what only libvirt knows as unknown (?)")
+    return meta[_LIBVIRT_DOWN]
+
+
+def libvirt_down() -> Optional[str]:
+    """The reason this command found libvirt unreachable, or None (reachable, not asked, or ``--connect none``)."""
+    ctx = click.get_current_context(silent=True)
+    return ctx.meta.get(_LIBVIRT_DOWN) if ctx is not None else None
 
 
 def json_option(f: Callable) -> Callable:
@@ -61,7 +106,7 @@ Column = Tuple[str, str]  # (header, record key)
 def render(records: Sequence[Mapping[str, Any]], columns: Sequence[Column], *, as_json: bool, empty: str = "") -> None:
     """JSON: a list of flat records, each with its ``schema`` tag.  Text: a fixed-column table, no colour."""
     if as_json:
-        click.echo(json.dumps(list(records), indent=2, sort_keys=False))
+        click.echo(dumps(list(records)))
         return
     if not records:
         if empty:
@@ -80,6 +125,8 @@ def table(records: Iterable[Mapping[str, Any]], columns: Sequence[Column]) -> st
 
 
 def cell(v: Any) -> str:
+    if isinstance(v, _Unknown):
+        return "?"
     if v is None or v == "" or v == []:
         return "-"
     if isinstance(v, bool):

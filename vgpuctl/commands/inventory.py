@@ -1,15 +1,16 @@
 """``vgpuctl parents``, ``types`` and ``list``: read-only views of the host."""
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import click
 
 from ..host import TypeScope
 
+from ..errors import VgpuctlError
 from ..lifecycle import Lifecycle
 from ..model import Instance, Inventory, Vendor
-from ._common import build_lifecycle, info, json_option, render, settings
+from ._common import UNKNOWN, build_lifecycle, info, json_option, libvirt_unreachable, render, settings
 from .records import (
     INSTANCE_COLUMNS,
     definition_record,
@@ -70,11 +71,16 @@ def list_instances(parent: Optional[str], defined: bool, as_json: bool) -> None:
     by_uuid = defs.by_uuid()
     dormant = [d for d in by_uuid.values() if defined and inv.instance(d.uuid) is None
                and (only is None or d.parent.lower() == only.lower())]
-    users = lc.users(shown)  # the one read of libvirt, when it is enabled
-    doms = _domains(lc, shown)
+    down: List[VgpuctlError] = []
+    users = lc.users(shown, unreachable=down)  # the one read of libvirt, when it is enabled
+    if down:  # processes holding a device are still known; the domains are not
+        why = libvirt_unreachable(down[0])
+        doms = {i.uuid: {"domains": UNKNOWN, "running": UNKNOWN, "libvirt_error": why} for i in shown}
+    else:
+        doms = _domains(lc, shown)
     names = _desired_names(lc, inv)
     hook = _hook(lc)
-    nodedevs = _nodedevs(s) if shown or dormant else None
+    nodedevs = _nodedevs(s) if (shown or dormant) and not down else None  # unknown too when libvirt is down
     inv, details, gpus = _nvml(inv, vgpus=True)
 
     def extra(uuid: str) -> Dict[str, Any]:

@@ -7,12 +7,13 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 
 import click
 
-from ..errors import NoPlacement
+from ..errors import LibvirtConnectError, LibvirtUnavailable, NoPlacement
 from ..model import Inventory
 from ..paths import HostPaths
 from ..placement import Consumer, Decision, DefragPlan, Request, Usage, Verdict, place as place_request, plan_defrag
 from ..policy import NumaMode, Policy, load_policy, policy_path
-from ._common import Settings, build_host, info, json_option, record, render, settings, table
+from ._common import (Settings, build_host, info, json_option, libvirt_down, libvirt_unreachable, record, render,
+                      settings, table)
 
 if TYPE_CHECKING:  # libvirt's side; imported when a domain is first read
     from ..virt import DomainInfo, DomainXml, Snapshot
@@ -61,8 +62,12 @@ def load_settings_policy(s: Settings, policy_file: Optional[str]) -> Policy:
 _SNAPSHOT_KEY = "vgpuctl.placement.snapshot"
 
 
-def domain_snapshot(s: Settings) -> Optional["Snapshot"]:
-    """Every domain at ``--connect``, read once per command (kept in the click context); None with ``none``."""
+def domain_snapshot(s: Settings, *, strict: bool = False) -> Optional["Snapshot"]:
+    """Every domain at ``--connect``, read once per command (kept in the click context); None with ``none``.
+
+    When libvirt is unreachable (down, silent past ``--libvirt-timeout``, libvirt-python missing) this is None as
+    well, after ONE line on stderr per command (``libvirt_down()`` then says why), so that read-only views go on
+    with what sysfs knows; ``strict`` raises that error instead (exit 12), for a change that needs the domains."""
     if s.connect == "none":
         return None
     ctx = click.get_current_context(silent=True)
@@ -70,8 +75,25 @@ def domain_snapshot(s: Settings) -> Optional["Snapshot"]:
     if s.connect not in cache:
         from ..virt import DomainUsers  # libvirt itself: only now
 
-        cache[s.connect] = DomainUsers(s.connect).read()
-    return cache[s.connect]
+        try:
+            cache[s.connect] = DomainUsers(s.connect, timeout=s.libvirt_timeout).read()
+        except (LibvirtConnectError, LibvirtUnavailable) as e:
+            cache[s.connect] = e
+    got = cache[s.connect]
+    if isinstance(got, Exception):
+        if strict:
+            raise got
+        libvirt_unreachable(got)
+        return None
+    return got
+
+
+def require_domains(s: Settings, *, tenant: Optional[str], domain: Optional[str], groups: Sequence[str] = ()) -> None:
+    """A placement that creates something counts the other VMs' tenants (quotas) and groups (anti-affinity), and
+    takes a domain's labels and NUMA nodes from libvirt: with a tenant, a domain or a group it refuses (exit 12)
+    when libvirt is unreachable.  Without them no domain can change the answer, and the create goes on."""
+    if tenant or domain or groups:
+        domain_snapshot(s, strict=True)
 
 
 def _preferred(d: "DomainInfo") -> List["DomainXml"]:
@@ -118,13 +140,13 @@ def usage_provider(s: Settings, *, read: Optional[Callable[[], "Snapshot"]] = No
     def usage(inventory: Inventory) -> Usage:
         consumers: Dict[str, Consumer] = {}
         if s.connect != "none":
-            if read is not None:
-                snap = read()
-            else:
-                from ..virt import DomainUsers
+            from ..virt import DomainUsers
 
-                snap = DomainUsers(s.connect).read()
-            consumers = consumers_from(snap, inventory)
+            try:
+                snap = read() if read is not None else DomainUsers(s.connect, timeout=s.libvirt_timeout).read()
+            except (LibvirtConnectError, LibvirtUnavailable):
+                snap = None  # the plan places without libvirt only what no domain can change (``plan.needs_domains``)
+            consumers = consumers_from(snap, inventory) if snap is not None else {}
         from .nvidia import mix_modes
 
         return Usage.of(consumers, modes=mix_modes(s, inventory))
@@ -249,6 +271,7 @@ def placer_for(
 ) -> Callable[[Inventory], str]:
     """For ``create`` without ``--parent``: a function from the inventory (read under the lock) to the chosen parent."""
     policy = load_settings_policy(s, policy_file)  # read before the lock: a bad file fails fast
+    require_domains(s, tenant=tenant, domain=domain)
     request, _ = complete_request(s, Request(type=type_name, tenant=tenant, domain=domain))
 
     def choose(inventory: Inventory) -> str:
@@ -379,6 +402,9 @@ def place(
             click.echo(c.parent)
         info(f"{one} -> {c.parent} ({c.type_id} on GPU {c.gpu}, rule {c.rule}, {d.strategy})")
     if as_json:
+        down = libvirt_down()
+        if down:  # the decisions count no other VM's tenant or groups, and know no domain's labels
+            recs = [dict(r, libvirt_error=down) for r in recs]
         render(recs, [], as_json=True)
     if unplaced:
         raise NoPlacement(unplaced[0].request.type, unplaced[0].refusals())
@@ -447,4 +473,4 @@ def _move_line(m: Any, inv: Inventory) -> str:
 
 
 __all__: Sequence[str] = ["place", "defrag", "placement_for", "placer_for", "build_usage", "complete_request",
-                          "domain_snapshot", "domain_facts", "consumers_from", "usage_provider", "DomainFacts"]
+                          "domain_snapshot", "require_domains", "domain_facts", "consumers_from", "usage_provider", "DomainFacts"]

@@ -22,7 +22,7 @@ from ..profiles import (
     profile_request,
     profiles_path,
 )
-from ._common import Settings, build_host, json_option, record, render, settings
+from ._common import Settings, build_host, json_option, libvirt_down, record, render, settings
 from ._complete import complete_profiles
 
 PROFILE_SCHEMA = "vgpuctl.profile/v1"
@@ -101,7 +101,10 @@ def placer_for_profile(
 ) -> Callable[[Inventory], str]:
     """For ``create --profile`` without ``--parent``: under the lifecycle lock, the parent for ``type_id`` (the
     profile's type on the GPU model chosen when the command started)."""
+    from .placement import require_domains
+
     policy = _policy(s)
+    require_domains(s, tenant=tenant, domain=domain)
 
     def choose(inv: Inventory) -> str:
         d = decide(s, inv, profile, policy, tenant=tenant, domain=domain)
@@ -127,6 +130,9 @@ def resolve(s: Settings, profile: Profile, *, parent: Optional[str], tenant: Opt
             raise UnknownType(f"profile {profile.name} ({profile.selector})", pname,
                               [x.profile or x.type_id for x in inv.types_on(pname)])
         return pname, t.type_id
+    from .placement import require_domains
+
+    require_domains(s, tenant=tenant, domain=domain)
     d = decide(s, inv, profile, _policy(s), tenant=tenant, domain=domain)
     if d.chosen is None or d.type_id is None:
         raise NoPlacement(profile.name, d.refusals())
@@ -190,6 +196,9 @@ def profiles(as_json: bool) -> None:
     inv = build_host(s).inventory()
     policy = _policy(s)
     recs = [profile_record(ps, p, inv, decide(s, inv, p, policy) if inv.parents else None) for p in ps.profiles]
+    down = libvirt_down()
+    if down:  # the other VMs' tenants and groups are not counted: GPUS_NOW, LEFT and NEXT may be optimistic
+        recs = [dict(r, libvirt_error=down) for r in recs]
     empty = f"no service profiles: define them in {profiles_path(s.paths.config_dir)}"
     render(recs, PROFILE_COLUMNS, as_json=as_json, empty=empty)
 

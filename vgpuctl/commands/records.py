@@ -107,12 +107,15 @@ def instance_record(
     defined_by: Sequence[str] = (),
     nodedev: Optional[str] = None,
     nodedev_known: Optional[bool] = None,
+    libvirt_error: Optional[str] = None,
 ) -> Dict[str, Any]:
     """``domains``: libvirt domains whose live or persistent XML references the instance, ``running``: whether one
-    of them runs with it; both None when libvirt was not asked (``--connect none``).  ``defined_by``: who defines it
+    of them runs with it; both None when libvirt was not asked (``--connect none``) or could not be asked: then
+    ``libvirt_error`` says why (the field is there only then).  ``defined_by``: who defines it
     (``coexist.definers``); ``nodedev``: libvirt's node device name, ``nodedev_known``: whether libvirt knows one
     (None: libvirt not asked or unreachable)."""
     t = inv.type_on(i.parent, i.type_id) if inv else None
+    extra: Dict[str, Any] = {"libvirt_error": libvirt_error} if libvirt_error else {}
     return record(
         INSTANCE_SCHEMA,
         uuid=i.uuid,
@@ -123,7 +126,7 @@ def instance_record(
         iommu_group=i.iommu_group,
         driver=i.driver,
         owned=owned,
-        domains=list(domains) if domains is not None else None,
+        domains=list(domains) if isinstance(domains, (list, tuple)) else domains,  # None, a list, or UNKNOWN
         running=running,
         used_by=list(used_by),
         active=True,
@@ -131,6 +134,7 @@ def instance_record(
         nodedev=nodedev,
         nodedev_known=nodedev_known,
         **_nvml_fields(i, inv, nvml),
+        **extra,
     )
 
 

@@ -7,7 +7,7 @@ from typing import Dict, Optional
 
 import click
 
-from ._common import Settings, build_host, json_option, render, settings
+from ._common import UNKNOWN, Settings, build_host, json_option, libvirt_down, render, settings
 
 
 def domains_of(s: Settings, uuids) -> Dict[str, str]:  # type: ignore[no-untyped-def]
@@ -16,7 +16,7 @@ def domains_of(s: Settings, uuids) -> Dict[str, str]:  # type: ignore[no-untyped
 
     snap = domain_snapshot(s)
     if snap is None:
-        return {}
+        return _Unknown() if libvirt_down() else {}
     out: Dict[str, str] = {}
     for u in uuids:
         uses = sorted(snap.uses(u), key=lambda x: (x.stale, x.domain))
@@ -37,6 +37,16 @@ def defined_by(s: Settings, inv) -> Dict[str, tuple]:  # type: ignore[no-untyped
     names = _desired_names(lc, inv)
     hook = _hook(lc)
     return {i.uuid: definers(i.uuid, defs=defs, desired=names, hook=hook) for i in inv.instances}
+
+
+class _Unknown(dict):
+    """libvirt was unreachable: every instance's domain is unknown (``?`` in the picture, ``null`` in JSON)."""
+
+    def get(self, key, default=None):  # type: ignore[no-untyped-def,override]
+        return UNKNOWN
+
+    def __bool__(self) -> bool:  # not "no domains": unknown ones
+        return True
 
 
 def use_colour(stream=None) -> bool:  # type: ignore[no-untyped-def]
@@ -68,7 +78,8 @@ def status(policy_file: Optional[str], as_json: bool) -> None:
     st = host_status(inv, policy, domains=domains_of(s, [i.uuid for i in inv.instances]), usage=build_usage(s, inv),
                      defined_by=defined_by(s, inv))
     if as_json:
-        render(records(st), [], as_json=True)
+        down = libvirt_down()
+        render([dict(r, libvirt_error=down) if down else r for r in records(st)], [], as_json=True)
         return
     if not st.gpus:
         click.echo("no vGPU-capable GPUs found", err=True)
