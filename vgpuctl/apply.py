@@ -91,6 +91,8 @@ class Observation:
     inventory: Inventory
     state: State
     plan: Plan
+    #: libvirt was configured but unreachable (its actions are blocked ``libvirt-unreachable``), and why
+    libvirt_error: Optional[VgpuctlError] = None
 
 
 @dataclass(frozen=True)
@@ -169,27 +171,28 @@ class Reconciler:
         settings_gpus = sorted({g.gpu for g in desired.gpus})
         vendor_vfio = _pinned_vendor_vfio_gpus(inv, desired)
         on_gpus = [i for i in inv.instances if _gpu_of(inv, i.parent) in settings_gpus]
-        # one read of libvirt serves the in-use check, the attachments and the placer's usage (``plan`` calls it)
+        # one read of libvirt serves the in-use check, the attachments and the placer's usage (``plan`` calls it);
+        # when libvirt is unreachable (the session waits for it once) what needs it is blocked, the rest converges
+        down: List[VgpuctlError] = []
         with self.attachments.session() if self.attachments is not None else nullcontext():
             held = {i.uuid: i for i in list(candidates) + on_gpus}
-            users = self.lifecycle.users(tuple(held.values())) if held else {}
-            if self.attachments is not None and desired.instances:
+            users = self.lifecycle.users(tuple(held.values()), unreachable=down) if held else {}
+            if self.attachments is not None and desired.instances and not down:
                 try:
                     attached = self.attachments.observe(inv)
                 except (LibvirtConnectError, LibvirtUnavailable) as e:
-                    if _wants_domains(desired):  # the devices still converge; the attaches wait (retried)
-                        unreadable = f"libvirt unreachable: {e}"
-                    else:  # only a detach could follow, and none is known: nothing to wait for
-                        attached = {}
-            elif self.attachments is not None:
+                    down.append(e)
+            elif self.attachments is not None and not down:
                 attached = {}
+            if down:
+                unreadable = "libvirt unreachable" + (f" ({down[0].detail})" if getattr(down[0], "detail", "") else "")
             gpus: Optional[Dict[str, GpuObservation]] = None
             asked = sorted(set(settings_gpus) | vendor_vfio)
             if asked:
                 gpus = self._observe_gpus(inv, asked, users)
             return Observation(inv, state, plan(inv, state, desired, users=users, attachments=attached,
                                                 placer=self.placer, libvirt_error=unreadable, on_demand=on_demand,
-                                                gpus=gpus, foreign=foreign))
+                                                gpus=gpus, foreign=foreign), libvirt_error=down[0] if down else None)
 
     def _observe_gpus(self, inv: Inventory, gpus: Sequence[str], users: Any) -> Dict[str, GpuObservation]:
         """NVML's view of ``gpus``, with the instances a process or domain holds on each added to what runs there
@@ -439,10 +442,6 @@ def _pinned_vendor_vfio_gpus(inv: Inventory, desired: DesiredState) -> Set[str]:
         if p is not None:
             out.add(p.gpu)
     return out
-
-
-def _wants_domains(desired: DesiredState) -> bool:
-    return any(d.domain for d in desired.instances)
 
 
 def policy_placer(paths: Any, *, usage: Optional[Callable[[Inventory], Any]] = None) -> Placer:

@@ -262,6 +262,18 @@ def _unwanted(
     return out
 
 
+def needs_domains(d: DesiredInstance) -> bool:
+    """Whether placing ``d`` depends on libvirt: its domain's labels, or other VMs' tenants (quotas) and groups
+    (anti-affinity).  Without a domain and a tenant no domain can change the answer."""
+    return bool(d.domain or (d.placement is not None and d.placement.tenant))
+
+
+def unjudged(a: "Action") -> bool:
+    """An attach that waits for libvirt says nothing about the host: whether the domain has the device is unknown
+    (``check`` does not count it as a difference)."""
+    return a.op is Op.ATTACH and a.block is Block.LIBVIRT_DOWN
+
+
 def plan(
     inventory: Inventory,
     state: State,
@@ -278,7 +290,8 @@ def plan(
 ) -> Plan:
     """The actions that take ``inventory`` to ``desired``.  ``users``: who uses which instance (uuid -> holders);
     ``attachments``: uuid -> the domains that reference it (``DomainAttachment``), or None when libvirt is not
-    configured (``libvirt_error``: or configured but unreadable, and why); ``placer``: the placement engine, or None
+    configured (``libvirt_error``: or configured but unreadable, and why: then every destroy, every placement that
+    needs the domains (``needs_domains``) and every attach is blocked ``libvirt-unreachable``); ``placer``: the placement engine, or None
     (then only instances with a parent can be placed); ``on_demand``: instances the libvirt hook made for a running
     domain, which the desired state neither destroys nor reports unless it declares them; ``gpus``: NVML's view of
     the GPUs the desired state's ``gpus:`` names and of vendor-VFIO GPUs with pinned instances (None: not read);
@@ -316,6 +329,12 @@ def plan(
                        block=Block.IN_USE, detail="in use by " + ", ".join(who))
             )
             blocked_uuids[inst.uuid] = f"the old device is in use by {', '.join(who)}"
+        elif libvirt_error:  # a domain definition might reference it: never removed unseen
+            destroys.append(
+                Action(Op.DESTROY, inst.uuid, inst.parent, inst.type_id, d.name if d else None, why=why,
+                       block=Block.LIBVIRT_DOWN, detail=f"{libvirt_error}: a domain might reference it")
+            )
+            blocked_uuids[inst.uuid] = "the old device cannot be destroyed while libvirt is unreachable"
         else:
             destroys.append(Action(Op.DESTROY, inst.uuid, inst.parent, inst.type_id, d.name if d else None, why=why))
 
@@ -354,6 +373,10 @@ def plan(
                 )
             continue
         if d.parent is None:
+            if libvirt_error and needs_domains(d):
+                creates.append(_blocked_create(d, None, d.type, Block.LIBVIRT_DOWN,
+                                               f"{libvirt_error}: placing it counts the domains' tenants and groups"))
+                continue
             to_place.append(d)
             continue
         parent = host_parent(inventory, d.parent)

@@ -62,8 +62,8 @@ def shared(tmp_path, monkeypatch):
     conn = libvirt.open(uri)
     real_open = vmod.Virt.open.__func__
 
-    def open_(cls, u, *, readonly=False):
-        return cls(_Shared(conn), u) if u == uri else real_open(cls, u, readonly=readonly)
+    def open_(cls, u, *, readonly=False, timeout=None):
+        return cls(_Shared(conn), u) if u == uri else real_open(cls, u, readonly=readonly, timeout=timeout)
 
     monkeypatch.setattr(vmod.Virt, "open", classmethod(open_))
 

@@ -16,8 +16,8 @@ import click
 from ..errors import ConfigError, NotConverged, OutputError
 from ..model import Inventory
 from ..options import FiniteFloat
-from ..plan import Action, Plan, predicted
-from ._common import build_lifecycle, info, json_option, record, settings
+from ..plan import Action, Block, Plan, predicted, unjudged
+from ._common import build_lifecycle, info, json_option, libvirt_unreachable, record, settings
 
 SCHEMA = "vgpuctl.reconcile/v1"
 
@@ -51,7 +51,7 @@ def _attachments(s: Any, lifecycle: Any) -> Any:
         return None
     from ..virt import attachments_provider  # libvirt itself is imported only when it is first read
 
-    return attachments_provider(s.connect, lifecycle)
+    return attachments_provider(s.connect, lifecycle, timeout=s.libvirt_timeout)
 
 
 def config_option(f: Any) -> Any:
@@ -108,6 +108,22 @@ def _fail_if_not_converged(p: Plan, failed: int = 0) -> None:
         raise NotConverged(len(p.actions), blocked=len(p.blocked), failed=failed)
 
 
+def _libvirt(obs: Any, doc: Dict[str, Any]) -> Dict[str, Any]:
+    """When libvirt was unreachable: ONE line on stderr saying why and how to fix it, and ``libvirt_error`` in the
+    JSON document (the field is there only then)."""
+    if obs.libvirt_error is None:
+        return doc
+    doc["libvirt_error"] = libvirt_unreachable(obs.libvirt_error)
+    return doc
+
+
+def _converged(p: Plan) -> Optional[bool]:
+    """True: nothing to do; False: a known difference; None: only attaches whose state libvirt could not tell."""
+    if p.empty:
+        return True
+    return None if all(unjudged(a) for a in p.actions) else False
+
+
 # --- commands -----------------------------------------------------------------------------------------------------
 @click.command("plan")
 @config_option
@@ -124,10 +140,11 @@ def plan_cmd(configs: Sequence[str], as_json: bool) -> None:
     p = obs.plan
     if as_json:
         after = [{"uuid": u, "parent": par, "type_id": t} for u, par, t in predicted(obs.inventory, p)]
-        _emit(record(SCHEMA, command="plan", changed=bool(p.runnable), converged=p.empty,
-                     actions=[action_record(a) for a in p.actions],
-                     before=instances_of(obs.inventory, list(obs.state.owned)), after=after))
+        _emit(_libvirt(obs, record(SCHEMA, command="plan", changed=bool(p.runnable), converged=_converged(p),
+                                   actions=[action_record(a) for a in p.actions],
+                                   before=instances_of(obs.inventory, list(obs.state.owned)), after=after)))
         return
+    _libvirt(obs, {})
     for a in p.actions:
         click.echo(a.line())
     if p.empty:
@@ -156,17 +173,22 @@ def apply(configs: Sequence[str], as_json: bool) -> None:
                 actions.append(action_record(a, outcome="done" if s.ok else "failed", error=s.error))
             else:
                 actions.append(action_record(a, outcome="blocked" if a.block else "skipped", error=None))
-        _emit(record(SCHEMA, command="apply", changed=result.changed, converged=result.converged,
-                     actions=actions, remaining=[action_record(a) for a in result.after.plan.actions],
-                     before=instances_of(result.before.inventory, list(result.before.state.owned)),
-                     after=instances_of(result.after.inventory, list(result.after.state.owned))))
+        _emit(_libvirt(result.after, record(
+            SCHEMA, command="apply", changed=result.changed, converged=result.converged,
+            actions=actions, remaining=[action_record(a) for a in result.after.plan.actions],
+            before=instances_of(result.before.inventory, list(result.before.state.owned)),
+            after=instances_of(result.after.inventory, list(result.after.state.owned)))))
     else:
+        _libvirt(result.after, {})
         for s in result.steps:
             click.echo(s.action.line() + ("" if s.ok else f" [failed: {s.error}]"))
         for a in result.before.plan.blocked:
             click.echo(a.line())
         if result.converged:
             info("converged" if result.changed else "no changes: the host matches the desired state")
+    down = result.after.libvirt_error
+    if not result.failed and down is not None and any(a.block is Block.LIBVIRT_DOWN for a in result.after.plan.actions):
+        raise down  # exit 12: what needs libvirt (destroys, attaches, placements by domain) was refused, not done
     _fail_if_not_converged(result.after.plan, failed=len(result.failed))
 
 
@@ -180,13 +202,16 @@ def check(configs: Sequence[str], as_json: bool) -> None:
     obs = rec.observe(desired_state(s, rec, configs))
     p = obs.plan
     if as_json:
-        _emit(record(SCHEMA, command="check", changed=False, converged=p.empty,
-                     actions=[action_record(a) for a in p.actions],
-                     before=instances_of(obs.inventory, list(obs.state.owned)),
-                     after=instances_of(obs.inventory, list(obs.state.owned))))
+        _emit(_libvirt(obs, record(SCHEMA, command="check", changed=False, converged=_converged(p),
+                                   actions=[action_record(a) for a in p.actions],
+                                   before=instances_of(obs.inventory, list(obs.state.owned)),
+                                   after=instances_of(obs.inventory, list(obs.state.owned)))))
     else:
+        _libvirt(obs, {})
         for a in p.actions:
             click.echo(a.line())
+    if _converged(p) is None:  # what it can judge matches; the attaches libvirt could not tell are listed
+        return
     _fail_if_not_converged(p)
 
 

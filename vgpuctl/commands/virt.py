@@ -38,7 +38,7 @@ def _attachments():  # type: ignore[no-untyped-def]
     if s.connect == "none":
         raise InvalidInput("attach and detach need libvirt: drop --connect none (or VGPUCTL_LIBVIRT_URI=none)")
     lc = build_lifecycle(s)
-    return Attachments(Virt.open(s.connect), lc, Templates(s.paths))
+    return Attachments(Virt.open(s.connect, timeout=s.libvirt_timeout), lc, Templates(s.paths))
 
 
 @click.command()
