@@ -37,14 +37,17 @@ def _read_xml(path: str) -> str:
 
 
 def _source_xml(domain: str, uri: str) -> str:
-    from ..virt import Virt
+    from ..virt import Virt, bounded
 
-    with Virt.open(uri, readonly=True) as v:
-        dom = v.lookup(domain)
-        try:
-            return dom.XMLDesc(0)
-        except v.lv.libvirtError as e:
-            raise v._error(e, "read the XML of", domain) from None
+    def read() -> str:
+        with Virt.open(uri, readonly=True, timeout=None) as v:
+            dom = v.lookup(domain)
+            try:
+                return dom.XMLDesc(0)
+            except v.lv.libvirtError as e:
+                raise v._error(e, "read the XML of", domain) from None
+
+    return bounded(uri, settings().libvirt_timeout, read)  # a silent source libvirtd: exit 12, never a hang
 
 
 def driver_version(root_paths: Any) -> Optional[str]:
