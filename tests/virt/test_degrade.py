@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -331,6 +332,19 @@ def test_private_libvirtd_stopped_between_commands(t4):
         recs = {r["uuid"]: r for r in json.loads(p.stdout)}
         assert recs[U_OWNED]["domains"] == ["web1"] and "libvirt_error" not in recs[U_OWNED]
         assert json.loads(vgpuctl(t4, "check", "--json", uri=d.uri).stdout)["actions"][0]["op"] == "destroy"
+        # the real daemon wedged (SIGSTOP: the kernel still accepts connections, nothing answers): bounded, degraded
+        os.kill(d.pid, signal.SIGSTOP)
+        try:
+            p = vgpuctl(t4, "--libvirt-timeout", "1", "list", "--json", uri=d.uri)
+            assert p.returncode == 0 and "no answer within 1 s" in one_libvirt_line(p)
+            assert {r["domains"] for r in json.loads(p.stdout)} == {None}
+            p = vgpuctl(t4, "--libvirt-timeout", "1", "destroy", U_GONE, uri=d.uri)
+            assert p.returncode == 12 and U_GONE in t4.instances()
+        finally:
+            os.kill(d.pid, signal.SIGCONT)
+        p = vgpuctl(t4, "list", "--json", uri=d.uri)
+        assert p.returncode == 0 and p.stderr == ""
+        assert {r["uuid"]: r for r in json.loads(p.stdout)}[U_OWNED]["domains"] == ["web1"]
     finally:
         stop_libvirtd(d)
     assert not reachability(d.uri)
