@@ -311,7 +311,44 @@ def _binding() -> Any:
         raise LibvirtUnavailable("libvirt (libvirt-python)") from None
     # libvirt prints every error to stderr by default; vgpuctl reports them itself, once, as typed errors
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    _event_loop(libvirt)
     return libvirt
+
+
+_loop_lock = threading.Lock()
+_loop_running = False
+
+
+def _event_loop(lv: Any) -> bool:
+    """libvirt's default event loop in a daemon thread, once per process (as virsh runs it), so that keepalive can
+    close a connection whose daemon stopped answering mid-call; registered before the first connection opens."""
+    global _loop_running
+    with _loop_lock:
+        if not _loop_running:
+            try:
+                lv.virEventRegisterDefaultImpl()
+            except Exception:  # an old binding: connections then have no keepalive, opens stay bounded
+                return False
+
+            def run() -> None:
+                while True:
+                    if lv.virEventRunDefaultImpl() < 0:
+                        time.sleep(0.1)
+
+            threading.Thread(target=run, name="vgpuctl-libvirt-events", daemon=True).start()
+            _loop_running = True
+    return True
+
+
+def _keepalive(conn: Any, timeout: float) -> None:
+    """Ping the daemon every ``timeout``/3 seconds; two unanswered pings close the connection, so a change that
+    waits on a daemon wedged after the connect fails (exit 12, rolled back) after about ``timeout`` seconds."""
+    if not _loop_running:
+        return
+    try:
+        conn.setKeepAlive(max(1, int(timeout / 3)), 2)
+    except Exception:  # drivers without keepalive (test:///, local ones): nothing to wait on there
+        pass
 
 
 def _detail(e: Exception) -> str:
@@ -382,7 +419,9 @@ class Virt:
     @classmethod
     def open(cls, uri: str, *, readonly: bool = False, timeout: Optional[float] = DEFAULT_TIMEOUT) -> "Virt":
         """Connect to ``uri``; ``LibvirtTimeout`` when libvirtd does not answer within ``timeout`` seconds (None:
-        wait as long as libvirt does, for callers that bound the wait themselves)."""
+        wait as long as libvirt does, for callers that bound the whole conversation themselves).  With a timeout the
+        connection also gets libvirt keepalive, so a call on it fails instead of hanging once the daemon stops
+        answering (``_keepalive``)."""
         lv = _binding()
 
         def connect() -> "Virt":
@@ -392,6 +431,8 @@ class Virt:
                 raise LibvirtConnectError(uri, _detail(e)) from None
             if conn is None:
                 raise LibvirtConnectError(uri, "libvirt returned no connection")
+            if timeout is not None:
+                _keepalive(conn, timeout)
             return cls(conn, uri)
 
         return connect() if timeout is None else bounded(uri, timeout, connect)

@@ -332,6 +332,15 @@ def test_private_libvirtd_stopped_between_commands(t4):
         recs = {r["uuid"]: r for r in json.loads(p.stdout)}
         assert recs[U_OWNED]["domains"] == ["web1"] and "libvirt_error" not in recs[U_OWNED]
         assert json.loads(vgpuctl(t4, "check", "--json", uri=d.uri).stdout)["actions"][0]["op"] == "destroy"
+        # a change already connected when the daemon wedges: keepalive closes the connection, the call fails
+        code = ("import os, signal, sys\nfrom vgpuctl.virt import Virt\nfrom vgpuctl.errors import LibvirtError\n"
+                f"v = Virt.open({d.uri!r}, timeout=2)\nos.kill({d.pid}, signal.SIGSTOP)\n"
+                "try:\n    v.snapshot()\nexcept LibvirtError as e:\n    print(e.exit_code, e)\n")
+        try:
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        finally:
+            os.kill(d.pid, signal.SIGCONT)
+        assert out.stdout.startswith("12 ") and "keepalive" in out.stdout, out.stderr
         # the real daemon wedged (SIGSTOP: the kernel still accepts connections, nothing answers): bounded, degraded
         os.kill(d.pid, signal.SIGSTOP)
         try:
