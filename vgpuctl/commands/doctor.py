@@ -1,7 +1,7 @@
 """``vgpuctl doctor``: run the checks of ``vgpuctl.doctor`` and render their lines; nothing on the host changes."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import click
 
@@ -30,14 +30,14 @@ def _help() -> str:
 @click.command(help=_help())
 @click.option("--check", "names", multiple=True, metavar="NAME", type=click.Choice([c.name for c in checks()]),
               help="Run only this check (repeat for several).")
-@click.option("--timeout", type=FiniteFloat(min=0, min_open=True), default=5.0, show_default=True,
-              metavar="SECONDS", help="Bound on each wait on a peer (libvirtd, NVML, systemctl).")
+@click.option("--timeout", type=FiniteFloat(min=0, min_open=True), default=None, metavar="SECONDS",
+              help="Bound on each wait on a peer (libvirtd, NVML, systemctl); default: --libvirt-timeout.")
 @json_option
-def doctor(names: Sequence[str], timeout: float, as_json: bool) -> None:
+def doctor(names: Sequence[str], timeout: Optional[float], as_json: bool) -> None:
     s = settings()
     if not s.paths.root.is_dir():
         raise InvalidInput(f"--root {s.paths.root} is not a directory: give the host's root (/, or a simulated host's)")
-    ctx = Context(paths=s.paths, connect=s.connect, timeout=timeout, nvml=s.nvml)
+    ctx = Context(paths=s.paths, connect=s.connect, timeout=timeout or s.libvirt_timeout, nvml=s.nvml)
     results = run_checks(ctx, list(names) or None)
     render([r.record() for r in results], COLUMNS, as_json=as_json)
     failed = [r for r in results if r.status is Status.FAIL]

@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, replace
 from typing import Any, Optional, Tuple
 
-from . import Context, Result, Timeout, bounded, check
+from . import Context, Result, check
 
 START_FIX = "systemctl enable --now libvirtd (or virtqemud.socket), or fix --connect / VGPUCTL_LIBVIRT_URI"
 
@@ -26,24 +26,6 @@ class Probe:
 
 #: libvirtd probes QEMU's capabilities the first time it is asked (several seconds): that read gets this long at least
 QEMU_PROBE_TIMEOUT = 30.0
-
-
-def _connect(uri: str) -> "tuple[Any, Optional[Probe]]":
-    from ..errors import LibvirtConnectError, LibvirtUnavailable
-    from ..virt import Virt
-
-    try:
-        v = Virt.open(uri, readonly=True)
-    except LibvirtUnavailable as e:
-        return None, Probe(False, str(e), "pip install 'vgpuctl[libvirt]' (or --connect none)")
-    except LibvirtConnectError as e:
-        return None, Probe(False, f"cannot connect to {uri}: {e.detail}", START_FIX)
-    try:
-        n = v.conn.getLibVersion()
-    except v.lv.libvirtError as e:
-        v.close()
-        return None, Probe(False, f"{uri} did not answer: {' '.join(str(e).split())}", START_FIX)
-    return v, Probe(True, version=f"{n // 1000000}.{n // 1000 % 1000}.{n % 1000}")
 
 
 def _domain_caps(v: Any, found: Probe) -> Probe:
@@ -74,23 +56,32 @@ def _domain_caps(v: Any, found: Probe) -> Probe:
 
 
 def probe(ctx: Context) -> Probe:
-    """Connect (bounded by ``ctx.timeout``), then read the domain capabilities (bounded by the longer
-    ``QEMU_PROBE_TIMEOUT``); read once per run."""
+    """Whether libvirt answers (``virt.reachability``, bounded by ``ctx.timeout``), then its capabilities (bounded by
+    the longer ``QEMU_PROBE_TIMEOUT``, through ``virt.bounded``); read once per run."""
     def make() -> Probe:
+        from ..errors import LibvirtConnectError, LibvirtTimeout, LibvirtUnavailable
+        from ..virt import Virt, bounded, reachability
+
+        r = reachability(ctx.connect, timeout=ctx.timeout)
+        if not r:
+            detail = getattr(r.error, "detail", None) or r.reason or "unreachable"
+            if r.kind == "libvirt-unavailable":
+                return Probe(False, r.reason or detail, "pip install 'vgpuctl[libvirt]' (or --connect none)")
+            if r.kind == "libvirt-timeout":
+                return Probe(False, f"{ctx.connect}: {detail}", "systemctl restart libvirtd")
+            return Probe(False, f"cannot connect to {ctx.connect}: {detail}", START_FIX)
+        found = Probe(True, version=r.version)
+
+        def caps() -> Probe:
+            with Virt.open(ctx.connect, readonly=True, timeout=None) as v:
+                return _domain_caps(v, found)
+
         try:
-            v, found = bounded(lambda: _connect(ctx.connect), ctx.timeout, f"libvirt at {ctx.connect}")
-        except Timeout as e:
-            return Probe(False, f"{e} (libvirtd accepts connections but does not respond)",
-                         "systemctl restart libvirtd")
-        if v is None:
-            return found
-        wait = max(ctx.timeout, QEMU_PROBE_TIMEOUT)
-        try:
-            return bounded(lambda: _domain_caps(v, found), wait, "libvirt's domain capabilities")
-        except Timeout as e:
+            return bounded(ctx.connect, max(ctx.timeout, QEMU_PROBE_TIMEOUT), caps)
+        except LibvirtTimeout as e:
+            return replace(found, caps_error=f"libvirt's capabilities: {e.detail}")
+        except (LibvirtConnectError, LibvirtUnavailable) as e:
             return replace(found, caps_error=str(e))
-        finally:
-            v.close()
 
     return ctx.fact("libvirt", make)
 

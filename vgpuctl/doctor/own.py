@@ -141,7 +141,8 @@ def desired_state(ctx: Context) -> List[Result]:
         from ..commands._common import Settings
         from ..commands.reconcile import build_reconciler
 
-        rec = build_reconciler(Settings(root=os.fspath(ctx.paths.root), connect=connect, nvml=ctx.nvml))
+        rec = build_reconciler(Settings(root=os.fspath(ctx.paths.root), connect=connect, nvml=ctx.nvml,
+                                        libvirt_timeout=ctx.timeout))
         obs = rec.observe(desired)
         validate(desired, obs.inventory)
     except VgpuctlError as e:
