@@ -169,6 +169,17 @@ class Adopter:
                     raise InvalidInput(why)
             desired = spec.load(self.paths.config_dir)
             known = {x.uuid: x.name for x in desired.instances}
+            for x in desired.instances:  # already desired: the desired state must mean the same device
+                d = next((c for c in chosen if c.uuid == x.uuid), None)
+                if d is None:
+                    continue
+                parent = parents[d.parent.lower()]
+                pinned = spec.host_parent(inv, x.parent) if x.parent is not None else parent
+                if pinned != parent or spec.desired_type(inv, parent, x) != d.type_id:
+                    raise InvalidInput(
+                        f"{d.path} defines {d.uuid} as {d.type_id} on {parent}, but the desired state already has it "
+                        f"as instance {x.name} ({x.type} on {x.parent or 'a placed parent'}, {x.mark.path}); make "
+                        "them agree first")
             # the adopt file as it is, plus the new entries (an instance already desired anywhere is not repeated)
             previous = _read_text(self.dropin)
             current = spec.parse(previous, path=self.dropin) if previous is not None else spec.DesiredState()

@@ -261,3 +261,17 @@ def test_adopt_undefine_that_fails_half_way_puts_everything_back(host, md):
     state = json.loads(after.pop(str(host.root / "var/lib/vgpuctl/state.json")))
     assert state["pending"] == [] and state["owned"] == []  # intent settled, ownership claim undone
     assert after == before and host.instances() == devices  # the conf.d file is gone again, mdevctl's file kept
+
+
+def test_adopt_refuses_a_definition_the_desired_state_means_otherwise(host, md):
+    md.run("define", "-u", UA, "-p", "mtty", "-t", "mtty-1", "--auto")
+    md.run("start", "-u", UA)
+    configure(host.root, f"version: 1\ninstances:\n  a: {{uuid: {UA}, type: mtty-2, parent: mtty}}\n")
+    before = tree(host.root)
+    r = vgpuctl(host.root, "adopt", "--from-mdevctl", "--undefine")
+    assert r.returncode == 2 and "make them agree" in r.stderr and tree(host.root) == before
+    configure(host.root, f"version: 1\ninstances:\n  a: {{uuid: {UA}, type: mtty-1, parent: mtty}}\n")
+    out = json.loads(vgpuctl(host.root, "adopt", "--from-mdevctl", "--undefine", "--json", check=0).stdout)
+    assert [(a["name"], a["new"]) for a in out] == [("a", False)]
+    assert not (host.root / "etc/vgpuctl/conf.d/mdevctl.yaml").exists() and md.defined() == {}
+    assert json.loads(vgpuctl(host.root, "plan", "--json", check=0).stdout)["actions"] == []
