@@ -165,7 +165,7 @@ class LazyGroup(click.Group):
 @click.option(
     "--libvirt-timeout",
     envvar="VGPUCTL_LIBVIRT_TIMEOUT",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloat(min=0, min_open=True),
     default=5.0,
     show_default=True,
     metavar="SECONDS",
