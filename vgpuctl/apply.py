@@ -35,7 +35,7 @@ from .errors import AlreadyExists, HostIOError, LibvirtConnectError, LibvirtUnav
 from .hook import HookRecords
 from .host.mdevctl import read_checked
 from .lifecycle import Lifecycle
-from .model import BackendKind, Inventory
+from .model import BackendKind, Instance, Inventory
 from .plan import (Action, Attachments, GpuObservation, Op, PlacementFailure, Placer, Plan, destroy_candidates,
                    plan)
 from .spec import DesiredInstance, DesiredState, PlacementRequest, bind, load
@@ -177,6 +177,8 @@ class Reconciler:
         with self.attachments.session() if self.attachments is not None else nullcontext():
             held = {i.uuid: i for i in list(candidates) + on_gpus}
             users = self.lifecycle.users(tuple(held.values()), unreachable=down) if held else {}
+            params, runs = self._observe_params(inv, desired)
+            users = {**users, **runs}
             if self.attachments is not None and desired.instances and not down:
                 try:
                     attached = self.attachments.observe(inv)
@@ -193,6 +195,27 @@ class Reconciler:
             return Observation(inv, state, plan(inv, state, desired, users=users, attachments=attached,
                                                 placer=self.placer, libvirt_error=unreadable, on_demand=on_demand,
                                                 gpus=gpus, foreign=foreign), libvirt_error=down[0] if down else None)
+
+    def _observe_params(self, inv: Inventory, desired: DesiredState) -> "tuple[Dict[str, Any], Dict[str, Any]]":
+        """The vGPU parameters of the existing instances whose desired state sets some, and who runs those that
+        differ (a running VM keeps its parameters until its next start: the planner blocks their change)."""
+        from . import vgpu_params
+
+        params: Dict[str, Any] = {}
+        differ = []
+        for d in bind(desired, inv).instances:
+            wanted = d.wanted_params
+            inst = inv.instance(d.uuid)
+            if wanted is None or inst is None:
+                continue
+            params[d.uuid] = now = vgpu_params.read(self.host.paths, inst)
+            if now is not None and now != wanted:
+                differ.append(inst)
+        try:
+            runs = self.lifecycle.running_users(differ) if differ else {}
+        except (LibvirtConnectError, LibvirtUnavailable) as e:  # cannot tell whether a VM runs them: wait
+            runs = {i.uuid: [f"possibly a running domain (libvirt unreachable: {e})"] for i in differ}
+        return params, runs
 
     def _observe_gpus(self, inv: Inventory, gpus: Sequence[str], users: Any) -> Dict[str, GpuObservation]:
         """NVML's view of ``gpus``, with the instances a process or domain holds on each added to what runs there
@@ -321,7 +344,17 @@ class Reconciler:
                 continue
             exists = intent.uuid in present
             state = state.settle(intent, exists=exists)
-            if exists == (a.op is Op.CREATE):
+            if exists and a.op is Op.CREATE and a.value is not None:  # its vGPU parameters, before any VM start
+                made = Instance(a.uuid, a.parent or "", a.type_id, backend=BackendKind(intent.backend))
+                try:
+                    self._params_at_create(made, a.value)
+                except VgpuctlError as e:
+                    gone = not self.host.exists(a.uuid, made.backend)
+                    state = state.settle(intent, exists=not gone)
+                    steps.append(Step(a, False, str(e), e.kind))
+                    continue
+                steps.append(Step(a, True))
+            elif exists == (a.op is Op.CREATE):
                 steps.append(Step(a, True))
             else:
                 verb = "create" if a.op is Op.CREATE else "remove"
@@ -343,13 +376,17 @@ class Reconciler:
             return self._run_libvirt(a, state, inv)
         if a.op.gpu_setting:
             return self._run_setting(a, state)
+        if a.op is Op.PARAMS:
+            return self._run_params(a, state, inv)
         existing = inv.instance(a.uuid)
         intent = self._intent(a, inv)
         journalled = state.with_intent(intent)
         self.store.save(journalled)
         try:
             if a.op is Op.CREATE:
-                self.host.create(parent=a.parent or "", type_id=a.type_id, uuid=a.uuid, inventory=inv)
+                made = self.host.create(parent=a.parent or "", type_id=a.type_id, uuid=a.uuid, inventory=inv)
+                if a.value is not None:
+                    self._params_at_create(made, a.value)
             else:
                 assert existing is not None
                 self.host.remove(existing)
@@ -390,6 +427,38 @@ class Reconciler:
                 self.gpu_settings.set_scheduler(a.parent or "", a.value.policy, a.value.timeslice_ms)
             else:
                 self.gpu_settings.set_heterogeneous(a.parent or "", bool(a.value))
+        except VgpuctlError as e:
+            log.warning("%s failed: %s", a.line(), e)
+            return journalled.settle(intent, exists=True), Step(a, False, str(e), e.kind)
+        return journalled.settle(intent, exists=True), Step(a, True)
+
+    def _params_at_create(self, made: Any, params: Any) -> None:
+        """Write a new vGPU's parameters before anything can start a VM with it; if that fails, remove it again
+        (the create step fails: a vGPU without its parameters is not what the desired state asks for)."""
+        from . import vgpu_params
+
+        try:
+            vgpu_params.write(self.host.paths, made, params)
+        except VgpuctlError:
+            try:
+                self.host.remove(made)
+            except VgpuctlError as e:
+                log.warning("roll-back of %s after its vGPU parameters failed: %s", made.uuid, e)
+            raise
+
+    def _run_params(self, a: Action, state: State, inv: Inventory) -> "tuple[State, Step]":
+        """An existing vGPU's parameters: journalled, then written unless a VM started running it meanwhile."""
+        inst = inv.instance(a.uuid)
+        intent = Intent(str(a.op), a.uuid, a.parent or "", a.type_id, str(inst.backend) if inst else "mdev",
+                        ORIGIN_APPLY)
+        journalled = state.with_intent(intent)
+        self.store.save(journalled)
+        try:
+            if inst is None:
+                from .errors import UnknownInstance
+
+                raise UnknownInstance(a.uuid)
+            self.lifecycle.write_params(inst, a.value)
         except VgpuctlError as e:
             log.warning("%s failed: %s", a.line(), e)
             return journalled.settle(intent, exists=True), Step(a, False, str(e), e.kind)

@@ -12,6 +12,10 @@ it does this, and only this:
   parent, type), create the ones that do not exist.  Their uuids are remembered in
   ``run/vgpuctl/hook/<domain-uuid>.json``.  Any failure rolls back what this call created and exits non-zero, which
   makes libvirt abort the start with our message.
+  Then, for every vGPU the domain references that the desired state (``etc/vgpuctl``) gives NVIDIA vGPU
+  parameters (``params:``, or its service profile's), write them to ``nvidia/vgpu_params`` where they differ: a
+  change ``apply`` could not make while the VM ran takes effect now, at its start.  A desired state that does not
+  parse is logged and skipped (the VM still starts); a refused write aborts the start.
 * ``migrate begin`` (on the destination of a live migration, before its QEMU starts): place and create the domain's
   hook-managed vGPUs here (``vgpuctl.migration``: same type, this host's policy; the uuid kept when free here), record
   them, and print the domain XML with the changed uuids/parents (libvirt takes a non-empty stdout as the new XML).
@@ -188,7 +192,40 @@ class Hook:
                 except Exception as e:
                     self.log(call, f"roll-back of {u} failed: {e}")
             raise
+        self.params(call, dx)
         return made
+
+    def params(self, call: HookCall, dx: DomainXml) -> List[str]:
+        """Write the desired vGPU parameters of the domain's vGPUs where they differ (before QEMU opens them)."""
+        from . import spec, vgpu_params
+        from .errors import ConfigError
+        from .state import HostLock
+
+        paths = self.lc.host.paths
+        try:
+            desired = spec.load(paths.config_dir)
+        except ConfigError as e:
+            self.log(call, f"warning: vGPU parameters not checked: {e}")
+            return []
+        if not dx.devices or not any(d.wanted_params is not None for d in desired.instances):
+            return []
+        written: List[str] = []
+        with HostLock(paths, self.lc.lock_timeout):
+            inv = self.lc.host.inventory()
+            desired = spec.bind(desired, inv)
+            wanted = {d.uuid: d.wanted_params for d in desired.instances if d.wanted_params is not None}
+            for u in dx.devices:
+                inst = inv.instance(u)
+                if u not in wanted or inst is None:
+                    continue
+                now = vgpu_params.read(paths, inst)
+                if now is None or now == wanted[u]:
+                    continue
+                self.lc.write_params(inst, wanted[u])
+                written.append(u)
+                self.log(call, f"vGPU parameters of {u}: {vgpu_params.text_of(now)} -> "
+                               f"{vgpu_params.text_of(wanted[u])}")
+        return written
 
     def stop(self, call: HookCall, dx: DomainXml) -> List[str]:
         ours = self.records.load(dx.uuid)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
 from .errors import (
     AlreadyExists,
@@ -31,7 +31,7 @@ from .errors import (
     VgpuctlError,
 )
 from .host import Host, TypeScope
-from .model import (Instance, Inventory, Parent, canonical_instance_id, canonical_parent_name,
+from .model import (Instance, Inventory, Parent, Vendor, canonical_instance_id, canonical_parent_name,
                     find_type)  # noqa: F401  (find_type: re-exported, the one resolver lives in model)
 from .state import ORIGIN_CREATE, HostLock, Intent, State, StateStore
 
@@ -91,6 +91,26 @@ class Lifecycle:
                 out.setdefault(u, []).extend(who)
         return out
 
+    def running_users(self, instances: Sequence[Instance]) -> Dict[str, List[str]]:
+        """Who runs each instance now: processes holding it open and running domains (a definition alone does not
+        count): what must not see its ``vgpu_params`` change."""
+        out: Dict[str, List[str]] = {}
+        for check in self.usage_checks:
+            fn = getattr(check, "running_users", check.users)
+            for u, who in fn(instances).items():
+                out.setdefault(u, []).extend(who)
+        return out
+
+    def write_params(self, inst: Instance, params: "Tuple[Tuple[str, str], ...]") -> None:
+        """Set an instance's NVIDIA vGPU parameters (the caller holds the lock): refused (``DeviceInUse``) while a
+        VM runs it, since they take effect at the VM's next start."""
+        from . import vgpu_params
+
+        who = self.running_users([inst]).get(inst.uuid)
+        if who:
+            raise DeviceInUse(inst.uuid, who)
+        vgpu_params.write(self.host.paths, inst, params)
+
     def _locked_state(self, inventory: Inventory) -> State:
         """Load the state and settle what a crashed run left pending (caller holds the lock)."""
         state = self.store.load()
@@ -108,10 +128,12 @@ class Lifecycle:
         uuid: Optional[str] = None,
         placer: Optional[Callable[[Inventory], str]] = None,
         origin: str = ORIGIN_CREATE,
+        params: "Optional[Tuple[Tuple[str, str], ...]]" = None,
     ) -> Instance:
         """Create one instance on ``parent``; without one, ``placer`` chooses it from the inventory read under the
         lock (``vgpuctl.placement``), so the choice and the create see the same host."""
-        return self.create_with_inventory(parent=parent, type_id=type_id, uuid=uuid, placer=placer, origin=origin)[0]
+        return self.create_with_inventory(parent=parent, type_id=type_id, uuid=uuid, placer=placer, origin=origin,
+                                          params=params)[0]
 
     def create_with_inventory(
         self,
@@ -121,9 +143,12 @@ class Lifecycle:
         uuid: Optional[str] = None,
         placer: Optional[Callable[[Inventory], str]] = None,
         origin: str = ORIGIN_CREATE,
+        params: "Optional[Tuple[Tuple[str, str], ...]]" = None,
     ) -> "tuple[Instance, Inventory]":
         """``create``, also returning the inventory it read under the lock before creating (its parents and types
-        describe the new instance: ``vgpuctl create --json`` takes the type's name from it)."""
+        describe the new instance: ``vgpuctl create --json`` takes the type's name from it).  ``params``: NVIDIA
+        vGPU parameters written to the new vGPU's ``nvidia/vgpu_params`` before anything can start a VM with it;
+        if that write fails the vGPU is removed again."""
         requested = None
         if uuid is not None:
             requested = canonical_instance_id(uuid)
@@ -156,6 +181,8 @@ class Lifecycle:
             who = self.host.busy(pname, inv)  # an NVIDIA VF open by a VM must not get a vGPU
             if who:
                 raise DeviceInUse(pname, who)
+            if params is not None and inv.parent(pname).vendor is not Vendor.NVIDIA:  # type: ignore[union-attr]
+                raise InvalidInput(f"vGPU parameters (--param) are NVIDIA's: parent {pname} is not an NVIDIA GPU")
             intent = Intent("create", want, pname, vtype.type_id, str(kind), origin)
             self.store.save(state.with_intent(intent))
             try:
@@ -169,6 +196,18 @@ class Lifecycle:
                 self.host.remove(inst)  # cannot record ownership: undo the create rather than leak it
                 self.store.save(state)
                 raise
+            if params is not None:
+                from . import vgpu_params
+
+                try:
+                    vgpu_params.write(self.host.paths, inst, params)
+                except BaseException:
+                    undo = Intent("remove", inst.uuid, inst.parent, inst.type_id, str(kind))
+                    owned = state.settle(intent, exists=True)
+                    self.store.save(owned.with_intent(undo))
+                    self.host.remove(inst)  # half-done: a vGPU without its parameters is not what was asked
+                    self.store.save(owned.settle(undo, exists=False))
+                    raise
             return inst, inv
 
     def _create_parent(self, parent: str, type_id: str, inv: Inventory) -> str:

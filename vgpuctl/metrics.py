@@ -24,9 +24,14 @@ vgpuctl_reconcile_converged                        gauge    1 when the last pass
 vgpuctl_reconcile_last_converge_timestamp_seconds  gauge    Unix time of the last pass that converged
 vgpuctl_vgpu_framebuffer_used_bytes{uuid,gpu}      gauge    NVML: framebuffer the guest uses (running vGPUs)
 vgpuctl_vgpu_utilization_ratio{uuid,gpu,engine}    gauge    NVML: sm, memory, encoder, decoder utilization, 0..1
+vgpuctl_vgpu_licensed{uuid,gpu,state}              gauge    NVML: 1 licensed, 0 not (state: unlicensed,
+                                                            unlicensed-restricted, ...); absent where unknown
+vgpuctl_vgpu_license_expiry_seconds{uuid,gpu}      gauge    NVML: Unix time the license expires (valid expiry
+                                                            only; a permanent license has none)
 =================================================  =======  =====================================================
 
-The two ``vgpuctl_vgpu_*`` series exist only where NVML answers (an NVIDIA vGPU host with ``nvidia-ml-py``).
+The ``vgpuctl_vgpu_*`` series exist only where NVML answers (an NVIDIA vGPU host with ``nvidia-ml-py``), for the
+vGPUs a VM runs (NVML lists no others); a vGPU whose license NVML cannot tell has no license series.
 """
 from __future__ import annotations
 
@@ -105,6 +110,18 @@ def host_samples(
                     util.append(((("uuid", uuid), ("gpu", gpu), ("engine", engine)), value / 100.0))
         out["vgpuctl_vgpu_framebuffer_used_bytes"] = fb
         out["vgpuctl_vgpu_utilization_ratio"] = util
+        licensed, expiry = [], []
+        for uuid, v in sorted(vgpus.items()):
+            lic = getattr(v, "license", None)
+            if lic is None or lic.licensed is None:
+                continue
+            inst = inventory.instance(uuid)
+            gpu = parents[inst.parent].gpu if inst is not None and inst.parent in parents else ""
+            licensed.append(((("uuid", uuid), ("gpu", gpu), ("state", lic.state)), 1.0 if lic.licensed else 0.0))
+            if lic.expiry is not None:
+                expiry.append(((("uuid", uuid), ("gpu", gpu)), float(lic.expiry)))
+        out["vgpuctl_vgpu_licensed"] = licensed
+        out["vgpuctl_vgpu_license_expiry_seconds"] = expiry
     return out
 
 
@@ -119,6 +136,8 @@ HELP = {
     "vgpuctl_reconcile_last_converge_timestamp_seconds": "Unix time of the last reconcile pass that converged",
     "vgpuctl_vgpu_framebuffer_used_bytes": "Framebuffer used inside a running vGPU (NVML)",
     "vgpuctl_vgpu_utilization_ratio": "vGPU engine utilization, 0 to 1 (NVML)",
+    "vgpuctl_vgpu_licensed": "1 when the running vGPU holds a license, 0 when not (NVML; absent where unknown)",
+    "vgpuctl_vgpu_license_expiry_seconds": "Unix time the vGPU's license expires (NVML; valid expiries only)",
 }
 
 
@@ -230,9 +249,9 @@ class MetricsExporter:
 
             policy = Policy()
         users = reconciler.lifecycle.users(inv.instances) if inv.instances else {}
-        return host_samples(inv, policy, users=users, vgpus=self._nvml(inv))
+        return host_samples(inv, policy, users=users, vgpus=self._nvml(inv, reconciler.host.paths))
 
-    def _nvml(self, inv: Inventory) -> Optional[Mapping[str, Any]]:
+    def _nvml(self, inv: Inventory, paths: Any = None) -> Optional[Mapping[str, Any]]:
         """Per-vGPU details from NVML (vgpuctl.nvml), where the host has NVIDIA GPUs and NVML answers."""
         if not inv.instances or not any(p.vendor is Vendor.NVIDIA and p.pci for p in inv.parents):
             return None
@@ -240,7 +259,7 @@ class MetricsExporter:
             from . import nvml
 
             gpus, _notes = nvml.gather(inv)
-            _inv, details = nvml.enrich(inv, gpus)
+            _inv, details = nvml.enrich(inv, gpus, nvml.placements_of(paths, inv) if paths is not None else None)
             return details
         except Exception as e:  # NvmlUnavailable, ImportError, NvmlError: the vGPU series are left out
             note = str(getattr(e, "reason", None) or e)

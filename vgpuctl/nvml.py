@@ -12,8 +12,9 @@ while the C API writes an ``unsigned long long`` (we call the function pointer w
 """
 from __future__ import annotations
 
+import calendar
 import ctypes
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import InvalidInput, NotVgpuHost, NvmlError
@@ -52,6 +53,62 @@ def reason_for(code: Optional[int], where: str = "") -> str:
 
 
 # --- what NVML says ------------------------------------------------------------------------------------------------
+#: ``nvmlVgpuLicenseInfo_t.currentState`` (NVML_GRID_LICENSE_STATE_*), as vgpuctl spells it.
+LICENSE_STATES = {0: "unknown", 1: "uninitialized", 2: "unlicensed-unrestricted", 3: "unlicensed-restricted",
+                  4: "unlicensed", 5: "licensed"}
+#: ``nvmlVgpuLicenseExpiry_t.status`` (NVML_GRID_LICENSE_EXPIRY_*; pynvml spells these constants as 1-tuples).
+EXPIRY_NOT_AVAILABLE, EXPIRY_INVALID, EXPIRY_VALID, EXPIRY_NOT_APPLICABLE, EXPIRY_PERMANENT = 0, 1, 2, 3, 4
+
+
+@dataclass(frozen=True)
+class License:
+    """A vGPU's license as NVML reports it (``nvmlVgpuInstanceGetLicenseInfo_v2``).  ``licensed`` is None and
+    ``state`` "unknown" where NVML cannot tell (no VM runs the vGPU, the driver lacks the call, NVML is not usable);
+    ``expiry`` is a Unix time (the driver's date read as UTC) only where NVML says the expiry is valid,
+    ``permanent`` where it says the license does not expire."""
+
+    licensed: Optional[bool] = None
+    state: str = "unknown"
+    expiry: Optional[int] = None
+    permanent: bool = False
+
+    @property
+    def known(self) -> bool:
+        return self.licensed is not None
+
+    @property
+    def expiry_text(self) -> Optional[str]:
+        if self.permanent:
+            return "permanent"
+        if self.expiry is None:
+            return None
+        import time
+
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.expiry))
+
+
+UNKNOWN_LICENSE = License()
+
+
+def license_of(info: Any) -> License:
+    """A ``License`` from pynvml's ``c_nvmlVgpuLicenseInfo_t``."""
+    state = LICENSE_STATES.get(int(info.currentState), "unknown")
+    licensed = bool(info.isLicensed)
+    if state == "unknown" and not licensed:
+        return UNKNOWN_LICENSE
+    ex = info.licenseExpiry
+    expiry = None
+    if int(ex.status) == EXPIRY_VALID:
+        try:
+            expiry = calendar.timegm((int(ex.year), int(ex.month), int(ex.day), int(ex.hour), int(ex.min),
+                                      int(ex.sec), 0, 0, 0))
+        except (OverflowError, ValueError):
+            expiry = None
+    return License(licensed=licensed, state=state if state != "unknown" else ("licensed" if licensed else
+                                                                              "unlicensed"),
+                   expiry=expiry, permanent=int(ex.status) == EXPIRY_PERMANENT)
+
+
 @dataclass(frozen=True)
 class TypeInfo:
     number: int
@@ -74,6 +131,7 @@ class VgpuInfo:
     mem_util: Optional[int] = None
     enc_util: Optional[int] = None
     dec_util: Optional[int] = None
+    license: License = field(default_factory=lambda: UNKNOWN_LICENSE)
 
 
 @dataclass(frozen=True)
@@ -215,6 +273,7 @@ class Nvml:
                     placement_id=self._opt("nvmlVgpuInstanceGetPlacementId", v),
                     gpu_instance_id=self._opt("nvmlVgpuInstanceGetGpuInstanceId", v),
                     mdev_uuid=_s(self._opt("nvmlVgpuInstanceGetMdevUUID", v)),
+                    license=self._license(v),
                     **util.get(v, {}),
                 ))
         return replace(info, types=tuple(out_types), vgpus=tuple(out_vgpus))
@@ -230,6 +289,11 @@ class Nvml:
         except self.nv.NVMLError:
             return None
         return used.value // (1024 * 1024)
+
+    def _license(self, vgpu: int) -> License:
+        """The vGPU's license; unknown where NVML cannot tell (old driver: error 13; not supported: error 3)."""
+        info = self._opt("nvmlVgpuInstanceGetLicenseInfo_v2", vgpu)
+        return UNKNOWN_LICENSE if info is None else license_of(info)
 
     def _utilization(self, h: Any) -> Dict[int, Dict[str, int]]:
         samples = self._opt("nvmlDeviceGetVgpuUtilization", h, 0) or []
@@ -385,6 +449,20 @@ def gather(inventory: Inventory, *, vgpus: bool = True) -> Tuple[Dict[str, GpuIn
             if not info.vgpu_host:
                 notes.append(f"GPU {pci} is not in vGPU host mode ({VIRT_MODES.get(info.virt_mode or 0, '?')})")
     return infos, notes
+
+
+def placements_of(paths: Any, inventory: Inventory) -> Dict[str, int]:
+    """The vendor-VFIO instances' ``placement_id`` from sysfs (what ``enrich`` matches NVML's vGPUs by)."""
+    from .host.nvidia_vf import NvidiaVfBackend
+
+    backend = NvidiaVfBackend(paths)
+    out: Dict[str, int] = {}
+    for i in inventory.instances:
+        if i.backend is BackendKind.NVIDIA_VF:
+            pid = backend.details(i.uuid).get("placement_id")
+            if pid is not None and pid.isdigit():
+                out[i.uuid] = int(pid)
+    return out
 
 
 def enrich(

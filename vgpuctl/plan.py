@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any, Callable, Collection, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 
-from .model import BackendKind, Instance, Inventory, VgpuType
+from .model import BackendKind, Instance, Inventory, Vendor, VgpuType
 from .spec import (AttachMode, DesiredGpu, DesiredInstance, DesiredState, bind, desired_type, host_parent,
                    vf_issues)
 from .state import ORIGIN_APPLY, State
@@ -48,6 +48,7 @@ class Op(str, Enum):
     SCHED = "sched"  #: set a GPU's vGPU scheduler (NVML)
     HETERO = "hetero"  #: set a GPU's heterogeneous vGPU mode (NVML)
     MANAGE = "manage"  #: take over an instance another manager (mdevctl) also defines: never runnable, always blocked
+    PARAMS = "params"  #: set an existing vGPU's NVIDIA plugin parameters (nvidia/vgpu_params)
 
     def __str__(self) -> str:
         return self.value
@@ -100,7 +101,8 @@ class Action:
     block: Optional[Block] = None
     detail: str = ""  #: what blocks it, for people
     #: a GPU-wide setting's desired value (``DesiredScheduler`` or the heterogeneous bool); ``parent`` is the GPU,
-    #: ``type_id`` the value as text, ``current`` what NVML reports now, ``uuid`` empty
+    #: ``type_id`` the value as text, ``current`` what NVML reports now, ``uuid`` empty.  A ``params`` action's and
+    #: a create's: the vGPU parameters to write (``vgpu_params.Params``; a create's None: none managed)
     value: Any = None
     current: str = ""
 
@@ -116,8 +118,12 @@ class Action:
             text = f"~ detach {self.uuid} from {self.domain} ({self.mode})"
         elif self.op.gpu_setting:
             text = f"~ {self.op} GPU {self.parent} {self.current or '?'} -> {self.type_id}"
+        elif self.op is Op.PARAMS:
+            text = f"~ params {self.uuid} {self.current or '?'} -> {_params_text(self.value)}"
         else:
             text = f"{self.op.sign} {self.op} {self.uuid} {self.type_id} on {self.parent or '?'}"
+            if self.op is Op.CREATE and self.value is not None:
+                text += f" with params {_params_text(self.value)}"
         extras = [x for x in (self.name, self.why) if x]
         if extras:
             text += f" ({'; '.join(extras)})"
@@ -215,6 +221,26 @@ class DomainAttachment:
         return AttachMode.CONFIG if config else None
 
 
+def _with_params(a: Action, params: Any, inventory: Inventory) -> Action:
+    """A create that also writes the vGPU parameters; blocked ``config`` where the parent is not NVIDIA's."""
+    if params is None or a.op is not Op.CREATE:
+        return a
+    p = inventory.parent(a.parent or "")
+    if a.block is None and p is not None and p.vendor is not Vendor.NVIDIA:
+        return replace(a, value=params, block=Block.CONFIG,
+                       detail=f"{p.name} is not an NVIDIA GPU: its vGPUs have no nvidia/vgpu_params; drop 'params'")
+    return replace(a, value=params)
+
+
+def _params_text(params: Any) -> str:
+    from .vgpu_params import text_of
+
+    return text_of(params)
+
+
+#: why a params change does not touch a running VM: what NVIDIA's user guide says about vgpu_params
+PARAMS_WHY = "takes effect at the next VM start"
+
 Users = Mapping[str, Sequence[str]]
 #: uuid -> the domains whose live or persistent XML references it (or whose vgpuctl metadata records it)
 Attachments = Mapping[str, FrozenSet[DomainAttachment]]
@@ -287,6 +313,7 @@ def plan(
     gpus: Optional[Mapping[str, GpuObservation]] = None,
     modes: Optional[Mapping[str, Any]] = None,
     foreign: Optional[Mapping[str, Any]] = None,
+    params: Optional[Mapping[str, Any]] = None,
 ) -> Plan:
     """The actions that take ``inventory`` to ``desired``.  ``users``: who uses which instance (uuid -> holders);
     ``attachments``: uuid -> the domains that reference it (``DomainAttachment``), or None when libvirt is not
@@ -298,7 +325,9 @@ def plan(
     their heterogeneous mode decides a vendor-VFIO GPU's mixing rule (one NVML did not report is predicted
     mixed-size, the most permissive rule, so that only the host refuses); ``modes``: physical GPU -> the placement
     engine's ``MixMode`` for any other GPU that is not homogeneous; ``foreign``: uuid -> mdevctl's definition of it
-    (``host.mdevctl.Definition``: ``parent``, ``type_id``, ``auto``, ``label``, ``path``)."""
+    (``host.mdevctl.Definition``: ``parent``, ``type_id``, ``auto``, ``label``, ``path``); ``params``: uuid -> the NVIDIA vGPU
+    parameters the instance has now (``vgpu_params.Params``; None: it has no ``vgpu_params``), for the existing
+    instances whose desired state sets parameters (one missing here is not compared)."""
     users = users or {}
     foreign = foreign or {}
     desired = bind(desired, inventory)  # an instance pinned to a vendor-VFIO VF is named by the VF
@@ -424,8 +453,36 @@ def plan(
                 reason = where.reason if isinstance(where, PlacementFailure) else "no parent fits"
                 creates.append(_blocked_create(d, None, d.type, Block.NO_PLACEMENT, reason))
 
-    # 4. attachments: detach what vgpuctl attached to a domain the instance no longer names, then attach
-    creates_by_uuid = {a.uuid: a for a in creates}
+    # 4. vGPU parameters: a create writes them before anything can start the VM; an existing vGPU gets them
+    #    unless a VM runs it (then the libvirt hook writes them at the next start)
+    creates = [_with_params(a, want[a.uuid].wanted_params, inventory) if a.uuid in want else a for a in creates]
+    created = {a.uuid for a in creates}
+    changes: List[Action] = []
+    for d in desired.instances:
+        wanted = d.wanted_params
+        inst = inventory.instance(d.uuid)
+        if wanted is None or inst is None or d.uuid in created or d.uuid in freed or params is None:
+            continue
+        if d.uuid not in params:
+            continue
+        now = params[d.uuid]
+        if now == wanted:
+            continue
+        if now is None:
+            changes.append(Action(Op.PARAMS, d.uuid, inst.parent, inst.type_id, d.name, why=PARAMS_WHY,
+                                  block=Block.CONFIG, value=wanted, current="?",
+                                  detail=f"{d.uuid} has no nvidia/vgpu_params (not an NVIDIA vGPU): drop 'params'"))
+            continue
+        who = list(users.get(d.uuid, ()))
+        changes.append(Action(Op.PARAMS, d.uuid, inst.parent, inst.type_id, d.name, why=PARAMS_WHY,
+                              value=wanted, current=_params_text(now),
+                              block=Block.IN_USE if who else None,
+                              detail=("a VM runs it (" + ", ".join(who) + "): the libvirt hook writes them at "
+                                      "its next start") if who else ""))
+    creates += changes
+
+    # 5. attachments: detach what vgpuctl attached to a domain the instance no longer names, then attach
+    creates_by_uuid = {a.uuid: a for a in creates if a.op is Op.CREATE}
     for d in desired.instances:
         create = creates_by_uuid.get(d.uuid)
         inst = inventory.instance(d.uuid)

@@ -19,6 +19,7 @@ parsed.  Schema::
         display: true                # template option: the vGPU is the domain's display
         ramfb: false                 # template option: boot display through ramfb (needs display)
         scheduler: fixed-share       # NVIDIA time-slice policy sold with it: best-effort, equal-share, fixed-share
+        params: {frame_rate_limiter: 0}   # NVIDIA vgpu_params the tier sets (vgpuctl.vgpu_params)
         limits:
           per_tenant: 2              # at most this many per tenant ...
           tenants: {acme: 4}         # ... except these tenants ("*" is the same as per_tenant)
@@ -74,6 +75,8 @@ class Profile:
     tenant_limits: Tuple[Tuple[str, int], ...] = ()
     description: str = ""
     line: Optional[int] = None  #: where the profile starts in its file
+    #: NVIDIA vGPU plugin parameters the tier sets (``vgpu_params``); None: the profile sets none
+    params: Optional[Tuple[Tuple[str, str], ...]] = None
 
     @property
     def selector(self) -> str:
@@ -153,7 +156,8 @@ def parse_profiles(text: str, *, path: str = "<profiles>") -> Profiles:
     return _Parser(path, yaml).document(root)
 
 
-_PROFILE_KEYS = ("description", "type", "series", "framebuffer", "display", "ramfb", "scheduler", "limits")
+_PROFILE_KEYS = ("description", "type", "series", "framebuffer", "display", "ramfb", "scheduler", "limits",
+                 "params")
 
 
 class _Parser(_PolicyParser):
@@ -225,10 +229,15 @@ class _Parser(_PolicyParser):
             if per_tenant is not None and any(t == "*" for t, _ in tenants):
                 raise self.fail(lnode, f"{key}.limits.tenants.*", "contradicts 'per_tenant': give one of the two")
         description = self.string(m["description"][1], f"{key}.description") if "description" in m else ""
+        params = None
+        if "params" in m:
+            from .vgpu_params import from_node
+
+            params = from_node(self, m["params"][1], f"{key}.params")
         return Profile(
             name=name, types=types, series=series, framebuffer_mib=fb, display=display, ramfb=ramfb,
             scheduler=scheduler, per_tenant=per_tenant, tenant_limits=tuple(tenants), description=description,
-            line=knode.start_mark.line + 1,
+            line=knode.start_mark.line + 1, params=params,
         )
 
 

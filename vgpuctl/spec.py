@@ -15,6 +15,8 @@ file, the line and the key, raised before anything on the host is touched.  The 
         placement: {tenant: a, numa_node: 0}   # ... or a placement request (exactly one of the two)
         domain: web-1                   # optional: libvirt domain to attach the device to
         attach: config                  # live | config | both (default config); only with domain
+        params: {frame_rate_limiter: 0} # NVIDIA vgpu_params (vgpuctl.vgpu_params); {} clears; default: the
+                                        # profile's, else not managed
     gpus:                               # optional: GPU-wide NVIDIA settings, converged through NVML
       "0000:4a:00.0":                   # a physical GPU's PCI address, unique over all files
         scheduler: {policy: equal-share, timeslice_ms: 2}   # best-effort | equal-share | fixed-share
@@ -51,7 +53,7 @@ _GPU_KEYS = ("scheduler", "heterogeneous")
 _SCHED_KEYS = ("policy", "timeslice_ms")
 #: the vGPU scheduler policies NVML knows (``nvml.POLICIES``; spelled out here so parsing needs no NVML)
 SCHED_POLICIES = ("best-effort", "equal-share", "fixed-share")
-_INSTANCE_KEYS = ("uuid", "type", "profile", "parent", "placement", "domain", "attach")
+_INSTANCE_KEYS = ("uuid", "type", "profile", "parent", "placement", "domain", "attach", "params")
 _PLACEMENT_KEYS = ("tenant", "numa_node")
 
 
@@ -99,9 +101,19 @@ class DesiredInstance:
     #: the service profile's name (``type`` is then "profile NAME"); ``load`` binds ``profile_def`` to it
     profile: Optional[str] = None
     profile_def: Any = field(default=None, compare=False, repr=False)  #: a ``vgpuctl.profiles.Profile``
+    #: NVIDIA vGPU plugin parameters as written (``vgpu_params.Params``); None: not given here
+    params: Optional[Tuple[Tuple[str, str], ...]] = None
 
     def line_of(self, key: str) -> Optional[int]:
         return _line_of(self.key_lines, key, self.mark.line)
+
+    @property
+    def wanted_params(self) -> Optional[Tuple[Tuple[str, str], ...]]:
+        """The parameters the vGPU should have: the instance's own ``params``, else its profile's; None when
+        neither says (then vgpuctl leaves ``vgpu_params`` alone)."""
+        if self.params is not None:
+            return self.params
+        return getattr(self.profile_def, "params", None)
 
 
 @dataclass(frozen=True)
@@ -373,9 +385,15 @@ class _Parser(NodeReader):
                 raise self.fail(
                     fields["attach"][1], f"{key}.attach", f"must be one of: {', '.join(m.value for m in AttachMode)}"
                 ) from None
+        params = None
+        if "params" in fields:
+            from .vgpu_params import from_node
+
+            params = from_node(self, fields["params"][1], f"{key}.params")
         return DesiredInstance(
             name=name, uuid=uuid, type=vtype, parent=parent, placement=placement, domain=domain, attach=attach,
             uuid_derived=derived, mark=Mark(self.path, knode.start_mark.line + 1), key_lines=lines, profile=profile,
+            params=params,
         )
 
     def placement(self, node: Any, key: str) -> PlacementRequest:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .model import Inventory, VgpuType
+from .model import Inventory, Vendor, VgpuType
 from .placement import GpuKind, GpuState, Usage, gpu_states, headroom, rule_for
 from .policy import Policy
 
@@ -50,6 +50,8 @@ class Holder:
     domain: Optional[str]
     slots: int
     defined_by: Tuple[str, ...] = ()  #: who defines it (``coexist.definers``): vgpuctl:<name>, mdevctl:auto, hook
+    license: Optional[str] = None  #: NVIDIA: licensed, unlicensed, ... or unknown (NVML); None elsewhere
+    license_expiry: Optional[str] = None  #: ISO time, "permanent" or None
 
 
 @dataclass(frozen=True)
@@ -113,16 +115,19 @@ def host_status(
     domains: Optional[Mapping[str, str]] = None,
     usage: Optional[Usage] = None,
     defined_by: Optional[Mapping[str, Sequence[str]]] = None,
+    licenses: Optional[Mapping[str, Any]] = None,
 ) -> HostStatus:
     """The status of every physical GPU; ``domains``: instance uuid -> the domain using it (from libvirt);
-    ``defined_by``: instance uuid -> who defines it."""
+    ``defined_by``: instance uuid -> who defines it; ``licenses``: instance uuid -> its ``vgpuctl.nvml.License``
+    (NVIDIA instances missing there are "unknown")."""
     domains = domains or {}
     defs = defined_by or {}
-    return HostStatus(tuple(_gpu(inventory, policy, g, domains, defs) for g in gpu_states(inventory, usage)))
+    lic = licenses or {}
+    return HostStatus(tuple(_gpu(inventory, policy, g, domains, defs, lic) for g in gpu_states(inventory, usage)))
 
 
 def _gpu(inv: Inventory, policy: Policy, g: GpuState, domains: Mapping[str, str],
-         defs: Mapping[str, Sequence[str]] = {}) -> GpuStatus:
+         defs: Mapping[str, Sequence[str]] = {}, licenses: Mapping[str, Any] = {}) -> GpuStatus:
     _, rule = rule_for(policy, g)
     names = {p.name for p in g.parents}
     insts = sorted((i for i in inv.instances if i.parent in names), key=lambda i: (i.parent, i.uuid))
@@ -141,7 +146,7 @@ def _gpu(inv: Inventory, policy: Policy, g: GpuState, domains: Mapping[str, str]
         unit = "VF"
         by_parent = {i.parent: i for i in insts}
         for i in insts:
-            holders.append(_holder(inv, i, len(holders), domains, 1, defs))
+            holders.append(_holder(inv, i, len(holders), domains, 1, defs, licenses))
         label = {h.uuid: h.label for h in holders}
         free_vfs = [p.name for p in g.parents if p.name not in by_parent]
         restricted = set(free_vfs[:held_room]) if insts else set()
@@ -159,7 +164,7 @@ def _gpu(inv: Inventory, policy: Policy, g: GpuState, domains: Mapping[str, str]
         cells = g.total_fb // size
         for i in insts:
             span = max(1, (fb.get(i.type_id) or size) // size)
-            h = _holder(inv, i, len(holders), domains, span, defs)
+            h = _holder(inv, i, len(holders), domains, span, defs, licenses)
             holders.append(h)
             slots += [Slot(USED, i.uuid, h.label, i.parent)] * span
         free = max(cells - len(slots), 0)
@@ -173,7 +178,7 @@ def _gpu(inv: Inventory, policy: Policy, g: GpuState, domains: Mapping[str, str]
     else:
         unit = "instance"
         for i in insts:
-            h = _holder(inv, i, len(holders), domains, 1, defs)
+            h = _holder(inv, i, len(holders), domains, 1, defs, licenses)
             holders.append(h)
             slots.append(Slot(USED, i.uuid, h.label, i.parent))
         room = max((o.host_available for o in g.offers), default=0)
@@ -199,12 +204,17 @@ def _gpu(inv: Inventory, policy: Policy, g: GpuState, domains: Mapping[str, str]
 
 
 def _holder(inv: Inventory, i: Any, n: int, domains: Mapping[str, str], span: int,
-            defs: Mapping[str, Sequence[str]]) -> Holder:
+            defs: Mapping[str, Sequence[str]], licenses: Mapping[str, Any]) -> Holder:
     t = inv.type_on(i.parent, i.type_id)
+    p = inv.parent(i.parent)
+    lic = licenses.get(i.uuid)
+    nvidia = p is not None and p.vendor is Vendor.NVIDIA
     return Holder(
         label=LETTERS[n % len(LETTERS)], uuid=i.uuid, parent=i.parent, type_id=i.type_id,
         profile=_profile(t, i.type_id), domain=domains.get(i.uuid), slots=span,
         defined_by=tuple(defs.get(i.uuid, ())),
+        license=(lic.state if lic is not None else "unknown") if nvidia else None,
+        license_expiry=lic.expiry_text if nvidia and lic is not None else None,
     )
 
 
@@ -230,7 +240,8 @@ def records(status: HostStatus) -> List[Dict[str, Any]]:
             "slots": [{"state": s.state, "label": s.label, "uuid": s.uuid, "parent": s.parent} for s in g.slots],
             "instances": [
                 {"label": h.label, "uuid": h.uuid, "parent": h.parent, "type_id": h.type_id, "type_name": h.profile,
-                 "domain": h.domain, "slots": h.slots, "defined_by": list(h.defined_by)}
+                 "domain": h.domain, "slots": h.slots, "defined_by": list(h.defined_by),
+                 "license": h.license, "license_expiry": h.license_expiry}
                 for h in g.holders
             ],
             "capacity": [
@@ -294,6 +305,8 @@ def render_text(status: HostStatus, *, colour: bool = False) -> str:
             extra = f"  {h.parent}" if g.kind is GpuKind.SRIOV else ""
             if h.defined_by:
                 extra += f"  defined by {','.join(h.defined_by)}"
+            if h.license is not None:
+                extra += f"  license {h.license}" + (f" until {h.license_expiry}" if h.license_expiry else "")
             lines.append(f"  {h.label}  {h.uuid}  {h.profile:<8}  {h.domain or '-'}{extra}")
         left = ", ".join(f"{c.profile or c.type_id} {c.left}" for c in g.capacity if c.left) or "nothing"
         lines.append(f"  left   {left}")

@@ -583,6 +583,18 @@ class DomainUsers:
                 out[i.uuid] = [u.describe() for u in uses]
         return out
 
+    def running_users(self, instances: Sequence[Instance]) -> Dict[str, List[str]]:
+        """Like ``users``, counting only domains that run with the instance (not a definition alone)."""
+        if not instances:
+            return {}
+        snap = self.read()
+        out: Dict[str, List[str]] = {}
+        for i in instances:
+            uses = [u for u in snap.uses(i.uuid) if not u.stale]
+            if uses:
+                out[i.uuid] = [u.describe() for u in uses]
+        return out
+
 
 # --- is libvirt reachable ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)

@@ -50,6 +50,9 @@ class FakeNvml:
         self.fb_used = 5 * 1024 ** 3  #: bytes each active vGPU uses (more than 32 bits can hold)
         self.sched: Dict[int, Dict[str, int]] = {i: {"policy": 1, "timeslice": 0} for i in range(len(self.devices))}
         self.calls: List[str] = []
+        #: VF -> (isLicensed, currentState, expiry status, (year, month, day, hour, min, sec)); default: licensed,
+        #: permanent (a VF not listed here)
+        self.licenses: Dict[str, tuple] = {}
         #: struct versions this "driver" knows (a newer pynvml sending another one gets error 25)
         self.hetero_version = pynvml.VgpuHeterogeneousMode_v1
         self.placement_version = pynvml.VgpuPlacementId_v1
@@ -77,6 +80,13 @@ class FakeNvml:
 
     def start_vm(self, vf: str, vm_id: str) -> None:
         self.vms[vf] = vm_id
+
+    def set_license(self, vf: str, *, licensed: bool, state: int, expiry: Optional[tuple] = None,
+                    expiry_status: Optional[int] = None) -> None:
+        """What nvmlVgpuInstanceGetLicenseInfo_v2 reports for the vGPU on ``vf`` (NVML_GRID_LICENSE_STATE_* and
+        NVML_GRID_LICENSE_EXPIRY_*: 2 valid, 4 permanent, 0 not available)."""
+        status = expiry_status if expiry_status is not None else (2 if expiry else 0)
+        self.licenses[vf] = (int(licensed), state, status, expiry or (0, 0, 0, 0, 0, 0))
 
     # --- the host as the simulator shows it -------------------------------------------------------------------------
     def _dev(self, h: Any) -> int:
@@ -219,6 +229,14 @@ class FakeNvml:
         if gi < 0:
             return NOT_SUPPORTED
         _obj(out).value = gi
+        return OK
+
+    def nvmlVgpuInstanceGetLicenseInfo_v2(self, v: Any, out: Any) -> int:
+        lic, o = self.licenses.get(self._vgpu(v), (1, 5, 4, (0, 0, 0, 0, 0, 0))), _obj(out)
+        o.isLicensed, o.currentState = lic[0], lic[1]
+        e = o.licenseExpiry
+        e.status = lic[2]
+        e.year, e.month, e.day, e.hour, e.min, e.sec = lic[3]
         return OK
 
     def nvmlVgpuInstanceGetMdevUUID(self, v: Any, buf: Any, size: Any) -> int:

@@ -1,7 +1,7 @@
 """``vgpuctl create`` and ``vgpuctl destroy``."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import click
 
@@ -24,6 +24,10 @@ from .records import instance_record
 @click.option("--tenant", metavar="TENANT", help="Tenant for quotas, reserved GPUs and profile limits.")
 @click.option("--domain", "-d", metavar="DOMAIN", help="Without --parent: the domain (anti-affinity groups).")
 @click.option("--policy", "policy_file", metavar="FILE", help="Without --parent: placement policy file.")
+@click.option("--param", "params", metavar="KEY=VALUE", multiple=True,
+              help="NVIDIA vGPU parameter for nvidia/vgpu_params (repeatable): frame_rate_limiter, disable_vnc, "
+              "enable_uvm, enable_debugging, enable_profiling; written before any VM can start with it.  With "
+              "--profile they replace the profile's.")
 @json_option
 def create(
     parent: Optional[str],
@@ -33,6 +37,7 @@ def create(
     tenant: Optional[str],
     domain: Optional[str],
     policy_file: Optional[str],
+    params: Tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Create one vGPU instance and record it as owned by vgpuctl; without --parent, the placement policy picks it.
@@ -43,8 +48,12 @@ def create(
     s = settings()
     if (type_id is None) == (profile_name is None):
         raise InvalidInput("give --type or --profile (exactly one)")
+    from ..vgpu_params import parse_option
+
+    wanted = parse_option(params) if params else None  # checked before anything is touched
     if profile_name is not None:
-        inst, inv = _create_profiled(s, profile_name, parent=parent, uuid=uuid, tenant=tenant, domain=domain)
+        inst, inv = _create_profiled(s, profile_name, parent=parent, uuid=uuid, tenant=tenant, domain=domain,
+                                     params=wanted)
     else:
         assert type_id is not None
         placer = None
@@ -52,7 +61,8 @@ def create(
             from .placement import placer_for
 
             placer = placer_for(s, type_id, tenant=tenant, domain=domain, policy_file=policy_file)
-        inst, inv = build_lifecycle(s).create_with_inventory(parent=parent, type_id=type_id, uuid=uuid, placer=placer)
+        inst, inv = build_lifecycle(s).create_with_inventory(parent=parent, type_id=type_id, uuid=uuid, placer=placer,
+                                                             params=wanted)
     if as_json:
         import json
 
@@ -64,7 +74,7 @@ def create(
 
 
 def _create_profiled(s, name: str, *, parent: Optional[str], uuid: Optional[str], tenant: Optional[str],  # type: ignore[no-untyped-def]
-                     domain: Optional[str]):
+                     domain: Optional[str], params=None):
     """``create --profile``: the GPU model (so the type) is chosen now, the parent under the lifecycle lock.
     Returns the instance and the inventory the create read."""
     from .profiles import ProfiledCreate, load_settings_profiles, placer_for_profile, resolve
@@ -79,7 +89,8 @@ def _create_profiled(s, name: str, *, parent: Optional[str], uuid: Optional[str]
         placer = None if parent is not None else placer_for_profile(s, profile, tenant=tenant, domain=domain,
                                                                      type_id=tid)
         inst, inv = build_lifecycle(s).create_with_inventory(parent=pname if parent is not None else None,
-                                                             type_id=tid, uuid=uuid, placer=placer)
+                                                             type_id=tid, uuid=uuid, placer=placer,
+                                                             params=params if params is not None else profile.params)
         seen.append(inv)
         return inst
 

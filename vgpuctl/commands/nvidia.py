@@ -29,8 +29,7 @@ SCHED_COLUMNS = [
 def enrich_inventory(s: Settings, inv: Inventory, *, vgpus: bool) -> Tuple[Inventory, Dict[str, Any], Dict[str, Any]]:
     """The inventory with NVML's details, per-instance details and per-GPU info; on any failure the sysfs inventory
     and ONE line on stderr saying why."""
-    from ..host.nvidia_vf import NvidiaVfBackend
-    from ..nvml import NvmlUnavailable, enrich, gather
+    from ..nvml import NvmlUnavailable, enrich, gather, placements_of
 
     try:
         gpus, notes = gather(inv, vgpus=vgpus)
@@ -39,14 +38,7 @@ def enrich_inventory(s: Settings, inv: Inventory, *, vgpus: bool) -> Tuple[Inven
         return inv, {}, {}
     if notes:
         info("NVML not used for " + "; ".join(notes) + "; showing sysfs data for them")
-    placements: Dict[str, int] = {}
-    if vgpus:
-        backend = NvidiaVfBackend(s.paths)
-        for i in inv.instances:
-            if i.backend is BackendKind.NVIDIA_VF:
-                pid = backend.details(i.uuid).get("placement_id")
-                if pid is not None and pid.isdigit():
-                    placements[i.uuid] = int(pid)
+    placements: Dict[str, int] = placements_of(s.paths, inv) if vgpus else {}
     hosts = {g: v for g, v in gpus.items() if v.vgpu_host}
     enriched, details = enrich(inv, hosts, placements)
     return enriched, details, gpus

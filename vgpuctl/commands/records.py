@@ -49,8 +49,10 @@ INSTANCE_COLUMNS = [
 
 
 #: Extra table columns shown when NVML answered (``list`` on an NVIDIA vGPU host).
-NVML_INSTANCE_COLUMNS = [("VM", "vm_id"), ("FB_USED", "fb_used_mib"), ("SM%", "sm_util"), ("MEM%", "mem_util")]
+NVML_INSTANCE_COLUMNS = [("VM", "vm_id"), ("FB_USED", "fb_used_mib"), ("SM%", "sm_util"), ("MEM%", "mem_util"),
+                         ("LICENSE", "license"), ("LICENSE_EXPIRY", "license_expiry")]
 NVML_INSTANCE_KEYS = ("nvml_id", "vm_id", "fb_used_mib", "sm_util", "mem_util", "enc_util", "dec_util")
+
 
 
 def parent_record(p: Parent, inv: Inventory, gpu_name: Optional[str] = None) -> Dict[str, Any]:
@@ -166,4 +168,18 @@ def _nvml_fields(i: Instance, inv: Optional[Inventory], nvml: Optional[Any]) -> 
     p = inv.parent(i.parent) if inv else None
     if nvml is None and (p is None or p.vendor_id != "0x10de"):
         return {}
-    return {k: getattr(nvml, k, None) for k in NVML_INSTANCE_KEYS}
+    out = {k: getattr(nvml, k, None) for k in NVML_INSTANCE_KEYS}
+    out.update(license_fields(getattr(nvml, "license", None)))
+    return out
+
+
+def license_fields(lic: Optional[Any]) -> Dict[str, Any]:
+    """A vGPU's license (``vgpuctl.nvml.License``; None: NVML cannot tell) as record fields: ``license`` (licensed,
+    unlicensed, unlicensed-restricted, ... or unknown), ``licensed`` (null when unknown), ``license_expiry`` (ISO
+    time, ``permanent`` or null), ``license_expiry_seconds`` (Unix time or null)."""
+    if lic is None:
+        from ..nvml import UNKNOWN_LICENSE
+
+        lic = UNKNOWN_LICENSE
+    return {"license": lic.state, "licensed": lic.licensed, "license_expiry": lic.expiry_text,
+            "license_expiry_seconds": lic.expiry}

@@ -49,6 +49,19 @@ class _Unknown(dict):
         return True
 
 
+def licenses_of(s: Settings, inv) -> Dict[str, object]:  # type: ignore[no-untyped-def]
+    """Instance uuid -> its NVML license (``vgpuctl.nvml.License``) where the host has NVIDIA vGPUs and NVML
+    answers; {} otherwise (one line on stderr says why NVML was not used)."""
+    from ..model import Vendor
+
+    if s.nvml == "off" or not inv.instances or not any(p.vendor is Vendor.NVIDIA and p.pci for p in inv.parents):
+        return {}
+    from .nvidia import enrich_inventory
+
+    _inv, details, _gpus = enrich_inventory(s, inv, vgpus=True)
+    return {u: v.license for u, v in details.items()}
+
+
 def use_colour(stream=None) -> bool:  # type: ignore[no-untyped-def]
     """Colour only on a terminal, and never with NO_COLOR set (https://no-color.org)."""
     stream = stream or sys.stdout
@@ -76,7 +89,7 @@ def status(policy_file: Optional[str], as_json: bool) -> None:
     inv = build_host(s).inventory()
     policy = load_settings_policy(s, policy_file)
     st = host_status(inv, policy, domains=domains_of(s, [i.uuid for i in inv.instances]), usage=build_usage(s, inv),
-                     defined_by=defined_by(s, inv))
+                     defined_by=defined_by(s, inv), licenses=licenses_of(s, inv))
     if as_json:
         down = libvirt_down()
         render([dict(r, libvirt_error=down) if down else r for r in records(st)], [], as_json=True)

@@ -162,7 +162,19 @@ class SimFS(mfusepy.Operations):
                 raise SimError(errno.EBUSY, f"VF held by pid {', '.join(map(str, held))}")
             m.set_vgpu_type(action[1], data)
         elif kind == "vf_attr":
+            if action[2] == "vgpu_params":
+                gf = m.group_file(m.functions[action[1]].group)  # type: ignore[arg-type]
+                held = holders(gf) if gf else []
+                if held:  # a running VM has read them at its start: refused (an assumption)
+                    raise SimError(errno.EBUSY, f"VF held by pid {', '.join(map(str, held))}")
             m.set_vf_attr(action[1], action[2], data)
+        elif kind == "params":
+            inst = m.instances.get(action[1])
+            gf = m.group_file(inst.group) if inst is not None else None
+            held = holders(gf) if gf else []
+            if held:
+                raise SimError(errno.EBUSY, f"mdev held by pid {', '.join(map(str, held))}")
+            m.set_params(action[1], data)
         elif kind == "numvfs":
             m.set_numvfs(action[1], data)
         else:

@@ -22,6 +22,9 @@ from typing import Callable, Dict, List, Optional, Tuple
 from vgpuctl.sim.profile import ModelSpec, Profile, TypeSpec
 
 CONTROL_DIR = ".vgpusim"
+#: vgpu_params: the plugin parameters NVIDIA's user guide documents, and one page per write
+PARAMS_KNOWN = ("frame_rate_limiter", "disable_vnc", "enable_uvm", "enable_debugging", "enable_profiling")
+PARAMS_MAX = 4095
 EVENTS_KEPT = 1000
 
 #: Access modes of sysfs attributes as the kernel creates them.
@@ -125,6 +128,15 @@ class Instance:
     type_id: str
     group: int
     removing: bool = False
+
+
+def parse_params(text: str) -> List[Tuple[str, str]]:
+    out = []
+    for item in text.split(","):
+        name, _, value = item.strip().partition("=")
+        if name:
+            out.append((name, value))
+    return out
 
 
 def vf_address(pf: str, offset: int, stride: int, index: int) -> str:
@@ -365,6 +377,7 @@ class Machine:
             if number == 0:
                 old = self.vf_type.pop(vf, 0)
                 self.vf_gi.pop(vf, None)
+                self.vf_params.pop(vf, None)  # a new vGPU on the VF starts without parameters (an assumption)
                 if old:
                     self._event("change", fn.devpath, NVIDIA_VGPU_TYPE="0")
                     self.rerender()
@@ -385,14 +398,38 @@ class Machine:
             self.rerender()
 
     def set_vf_attr(self, vf: str, name: str, data: bytes) -> None:
-        """A write to <VF>/nvidia/vgpu_params or placement_id: only while the VF has no type (an assumption)."""
+        """A write to <VF>/nvidia/placement_id (only while the VF has no type: an assumption) or vgpu_params (see
+        ``set_params``; the caller has checked that nothing holds the VF open)."""
         with self.lock:
+            if name == "vgpu_params":
+                self.set_params(vf, data)
+                return
             if self.vf_type.get(vf):
                 raise SimError(errno.EBUSY, f"{vf} has a vGPU; write 0 to current_vgpu_type first")
-            if name == "placement_id":
-                self.vf_placement[vf] = kstrtoul(data)
-            else:
-                self.vf_params[vf] = data.decode("utf-8", "replace").strip()
+            self.vf_placement[vf] = kstrtoul(data)
+            self.rerender()
+
+    def set_params(self, key: str, data: bytes) -> None:
+        """A write to nvidia/vgpu_params of a VF or an NVIDIA mdev (``key``: the VF's address or the mdev's uuid),
+        with the semantics NVIDIA's user guide gives: a comma-separated list of ``name=value`` pairs is added to
+        what is set (a name given again takes the new value), a write of only white space clears them all.
+        Unknown names, malformed pairs and writes over a page are EINVAL (the driver's checks are not documented:
+        an assumption)."""
+        with self.lock:
+            if len(data) > PARAMS_MAX:
+                raise SimError(errno.EINVAL, f"vgpu_params write of {len(data)} bytes")
+            text = data.decode("utf-8", "replace")
+            if not text.strip():
+                self.vf_params.pop(key, None)
+                self.rerender()
+                return
+            current = dict(parse_params(self.vf_params.get(key, "")))
+            for item in text.strip().split(","):
+                name, eq, value = item.strip().partition("=")
+                if not eq or name not in PARAMS_KNOWN or not value.isdigit():
+                    raise SimError(errno.EINVAL, f"bad vgpu_params item {item.strip()!r}")
+                current[name] = value
+            self.vf_params[key] = ", ".join(f"{k}={v}" for k, v in current.items())
             self.rerender()
 
     def set_heterogeneous(self, text: str) -> None:
@@ -589,6 +626,7 @@ class Machine:
 
     def _drop(self, inst: Instance) -> None:
         del self.instances[inst.uuid]
+        self.vf_params.pop(inst.uuid, None)
         gf = self.group_file(inst.group)
         if gf:
             try:
@@ -783,6 +821,9 @@ def render(m: Machine) -> Tree:
             b.link(f"{idir}/mdev_type", f"{base}/mdev_supported_types/{inst.type_id}")
             b.link(f"{idir}/driver", f"/bus/mdev/drivers/{md.mdev_driver}")
             b.link(f"{idir}/subsystem", "/bus/mdev")
+            if md.vendor == "0x10de":  # NVIDIA's vGPU manager adds nvidia/ to its mdevs
+                b.file(f"{idir}/nvidia/vgpu_params", f"{m.vf_params.get(inst.uuid, '')}\n", RW,
+                       ("params", inst.uuid))
             b.file(f"{idir}/uevent", f"DRIVER={md.mdev_driver}\n", RW)  # 6.1 puts no MDEV_TYPE in it
             b.mkdir(f"{idir}/power")
             b.link(f"/bus/mdev/drivers/{md.mdev_driver}/{inst.uuid}", idir)
