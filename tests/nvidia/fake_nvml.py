@@ -16,6 +16,18 @@ from vgpuctl.sim.profile import load_profile
 
 OK, INVALID, NOT_SUPPORTED, NOT_FOUND, INSUFFICIENT, IN_USE, VERSION = 0, 2, 3, 6, 7, 19, 25
 HANDLE_BASE = 0x1000
+DRIVER_VERSION = "570.133.10"  #: what nvmlSystemGetDriverVersion answers (illustrative)
+#: H200 MIG GPU instance profiles (NVIDIA MIG user guide, "Supported MIG Profiles", H200 141GB): profile index ->
+#: (profile id, name, slices, instances, memory MiB).  Ids as nvidia-smi mig -lgip shows them on Hopper; the
+#: memory sizes are ILLUSTRATIVE (the named size in GiB).
+H200_GI_PROFILES = {
+    0: (19, "1g.18gb", 1, 7, 18 * 1024),
+    9: (15, "1g.35gb", 1, 4, 35 * 1024),
+    1: (14, "2g.35gb", 2, 3, 35 * 1024),
+    2: (9, "3g.71gb", 3, 2, 71 * 1024),
+    3: (5, "4g.71gb", 4, 1, 71 * 1024),
+    4: (0, "7g.141gb", 7, 1, 141 * 1024),
+}
 
 
 def _obj(arg: Any) -> Any:
@@ -229,6 +241,28 @@ class FakeNvml:
         if gi < 0:
             return NOT_SUPPORTED
         _obj(out).value = gi
+        return OK
+
+    def nvmlSystemGetDriverVersion(self, buf: Any, size: Any) -> int:
+        buf.value = DRIVER_VERSION.encode()
+        return OK
+
+    def nvmlDeviceGetMigMode(self, h: Any, current: Any, pending: Any) -> int:
+        mig = int(self.devices[self._dev(h)].mig)
+        _obj(current).value, _obj(pending).value = mig, mig
+        return OK
+
+    def nvmlDeviceGetGpuInstanceProfileInfoV(self, h: Any, profile: Any, out: Any) -> int:
+        p = H200_GI_PROFILES.get(_int(profile))
+        if p is None or not self.devices[self._dev(h)].mig:
+            return NOT_SUPPORTED
+        o = _obj(out)
+        o.id, o.sliceCount, o.instanceCount, o.memorySizeMB = p[0], p[2], p[3], p[4]
+        o.name = f"MIG {p[1]}".encode()
+        return OK
+
+    def nvmlDeviceGetGpuInstances(self, h: Any, profile_id: Any, arr: Any, count: Any) -> int:
+        _obj(count).value = 0  # no GPU instances exist (the simulator does not model them)
         return OK
 
     def nvmlVgpuInstanceGetLicenseInfo_v2(self, v: Any, out: Any) -> int:
