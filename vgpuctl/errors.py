@@ -451,6 +451,20 @@ class NotAttached(NotFound):
         self.uuid = uuid
 
 
+class MultiVgpuConflict(InvalidInput):
+    """A second NVIDIA vGPU for a domain that NVIDIA's multi-vGPU rule forbids next to one it has."""
+
+    kind = "multi-vgpu"
+
+    def __init__(self, domain: str, uuid: str, vtype: str, other: str, other_type: str) -> None:
+        super().__init__(
+            f"cannot give domain {domain!r} vGPU {uuid} ({vtype}) next to its {other} ({other_type}): NVIDIA's "
+            "multi-vGPU rule wants every vGPU of a VM of the same board type and series (nothing was changed)"
+        )
+        self.domain = domain
+        self.uuid = uuid
+
+
 class TenantMismatch(InvalidInput):
     """``attach --tenant`` names another tenant than the one the domain's vgpuctl metadata records."""
 

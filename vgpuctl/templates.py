@@ -48,14 +48,18 @@ def device_context(
     domain: str,
     display: Optional[bool] = None,
     ramfb: Optional[bool] = None,
+    display_taken: bool = False,
 ) -> "tuple[str, Dict[str, Any]]":
-    """The template name and context for ``instance``: mdev hostdev, or PCI hostdev for a per-VF vGPU."""
+    """The template name and context for ``instance``: mdev hostdev, or PCI hostdev for a per-VF vGPU.
+    ``display_taken``: another vGPU of the domain has its display (or ramfb) on already; the shipped templates then
+    render this one's off (at most one per domain: a second ramfb stops the VM from starting)."""
     common: Dict[str, Any] = {
         "domain": domain,
         "parent": instance.parent,
         "type_id": instance.type_id,
         "type_name": vtype.name if vtype else None,
         "alias": alias_for(instance.uuid),
+        "display_taken": display_taken,
     }
     if instance.backend == BackendKind.NVIDIA_VF:
         m = PCI_ADDR_RE.match(instance.uuid)
@@ -153,8 +157,10 @@ class Templates:
         domain: str,
         display: Optional[bool] = None,
         ramfb: Optional[bool] = None,
+        display_taken: bool = False,
     ) -> Rendered:
-        name, ctx = device_context(instance, vtype, domain=domain, display=display, ramfb=ramfb)
+        name, ctx = device_context(instance, vtype, domain=domain, display=display, ramfb=ramfb,
+                                   display_taken=display_taken)
         return self.render(name, ctx)
 
 

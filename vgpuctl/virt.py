@@ -49,7 +49,7 @@ from .errors import (
     UnknownInstance,
 )
 from .fsutil import FileLock
-from .model import PCI_ADDR_RE, Instance, Inventory, canonical_parent_name, canonical_uuid
+from .model import PCI_ADDR_RE, Instance, Inventory, Vendor, VgpuType, canonical_parent_name, canonical_uuid
 from .paths import HostPaths
 
 if TYPE_CHECKING:  # the planner's types; plan.py imports nothing from here
@@ -118,6 +118,7 @@ class DomainXml:
     groups: Tuple[str, ...] = ()  #: anti-affinity labels in vgpuctl's metadata
     memory_nodes: Tuple[int, ...] = ()  #: ``<numatune><memory nodeset=...>``
     vcpu_cpus: Tuple[int, ...] = ()  #: host CPUs the vCPUs are pinned to (``<vcpupin cpuset>``, else ``<vcpu cpuset>``)
+    displays: Tuple[str, ...] = ()  #: vGPU hostdevs with ``display='on'`` or ``ramfb='on'``
 
     def managed_entry(self, ident: str) -> Optional[ManagedVgpu]:
         for m in self.managed:
@@ -128,6 +129,39 @@ class DomainXml:
 
 def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
+
+
+def board_and_series(vtype: Optional[VgpuType]) -> Tuple[Optional[str], Optional[str]]:
+    """An NVIDIA type's board (``L40S`` of ``L40S-8Q``, ``H200X`` of ``H200X-1-18C``) and series letter."""
+    profile = vtype.profile if vtype is not None else None
+    if not profile or "-" not in profile:
+        return None, vtype.series if vtype is not None else None
+    return profile.split("-", 1)[0].upper(), (vtype.series if vtype is not None else None)
+
+
+def check_multi_vgpu(inv: Inventory, planned: Instance, vtype: Optional[VgpuType], others: Sequence[str], *,
+                     domain: str) -> None:
+    """NVIDIA's rule for several vGPUs in one VM (Virtual GPU Software User Guide, "Multiple vGPU Support"): every
+    vGPU assigned to a VM must be of the same board type and the same series.  ``others``: the vGPUs the domain
+    has already; a second NVIDIA vGPU that breaks the rule is ``MultiVgpuConflict``."""
+    p = inv.parent(planned.parent)
+    if p is None or p.vendor is not Vendor.NVIDIA:
+        return
+    board, series = board_and_series(vtype)
+    for ident in others:
+        inst = inv.instance(ident)
+        if inst is None:
+            continue
+        op = inv.parent(inst.parent)
+        if op is None or op.vendor is not Vendor.NVIDIA:
+            continue
+        ot = inv.type_on(inst.parent, inst.type_id)
+        ob, os_ = board_and_series(ot)
+        if (board and ob and board != ob) or (series and os_ and series != os_):
+            from .errors import MultiVgpuConflict
+
+            raise MultiVgpuConflict(domain, planned.uuid, (vtype.profile if vtype else None) or planned.type_id,
+                                    ident, (ot.profile if ot else None) or inst.type_id)
 
 
 def hostdev_identity(el: ET.Element) -> Optional[str]:
@@ -190,6 +224,8 @@ def parse_domain(text: str) -> DomainXml:
     if not name:
         raise ValueError("the domain XML has no <name>")
     devices = sorted({i for i in (hostdev_identity(h) for h in root.iterfind("devices/hostdev")) if i})
+    displays = sorted({i for i, h in ((hostdev_identity(h), h) for h in root.iterfind("devices/hostdev"))
+                       if i and "on" in (h.get("display"), h.get("ramfb"))})
     managed: List[ManagedVgpu] = []
     tenant: Optional[str] = None
     groups: List[str] = []
@@ -217,7 +253,7 @@ def parse_domain(text: str) -> DomainXml:
     return DomainXml(name=name, uuid=(root.findtext("uuid") or "").strip(), devices=tuple(devices),
                      managed=tuple(managed), tenant=tenant, groups=tuple(groups),
                      memory_nodes=_cpuset_attr(root.find("numatune/memory"), "nodeset"),
-                     vcpu_cpus=tuple(sorted(pins)))
+                     vcpu_cpus=tuple(sorted(pins)), displays=tuple(displays))
 
 
 def metadata_xml(entries: Iterable[ManagedVgpu], *, tenant: Optional[str] = None, groups: Sequence[str] = ()) -> str:
@@ -755,7 +791,15 @@ class Attachments:
         others = [u.domain for u in self.virt.snapshot().uses(planned.uuid) if u.domain_uuid != info.uuid]
         if others:
             raise AttachedElsewhere(planned.uuid, others)
-        rendered = self.templates.for_instance(planned, vtype, domain=info.name, display=display, ramfb=ramfb)
+        xmls = info.xml_for(scope)
+        check_multi_vgpu(inv, planned, vtype, sorted({d for x in xmls for d in x.devices} - {planned.uuid}),
+                         domain=info.name)
+        display_taken = any(d != planned.uuid for x in xmls for d in x.displays)
+        if display_taken and (display or ramfb):
+            log.info("domain %r has a vGPU with its display on already: %s gets display and ramfb off (a second "
+                     "ramfb stops the VM from starting)", info.name, planned.uuid)
+        rendered = self.templates.for_instance(planned, vtype, domain=info.name, display=display, ramfb=ramfb,
+                                               display_taken=display_taken)
         entry = ManagedVgpu(planned.uuid, planned.parent, planned.type_id, str(planned.backend),
                             (vtype.name or "") if vtype is not None else "")
         missing = Scope(
