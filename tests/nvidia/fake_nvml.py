@@ -16,7 +16,6 @@ from vgpuctl.sim.profile import load_profile
 
 OK, INVALID, NOT_SUPPORTED, NOT_FOUND, INSUFFICIENT, IN_USE, VERSION = 0, 2, 3, 6, 7, 19, 25
 HANDLE_BASE = 0x1000
-DRIVER_VERSION = "570.133.10"  #: what nvmlSystemGetDriverVersion answers (illustrative)
 #: H200 MIG GPU instance profiles (NVIDIA MIG user guide, "Supported MIG Profiles", H200 141GB): profile index ->
 #: (profile id, name, slices, instances, memory MiB).  Ids as nvidia-smi mig -lgip shows them on Hopper; the
 #: memory sizes are ILLUSTRATIVE (the named size in GiB).
@@ -241,10 +240,6 @@ class FakeNvml:
         if gi < 0:
             return NOT_SUPPORTED
         _obj(out).value = gi
-        return OK
-
-    def nvmlSystemGetDriverVersion(self, buf: Any, size: Any) -> int:
-        buf.value = DRIVER_VERSION.encode()
         return OK
 
     def nvmlDeviceGetMigMode(self, h: Any, current: Any, pending: Any) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .fake_nvml import DRIVER_VERSION, FakeNvml
+from .fake_nvml import FakeNvml
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "device-probe.sh"
 WRITERS = ("Set", "Create", "Destroy", "Reset", "Clear", "Register")
@@ -22,9 +22,9 @@ def test_probe_reads_driver_gpus_and_mig_without_changing_anything(host, monkeyp
 
     nvml = FakeNvml(host).install(monkeypatch)
     lines = []
-    probe(pynvml, sys_version=DRIVER_VERSION, out=lines.append)
+    probe(pynvml, sys_version=nvml.driver_version, out=lines.append)
     text = "\n".join(lines)
-    assert f"driver (NVML): {DRIVER_VERSION}" in text and "driver versions agree" in text
+    assert nvml.driver_version and f"driver (NVML): {nvml.driver_version}" in text and "driver versions agree" in text
     assert "GPUs: 2" in text
     assert "virtualization mode: 3 (vGPU host)" in text
     assert "MIG mode: current off, pending off" in text and "MIG mode: current on, pending on" in text

@@ -193,3 +193,46 @@ def nvml(ctx: Context) -> Result:
         return Result.fail("nvml", f"GPU {g} is not a vGPU host ({what})",
                            "install and load the NVIDIA vGPU manager (not the data-centre driver) for this GPU")
     return Result.ok("nvml", f"driver {version} (= sys/module/nvidia/version); {len(modes)} GPU(s) in vGPU host mode")
+
+
+@check("vgpu-license", "every running NVIDIA vGPU holds a license (NVML nvmlVgpuInstanceGetLicenseInfo_v2); an "
+       "unlicensed one runs at full speed only for a grace period, then degrades",
+       "license the guest: install the NVIDIA client configuration token in the VM and restart nvidia-gridd there")
+def vgpu_license(ctx: Context) -> List[Result]:
+    from ..nvml import NvmlUnavailable, enrich, gather, placements_of
+
+    if not nvidia_gpus(ctx):
+        return [Result.na("vgpu-license", "no NVIDIA GPU on this host")]
+    if ctx.nvml == "off":
+        return [Result.na("vgpu-license", "license state unknown: NVML is turned off (--nvml off)")]
+    inv = ctx.inventory()
+    if not inv.instances:
+        return [Result.na("vgpu-license", "no vGPU instances")]
+
+    def ask() -> dict:
+        gpus, _notes = gather(inv)
+        hosts = {g: v for g, v in gpus.items() if v.vgpu_host}
+        return enrich(inv, hosts, placements_of(ctx.paths, inv))[1]
+
+    try:
+        details = bounded(ask, ctx.timeout, "NVML")
+    except Timeout as e:
+        return [Result.na("vgpu-license", f"license state unknown: {e}")]
+    except NvmlUnavailable as e:
+        return [Result.na("vgpu-license", f"license state unknown: NVML not usable ({e.reason})")]
+    if not details:
+        return [Result.na("vgpu-license", "no running vGPU (NVML reports licenses only for vGPUs a VM runs)")]
+    out: List[Result] = []
+    for uuid, v in sorted(details.items()):
+        lic = v.license
+        vm = f" (VM {v.vm_id})" if v.vm_id else ""
+        if lic.licensed is None:
+            out.append(Result.na("vgpu-license", f"license state unknown{vm}: NVML cannot tell", subject=uuid))
+        elif lic.licensed:
+            until = f" until {lic.expiry_text}" if lic.expiry_text else ""
+            out.append(Result.ok("vgpu-license", f"{lic.state}{until}{vm}", subject=uuid))
+        else:
+            out.append(Result.warn("vgpu-license", f"running unlicensed: {lic.state}{vm}",
+                                   "license the guest: install the NVIDIA client configuration token in the VM and "
+                                   "restart nvidia-gridd there", subject=uuid))
+    return out
