@@ -32,7 +32,7 @@ def test_unlicensed_running_vgpu_is_a_warning(h200, vgpus, monkeypatch):
     nvml.start_vm(b, "vm-b")
     nvml.set_license(a, licensed=True, state=5, expiry=(2027, 1, 31, 0, 0, 0))
     nvml.set_license(b, licensed=False, state=4)
-    got = {r.subject: r for r in results(h200, "vgpu-license")}
+    got = {r.subject: r for r in results(h200, "vgpu-license", timeout=120)}
     assert got[a].status is Status.OK and "licensed until 2027-01-31T00:00:00Z" in got[a].seen
     assert got[b].status is Status.WARN and "running unlicensed: unlicensed (VM vm-b)" in got[b].seen
     assert "configuration token" in got[b].fix
@@ -41,7 +41,7 @@ def test_unlicensed_running_vgpu_is_a_warning(h200, vgpus, monkeypatch):
 
 def test_no_running_vgpu_or_no_nvml_is_not_applicable(h200, vgpus, monkeypatch):
     FakeNvml(h200).install(monkeypatch)
-    (r,) = results(h200, "vgpu-license")
+    (r,) = results(h200, "vgpu-license", timeout=120)
     assert r.status is Status.NA and "no running vGPU" in r.seen
 
 
@@ -53,5 +53,5 @@ def test_real_pynvml_without_the_library_is_unknown(h200, vgpus):
         pytest.skip("this machine has libnvidia-ml")
     except OSError:
         pass
-    (r,) = results(h200, "vgpu-license")
+    (r,) = results(h200, "vgpu-license", timeout=120)
     assert r.status is Status.NA and "license state unknown: NVML not usable" in r.seen and "error 12" in r.seen
