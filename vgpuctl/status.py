@@ -301,11 +301,12 @@ def render_text(status: HostStatus, *, colour: bool = False) -> str:
             head += f", {g.mode}"
         head += f"  NUMA {g.numa_node if g.numa_node is not None else '-'}  rule {g.rule}"
         lines += ["", head, f"  slots  {picture(g, colour=colour)}  (1 slot = {g.slot_unit})"]
+        answered = any(h.license not in (None, "unknown") for h in g.holders)  # NVML told this GPU's licenses
         for h in g.holders:
             extra = f"  {h.parent}" if g.kind is GpuKind.SRIOV else ""
             if h.defined_by:
                 extra += f"  defined by {','.join(h.defined_by)}"
-            if h.license is not None:
+            if h.license is not None and answered:
                 extra += f"  license {h.license}" + (f" until {h.license_expiry}" if h.license_expiry else "")
             lines.append(f"  {h.label}  {h.uuid}  {h.profile:<8}  {h.domain or '-'}{extra}")
         left = ", ".join(f"{c.profile or c.type_id} {c.left}" for c in g.capacity if c.left) or "nothing"
