@@ -171,6 +171,7 @@ class Hook:
     def start(self, call: HookCall, dx: DomainXml) -> List[str]:
         wanted = on_demand(dx)
         if not wanted:
+            self.params(call, dx)
             return []
         prior = self.records.prepare(dx.uuid)  # every check before the first write: uuid, record dir, old record
         inv, _ = self.lc.read()
