@@ -194,7 +194,8 @@ class Reconciler:
                 gpus = self._observe_gpus(inv, asked, users)
             return Observation(inv, state, plan(inv, state, desired, users=users, attachments=attached,
                                                 placer=self.placer, libvirt_error=unreadable, on_demand=on_demand,
-                                                gpus=gpus, foreign=foreign), libvirt_error=down[0] if down else None)
+                                                gpus=gpus, foreign=foreign, params=params),
+                               libvirt_error=down[0] if down else None)
 
     def _observe_params(self, inv: Inventory, desired: DesiredState) -> "tuple[Dict[str, Any], Dict[str, Any]]":
         """The vGPU parameters of the existing instances whose desired state sets some, and who runs those that
