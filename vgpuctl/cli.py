@@ -17,6 +17,10 @@ from . import __version__
 from .errors import InvalidInput, VgpuctlError
 from .options import FiniteFloat
 
+#: click >= 8.2 shows a group's help, when it is called without a sub-command, by raising this UsageError; click 8.1
+#: (Debian 12's python3-click) prints the help and exits instead, so there nothing matches
+_NO_ARGS_IS_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
 COMMANDS = {
     "parents": "vgpuctl.commands.inventory:parents",
     "types": "vgpuctl.commands.inventory:types",
@@ -104,9 +108,9 @@ class LazyGroup(click.Group):
                      **extra: Any) -> click.Context:
         try:
             return super().make_context(info_name, args, parent, **extra)
-        except click.exceptions.NoArgsIsHelpError:
-            raise
         except click.UsageError as e:
+            if isinstance(e, _NO_ARGS_IS_HELP):
+                raise
             raise _usage_exit(e) from None
 
     def list_commands(self, ctx: click.Context) -> List[str]:
@@ -125,9 +129,9 @@ class LazyGroup(click.Group):
         except VgpuctlError as e:
             click.echo(f"vgpuctl: error: {e}", err=True)
             ctx.exit(e.exit_code)
-        except click.exceptions.NoArgsIsHelpError:
-            raise
         except click.UsageError as e:
+            if isinstance(e, _NO_ARGS_IS_HELP):
+                raise
             raise _usage_exit(e) from None
 
 
