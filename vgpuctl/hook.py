@@ -186,15 +186,19 @@ class Hook:
             if made:  # recorded before returning: a record that cannot be written rolls the creates back
                 self.records.save(dx.uuid, dx.name, prior + made)
         except BaseException:
-            for u in reversed(made):
-                try:
-                    self.lc.destroy(u)
-                    self.log(call, f"rolled back {u}")
-                except Exception as e:
-                    self.log(call, f"roll-back of {u} failed: {e}")
+            self._roll_back(call, made)
             raise
         self.params(call, dx)
         return made
+
+    def _roll_back(self, call: HookCall, made: Sequence[str]) -> None:
+        """Destroy what this call created, newest first; a failure is logged, never raised over the first error."""
+        for u in reversed(made):
+            try:
+                self.lc.destroy(u)
+                self.log(call, f"rolled back {u}")
+            except Exception as e:
+                self.log(call, f"roll-back of {u} failed: {e}")
 
     def params(self, call: HookCall, dx: DomainXml) -> List[str]:
         """Write the desired vGPU parameters of the domain's vGPUs where they differ (before QEMU opens them)."""
@@ -280,12 +284,7 @@ class Hook:
                          + ("" if f.keeps_uuid else f" (its uuid {f.uuid} is taken here)"))
             self.records.save(dx.uuid, dx.name, prior + made)  # recorded before libvirt goes on
         except BaseException:
-            for u in reversed(made):
-                try:
-                    self.lc.destroy(u)
-                    self.log(call, f"rolled back {u}")
-                except Exception as e:
-                    self.log(call, f"roll-back of {u} failed: {e}")
+            self._roll_back(call, made)
             raise
         was_on = {m.uuid: m.parent for m in wanted}
         moves = [(f.uuid, f.target_uuid, f.parent) for f in fits if not f.keeps_uuid or was_on[f.uuid] != f.parent]
