@@ -70,6 +70,12 @@ def mdev_exists(uuid: str) -> bool:
     return os.path.lexists(MDEV_DEVICES / uuid.lower())
 
 
+def mdev_ready(uuid: str) -> bool:
+    """True once the kernel has finished creating the device: mdev core adds the device to the bus first and its
+    ``mdev_type`` link and ``remove`` file a moment later, so another process can see the uuid without them."""
+    return os.path.lexists(MDEV_DEVICES / uuid.lower() / "mdev_type")
+
+
 def iommu_group(uuid: str) -> int:
     return int(os.path.basename(os.readlink(MDEV_DEVICES / uuid / "iommu_group")))
 

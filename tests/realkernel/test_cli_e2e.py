@@ -115,12 +115,12 @@ def test_service_rebuilds_after_a_driver_reload(tmp_path):
     svc = subprocess.Popen(["vgpuctl", "-v", "service", "--watch", "udev", "--resync-interval", "600"],
                            stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
-        g.wait_until(lambda: g.mdev_exists(u1) and g.mdev_exists(u2), 60, what="the service's first converge")
+        g.wait_until(lambda: g.mdev_ready(u1) and g.mdev_ready(u2), 60, what="the service's first converge")
         g.rmmod("mtty")
         assert not g.mdev_exists(u1)
         t0 = time.monotonic()
         g.insmod("mtty")
-        g.wait_until(lambda: g.mdev_exists(u1) and g.mdev_exists(u2), 60, what="the devices to come back")
+        g.wait_until(lambda: g.mdev_ready(u1) and g.mdev_ready(u2), 60, what="the devices to come back")
         print(f"driver reload -> both devices back in {time.monotonic() - t0:.2f} s (service, kernel uevents)")
         assert (g.mdev_type_of(u1), g.mdev_type_of(u2)) == ("mtty-1", "mtty-2")
     finally:

@@ -81,7 +81,7 @@ def test_mdevctl_autostart_after_reload_and_the_service_does_not_race_it(mdevctl
     svc = subprocess.Popen(["vgpuctl", "-v", "service", "--watch", "udev", "--resync-interval", "600"],
                            stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, VGPUCTL_LIBVIRT_URI="none"))
     try:
-        g.wait_until(lambda: g.mdev_exists(ub), 60, what="the service's first converge")
+        g.wait_until(lambda: g.mdev_ready(ub), 60, what="the service's first converge")
         rec = listed()
         assert rec[ua]["defined_by"] == ["vgpuctl:a", "mdevctl:auto"] and not rec[ua]["owned"]
         assert rec[ub]["defined_by"] == ["vgpuctl:b"] and rec[ub]["owned"]
@@ -90,7 +90,7 @@ def test_mdevctl_autostart_after_reload_and_the_service_does_not_race_it(mdevctl
             assert not g.mdev_exists(ua) and not g.mdev_exists(ub)
             t0 = time.monotonic()
             g.insmod("mtty")
-            g.wait_until(lambda: g.mdev_exists(ua) and g.mdev_exists(ub), 60, what="both devices back")
+            g.wait_until(lambda: g.mdev_ready(ua) and g.mdev_ready(ub), 60, what="both devices back")
             print(f"driver reload -> mdevctl's ...{ua[-2:]} and vgpuctl's ...{ub[-2:]} back in "
                   f"{time.monotonic() - t0:.2f} s (udevd, mdevctl's rule, the service)")
             udevadm("settle", "--timeout=30")
@@ -136,7 +136,7 @@ def test_virsh_nodedev_define_is_seen_as_libvirt_and_mdevctl_defined(libvirtd, t
         defined = listed("--defined", uri=libvirtd)
         assert defined[u]["defined_by"] == ["mdevctl:manual"] and not defined[u]["active"]
         g.virsh("nodedev-start", name, uri=libvirtd)
-        g.wait_until(lambda: g.mdev_exists(u), 30, what="nodedev-start to create the mdev")
+        g.wait_until(lambda: g.mdev_ready(u), 30, what="nodedev-start to create the mdev")
         rec = listed(uri=libvirtd)[u]
         print("vgpuctl list:", {k: rec[k] for k in ("uuid", "parent", "type_id", "defined_by", "nodedev")})
         assert rec["nodedev"] == name
