@@ -214,7 +214,7 @@ def decision_time(seed: int, samples: int) -> Tuple[float, int, int]:
         req = Request(type=f"{rng.choice(('T4', 'A16'))}-{rng.choice([s for s, _ in SIZES])}")
         t0 = time.perf_counter()
         d = place(inv, policy, req)
-        d.parent, d.type_id  # what apply reads: the choice, not the explanation
+        _ = d.parent, d.type_id  # what apply reads: the choice, not the explanation
         times.append(time.perf_counter() - t0)
     return statistics.median(times), len({p.gpu for p in inv.parents}), len(inv.parents)
 

@@ -187,7 +187,7 @@ class Reconciler:
             elif self.attachments is not None and not down:
                 attached = {}
             if down:
-                unreadable = "libvirt unreachable" + (f" ({down[0].detail})" if getattr(down[0], "detail", "") else "")
+                unreadable = "libvirt unreachable" + (f" ({d})" if (d := getattr(down[0], "detail", "")) else "")
             gpus: Optional[Dict[str, GpuObservation]] = None
             asked = sorted(set(settings_gpus) | vendor_vfio)
             if asked:

@@ -186,7 +186,7 @@ class NoPlacement(NoCapacity):
         why = "; ".join(f"{g}: {r}" + (f" ({d})" if d else "") for g, r, d in self.refusals) or "no vGPU-capable GPU"
         VgpuctlError.__init__(self, f"no GPU can take a {type_id}: {why}")
         self.type_id = type_id
-        self.parent = None
+        self.parent = None  # type: ignore[assignment]  # no single parent: every GPU refused
 
 
 class UnknownProfile(NotFound):

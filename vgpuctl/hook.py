@@ -335,7 +335,7 @@ def rewrite_vgpus(text: str, moves: Sequence["tuple[str, str, str]"]) -> str:
         entry = re.compile(r"<(?:[A-Za-z_][\w.-]*:)?vgpu\b[^>]*?\buuid=(['\"])" + re.escape(old) + r"\1[^>]*>",
                            re.IGNORECASE)
 
-        def reparent(m: "re.Match[str]") -> str:
+        def reparent(m: "re.Match[str]", parent: str = parent) -> str:
             return re.sub(r"(\bparent=)(['\"])[^'\"]*\2", lambda p: f"{p.group(1)}{p.group(2)}{parent}{p.group(2)}",
                           m.group(0), count=1)
 

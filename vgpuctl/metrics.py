@@ -84,7 +84,9 @@ def host_samples(
     out["vgpuctl_instances"] = sorted((k, float(v)) for k, v in counts.items())
     out["vgpuctl_instances_in_use"] = [((), float(sum(1 for i in inventory.instances if users.get(i.uuid))))]
     st = host_status(inventory, policy)
-    cap, free, unusable = [], [], []
+    cap: List[Tuple[Labels, float]] = []
+    free: List[Tuple[Labels, float]] = []
+    unusable: List[Tuple[Labels, float]] = []
     for g in st.gpus:
         for c in g.capacity:
             cap.append(((("gpu", g.gpu), ("type", c.type_id), ("type_name", c.profile or c.type_id)), float(c.left)))
@@ -97,7 +99,8 @@ def host_samples(
     out["vgpuctl_fragmentation_ratio"] = [((), float(st.fragmentation))]
     if vgpus:
         parents = {p.name: p for p in inventory.parents}
-        fb, util = [], []
+        fb: List[Tuple[Labels, float]] = []
+        util: List[Tuple[Labels, float]] = []
         for uuid, v in sorted(vgpus.items()):
             inst = inventory.instance(uuid)
             gpu = parents[inst.parent].gpu if inst is not None and inst.parent in parents else ""
@@ -110,7 +113,8 @@ def host_samples(
                     util.append(((("uuid", uuid), ("gpu", gpu), ("engine", engine)), value / 100.0))
         out["vgpuctl_vgpu_framebuffer_used_bytes"] = fb
         out["vgpuctl_vgpu_utilization_ratio"] = util
-        licensed, expiry = [], []
+        licensed: List[Tuple[Labels, float]] = []
+        expiry: List[Tuple[Labels, float]] = []
         for uuid, v in sorted(vgpus.items()):
             lic = getattr(v, "license", None)
             if lic is None or lic.licensed is None:

@@ -372,7 +372,8 @@ def plan(
     settings: List[Action] = []
     for g in desired.gpus:
         settings += _gpu_actions(g, (gpus or {}).get(g.gpu), inventory, freed, observed=gpus is not None)
-    hetero_to = {a.parent: bool(a.value) for a in settings if a.op is Op.HETERO and a.block is None}
+    hetero_to = {a.parent: bool(a.value) for a in settings
+                 if a.op is Op.HETERO and a.block is None and a.parent is not None}
 
     # 3. desired instances that do not exist as wanted: create (pinned first, then placed)
     hetero_seen = {g: o.heterogeneous for g, o in (gpus or {}).items() if o.heterogeneous is not None}

@@ -77,7 +77,7 @@ class Notifier:
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
 
     def __call__(self, **fields: str) -> None:
-        if self.sock is None:
+        if self.sock is None or self.address is None:
             return
         msg = "\n".join(f"{k}={v}" for k, v in fields.items()).encode()
         try:
@@ -260,7 +260,7 @@ class HostWatch:
 
     def relevant_events(self) -> List[str]:
         """Read the pending uevents; describe those that concern a backend."""
-        out = []
+        out: List[str] = []
         while True:
             dev = self.monitor.poll(timeout=0)
             if dev is None:

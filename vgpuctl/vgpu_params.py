@@ -25,7 +25,7 @@ from __future__ import annotations
 import errno
 import os
 import re
-from typing import Dict, Iterable, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, Optional, Tuple
 
 from .errors import DeviceInUse, HostIOError, InvalidInput, UnknownInstance
 
@@ -121,11 +121,11 @@ def text_of(params: Optional[Params]) -> str:
 
 
 # --- the host's copy -------------------------------------------------------------------------------------------
-def path_of(paths: object, instance: object) -> "os.PathLike[str]":
+def path_of(paths: object, instance: Any) -> "os.PathLike[str]":
     """``nvidia/vgpu_params`` of an instance: under the VF (vendor VFIO) or the mdev device."""
     from .model import BackendKind
 
-    if getattr(instance, "backend") is BackendKind.NVIDIA_VF:
+    if instance.backend is BackendKind.NVIDIA_VF:
         return paths.pci_devices / instance.uuid / "nvidia" / FILE  # type: ignore[attr-defined,no-any-return]
     return paths.mdev_devices / instance.uuid / "nvidia" / FILE  # type: ignore[attr-defined,no-any-return]
 
@@ -137,13 +137,13 @@ def read(paths: object, instance: object) -> Optional[Params]:
     return parse_text(read_attr(path_of(paths, instance)))
 
 
-def write(paths: object, instance: object, params: Params) -> None:
+def write(paths: object, instance: Any, params: Params) -> None:
     """Make the instance's parameters exactly ``params``: clear (a space), then write the set (if any).  The
     caller has checked that no VM runs the vGPU (they take effect at its next start)."""
     from .host.sysfs import write_attr
 
     path = path_of(paths, instance)
-    uuid = getattr(instance, "uuid")
+    uuid = instance.uuid
     for text in (" ", render(params)) if params else (" ",):
         try:
             write_attr(path, text)
@@ -161,16 +161,16 @@ def write(paths: object, instance: object, params: Params) -> None:
                           action=f"vGPU parameters did not stick (reads {text_of(now)!r}, wrote {text_of(params)!r}):")
 
 
-def from_node(parser: object, node: object, key: str) -> Params:
+def from_node(parser: Any, node: object, key: str) -> Params:
     """``params:`` of a desired instance or a service profile (a YAML mapping node of a spec/profiles parser):
     validated parameters; ``{}`` (or an empty value) is the empty set, which clears what the vGPU has."""
-    yaml = getattr(parser, "yaml")
-    fail = getattr(parser, "fail")
+    yaml = parser.yaml
+    fail = parser.fail
     if isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null"):
         return ()
     if not isinstance(node, yaml.MappingNode):
         raise fail(node, key, f"expected a mapping of vGPU parameter to value ({known_list()}); {{}} clears them")
-    pairs = []
+    pairs: list = []
     for knode, vnode in node.value:
         name = knode.value if isinstance(knode, yaml.ScalarNode) else None
         where = f"{key}.{name}" if isinstance(name, str) else key

@@ -779,7 +779,7 @@ class Attachments:
             from .lifecycle import find_type
 
             pname = self.lc.host.resolve_parent(parent, inv)
-            vtype = find_type(inv, pname, type_id)
+            vtype = find_type(inv, pname, type_id or "")
             planned = Instance(uuid=want, parent=pname, type_id=vtype.type_id,
                                backend=inv.parent(pname).backend)  # type: ignore[union-attr]
         else:
@@ -926,7 +926,7 @@ def domain_attachments(snap: Snapshot, inventory: Inventory) -> Dict[str, Frozen
 
     out: Dict[str, set] = {}
     for d in snap.domains:
-        idents = set()
+        idents: set = set()
         for x in (d.live, d.config):
             if x is not None:
                 idents.update(x.devices)

@@ -259,7 +259,7 @@ def test_interrupted_create_is_adopted_by_the_next_run(sim):
 
 def test_racing_creates_for_the_last_slot(sim):
     """Two creates race for the last 8Q slot, several rounds: exactly one wins each time."""
-    for round_ in range(3):
+    for _round in range(3):
         sim.reboot()
         ok(sim, "create", "-p", T4, "-t", "T4-8Q")
         e = dict(os.environ, VGPUCTL_ROOT=str(sim.root), VGPUCTL_LIBVIRT_URI="none")

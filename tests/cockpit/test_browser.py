@@ -100,7 +100,7 @@ class Console:
                 break
             except OSError:
                 if self.ws.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"cockpit-ws did not start: {(tmp_path / 'cockpit-ws.log').read_text()}")
+                    raise RuntimeError(f"cockpit-ws did not start: {(tmp_path / 'cockpit-ws.log').read_text()}") from None
                 time.sleep(0.1)
         opts = webdriver.ChromeOptions()
         opts.binary_location = CHROMIUM

@@ -2,7 +2,6 @@
 what an operator would do to the root: a disabled unit, a world-writable state file, a broken desired state)."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 
@@ -10,7 +9,7 @@ import pytest
 
 from vgpuctl.doctor import Status
 
-from .conftest import one, results, statuses
+from .conftest import one, results
 
 pytestmark = pytest.mark.sim
 T4, T4B = "0000:3b:00.0", "0000:d8:00.0"

@@ -3,7 +3,6 @@ NVML (tests/nvidia/fake_nvml.py) that serves the same host through the real pynv
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 from click.testing import CliRunner

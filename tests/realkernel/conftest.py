@@ -104,7 +104,7 @@ class Domains:
             e.args = (f"{e.args[0]}\n--- qemu log of {dom.name} ---\n{e.qemu_log}",)
             raise
         for uuid in dom.mdevs:  # QEMU has the device once it holds /dev/vfio/<group>
-            g.wait_until(lambda: g.mdev_holders(uuid), timeout, what=f"QEMU to open the vfio group of {uuid}")
+            g.wait_until(lambda uuid=uuid: g.mdev_holders(uuid), timeout, what=f"QEMU to open the vfio group of {uuid}")
         return dom
 
     def run(self, *uuids: str, name: str = None) -> g.Domain:

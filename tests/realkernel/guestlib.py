@@ -139,7 +139,7 @@ def remove_mdev(uuid: str, timeout: float = 20.0) -> None:
     try:
         proc.wait(timeout)
     except subprocess.TimeoutExpired:
-        raise RuntimeError(f"remove of {uuid} still blocked after {timeout}s (pid {proc.pid})")
+        raise RuntimeError(f"remove of {uuid} still blocked after {timeout}s (pid {proc.pid})") from None
     if proc.returncode:
         err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
         raise OSError(errno.EIO, f"remove {uuid} failed: rc {proc.returncode} {err.strip()}")

@@ -175,7 +175,7 @@ def test_kill9_right_after_every_journal_write(host):
         lc = Lifecycle(Host(HostPaths.from_root(root)))
         events = {"n": 0, "kinds": []}
 
-        def after(kind):
+        def after(kind, events=events, k=k):
             events["n"] += 1
             events["kinds"].append(kind)
             if events["n"] == k:

@@ -34,7 +34,7 @@ def errno_of(fn, *args) -> int:
 def walk(sys_dir: Path):
     """{relative path: ("d",) | ("f", content, mode) | ("l", target)} of a tree, control dir left out."""
     out = {}
-    for dirpath, dirnames, filenames in os.walk(sys_dir):
+    for dirpath, dirnames, _filenames in os.walk(sys_dir):
         dirnames[:] = [d for d in dirnames if d != ".vgpusim" and not os.path.islink(os.path.join(dirpath, d))]
         rel = os.path.relpath(dirpath, sys_dir)
         out[rel] = ("d",)

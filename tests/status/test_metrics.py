@@ -17,6 +17,7 @@ import pytest
 pytest.importorskip("prometheus_client")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
+from vgpuctl.errors import InvalidInput  # noqa: E402
 from vgpuctl.metrics import parse_address  # noqa: E402
 
 VGPUCTL = [sys.executable, "-m", "vgpuctl.cli"]
@@ -47,7 +48,7 @@ def test_parse_address():
     assert parse_address("9835") == ("127.0.0.1", 9835)
     assert parse_address("0.0.0.0:1") == ("0.0.0.0", 1)
     assert parse_address("[::1]:9835") == ("::1", 9835)
-    with pytest.raises(Exception):
+    with pytest.raises(InvalidInput):
         parse_address("localhost:http")
 
 
@@ -66,7 +67,7 @@ def test_service_metrics_over_http_and_textfile(sim_factory, tmp_path):
                             stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         url = f"http://127.0.0.1:{port}/metrics"
-        body, end = "", time.monotonic() + 30
+        body, end = "", time.monotonic() + 60
         while time.monotonic() < end:
             try:
                 body = urllib.request.urlopen(url, timeout=2).read().decode()
@@ -117,16 +118,28 @@ def test_service_metrics_over_http_and_textfile(sim_factory, tmp_path):
                 if not text.endswith("\n") or "vgpuctl_reconcile_runs_total" not in text:
                     bad.append(text[-80:])
 
+        def rewritten(before: int) -> None:
+            """Wait (bounded) until the service has replaced the textfile after a host change: a new inode."""
+            end = time.monotonic() + 60
+            while os.stat(prom).st_ino == before:
+                assert time.monotonic() < end, f"the textfile was not rewritten: {open(log.name).read()}"
+                time.sleep(0.02)
+
         t = threading.Thread(target=reader)
         t.start()
-        for _ in range(3):
-            extra = sim.create("0000:d8:00.0", "nvidia-231")
-            time.sleep(0.4)
-            sim.remove(extra)
-            time.sleep(0.4)
-        stop.set()
-        t.join()
-        assert not bad and len(seen) >= 2
+        try:
+            for _ in range(3):
+                ino = os.stat(prom).st_ino
+                extra = sim.create("0000:d8:00.0", "nvidia-231")
+                rewritten(ino)
+                ino = os.stat(prom).st_ino
+                sim.remove(extra)
+                rewritten(ino)
+        finally:
+            stop.set()
+            t.join()
+        assert not bad
+        assert len(seen) >= 2
         assert samples(prom.read_text())["vgpuctl_reconcile_runs_total"][0][1] >= 2
         assert not [p for p in prom.parent.iterdir() if p != prom]  # no temporary files left behind
     finally:

@@ -86,7 +86,9 @@ def _per_gpu(gpu: Optional[str], rec: Callable[[Any, str, Any], Dict[str, Any]])
 
 
 def _sched_record(sc: Any, gpu_info: Any) -> Dict[str, Any]:
-    ms = (lambda us: None if us is None else us / 1000)
+    def ms(us: Optional[float]) -> Optional[float]:
+        return None if us is None else us / 1000
+
     return record(
         SCHED_SCHEMA,
         gpu=gpu_info.pci,

@@ -39,7 +39,7 @@ def _domain_caps(v: Any, found: Probe) -> Probe:
     seen = []
     host_arch = root.findtext("host/cpu/arch")
     guests = sorted(root.findall("guest"), key=lambda g: (g.find("arch") is None
-                                                          or g.find("arch").get("name") != host_arch))
+                                                          or g.find("arch").get("name") != host_arch))  # type: ignore[union-attr]
     for guest in guests:
         arch = guest.find("arch")
         if arch is None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from ..model import BackendKind
 from . import Context, Result, Timeout, bounded, check, link_name, listdir, read, read_int
@@ -155,7 +155,7 @@ def nvml(ctx: Context) -> Result:
     def ask() -> "tuple[Optional[str], dict]":
         with Nvml() as nv:
             version = nv.driver_version()
-            modes = {}
+            modes: Dict[str, Any] = {}
             for gpu in gpus:
                 try:
                     modes[gpu] = nv.gpu(gpu, types=False, vgpus=False).virt_mode

@@ -135,7 +135,7 @@ class SimFS(mfusepy.Operations):
         try:
             self._write(path, node.action, bytes(data))
         except SimError as e:
-            log.info("write %s %r -> %s", path, bytes(data), errno.errorcode.get(e.errno, e.errno))
+            log.info("write %s %r -> %s", path, bytes(data), errno.errorcode.get(e.errno or 0, e.errno))
             raise mfusepy.FuseOSError(e.errno) from None
         except Exception:
             log.exception("write %s %r failed", path, bytes(data))

@@ -129,7 +129,7 @@ class Vgpuctl(object):
                 data = json.loads(out)
             except ValueError:
                 if rc == 0:
-                    raise VgpuctlError("vgpuctl printed something that is not JSON: %s" % out[:200], 1, cmd, out, err)
+                    raise VgpuctlError("vgpuctl printed something that is not JSON: %s" % out[:200], 1, cmd, out, err) from None
         if rc != 0:
             raise VgpuctlError(error_line(err), rc, cmd, out, err, data)
         return data
