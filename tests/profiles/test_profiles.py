@@ -11,19 +11,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "pla
 
 from placement_hosts import a16_gpu, t4  # noqa: E402
 
-from vgpuctl.errors import ConfigError, InvalidInput  # noqa: E402
+from vgpuctl.errors import ConfigError, InvalidInput, ProfileLimit, UnknownProfile  # noqa: E402
 from vgpuctl.model import sorted_inventory  # noqa: E402
 from vgpuctl.placement import place  # noqa: E402
 from vgpuctl.policy import Policy  # noqa: E402
-from vgpuctl.profiles import (  # noqa: E402
-    Assignment,
-    ProfileLimit,
-    SchedulerShare,
-    UnknownProfile,
-    check_limit,
-    parse_profiles,
-    profile_request,
-)
+from vgpuctl.profile_limits import Assignment, check_limit  # noqa: E402
+from vgpuctl.profiles import SchedulerShare, parse_profiles, profile_request  # noqa: E402
 
 GOOD = """\
 version: 1

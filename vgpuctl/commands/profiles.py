@@ -11,17 +11,8 @@ from ..errors import NoPlacement
 from ..model import Inventory
 from ..placement import Decision, place as place_request
 from ..policy import Policy
-from ..profiles import (
-    Assignment,
-    AssignmentStore,
-    Profile,
-    Profiles,
-    check_limit,
-    desired_assignments,
-    load_profiles,
-    profile_request,
-    profiles_path,
-)
+from ..profile_limits import Assignment, AssignmentStore, check_limit, desired_assignments
+from ..profiles import Profile, Profiles, load_profiles, profile_request, profiles_path
 from ._common import Settings, build_host, json_option, libvirt_down, record, render, settings
 from ._complete import complete_profiles
 

@@ -24,7 +24,7 @@ COMMON_ARGS = dict(
     lock_timeout=dict(type="float"),
 )
 
-#: The uuid5 namespace vgpuctl derives a desired instance's uuid from its name with (vgpuctl/spec.py,
+#: The uuid5 namespace vgpuctl derives a desired instance's uuid from its name with (vgpuctl/spec/schema.py,
 #: ``UUID_NAMESPACE``; vgpuctl promises never to change it).  tests/ansible checks that both agree.
 UUID_NAMESPACE = uuidlib.UUID("6f0b3f63-3a51-4d8e-9d0c-7e1b5a2c9a40")
 
