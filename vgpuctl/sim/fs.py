@@ -1,13 +1,18 @@
 """The FUSE filesystem that serves a ``Machine``'s tree as sysfs does.
 
 Files read as "text\\n", are opened with direct_io (no page cache, so every read sees the current state) and report
-st_size 4096; entries and attributes are not cached by the kernel either.  Opening an attribute for an access it
+st_size 4096.  The kernel caches names (entries), attributes and symlink targets for ``CACHE_SECONDS``: what the
+tree can change under them, it learns from the daemon before the write that changed it returns (every path gone,
+and every symlink whose target changed, is invalidated; see ``machine.changed_paths``), so a reader never sees a
+name, attribute or link the tree no longer has.  A new name is never cached negative (negative_timeout 0), and
+directories are read afresh (no readdir cache).  Opening an attribute for an access it
 lacks fails with EACCES even for root (kernfs does the same).  Writes go to the machine; a write's errno is what the
 simulated kernel says.  A ``remove`` of an mdev whose ``dev/vfio/<group>`` some process holds open blocks, outside
 the machine's lock, until the holder lets go or ``remove_block_seconds`` pass (then EBUSY).
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import os
@@ -17,12 +22,31 @@ from typing import Any, Dict, Iterable, List
 
 import mfusepy
 
-from vgpuctl.sim.machine import Dir, File, Link, Machine, SimError
+from vgpuctl.sim.machine import Dir, File, Link, Machine, SimError, changed_paths
 
 log = logging.getLogger("vgpusim")
 
 POLL_SECONDS = 0.05
 MAX_THREADS = 256
+#: how long the kernel may keep an entry or attribute: long, since the daemon invalidates what changes
+CACHE_SECONDS = 3600.0
+FUSE_CAP_CACHE_SYMLINKS = 1 << 23
+
+_invalidate_path = mfusepy._libfuse.fuse_invalidate_path
+_invalidate_path.argtypes = (ctypes.c_void_p, ctypes.c_char_p)
+_invalidate_path.restype = ctypes.c_int
+
+
+def invalidate(paths: Iterable[str]) -> int:
+    """Tell the kernel to forget what it cached of ``paths`` (attributes, symlink targets), from inside a request
+    handler (libfuse's context names the filesystem).  Paths the kernel never looked up are skipped by libfuse.
+    Returns how many it knew."""
+    fuse = mfusepy._libfuse.fuse_get_context().contents.fuse
+    known = 0
+    for p in paths:
+        if _invalidate_path(fuse, p.encode()) == 0:
+            known += 1
+    return known
 
 
 def holders(path: str, proc: str = "/proc") -> List[int]:
@@ -59,10 +83,12 @@ class SimFS(mfusepy.Operations):
 
     # --- setup ------------------------------------------------------------------------------------------------
     def init_with_config(self, conn: Any, config: Any) -> None:
+        if conn is not None and conn.capable & FUSE_CAP_CACHE_SYMLINKS:
+            conn.want |= FUSE_CAP_CACHE_SYMLINKS
         if config is not None:
-            config.entry_timeout = 0.0
+            config.entry_timeout = CACHE_SECONDS
             config.negative_timeout = 0.0
-            config.attr_timeout = 0.0
+            config.attr_timeout = CACHE_SECONDS
             config.direct_io = 1
             config.kernel_cache = 0
             config.auto_cache = 0
@@ -129,11 +155,15 @@ class SimFS(mfusepy.Operations):
         return 0  # sysfs ignores O_TRUNC, so `echo x > attr` works
 
     def write(self, path: str, data: bytes, offset: int, fh: Any) -> int:
-        node = self.m.tree.get(path)
+        before = self.m.tree
+        node = before.get(path)
         if not isinstance(node, File) or node.action is None:
             raise mfusepy.FuseOSError(errno.ENODEV)
         try:
-            self._write(path, node.action, bytes(data))
+            try:
+                self._write(path, node.action, bytes(data))
+            finally:  # outside the machine's lock: the kernel may wait for a reader we serve meanwhile
+                invalidate(changed_paths(before, self.m.tree))
         except SimError as e:
             log.info("write %s %r -> %s", path, bytes(data), errno.errorcode.get(e.errno or 0, e.errno))
             raise mfusepy.FuseOSError(e.errno) from None
@@ -182,9 +212,11 @@ class SimFS(mfusepy.Operations):
 
     def _remove(self, uuid: str, data: bytes) -> None:
         m = self.m
+        before = m.tree
         inst = m.begin_remove(uuid, data)
         if inst is None:
             return
+        invalidate(changed_paths(before, m.tree))  # `remove` and the bus link are gone while it waits
         gf = m.group_file(inst.group)
         deadline = time.monotonic() + m.remove_block_seconds
         try:

@@ -60,13 +60,36 @@ class Link:
 
 
 Node = "Dir | File | Link"
-Tree = Dict[str, object]
+
+
+class Tree(Dict[str, object]):
+    """path -> node, and ``links``: path -> target of every symlink in it (what ``changed_paths`` compares)."""
+
+    links: Dict[str, str]
+
+    def __init__(self, nodes: Optional[Dict[str, object]] = None, links: Optional[Dict[str, str]] = None) -> None:
+        super().__init__(nodes or {})
+        self.links = dict(links or {})
+
+
+def changed_paths(before: Tree, after: Tree) -> List[str]:
+    """Paths a kernel that cached names, attributes and symlink targets of ``before`` must forget to show
+    ``after``: those gone, and symlinks whose target changed or that took another node's place.  A file whose
+    content changed is not among them (its reads are never cached); a new path is not either (no negative entry is
+    cached)."""
+    if before is after:
+        return []
+    gone = before.keys() - after.keys()
+    gone.update(p for p, _ in before.links.items() - after.links.items() if p in after)
+    gone.update(p for p in after.links.keys() - before.links.keys() if p in before)
+    return sorted(gone)
 
 
 class _Builder:
     def __init__(self) -> None:
         self.nodes: Dict[str, object] = {}
         self.children: Dict[str, List[str]] = {"/": []}
+        self.links: Dict[str, str] = {}
 
     def _add(self, path: str, node: object) -> None:
         parent = posixpath.dirname(path)
@@ -74,6 +97,7 @@ class _Builder:
         if path not in self.nodes:
             self.children[parent].append(posixpath.basename(path))
         self.nodes[path] = node
+        self.links.pop(path, None)
 
     def mkdir(self, path: str) -> None:
         if path in self.children:
@@ -87,10 +111,12 @@ class _Builder:
         self._add(path, File(text.encode(), mode, action))
 
     def link(self, path: str, target: str) -> None:
-        self._add(path, Link(posixpath.relpath(target, posixpath.dirname(path))))
+        rel = posixpath.relpath(target, posixpath.dirname(path))
+        self._add(path, Link(rel))
+        self.links[path] = rel
 
     def tree(self) -> Tree:
-        out: Tree = dict(self.nodes)
+        out = Tree(self.nodes, self.links)
         for path, names in self.children.items():
             out[path] = Dir(tuple(sorted(names)))
         return out
