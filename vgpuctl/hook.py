@@ -44,7 +44,7 @@ from .fsutil import ensure_dirs, write_atomic
 from .model import BackendKind, canonical_uuid
 from .paths import HostPaths
 from .state import ORIGIN_HOOK
-from .virt import DomainXml, ManagedVgpu, parse_domain
+from .virt.domxml import DomainXml, ManagedVgpu, parse_domain
 
 SCHEMA = "vgpuctl.hook/v1"
 START = ("prepare", "begin")

@@ -24,7 +24,7 @@ from .errors import AmbiguousType, UnknownType
 from .model import BackendKind, Inventory, VgpuType
 from .placement import Request, Usage, apply as place_apply, place
 from .policy import Policy
-from .virt import DomainXml
+from .virt.domxml import DomainXml
 
 
 class Fit(str, Enum):

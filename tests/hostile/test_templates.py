@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from vgpuctl.errors import ConfigError, VgpuctlError
 from vgpuctl.model import BackendKind, Instance
 from vgpuctl.paths import HostPaths
-from vgpuctl.templates import MDEV_TEMPLATE, Templates
+from vgpuctl.virt.templates import MDEV_TEMPLATE, Templates
 
 pytest.importorskip("jinja2")
 

@@ -12,7 +12,7 @@ from vgpuctl.host import Host
 from vgpuctl.lifecycle import Lifecycle, ProcessHolders
 from vgpuctl.model import Instance, VgpuType
 from vgpuctl.paths import HostPaths
-from vgpuctl.templates import Templates
+from vgpuctl.virt.templates import Templates
 from vgpuctl.virt import Attachments, DomainUsers, parse_domain
 
 from .test_templates import define_and_start

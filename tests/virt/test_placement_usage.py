@@ -116,7 +116,7 @@ def test_create_and_attach_place_for_the_domain_and_record_its_tenant(sim_factor
     from vgpuctl.errors import TenantMismatch
     from vgpuctl.host import Host
     from vgpuctl.lifecycle import Lifecycle
-    from vgpuctl.templates import Templates
+    from vgpuctl.virt.templates import Templates
     from vgpuctl.virt import Attachments, Virt
 
     sim = sim_factory("t4x2")

@@ -8,7 +8,7 @@ import pytest
 from vgpuctl.errors import ConfigError, TemplateError
 from vgpuctl.model import BackendKind, Instance, VgpuType
 from vgpuctl.paths import HostPaths
-from vgpuctl.templates import Templates, check_hostdev
+from vgpuctl.virt.templates import Templates, check_hostdev
 
 from .conftest import ODD_NAME, U_FREE
 

@@ -9,7 +9,7 @@ from vgpuctl.errors import (AttachedElsewhere, DeviceInUse, DomainNotFound, Libv
                             NotAttached, TemplateError)
 from vgpuctl.host import Host
 from vgpuctl.lifecycle import Lifecycle, ProcessHolders
-from vgpuctl.templates import Templates
+from vgpuctl.virt.templates import Templates
 from vgpuctl.virt import (Attachments, DomainUsers, ManagedVgpu, Virt, metadata_xml, parse_domain, resolve_scope,
                           Scope)
 

@@ -44,7 +44,7 @@ def build_lifecycle(s: Settings, *, stale_ok: bool = False) -> Lifecycle:
     host = build_host(s)
     checks: List[UsageCheck] = [ProcessHolders(host)]
     if s.connect != "none":
-        from ..virt import DomainUsers
+        from ..virt.conn import DomainUsers
 
         checks.append(DomainUsers(s.connect, include_stale=not stale_ok, timeout=s.libvirt_timeout))
     return Lifecycle(host, lock_timeout=s.lock_timeout, usage_checks=checks)

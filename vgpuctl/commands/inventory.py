@@ -129,7 +129,7 @@ def _nodedevs(s: Any) -> Optional[Dict[str, Any]]:
     if s.connect == "none":
         return None
     from ..errors import LibvirtError
-    from ..virt import mdev_nodedevs
+    from ..virt.conn import mdev_nodedevs
 
     try:
         return mdev_nodedevs(s.connect)
@@ -152,7 +152,8 @@ def _domains(lc: Lifecycle, shown: Sequence[Instance]) -> Dict[str, Dict[str, An
     check just read (no second read); empty when libvirt is disabled."""
     if settings().connect == "none":
         return {}
-    from ..virt import DomainUsers, Snapshot
+    from ..virt.conn import DomainUsers
+    from ..virt.domxml import Snapshot
 
     snap = next((c.last for c in lc.usage_checks if isinstance(c, DomainUsers) and c.last), None) or Snapshot("")
     out: Dict[str, Dict[str, Any]] = {}

@@ -37,7 +37,7 @@ def _read_xml(path: str) -> str:
 
 
 def _source_xml(domain: str, uri: str) -> str:
-    from ..virt import Virt, bounded
+    from ..virt.conn import Virt, bounded
 
     def read() -> str:
         with Virt.open(uri, readonly=True, timeout=None) as v:
@@ -79,7 +79,7 @@ def check(xml_path: Optional[str], domain: Optional[str], source_uri: Optional[s
     """Can this host take the domain's vGPUs, and where would each land?  Exit 0 if all fit, 4 if capacity is
     short now, 15 if this host cannot run one at all.  Creates nothing."""
     from ..migration import Fit, SourceFacts, TargetFacts, check as preflight, verdict
-    from ..virt import parse_domain
+    from ..virt.domxml import parse_domain
     from .placement import build_usage, load_settings_policy
 
     if (xml_path is None) == (domain is None):

@@ -16,7 +16,7 @@ from ._common import (Settings, build_host, info, json_option, libvirt_down, lib
                       settings, table)
 
 if TYPE_CHECKING:  # libvirt's side; imported when a domain is first read
-    from ..virt import DomainInfo, DomainXml, Snapshot
+    from ..virt.domxml import DomainInfo, DomainXml, Snapshot
 
 PLACEMENT_SCHEMA = "vgpuctl.placement/v1"
 VERDICT_SCHEMA = "vgpuctl.placement-verdict/v1"
@@ -73,7 +73,7 @@ def domain_snapshot(s: Settings, *, strict: bool = False) -> Optional["Snapshot"
     ctx = click.get_current_context(silent=True)
     cache: Dict[str, Any] = ctx.meta.setdefault(_SNAPSHOT_KEY, {}) if ctx is not None else {}
     if s.connect not in cache:
-        from ..virt import DomainUsers  # libvirt itself: only now
+        from ..virt.conn import DomainUsers  # libvirt itself: only now
 
         try:
             cache[s.connect] = DomainUsers(s.connect, timeout=s.libvirt_timeout).read()
@@ -140,7 +140,7 @@ def usage_provider(s: Settings, *, read: Optional[Callable[[], "Snapshot"]] = No
     def usage(inventory: Inventory) -> Usage:
         consumers: Dict[str, Consumer] = {}
         if s.connect != "none":
-            from ..virt import DomainUsers
+            from ..virt.conn import DomainUsers
 
             try:
                 snap = read() if read is not None else DomainUsers(s.connect, timeout=s.libvirt_timeout).read()
@@ -169,7 +169,7 @@ class DomainFacts:
 
 def cpu_nodes(paths: HostPaths) -> Optional[Dict[int, int]]:
     """Host CPU -> NUMA node, from ``ROOT/sys/devices/system/node/node*/cpulist``; None when there are none."""
-    from ..virt import parse_cpuset
+    from ..virt.domxml import parse_cpuset
 
     out: Dict[int, int] = {}
     try:

@@ -49,7 +49,7 @@ def _attachments(s: Any, lifecycle: Any) -> Any:
     """libvirt's side of the desired state (``virt.AttachmentSource``); None with ``--connect none``."""
     if s.connect == "none":
         return None
-    from ..virt import attachments_provider  # libvirt itself is imported only when it is first read
+    from ..virt.attach import attachments_provider  # libvirt itself is imported only when it is first read
 
     return attachments_provider(s.connect, lifecycle, timeout=s.libvirt_timeout)
 

@@ -31,8 +31,9 @@ def _scope(f):  # type: ignore[no-untyped-def]
 
 
 def _attachments():  # type: ignore[no-untyped-def]
-    from ..templates import Templates
-    from ..virt import Attachments, Virt
+    from ..virt.templates import Templates
+    from ..virt.attach import Attachments
+    from ..virt.conn import Virt
 
     s = settings()
     if s.connect == "none":
@@ -188,7 +189,7 @@ DOMAIN_COLUMNS = [("NAME", "name"), ("STATE", "state"), ("PERSISTENT", "persiste
 def domains(as_json: bool) -> None:
     """libvirt's domains, read-only: name, uuid, running or shut off, and the vGPUs each one's XML references
     (what attach and detach take as DOMAIN)."""
-    from ..virt import Virt
+    from ..virt.conn import Virt
     from ._common import render
 
     s = settings()

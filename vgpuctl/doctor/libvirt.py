@@ -60,7 +60,7 @@ def probe(ctx: Context) -> Probe:
     the longer ``QEMU_PROBE_TIMEOUT``, through ``virt.bounded``); read once per run."""
     def make() -> Probe:
         from ..errors import LibvirtConnectError, LibvirtTimeout, LibvirtUnavailable
-        from ..virt import Virt, bounded, reachability
+        from ..virt.conn import Virt, bounded, reachability
 
         r = reachability(ctx.connect, timeout=ctx.timeout)
         if not r:

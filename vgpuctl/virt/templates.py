@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from .errors import ConfigError, LibvirtUnavailable, TemplateError
-from .fsutil import read_text
-from .model import PCI_ADDR_RE, BackendKind, Instance, VgpuType
-from .paths import HostPaths
+from ..errors import ConfigError, LibvirtUnavailable, TemplateError
+from ..fsutil import read_text
+from ..model import PCI_ADDR_RE, BackendKind, Instance, VgpuType
+from ..paths import HostPaths
 
-BUILTIN_DIR = Path(__file__).resolve().parent / "data" / "templates"
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "data" / "templates"
 MDEV_TEMPLATE = "mdev-hostdev.xml.j2"
 PCI_TEMPLATE = "pci-hostdev.xml.j2"
 #: device_api values the mdev core reports, which are also libvirt's hostdev ``model`` values
