@@ -18,6 +18,8 @@ BENCHES = (
      ["converge.py"]),
     ("list --json against mdevctl and python+click, on the FUSE simulator and on a plain directory copy",
      ["list_vs_mdevctl.py", "--runs", "20"]),
+    ("the simulator's cost: FUSE requests per inventory, and each reader on FUSE against a plain directory copy",
+     ["sim_roundtrips.py"]),
 )
 
 
