@@ -11,6 +11,7 @@ a held ``remove`` outside it (see ``begin_remove`` / ``finish_remove``).
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import posixpath
 import re
@@ -85,6 +86,12 @@ def changed_paths(before: Tree, after: Tree) -> List[str]:
     return sorted(gone)
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _relpath(target: str, start: str) -> str:
+    """posixpath.relpath of two absolute tree paths (the same links come back in every render: cached)."""
+    return posixpath.relpath(target, start)
+
+
 class _Builder:
     def __init__(self) -> None:
         self.nodes: Dict[str, object] = {}
@@ -92,26 +99,29 @@ class _Builder:
         self.links: Dict[str, str] = {}
 
     def _add(self, path: str, node: object) -> None:
-        parent = posixpath.dirname(path)
-        self.mkdir(parent)
+        parent, _, name = path.rpartition("/")  # tree paths are absolute and normal: "/a/b" -> "/a", "b"
+        parent = parent or "/"
+        if parent not in self.children:
+            self.mkdir(parent)
         if path not in self.nodes:
-            self.children[parent].append(posixpath.basename(path))
+            self.children[parent].append(name)
         self.nodes[path] = node
         self.links.pop(path, None)
 
     def mkdir(self, path: str) -> None:
         if path in self.children:
             return
-        parent = posixpath.dirname(path)
+        parent, _, name = path.rpartition("/")
+        parent = parent or "/"
         self.mkdir(parent)
-        self.children[parent].append(posixpath.basename(path))
+        self.children[parent].append(name)
         self.children[path] = []
 
     def file(self, path: str, text: str, mode: int = RO, action: Optional[Tuple[str, ...]] = None) -> None:
         self._add(path, File(text.encode(), mode, action))
 
     def link(self, path: str, target: str) -> None:
-        rel = posixpath.relpath(target, posixpath.dirname(path))
+        rel = _relpath(target, path.rpartition("/")[0] or "/")
         self._add(path, Link(rel))
         self.links[path] = rel
 
