@@ -42,9 +42,24 @@ def read_config(path: "os.PathLike[str] | str", *, missing_ok: bool = True, foll
 def compose_yaml(text: str, path: str) -> Tuple[Any, Any]:
     """``(yaml module, root node)`` of a YAML document (the root is None for an empty one).
 
-    PyYAML is imported here, lazily: commands that read no config file never pay for it."""
+    PyYAML is imported here, lazily: commands that read no config file never pay for it.  Where PyYAML has libyaml,
+    its C parser and composer do the work (a 128-instance file: ~30x faster), with the strict checks run over its
+    events; a document libyaml refuses is read again by the Python loader, so every error reads as before."""
     import yaml
 
+    # libyaml: the same checks on its events, then its composer.  Not for a text with a tab: libyaml takes tabs
+    # where PyYAML's scanner refuses them, and the Python loader's verdict is the rule.
+    if getattr(yaml, "__with_libyaml__", False) and "\t" not in text:
+        fast = None
+        try:
+            _check_events(yaml, yaml.parse(text, Loader=yaml.CSafeLoader), path)
+            fast = yaml.CSafeLoader(text)
+            return yaml, fast.get_single_node()
+        except yaml.YAMLError:
+            pass  # a broken document: the Python loader below says what is wrong, in its words, at its line
+        finally:
+            if fast is not None:
+                fast.dispose()
     loader = None
     try:
         loader = _strict_loader(yaml)(text)  # the reader checks the characters here already
@@ -58,6 +73,28 @@ def compose_yaml(text: str, path: str) -> Tuple[Any, Any]:
     finally:
         if loader is not None:
             loader.dispose()
+
+
+def _check_events(yaml: Any, events: Any, path: str) -> None:
+    """What ``StrictLoader.compose_node`` refuses, over a parser's events (libyaml's C composer has no hook): an
+    explicit tag on any node, and a node deeper than ``MAX_DEPTH`` (the root is at depth 1)."""
+    node_events = (yaml.ScalarEvent, yaml.SequenceStartEvent, yaml.MappingStartEvent, yaml.AliasEvent)
+    starts = (yaml.SequenceStartEvent, yaml.MappingStartEvent)
+    ends = (yaml.SequenceEndEvent, yaml.MappingEndEvent)
+    open_collections = 0
+    for event in events:
+        if isinstance(event, node_events):
+            tag = getattr(event, "tag", None)
+            line = event.start_mark.line + 1 if event.start_mark else None
+            if tag is not None:
+                raise ConfigError(path, f"explicit YAML tags such as {tag!r} are not allowed: "
+                                  "write plain values (quote a string)", line=line)
+            if open_collections + 1 > MAX_DEPTH:
+                raise ConfigError(path, f"nested deeper than {MAX_DEPTH} levels", line=line)
+            if isinstance(event, starts):
+                open_collections += 1
+        elif isinstance(event, ends):
+            open_collections -= 1
 
 
 _LOADER: Any = None
