@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -216,11 +215,14 @@ def test_destroy_refuses_a_held_device(sim):
     with sim.hold(u):
         (rec,) = json.loads(ok(sim, "list", "--json").stdout)
         assert rec["used_by"] == [f"pid {os.getpid()} ({Path('/proc/self/comm').read_text().strip()})"]
-        t0 = time.monotonic()
+        # refused up front, not after a blocked remove: a write to any remove would consume this pending fault
+        # (the simulator lists pending faults in its fail_next file), so no clock is needed to tell
+        sim.fail_next("remove", "EIO")
         msg = refused(sim, 6, "destroy", u)
-        assert time.monotonic() - t0 < 5  # refused up front, not after a blocked remove
         assert f"pid {os.getpid()}" in msg
         refused(sim, 6, "destroy", "--foreign", u)
+        assert (sim.control_dir / "fail_next").read_text() == "remove EIO\n"
+        sim.clear_failures()
     ok(sim, "destroy", u)
 
 

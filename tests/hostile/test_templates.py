@@ -89,3 +89,33 @@ def test_generated_templates_render_or_fail_with_a_config_error(tmp_path, body):
         render_override(tmp_path, body)
     except VgpuctlError as e:
         assert isinstance(e, ConfigError) and "\n" not in str(e)
+
+
+@pytest.mark.parametrize("body", [
+    # each range() is within the sandbox's bound; nested, they would run for hours
+    "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}" + HOSTDEV,
+    "{% for i in range(100000) %}{% for j in range(100000) %}{{ j|string|length }}{% endfor %}{% endfor %}" + HOSTDEV,
+    # a macro loop that never ends within the recursion limit
+    "{% macro m(n) %}{% for i in range(100000) %}{{ m(n - 1) if n else '' }}{% endfor %}{% endmacro %}{{ m(3) }}"
+    + HOSTDEV,
+])
+def test_a_template_that_loops_for_hours_is_stopped(tmp_path, monkeypatch, body):
+    import vgpuctl.templates as templates
+
+    monkeypatch.setattr(templates, "RENDER_CPU_SECONDS", 0.1)  # the bound, not its default, is under test
+    e = refused(tmp_path, body)
+    assert MDEV_TEMPLATE in e.path and "s of CPU" in str(e)
+
+
+def test_the_cpu_bound_leaves_an_installed_tracer_in_place(tmp_path):
+    import sys
+
+    def tracer(frame, event, arg):
+        return None
+
+    sys.settrace(tracer)
+    try:
+        assert "<hostdev" in render_override(tmp_path, HOSTDEV).xml
+        assert sys.gettrace() is tracer
+    finally:
+        sys.settrace(None)

@@ -1,10 +1,12 @@
 """Property tests: random hosts, policies and request sequences never break the rules, and decide deterministically."""
 from typing import Dict, List
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from placement_hosts import A16_TYPES, T4_TYPES, a16_gpu, host, t4
+from vgpuctl.errors import UnknownType
 from vgpuctl.model import Inventory
 from vgpuctl.placement import Consumer, MixMode, Request, Usage, apply, gpu_states, place, release
 from vgpuctl.policy import GpuRule, Policy, Quota, Selector, Strategy
@@ -113,12 +115,16 @@ def test_sequences_never_break_the_rules(inv, policy, evs):
 @given(hosts(), st.lists(st.sampled_from(PROFILES), min_size=1, max_size=30))
 def test_fill_then_empty_restores_capacity(inv, profiles):
     start = inv
-    uuids = []
+    uuids: List[str] = []
+    offered = {t.profile for p in inv.parents for t in inv.types_on(p.name)}
     for n, prof in enumerate(profiles):
-        try:
-            d = place(inv, Policy(), Request(type=prof))
-        except Exception:
+        if prof not in offered:  # a profile of a model the host lacks: the typed error, nothing placed
+            with pytest.raises(UnknownType):
+                place(inv, Policy(), Request(type=prof))
             continue
+        d = place(inv, Policy(), Request(type=prof))
+        # an empty host has room for every profile it offers: the first offered request is always placed
+        assert d.placed or uuids, [(v.parent, v.reason) for v in d.verdicts]
         if d.placed:
             u = f"00000000-0000-0000-0000-{n:012d}"
             inv = apply(inv, parent=d.parent, type_id=d.type_id, uuid=u)
@@ -126,6 +132,7 @@ def test_fill_then_empty_restores_capacity(inv, profiles):
     for u in reversed(uuids):
         inv = release(inv, u)
     assert inv == start
+    assert bool(uuids) == bool(offered.intersection(profiles))  # something was filled whenever it could be
 
 
 def _fresh(inv: Inventory) -> Inventory:

@@ -1,7 +1,7 @@
 """``vgpuctl status`` golden files (text and JSON) for a half-full simulated mixed host (two T4, four A16 GPUs), and
 the picture's rules on in-memory hosts (domains, colour, fragmentation).
 
-``VGPUCTL_REGEN_GOLDEN=1`` rewrites the golden files; a missing one is written on first run."""
+``VGPUCTL_REGEN_GOLDEN=1`` rewrites the golden files; a missing one fails (tests/golden.py)."""
 from __future__ import annotations
 
 import json
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from golden import assert_golden
 from vgpuctl.model import Instance, sorted_inventory
 from vgpuctl.policy import Policy, parse_policy
 from vgpuctl.status import BLOCKED, RESTRICTED, USED, host_status, records, render_text
@@ -20,7 +21,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "pla
 from placement_hosts import a16_gpu, t4  # noqa: E402
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "status"
-REGEN = os.environ.get("VGPUCTL_REGEN_GOLDEN") == "1"
 VGPUCTL = [sys.executable, "-m", "vgpuctl.cli"]
 
 #: (uuid suffix, parent given to create, type)
@@ -33,11 +33,7 @@ HALF_FULL = [
 
 
 def golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if REGEN or not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    assert text == path.read_text(), f"{name} differs (VGPUCTL_REGEN_GOLDEN=1 rewrites it)"
+    assert_golden(GOLDEN / name, text)
 
 
 def run(root, *args):

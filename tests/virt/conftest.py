@@ -3,13 +3,13 @@
 * ``uri``: ``test:///<abs>/tests/data/virt/testnode.xml``; every ``Virt.open(uri)`` is a fresh driver state.
 * ``sim``: ``SimHost("mtty", tmp_path/"root")`` (needs root, /dev/fuse, fusermount3; skipped otherwise) with the
   vGPUs the driver file's domains reference already created (owned by vgpuctl).
-* ``golden(name, text)``: compare with tests/data/virt/golden/<name>; a missing file is written;
-  ``VGPUCTL_REGEN_GOLDEN=1`` rewrites them all.
+* ``golden(name, text)``: compare with tests/data/virt/golden/<name> (tests/golden.py: a missing file fails;
+  ``VGPUCTL_REGEN_GOLDEN=1`` rewrites them all).
 * ``libvirtd`` (tests marked ``libvirtd``): see ``tests/virt/libvirtd.py``.
 """
 from __future__ import annotations
 
-import os
+from golden import assert_golden
 from simhost import FUSE_SKIP_REASON, fuse_usable
 from pathlib import Path
 
@@ -24,7 +24,6 @@ from .libvirtd import libvirtd  # noqa: E402,F401  (the session fixture)
 DATA = Path(__file__).resolve().parents[1] / "data" / "virt"
 GOLDEN = DATA / "golden"
 DRIVER_FILE = DATA / "testnode.xml"
-REGEN = os.environ.get("VGPUCTL_REGEN_GOLDEN") == "1"
 
 U_WEB = "aaaaaaaa-0000-4000-8000-000000000001"  # running domain web1 has it (live and config)
 U_DB = "aaaaaaaa-0000-4000-8000-000000000002"  # shut-off domain db's definition has it
@@ -67,12 +66,7 @@ def scrub(text: str) -> str:
 @pytest.fixture
 def golden():
     def check(name: str, text: str) -> None:
-        path = GOLDEN / name
-        text = scrub(text)
-        if REGEN or not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-        assert text == path.read_text(), f"{name} differs from the golden file (VGPUCTL_REGEN_GOLDEN=1 rewrites it)"
+        assert_golden(GOLDEN / name, scrub(text))
 
     return check
 

@@ -3,7 +3,8 @@
 Built-in templates live in the package (``vgpuctl/data/templates``); a file of the same name in
 ``etc/vgpuctl/templates`` overrides one (read with ``fsutil``'s rules: a regular UTF-8 file of at most
 ``TEMPLATE_LIMIT`` bytes, no symlink, not world-writable).  Rendering is sandboxed (a template cannot reach Python
-internals, and ``*``/``**`` are bounded), any error the template causes is a ``TemplateError``, and every
+internals, ``*``/``**`` are bounded, and a render may use at most ``RENDER_CPU_SECONDS`` of CPU, so nested loops
+that would run for hours are stopped), any error the template causes is a ``TemplateError``, and every
 value is XML-escaped, so a domain name or a metadata value containing ``'"<>&`` cannot inject markup.  The result is
 parsed and must be exactly one ``<hostdev>`` element; any failure is a ``TemplateError`` naming the file and line.
 
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
+import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +93,7 @@ class Templates:
         self.override_dir = paths.config_dir / "templates"
         self.search: List[Path] = [self.override_dir, builtin]
         self._env: Any = None
+        self._files: set = set()  #: the file names of the templates loaded: their code is what the CPU bound counts
 
     def _environment(self) -> Any:
         if self._env is None:
@@ -113,6 +117,7 @@ class Templates:
         path = self.source_of(name)
         own = path.parent == self.override_dir
         text = read_text(path, limit=TEMPLATE_LIMIT, error=_template_error, follow=not own, missing_ok=False)
+        self._files.add(os.fspath(path))
         return text, os.fspath(path), lambda: False
 
     def source_of(self, name: str) -> Path:
@@ -132,7 +137,10 @@ class Templates:
         import jinja2
 
         try:
-            text = env.get_template(name).render(**context)
+            text = _within_cpu_budget(lambda: env.get_template(name).render(**context), self._files)
+        except _OverBudget:
+            raise TemplateError(os.fspath(path), f"rendering used more than {RENDER_CPU_SECONDS:g} s of CPU (a loop "
+                                "that does not end?); a device template renders one <hostdev>") from None
         except TemplateError:
             raise
         except jinja2.TemplateSyntaxError as e:
@@ -166,6 +174,43 @@ class Templates:
 
 #: The most a template file may hold, and the most it may render.
 TEMPLATE_LIMIT = 256 * 1024
+
+
+#: The most CPU time (of the rendering thread) one render may take; a device template needs milliseconds.
+RENDER_CPU_SECONDS = 2.0
+
+
+class _OverBudget(BaseException):
+    """Raised inside a template's code once its render passed ``RENDER_CPU_SECONDS``; a BaseException, so that
+    nothing jinja2 or a filter does between the template and ``render`` can catch it."""
+
+
+def _within_cpu_budget(fn: Any, files: set) -> Any:
+    """``fn()``, stopped with ``_OverBudget`` once it has used ``RENDER_CPU_SECONDS`` of this thread's CPU.
+
+    The sandbox bounds each ``range()`` and each ``*``, but not how often loops nest; a trace function on the
+    template's own code (its frames carry the template's file name; every loop iteration is a line event there)
+    checks the thread's CPU clock every 256 lines.  Python code outside the template is not traced, so the cost
+    falls on templates alone; a tracer installed before (a debugger, coverage) is restored afterwards."""
+    deadline = time.thread_time() + RENDER_CPU_SECONDS
+    lines = [0]
+
+    def local(frame: Any, event: str, arg: Any) -> Any:
+        if event == "line":
+            lines[0] += 1
+            if not lines[0] & 0xFF and time.thread_time() > deadline:
+                raise _OverBudget()
+        return local
+
+    def calls(frame: Any, event: str, arg: Any) -> Any:
+        return local if frame.f_code.co_filename in files else None
+
+    before = sys.gettrace()
+    sys.settrace(calls)
+    try:
+        return fn()
+    finally:
+        sys.settrace(before)
 
 
 def _template_error(path: str, problem: str) -> TemplateError:
