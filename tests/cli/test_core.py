@@ -24,23 +24,10 @@ U2 = "83b8f4f2-509f-382f-3c1e-e6bfe0fa1002"
 VGPUCTL = [sys.executable, "-m", "vgpuctl.cli"]
 
 
-@pytest.fixture(scope="module")
-def t4_sim(tmp_path_factory):
-    from vgpuctl.sim import SimHost
-
-    with SimHost("t4x2", tmp_path_factory.mktemp("t4")) as sim:
-        yield sim
-
-
 @pytest.fixture
-def sim(t4_sim):
-    """The module's simulator, reset to an empty host with no vgpuctl state before each test."""
-    t4_sim.clear_failures()
-    t4_sim.reboot()
-    for f in (t4_sim.paths.state_file,):
-        if f.exists():
-            f.unlink()
-    return t4_sim
+def sim(sim_pool):
+    """The session's t4x2 simulator, reset to an empty host with no vgpuctl files before each test."""
+    return sim_pool.fresh("t4x2")
 
 
 def run(sim, *args, env=None, timeout=60):

@@ -1,4 +1,5 @@
-"""Fixtures for ``vgpuctl doctor``: one simulated host per profile (module-wide), reset before each test."""
+"""Fixtures for ``vgpuctl doctor``: the session's simulated hosts (tests/conftest.py ``sim_pool``, key "doctor"),
+reset before each test with the vGPU manager's units installed."""
 from __future__ import annotations
 
 import os
@@ -6,7 +7,7 @@ import shutil
 
 import pytest
 
-from simhost import FUSE_SKIP_REASON, fuse_usable
+from simhost import reset_sim
 
 
 def _reset(sim):
@@ -15,7 +16,7 @@ def _reset(sim):
     from vgpuctl.sim.daemon import install_vgpu_manager_units, UNIT_DIR, WANTS_DIR
     from vgpuctl.sim.profile import load_profile
 
-    sim.set_iommu(True)  # a reboot, too
+    reset_sim(sim)
     for sub in ("etc", "var", "run/vgpuctl", "usr", "lib"):
         p = sim.root / sub
         if os.path.islink(p) or p.is_file():
@@ -28,52 +29,19 @@ def _reset(sim):
     assert not (sim.root / UNIT_DIR).exists() or (sim.root / WANTS_DIR).exists()
 
 
-def _sim(profile, tmp_path_factory):
-    if not fuse_usable():
-        pytest.skip(FUSE_SKIP_REASON)
-    from vgpuctl.sim import SimHost
-
-    sim = SimHost(profile, tmp_path_factory.mktemp(profile)).start()
-    return sim
-
-
-@pytest.fixture(scope="module")
-def _t4x2(tmp_path_factory):
-    sim = _sim("t4x2", tmp_path_factory)
-    yield sim
-    sim.stop()
-
-
-@pytest.fixture(scope="module")
-def _h200(tmp_path_factory):
-    sim = _sim("h200", tmp_path_factory)
-    yield sim
-    sim.stop()
-
-
-@pytest.fixture(scope="module")
-def _a16(tmp_path_factory):
-    sim = _sim("a16", tmp_path_factory)
-    yield sim
-    sim.stop()
+@pytest.fixture
+def t4x2(sim_pool):
+    return sim_pool.fresh("t4x2", "doctor", reset=_reset)
 
 
 @pytest.fixture
-def t4x2(_t4x2):
-    _reset(_t4x2)
-    return _t4x2
+def h200(sim_pool):
+    return sim_pool.fresh("h200", "doctor", reset=_reset)
 
 
 @pytest.fixture
-def h200(_h200):
-    _reset(_h200)
-    return _h200
-
-
-@pytest.fixture
-def a16(_a16):
-    _reset(_a16)
-    return _a16
+def a16(sim_pool):
+    return sim_pool.fresh("a16", "doctor", reset=_reset)
 
 
 def results(sim, *names, connect="none", **kw):

@@ -24,33 +24,9 @@ KEEP = "aaaaaaaa-0000-4000-8000-00000000beef"
 DOM_UUID = "6695eb01-f6a4-8304-79aa-97f2502e10ff"
 
 
-@pytest.fixture(scope="module")
-def mtty(tmp_path_factory):
-    from simhost import fuse_usable
-
-    if not fuse_usable():
-        pytest.skip("needs the FUSE simulated host")
-    from vgpuctl.sim import SimHost
-
-    with SimHost("mtty", tmp_path_factory.mktemp("hostile")) as sim:
-        yield sim
-
-
 @pytest.fixture
-def sim(mtty):
-    mtty.clear_failures()
-    mtty.reboot()
-    for p in (mtty.paths.state_file,):
-        if p.exists():
-            p.unlink()
-    cfg = mtty.paths.config_dir
-    for f in sorted(cfg.rglob("*"), reverse=True) if cfg.exists() else []:
-        f.rmdir() if f.is_dir() and not f.is_symlink() else f.unlink()
-    hook_dir = mtty.paths.run_dir / "hook"
-    if hook_dir.is_dir():
-        for f in hook_dir.iterdir():
-            f.unlink()
-    return mtty
+def sim(sim_pool):
+    return sim_pool.fresh("mtty")
 
 
 def instances(sim):

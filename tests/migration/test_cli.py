@@ -29,21 +29,9 @@ def domain_xml(*vgpus, name="render-1", test_driver=False):
             "</domain>")
 
 
-@pytest.fixture(scope="module")
-def t4_sim(tmp_path_factory):
-    from vgpuctl.sim import SimHost
-
-    with SimHost("t4x2", tmp_path_factory.mktemp("t4")) as sim:
-        yield sim
-
-
 @pytest.fixture
-def sim(t4_sim):
-    t4_sim.clear_failures()
-    t4_sim.reboot()
-    if t4_sim.paths.state_file.exists():
-        t4_sim.paths.state_file.unlink()
-    return t4_sim
+def sim(sim_pool):
+    return sim_pool.fresh("t4x2")
 
 
 def run(sim, *args, stdin=None):

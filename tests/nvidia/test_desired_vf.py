@@ -14,21 +14,9 @@ GPU, VF0, VF1 = "0000:41:00.0", "0000:41:00.4", "0000:41:00.5"
 Q8, C8 = "nvidia-1107", "nvidia-1121"  # L40S-8Q, L40S-8C: one size, so they may share the GPU
 
 
-@pytest.fixture(scope="module")
-def l40s(tmp_path_factory):
-    from vgpuctl.sim import SimHost
-
-    sim = SimHost("l40s", tmp_path_factory.mktemp("l40s")).start()
-    yield sim
-    sim.stop()
-
-
 @pytest.fixture
-def host(l40s):
-    l40s.reboot()
-    if l40s.paths.state_file.exists():
-        l40s.paths.state_file.unlink()
-    return l40s
+def host(sim_pool):
+    return sim_pool.fresh("l40s")
 
 
 def run(sim, *args):

@@ -21,23 +21,9 @@ Q8 = "nvidia-1107"  # L40S-8Q
 DOM_UUID = "6695eb01-f6a4-8304-79aa-97f2502e10ff"
 
 
-@pytest.fixture(scope="module")
-def l40s(tmp_path_factory):
-    from vgpuctl.sim import SimHost
-
-    sim = SimHost("l40s", tmp_path_factory.mktemp("l40s")).start()
-    yield sim
-    sim.stop()
-
-
 @pytest.fixture
-def host(l40s):
-    l40s.reboot()
-    for p in (l40s.paths.state_file, l40s.root / "etc" / "vgpuctl" / "vgpuctl.yaml",
-              l40s.root / "etc" / "vgpuctl" / "profiles.yaml"):
-        if p.exists():
-            p.unlink()
-    return l40s
+def host(sim_pool):
+    return sim_pool.fresh("l40s")
 
 
 def run(sim, *args):
@@ -266,15 +252,15 @@ def test_bad_params_in_a_profile_are_config_errors(host):
     assert typed(host) == []
 
 
-def test_params_on_a_non_nvidia_instance_are_blocked(sim_factory):
-    sim = sim_factory("mtty")
+def test_params_on_a_non_nvidia_instance_are_blocked(sim_pool):
+    sim = sim_pool.fresh("mtty")
     write_config(sim, 'version: 1\ninstances:\n  a: {type: mtty-1, parent: mtty, params: {disable_vnc: 1}}\n')
     r = run(sim, "apply")
     assert r.exit_code == 13
     assert "[blocked: config: mtty is not an NVIDIA GPU" in r.stdout and sim.instances() == []
 
 
-def test_h200_mig_backed_vgpu_takes_params(h200):
-    h200.reboot()
+def test_h200_mig_backed_vgpu_takes_params(sim_pool):
+    h200 = sim_pool.fresh("h200")
     vf = ok(h200, "create", "-p", "0000:ca:00.0", "-t", "H200X-1-18C", "--param", "enable_uvm=1").stdout.strip()
     assert (h200.paths.pci_devices / vf / "nvidia" / "vgpu_params").read_text().strip() == "enable_uvm=1"

@@ -30,7 +30,7 @@ def test_service_retypes_a_vf_after_its_vgpu_is_lost(l40s, tmp_path):
     env = dict(os.environ, VGPUCTL_ROOT=str(l40s.root), VGPUCTL_LIBVIRT_URI="none", VGPUCTL_NVML="off")
     log = open(tmp_path / "service.log", "w+")
     # a resync far beyond the test's waits: only the watch can start the second pass
-    proc = subprocess.Popen([sys.executable, "-m", "vgpuctl.cli", "service", "--watch", "poll", "--poll-interval",
+    proc = subprocess.Popen([sys.executable, "-m", "vgpuctl.cli", "-vv", "service", "--watch", "poll", "--poll-interval",
                              "0.05", "--resync-interval", "3600"], stdout=log, stderr=subprocess.STDOUT, env=env)
 
     def typed(timeout):
@@ -46,7 +46,12 @@ def test_service_retypes_a_vf_after_its_vgpu_is_lost(l40s, tmp_path):
         end = time.monotonic() + 60
         while "converged" not in open(tmp_path / "service.log").read() and time.monotonic() < end:
             time.sleep(0.05)
-        time.sleep(2.0)  # the pass is over and its own change has been polled
+        # its own change has been polled (a pass for it began; -vv logs why each pass runs), so the reboot below is
+        # a change the watch sees, not one it takes as its starting point
+        end = time.monotonic() + 60
+        while "converging (sysfs changed)" not in open(tmp_path / "service.log").read():
+            assert time.monotonic() < end, open(tmp_path / "service.log").read()
+            time.sleep(0.05)
         l40s.reboot()  # the VF's vGPU is gone; sys/class/mdev_bus and sys/bus/mdev/devices do not change
         assert l40s.vgpu_type(VF0) == 0
         assert typed(90), open(tmp_path / "service.log").read()

@@ -37,26 +37,14 @@ def place(root, *args, connect=URI):
 
 
 @pytest.fixture(scope="module")
-def host(tmp_path_factory):
+def host(sim_pool):
     """One simulated t4x2 host for the module (placement only reads it): U_ACME on T4A, the policy above."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from simhost import FUSE_SKIP_REASON, fuse_usable
-
-    if not fuse_usable():
-        pytest.skip(FUSE_SKIP_REASON)
-    from vgpuctl.sim import SimHost
-
-    sim = SimHost("t4x2", tmp_path_factory.mktemp("placement-usage") / "root").start()
-    try:
-        r = run(sim.root, "create", "-p", T4A, "-t", "nvidia-223", "--uuid", U_ACME, connect="none")
-        assert r.exit_code == 0, r.output
-        (sim.root / "etc" / "vgpuctl").mkdir(parents=True, exist_ok=True)
-        (sim.root / "etc" / "vgpuctl" / "policy.yaml").write_text(POLICY)
-        yield sim.root
-    finally:
-        sim.stop()
+    sim = sim_pool.fresh("t4x2", "placement-usage")
+    r = run(sim.root, "create", "-p", T4A, "-t", "nvidia-223", "--uuid", U_ACME, connect="none")
+    assert r.exit_code == 0, r.output
+    (sim.root / "etc" / "vgpuctl").mkdir(parents=True, exist_ok=True)
+    (sim.root / "etc" / "vgpuctl" / "policy.yaml").write_text(POLICY)
+    return sim.root
 
 
 def test_quota_counts_the_tenants_existing_vms(host):
@@ -112,14 +100,14 @@ def test_vcpu_pinning_maps_through_the_hosts_cpulists(tmp_path):
     assert d["parent"] == T4B and d["numa_nodes"] == [1] and d["numa_from"] == ["vcpupin"]
 
 
-def test_create_and_attach_place_for_the_domain_and_record_its_tenant(sim_factory):
+def test_create_and_attach_place_for_the_domain_and_record_its_tenant(sim_pool):
     from vgpuctl.errors import TenantMismatch
     from vgpuctl.host import Host
     from vgpuctl.lifecycle import Lifecycle
     from vgpuctl.virt.templates import Templates
     from vgpuctl.virt import Attachments, Virt
 
-    sim = sim_factory("t4x2")
+    sim = sim_pool.fresh("t4x2")
     r = run(sim.root, "create", "-t", "T4-2B", "--domain", "numa1", "--uuid", U_PLAIN, "--json")  # node 1
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["parent"] == T4B
