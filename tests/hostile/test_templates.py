@@ -100,7 +100,7 @@ def test_generated_templates_render_or_fail_with_a_config_error(tmp_path, body):
     + HOSTDEV,
 ])
 def test_a_template_that_loops_for_hours_is_stopped(tmp_path, monkeypatch, body):
-    import vgpuctl.templates as templates
+    import vgpuctl.virt.templates as templates
 
     monkeypatch.setattr(templates, "RENDER_CPU_SECONDS", 0.1)  # the bound, not its default, is under test
     e = refused(tmp_path, body)
