@@ -80,19 +80,18 @@ class UnknownParent(NotFound):
         self.known = tuple(known)
 
 
-class SriovDisabled(UnknownParent):
-    """An NVIDIA GPU that could host vendor-VFIO vGPUs has no SR-IOV VFs enabled."""
+class SriovDisabled(NotFound):
+    """An NVIDIA GPU that could host vendor-VFIO vGPUs has no SR-IOV VFs enabled.  Not an ``UnknownParent``: the
+    GPU is there, it has no parents yet (its ``gpu`` is named, no list of known parents is made up)."""
 
     kind = "sriov-disabled"
 
     def __init__(self, gpu: str) -> None:
-        NotFound.__init__(
-            self,
+        super().__init__(
             f"GPU {gpu} has no SR-IOV virtual functions enabled, so it can host no vGPUs; enable them with: "
             f"/usr/lib/nvidia/sriov-manage -e {gpu} (needed after every boot)",
         )
-        self.name = gpu
-        self.known = ()
+        self.gpu = gpu
 
 
 class UnknownType(NotFound):
@@ -203,15 +202,16 @@ class UnknownProfile(NotFound):
         self.known = tuple(known)
 
 
-class ProfileLimit(NoCapacity):
-    """The tenant already holds as many vGPUs of the profile as its limit allows."""
+class ProfileLimit(VgpuctlError):
+    """The tenant already holds as many vGPUs of the profile as its limit allows.  Exit 4 like ``NoCapacity``, but
+    not one: no parent ran out of room (it has no ``type_id`` or ``parent`` to give)."""
 
+    exit_code = NoCapacity.exit_code
     kind = "profile-limit"
 
     def __init__(self, profile: str, tenant: str, held: int, limit: int, where: str = "") -> None:
         at = f" ({where})" if where else ""
-        NoCapacity.__init__(self, profile, "-")
-        self.message = (
+        super().__init__(
             f"tenant {tenant} already holds {held} of at most {limit} vGPUs of profile {profile}{at}; "
             "destroy one of them first, or raise the limit"
         )
@@ -238,11 +238,11 @@ class DeviceInUse(VgpuctlError):
     exit_code = 6
     kind = "in-use"
 
-    def __init__(self, uuid: str, holders: Iterable[str]) -> None:
+    def __init__(self, uuid: str, holders: Iterable[str], message: Optional[str] = None) -> None:
         self.holders = tuple(holders)
-        super().__init__(
+        super().__init__(message or (
             f"device {uuid} is in use by {', '.join(self.holders)}; stop or detach the VM first (nothing was changed)"
-        )
+        ))
         self.uuid = uuid
 
 
@@ -262,15 +262,14 @@ class ForeignManaged(NotOwned):
     kind = "foreign-managed"
 
     def __init__(self, uuid: str, path: str, start: Optional[str]) -> None:
-        VgpuctlError.__init__(self, "")
         if start == "manual":
             back = "mdevctl keeps its definition ('mdevctl start' makes it again)"
         elif start == "auto":
             back = "mdevctl will bring it back at boot (its definition starts it automatically)"
         else:
             back = "mdevctl may bring it back at boot (vgpuctl cannot read its definition)"
-        self.message = (f"device {uuid} is defined by mdevctl ({path}): {back}; pass --undefine to remove mdevctl's "
-                        "definition too (nothing was changed)")
+        VgpuctlError.__init__(self, f"device {uuid} is defined by mdevctl ({path}): {back}; pass --undefine to remove "
+                                    "mdevctl's definition too (nothing was changed)")
         self.uuid = uuid
         self.path = path
         self.start = start
@@ -428,17 +427,16 @@ class HookError(LibvirtError):
     kind = "hook"
 
 
-# --- libvirt-side conflicts and misses (6, 3, 8) --------------------------------------------------------------------
+# --- libvirt-side conflicts and misses (6, 3, 2, 8) ----------------------------------------------------------------
 class AttachedElsewhere(DeviceInUse):
     kind = "attached-elsewhere"
 
     def __init__(self, uuid: str, domains: Iterable[str]) -> None:
         self.domains = tuple(domains)
-        super().__init__(uuid, [f"domain {d!r}" for d in self.domains])
-        self.message = (
+        super().__init__(uuid, [f"domain {d!r}" for d in self.domains], message=(
             f"device {uuid} is already attached to {', '.join(repr(d) for d in self.domains)}; "
             "detach it there first (nothing was changed)"
-        )
+        ))
 
 
 class NotAttached(NotFound):
@@ -512,20 +510,21 @@ class NotVgpuHost(NvmlError):
         self.mode = mode
 
 
-class GpuBusy(DeviceInUse):
-    """A GPU-wide setting cannot change while vGPUs on that GPU are running."""
+class GpuBusy(VgpuctlError):
+    """A GPU-wide setting cannot change while vGPUs on that GPU are running.  Exit 6 like ``DeviceInUse``, but the
+    GPU is no device with a uuid: ``gpu`` and ``running`` say what is busy."""
 
+    exit_code = DeviceInUse.exit_code
     kind = "gpu-busy"
 
     def __init__(self, gpu: str, setting: str, running: Iterable[str]) -> None:
-        VgpuctlError.__init__(self, "")
-        self.holders = tuple(running)
-        self.message = (
-            f"cannot change the {setting} of GPU {gpu} while vGPUs run on it ({', '.join(self.holders)}); "
+        self.running = tuple(running)
+        super().__init__(
+            f"cannot change the {setting} of GPU {gpu} while vGPUs run on it ({', '.join(self.running)}); "
             "stop those VMs first (nothing was changed)"
         )
-        self.uuid = gpu
         self.gpu = gpu
+        self.setting = setting
 
 
 # --- the host does not match the desired state (13) ----------------------------------------------------------------

@@ -47,9 +47,12 @@ class NvmlUnavailable(Exception):
 
 
 def reason_for(code: Optional[int], where: str = "") -> str:
-    text = REASONS.get(code or -1, f"NVML error {code}")
+    """One line for people: ``NVML error 9 in nvmlInit: the NVIDIA kernel driver is not loaded``; a code vgpuctl
+    has no words for is said once (``NVML error 99 in x``), not twice."""
     at = f" in {where}" if where else ""
-    return f"NVML error {code}{at}: {text}" if code is not None else text
+    head = f"NVML error {code}{at}" if code is not None else f"NVML error{at} (no error code)"
+    text = REASONS.get(code) if code is not None else None
+    return f"{head}: {text}" if text else head
 
 
 # --- what NVML says ------------------------------------------------------------------------------------------------
