@@ -12,7 +12,6 @@ from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tupl
 
 from .errors import (
     AlreadyExists,
-    AmbiguousType,
     BadParentName,
     BadUuid,
     DeviceInUse,
@@ -319,9 +318,11 @@ class Lifecycle:
                 os.strerror(e.errno or errno.EIO))
 
 
-def _offers(inventory: Inventory, parent: str, type_id: str, *, free_only: bool = True) -> bool:
+def _offers(inventory: Inventory, parent: str, type_id: str) -> bool:
+    """Whether ``parent`` has room for the type ``type_id`` names; a name meaning two types there is
+    ``AmbiguousType`` (exit 2), as on every path, not "no free VF offers it"."""
     try:
         t = find_type(inventory, parent, type_id)
-    except (UnknownType, AmbiguousType):
+    except UnknownType:
         return False
-    return t.available > 0 or not free_only
+    return t.available > 0

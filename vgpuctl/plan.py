@@ -36,7 +36,7 @@ from typing import Any, Callable, Collection, Dict, FrozenSet, List, Mapping, Op
 
 from .model import BackendKind, Instance, Inventory, Vendor, VgpuType
 from .spec import (AttachMode, DesiredGpu, DesiredInstance, DesiredState, bind, desired_type, host_parent,
-                   vf_issues)
+                   no_type_reason, vf_issues)
 from .state import ORIGIN_APPLY, State
 
 
@@ -417,7 +417,7 @@ def plan(
         tid = desired_type(inventory, parent, d)
         if tid is None:
             creates.append(_blocked_create(d, parent, d.type, Block.TYPE_UNKNOWN,
-                                           f"{parent} does not offer type {d.type}"))
+                                           no_type_reason(inventory, parent, d)))
             continue
         refused = fit.take(d.uuid, parent, tid)
         if refused is not None:

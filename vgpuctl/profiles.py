@@ -33,11 +33,11 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from .configfile import compose_yaml, read_config
-from .errors import ConfigError, UnknownProfile
-from .model import Inventory, VgpuType
+from .errors import AmbiguousType, ConfigError, UnknownProfile, UnknownType
+from .model import Inventory, VgpuType, find_type
 from .policy import SERIES, _Parser as _PolicyParser, type_matches
 
 PROFILES_FILE = "profiles.yaml"
@@ -85,19 +85,35 @@ class Profile:
         return (vtype.series or "").upper() == self.series and vtype.framebuffer_mib == self.framebuffer_mib
 
     def type_on(self, inventory: Inventory, parent: str) -> Optional[VgpuType]:
-        """The type this profile gets on ``parent``: the first of ``types`` it offers, else the series+size match."""
-        offered = inventory.types_on(parent)
+        """The type this profile gets on ``parent``: the first of ``types`` it offers (each resolved by
+        ``model.find_type``, so a name meaning two types there is ``AmbiguousType``, as everywhere), else the
+        series+size match; None where ``parent`` offers none of them."""
         if self.types:
             for key in self.types:
-                hit = [t for t in offered if type_matches(t, (key.lower(),))]
-                if hit:
-                    return hit[0]
+                try:
+                    return find_type(inventory, parent, key)
+                except UnknownType:
+                    continue
             return None
-        hit = sorted((t for t in offered if self.matches(t)), key=lambda t: t.type_id)
+        hit = sorted((t for t in inventory.types_on(parent) if self.matches(t)), key=lambda t: t.type_id)
         return hit[0] if hit else None
 
+    def types_here(self, inventory: Inventory) -> Tuple[VgpuType, ...]:
+        """The types the profile gets on this host, one per type id, for views: a parent where a name of
+        ``types`` is ambiguous is left out (``type_on`` says why when it is asked for)."""
+        out: Dict[str, VgpuType] = {}
+        for p in inventory.parents:
+            try:
+                t = self.type_on(inventory, p.name)
+            except AmbiguousType:
+                continue
+            if t is not None:
+                out.setdefault(t.type_id, t)
+        return tuple(out[k] for k in sorted(out))
+
     def type_ids(self, inventory: Inventory) -> Tuple[str, ...]:
-        """Every type id the profile resolves to on this host (one per GPU model, usually)."""
+        """Every type id the profile resolves to on this host (one per GPU model, usually); ``AmbiguousType``
+        where a name of ``types`` means two types on one parent."""
         return tuple(sorted({t.type_id for p in inventory.parents for t in [self.type_on(inventory, p.name)] if t}))
 
     def limit_for(self, tenant: Optional[str]) -> Optional[int]:

@@ -38,3 +38,71 @@ def test_subclasses_carry_their_own_fields_not_a_parents_fakes():
     assert s.exit_code == 3 and not isinstance(s, errors.UnknownParent) and s.gpu == "0000:4a:00.0"
     a = errors.AttachedElsewhere("u1", ["web"])
     assert isinstance(a, errors.DeviceInUse) and a.holders == ("domain 'web'",) and "already attached" in str(a)
+
+
+# --- one rule for an ambiguous type name ---------------------------------------------------------------------------
+# A T4 whose driver lists one profile under two names (GRID T4-2Q and NVIDIA T4-2Q, as a driver upgrade can leave
+# them): "T4-2Q" names two types there.  Every path says so (AmbiguousType's words, exit 2 from the CLI paths).
+def _twice():
+    from vgpuctl.model import Parent, VgpuType, sorted_inventory
+
+    p = "0000:3b:00.0"
+    types = [VgpuType(parent=p, type_id="nvidia-1", name="GRID T4-2Q", available=4),
+             VgpuType(parent=p, type_id="nvidia-2", name="NVIDIA T4-2Q", available=4)]
+    return sorted_inventory([Parent(name=p, pci=True)], types, [])
+
+
+def _desired(body: str):
+    from vgpuctl.spec import parse
+
+    return parse("version: 1\ninstances:\n  web-1:\n" + body, path="test.yaml")
+
+
+@pytest.mark.parametrize("where", ['    parent: "0000:3b:00.0"\n', "    placement: {}\n"])
+def test_desired_state_says_ambiguous_not_not_offered(where):
+    from vgpuctl.spec import validate
+
+    with pytest.raises(errors.ConfigError) as e:
+        validate(_desired("    type: T4-2Q\n" + where), _twice())
+    assert "is ambiguous: it names nvidia-1 (GRID T4-2Q), nvidia-2 (NVIDIA T4-2Q)" in str(e.value)
+    assert e.value.key == "instances.web-1.type"
+
+
+def test_plan_blocks_an_ambiguous_pinned_type_with_the_ambiguity():
+    from vgpuctl.plan import Block, plan
+    from vgpuctl.state import State
+
+    p = plan(_twice(), State(), _desired('    type: T4-2Q\n    parent: "0000:3b:00.0"\n'))
+    (a,) = [a for a in p.actions if a.name == "web-1"]
+    assert a.block is Block.TYPE_UNKNOWN and "is ambiguous: it names nvidia-1" in a.detail, a
+
+
+def test_profile_type_on_refuses_an_ambiguous_name_instead_of_taking_the_first():
+    from vgpuctl.profiles import parse_profiles
+
+    prof = parse_profiles("version: 1\nprofiles:\n  gold: {type: [T4-2Q]}\n").get("gold")
+    inv = _twice()
+    with pytest.raises(errors.AmbiguousType):
+        prof.type_on(inv, "0000:3b:00.0")
+    with pytest.raises(errors.AmbiguousType):
+        prof.type_ids(inv)
+    assert prof.types_here(inv) == ()  # views leave the parent out instead of failing
+
+
+def test_create_on_a_gpu_of_vfs_says_ambiguous_not_no_capacity():
+    from vgpuctl.lifecycle import _offers
+
+    with pytest.raises(errors.AmbiguousType):
+        _offers(_twice(), "0000:3b:00.0", "T4-2Q")
+    assert _offers(_twice(), "0000:3b:00.0", "nvidia-2") and not _offers(_twice(), "0000:3b:00.0", "T4-8Q")
+
+
+def test_every_resolver_agrees_on_the_one_rule():
+    from vgpuctl.model import find_type
+    from vgpuctl.placement import resolve_type
+
+    inv = _twice()
+    for resolve in (lambda: find_type(inv, "0000:3b:00.0", "t4-2q"), lambda: resolve_type(inv, "T4-2Q")):
+        with pytest.raises(errors.AmbiguousType) as e:
+            resolve()
+        assert e.value.exit_code == 2 and e.value.candidates == ("nvidia-1 (GRID T4-2Q)", "nvidia-2 (NVIDIA T4-2Q)")

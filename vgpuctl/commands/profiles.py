@@ -131,8 +131,7 @@ def resolve(s: Settings, profile: Profile, *, parent: Optional[str], tenant: Opt
 
 
 def profile_record(profiles: Profiles, p: Profile, inv: Inventory, d: Optional[Decision]) -> Dict[str, Any]:
-    types = sorted({t.type_id: t for par in inv.parents for t in [p.type_on(inv, par.name)] if t}.values(),
-                   key=lambda t: t.type_id)
+    types = p.types_here(inv)
     feasible = [v for v in d.verdicts if v.feasible] if d is not None else []
     from ..placement import gpu_states, headroom
 

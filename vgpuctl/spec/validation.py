@@ -13,11 +13,33 @@ from .schema import DesiredInstance, DesiredState
 
 
 def resolve_type(inventory: Inventory, parent: str, wanted: str) -> Optional[str]:
-    """The type id ``wanted`` names on ``parent``, or None if that parent does not offer it."""
+    """The type id ``wanted`` names on ``parent``, or None if it names no one type there (``ambiguity`` tells an
+    ambiguous name from one not offered)."""
     try:
         return find_type(inventory, parent, wanted).type_id
     except (UnknownType, AmbiguousType):  # does not resolve to one type there
         return None
+
+
+def ambiguity(inventory: Inventory, parent: str, d: DesiredInstance) -> Optional[AmbiguousType]:
+    """The ``AmbiguousType`` ``model.find_type`` raises for ``d``'s type (or a type of its profile) on ``parent``,
+    or None: why ``desired_type`` found nothing where the parent does offer the name, twice."""
+    try:
+        if d.profile_def is not None:
+            d.profile_def.type_on(inventory, parent)
+        else:
+            find_type(inventory, parent, d.type)
+    except AmbiguousType as e:
+        return e
+    except UnknownType:
+        pass
+    return None
+
+
+def no_type_reason(inventory: Inventory, parent: str, d: DesiredInstance) -> str:
+    """Why ``desired_type`` is None for ``d`` on ``parent``, in words: the name is ambiguous there, or not offered."""
+    amb = ambiguity(inventory, parent, d)
+    return str(amb) if amb is not None else f"{parent} does not offer type {d.type}"
 
 
 def desired_type(inventory: Inventory, parent: str, d: DesiredInstance) -> Optional[str]:
@@ -38,7 +60,10 @@ def desired_type(inventory: Inventory, parent: str, d: DesiredInstance) -> Optio
 
 def _type_on(inventory: Inventory, parent: str, d: DesiredInstance) -> Optional[str]:
     if d.profile_def is not None:
-        t = d.profile_def.type_on(inventory, parent)
+        try:
+            t = d.profile_def.type_on(inventory, parent)
+        except AmbiguousType:
+            return None
         return t.type_id if t is not None else None
     return resolve_type(inventory, parent, d.type)
 
@@ -131,9 +156,10 @@ def suggest_vf(inventory: Inventory, vfs: Sequence[Parent], d: DesiredInstance,
 
 
 def validate(desired: DesiredState, inventory: Inventory) -> None:
-    """Raise ``ConfigError`` for what the host proves wrong: a type no registered parent offers, more instances
-    pinned to a parent than the type's ``max_instance`` allows.  A parent that is not registered (yet) is not an
-    error: its instances wait.  While no parent at all is registered nothing is checked."""
+    """Raise ``ConfigError`` for what the host proves wrong: a type no registered parent offers (or a name that
+    means two types on a parent), more instances pinned to a parent than the type's ``max_instance`` allows, what
+    ``vf_issues`` finds.  A parent that is not registered (yet) is not an error: its instances wait.  While no
+    parent at all is registered nothing is checked."""
     if not inventory.parents:
         return
     issues = vf_issues(desired, inventory)
@@ -141,6 +167,17 @@ def validate(desired: DesiredState, inventory: Inventory) -> None:
         if d.name in issues:
             k, problem = issues[d.name]
             raise ConfigError(d.mark.path, problem, line=d.line_of(k), key=f"instances.{d.name}.{k}")
+    _check_vf_pins(desired, inventory)
+    pinned: Counter = Counter()
+    for d in desired.instances:
+        if d.parent is None:
+            _check_placed(desired, inventory, d)
+        else:
+            _check_pinned(inventory, d, pinned)
+
+
+def _check_vf_pins(desired: DesiredState, inventory: Inventory) -> None:
+    """One desired instance per vendor-VFIO VF."""
     vf_pins: Dict[str, DesiredInstance] = {}
     for d in desired.instances:
         p = vf_parent(inventory, d.parent)
@@ -152,43 +189,46 @@ def validate(desired: DesiredState, inventory: Inventory) -> None:
                 d.mark.path, f"VF {p.name} holds one vGPU and instance {first.name} ({first.mark.path}:"
                 f"{first.mark.line}) already pins it", line=d.line_of("parent"), key=f"instances.{d.name}.parent",
             )
-    pinned: Counter = Counter()
-    for d in desired.instances:
-        key = f"instances.{d.name}.type"
-        if d.parent is None:
-            offering = [p for p in inventory.parents if desired_type(inventory, p.name, d)]
-            vfs = sorted((p for p in offering if p.backend is BackendKind.NVIDIA_VF), key=lambda p: p.name)
-            if offering and len(vfs) == len(offering):
-                pins = [x.parent for x in desired.instances if x.parent is not None]
-                raise ConfigError(
-                    d.mark.path, f"only NVIDIA vendor-VFIO VFs offer type {d.type}, and a vGPU there is named by its "
-                    f"VF: give this instance a 'parent' VF instead of 'placement' "
-                    f"({suggest_vf(inventory, vfs, d, pins)})",
-                    line=d.line_of("placement"), key=f"instances.{d.name}.placement",
-                )
-        if d.parent is not None:
-            parent = host_parent(inventory, d.parent)
-            if parent is None:
-                continue
-            tid = desired_type(inventory, parent, d)
-            if tid is None:
-                offered = ", ".join(t.type_id for t in inventory.types_on(parent)) or "none"
-                raise ConfigError(
-                    d.mark.path, f"parent {parent} does not offer type {d.type} (it offers: {offered})",
-                    line=d.line_of("type"), key=key,
-                )
-            pinned[(parent, tid)] += 1
-            vt = inventory.type_on(parent, tid)
-            limit = vt.max_instance if vt is not None else None
-            if limit is not None and pinned[(parent, tid)] > limit:
-                raise ConfigError(
-                    d.mark.path,
-                    f"{pinned[(parent, tid)]} instances of {tid} pinned to {parent}, which holds at most {limit}",
-                    line=d.line_of("parent"), key=f"instances.{d.name}.parent",
-                )
-        elif not any(desired_type(inventory, p.name, d) for p in inventory.parents):
-            raise ConfigError(
-                d.mark.path, f"no registered parent offers type {d.type} (see 'vgpuctl types')",
-                line=d.line_of("type"), key=key,
-            )
 
+
+def _check_placed(desired: DesiredState, inventory: Inventory, d: DesiredInstance) -> None:
+    """A placed instance: some parent offers its type, and not only vendor-VFIO VFs (a vGPU there is named by
+    its VF, so it must be pinned)."""
+    offering = [p for p in inventory.parents if desired_type(inventory, p.name, d)]
+    vfs = sorted((p for p in offering if p.backend is BackendKind.NVIDIA_VF), key=lambda p: p.name)
+    if offering and len(vfs) == len(offering):
+        pins = [x.parent for x in desired.instances if x.parent is not None]
+        raise ConfigError(
+            d.mark.path, f"only NVIDIA vendor-VFIO VFs offer type {d.type}, and a vGPU there is named by its "
+            f"VF: give this instance a 'parent' VF instead of 'placement' "
+            f"({suggest_vf(inventory, vfs, d, pins)})",
+            line=d.line_of("placement"), key=f"instances.{d.name}.placement",
+        )
+    if not offering:
+        amb = next((a for a in (ambiguity(inventory, p.name, d) for p in inventory.parents) if a), None)
+        problem = str(amb) if amb is not None else f"no registered parent offers type {d.type} (see 'vgpuctl types')"
+        raise ConfigError(d.mark.path, problem, line=d.line_of("type"), key=f"instances.{d.name}.type")
+
+
+def _check_pinned(inventory: Inventory, d: DesiredInstance, pinned: Counter) -> None:
+    """A pinned instance: its parent (where registered) offers its type, with room for every instance pinned
+    there (``pinned`` counts them across calls)."""
+    assert d.parent is not None
+    parent = host_parent(inventory, d.parent)
+    if parent is None:
+        return
+    tid = desired_type(inventory, parent, d)
+    if tid is None:
+        amb = ambiguity(inventory, parent, d)
+        offered = ", ".join(t.type_id for t in inventory.types_on(parent)) or "none"
+        problem = str(amb) if amb is not None else f"parent {parent} does not offer type {d.type} (it offers: {offered})"
+        raise ConfigError(d.mark.path, problem, line=d.line_of("type"), key=f"instances.{d.name}.type")
+    pinned[(parent, tid)] += 1
+    vt = inventory.type_on(parent, tid)
+    limit = vt.max_instance if vt is not None else None
+    if limit is not None and pinned[(parent, tid)] > limit:
+        raise ConfigError(
+            d.mark.path,
+            f"{pinned[(parent, tid)]} instances of {tid} pinned to {parent}, which holds at most {limit}",
+            line=d.line_of("parent"), key=f"instances.{d.name}.parent",
+        )
