@@ -170,7 +170,7 @@ class Reconciler:
         unreadable: Optional[str] = None
         settings_gpus = sorted({g.gpu for g in desired.gpus})
         vendor_vfio = _pinned_vendor_vfio_gpus(inv, desired)
-        on_gpus = [i for i in inv.instances if _gpu_of(inv, i.parent) in settings_gpus]
+        on_gpus = [i for i in inv.instances if inv.gpu_of(i.parent) in settings_gpus]
         # one read of libvirt serves the in-use check, the attachments and the placer's usage (``plan`` calls it);
         # when libvirt is unreachable (the session waits for it once) what needs it is blocked, the rest converges
         down: List[VgpuctlError] = []
@@ -228,7 +228,7 @@ class Reconciler:
         for gpu in gpus:
             obs = seen.get(gpu) or GpuObservation(gpu, unavailable=f"NVML did not report GPU {gpu}")
             held = [f"{i.uuid} ({', '.join(users[i.uuid])})" for i in inv.instances
-                    if i.uuid in users and _gpu_of(inv, i.parent) == gpu]
+                    if i.uuid in users and inv.gpu_of(i.parent) == gpu]
             out[gpu] = replace(obs, running=tuple(obs.running) + tuple(held)) if held else obs
         return out
 
@@ -497,19 +497,13 @@ def _known_after(inv: Inventory, steps: Sequence[Step], interrupted: bool) -> Op
     return inv
 
 
-def _gpu_of(inv: Inventory, parent: str) -> str:
-    p = inv.parent(parent)
-    return p.gpu if p is not None else parent
-
-
 def _pinned_vendor_vfio_gpus(inv: Inventory, desired: DesiredState) -> Set[str]:
     """Physical GPUs of NVIDIA vendor-VFIO parents that desired instances are pinned to: their mixing rule depends on
     heterogeneous mode, which only NVML reports."""
-    names = {p.name.lower(): p for p in inv.parents if p.backend is BackendKind.NVIDIA_VF}
     out: Set[str] = set()
     for d in desired.instances:
-        p = names.get((d.parent or "").lower())
-        if p is not None:
+        p = inv.find_parent(d.parent)
+        if p is not None and p.backend is BackendKind.NVIDIA_VF:
             out.add(p.gpu)
     return out
 

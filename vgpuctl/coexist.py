@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Collection, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Collection, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import ConfigError, InvalidInput, NotFound
 from .host import mdevctl
@@ -146,96 +146,112 @@ class Adopter:
         return os.fspath(self.paths.config_dir / DROPIN_DIR / ADOPT_FILE)
 
     def adopt(self, uuids: Sequence[str] = (), *, undefine: bool = False) -> List[Adopted]:
-        from . import spec
+        """Adopt mdevctl's definitions ``uuids`` (all when empty): every check before the first write, then the
+        adopt file, ownership and, with ``undefine``, mdevctl's definitions; a failed undefine rolls all back."""
+        from dataclasses import replace
 
         with HostLock(self.paths, self.lc.lock_timeout):
             inv = self.lc.host.inventory()
             state = self.lc._locked_state(inv)
-            defs = mdevctl.read_checked(self.paths, inv)
-            chosen = select(defs, uuids)
+            chosen = select(mdevctl.read_checked(self.paths, inv), uuids)
             parents = {p.name.lower(): p.name for p in inv.parents}
-
-            def has_type(parent: str, type_id: str) -> bool:
-                return inv.type_on(parent, type_id) is not None
-
-            for d in chosen:
-                why = check_adoptable(d, parents, has_type)
-                inst = inv.instance(d.uuid)
-                if why is None and inst is not None and (inst.parent.lower(), inst.type_id) != (
-                        d.parent.lower(), d.type_id):
-                    why = (f"{d.path} defines {d.uuid} as {d.type_id} on {d.parent}, but the device is {inst.type_id} "
-                           f"on {inst.parent}; make them agree first ('mdevctl modify' or 'mdevctl stop/start')")
-                if why is not None:
-                    raise InvalidInput(why)
-            desired = spec.load(self.paths.config_dir)
-            known = {x.uuid: x.name for x in desired.instances}
-            for x in desired.instances:  # already desired: the desired state must mean the same device
-                d = next((c for c in chosen if c.uuid == x.uuid), None)
-                if d is None:
-                    continue
-                parent = parents[d.parent.lower()]
-                pinned = spec.host_parent(inv, x.parent) if x.parent is not None else parent
-                if pinned != parent or spec.desired_type(inv, parent, x) != d.type_id:
-                    raise InvalidInput(
-                        f"{d.path} defines {d.uuid} as {d.type_id} on {parent}, but the desired state already has it "
-                        f"as instance {x.name} ({x.type} on {x.parent or 'a placed parent'}, {x.mark.path}); make "
-                        "them agree first")
-            # the adopt file as it is, plus the new entries (an instance already desired anywhere is not repeated)
-            previous = _read_text(self.dropin)
-            current = spec.parse(previous, path=self.dropin) if previous is not None else spec.DesiredState()
-            entries = [(x.name, x.uuid, x.type, x.parent or "") for x in current.instances]
-            taken = {x.name for x in desired.instances}
-            out: List[Adopted] = []
-            for d in chosen:
-                parent = parents[d.parent.lower()]
-                if d.uuid in known:
-                    out.append(Adopted(d, known[d.uuid], False, inv.instance(d.uuid) is not None))
-                    continue
-                name = adoption_name(d, taken)
-                taken.add(name)
-                entries.append((name, d.uuid, d.type_id or "", parent))
-                out.append(Adopted(d, name, True, inv.instance(d.uuid) is not None))
-            text = render_dropin(entries)
-            files = [f for f in spec.spec_files(self.paths.config_dir) if os.fspath(f) != self.dropin]
-            merged = [i for f in files for i in spec.parse(_read_text(os.fspath(f)) or "", path=os.fspath(f)).instances]
-            merged += spec.parse(text, path=self.dropin).instances
-            spec.merge(merged)  # a clash with another file is a ConfigError now, before anything is written
+            desired = self._check(chosen, inv, parents)
+            previous, text, out = self._compose(chosen, inv, parents, desired)
             # --- writes: the file, ownership, then mdevctl's definitions --------------------------------------------
             changed_file = any(a.new for a in out)
             if changed_file:
-                _write_atomic(self.dropin, text)
+                _write_atomic(self.paths, self.dropin, text)
             owned = dict(state.owned)
             for a in out:
                 inst = inv.instance(a.definition.uuid)
                 if inst is not None and inst.uuid not in owned:
                     owned[inst.uuid] = Owned(inst.uuid, inst.parent, inst.type_id, str(inst.backend),
                                              _now(), ORIGIN_APPLY)
-            from dataclasses import replace
-
             original = state
             new_state = replace(state, owned=owned)
             if new_state != state:
                 self.lc.store.save(new_state)
-            state = new_state
-            if not undefine:
-                return out
-            retired: List[Tuple["mdevctl.Definition", Optional[bytes]]] = []
-            try:
-                for i, a in enumerate(out):
-                    state, saved = self.lc.undefine(state, a.definition)
-                    retired.append((a.definition, saved))
-                    out[i] = Adopted(a.definition, a.name, a.new, a.active, True)
-            except BaseException:
-                for d, saved in reversed(retired):
-                    self.lc.redefine(d, saved)
-                self.lc.store.save(original)  # the devices are not the desired state's after all
-                if changed_file:
-                    if previous is None:
-                        _unlink(self.dropin)
-                    else:
-                        _write_atomic(self.dropin, previous)
-                raise
+            if undefine:
+                self._retire(new_state, out, original, previous if changed_file else _UNCHANGED)
             return out
+
+    def _check(self, chosen: Sequence["mdevctl.Definition"], inv: Any, parents: Mapping[str, str]) -> Any:
+        """Refuse (``InvalidInput``) a definition vgpuctl cannot adopt as it is, or one the desired state already
+        means otherwise; the desired state it read, when all agree."""
+        from . import spec
+
+        def has_type(parent: str, type_id: str) -> bool:
+            return inv.type_on(parent, type_id) is not None
+
+        for d in chosen:
+            why = check_adoptable(d, parents, has_type)
+            inst = inv.instance(d.uuid)
+            if why is None and inst is not None and (inst.parent.lower(), inst.type_id) != (
+                    d.parent.lower(), d.type_id):
+                why = (f"{d.path} defines {d.uuid} as {d.type_id} on {d.parent}, but the device is {inst.type_id} "
+                       f"on {inst.parent}; make them agree first ('mdevctl modify' or 'mdevctl stop/start')")
+            if why is not None:
+                raise InvalidInput(why)
+        desired = spec.load(self.paths.config_dir)
+        for x in desired.instances:  # already desired: the desired state must mean the same device
+            d = next((c for c in chosen if c.uuid == x.uuid), None)
+            if d is None:
+                continue
+            parent = parents[d.parent.lower()]
+            pinned = spec.host_parent(inv, x.parent) if x.parent is not None else parent
+            if pinned != parent or spec.desired_type(inv, parent, x) != d.type_id:
+                raise InvalidInput(
+                    f"{d.path} defines {d.uuid} as {d.type_id} on {parent}, but the desired state already has it "
+                    f"as instance {x.name} ({x.type} on {x.parent or 'a placed parent'}, {x.mark.path}); make "
+                    "them agree first")
+        return desired
+
+    def _compose(self, chosen: Sequence["mdevctl.Definition"], inv: Any, parents: Mapping[str, str],
+                 desired: Any) -> Tuple[Optional[str], str, List[Adopted]]:
+        """(the adopt file as it is, its new text, what is adopted): the file's entries plus the new ones (an
+        instance already desired anywhere is not repeated), checked against every other desired-state file."""
+        from . import spec
+
+        known = {x.uuid: x.name for x in desired.instances}
+        previous = _read_text(self.dropin)
+        current = spec.parse(previous, path=self.dropin) if previous is not None else spec.DesiredState()
+        entries = [(x.name, x.uuid, x.type, x.parent or "") for x in current.instances]
+        taken = {x.name for x in desired.instances}
+        out: List[Adopted] = []
+        for d in chosen:
+            parent = parents[d.parent.lower()]
+            if d.uuid in known:
+                out.append(Adopted(d, known[d.uuid], False, inv.instance(d.uuid) is not None))
+                continue
+            name = adoption_name(d, taken)
+            taken.add(name)
+            entries.append((name, d.uuid, d.type_id or "", parent))
+            out.append(Adopted(d, name, True, inv.instance(d.uuid) is not None))
+        text = render_dropin(entries)
+        files = [f for f in spec.spec_files(self.paths.config_dir) if os.fspath(f) != self.dropin]
+        merged = [i for f in files for i in spec.parse(_read_text(os.fspath(f)) or "", path=os.fspath(f)).instances]
+        merged += spec.parse(text, path=self.dropin).instances
+        spec.merge(merged)  # a clash with another file is a ConfigError now, before anything is written
+        return previous, text, out
+
+    def _retire(self, state: Any, out: List[Adopted], original: Any, previous: Any) -> None:
+        """Undefine each adopted definition in mdevctl (``out`` marks them); on any failure put back what was
+        retired, the state file as it was and the adopt file (``previous``; ``_UNCHANGED`` if not written)."""
+        retired: List[Tuple["mdevctl.Definition", Optional[bytes]]] = []
+        try:
+            for i, a in enumerate(out):
+                state, saved = self.lc.undefine(state, a.definition)
+                retired.append((a.definition, saved))
+                out[i] = Adopted(a.definition, a.name, a.new, a.active, True)
+        except BaseException:
+            for d, saved in reversed(retired):
+                self.lc.redefine(d, saved)
+            self.lc.store.save(original)  # the devices are not the desired state's after all
+            if previous is None:
+                _unlink(self.dropin)
+            elif previous is not _UNCHANGED:
+                _write_atomic(self.paths, self.dropin, previous)
+            raise
 
 
 def _now() -> float:
@@ -257,24 +273,16 @@ def _unlink(path: str) -> None:
         pass
 
 
-def _write_atomic(path: str, text: str) -> None:
-    import tempfile
+def _write_atomic(paths: Any, path: str, text: str) -> None:
+    """The adopt file, written with the one atomic write (``fsutil.write_atomic``); ``conf.d`` is made if needed."""
+    from .fsutil import ensure_dirs, write_atomic
 
-    directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".adopt.", suffix=".tmp", dir=directory)
-    try:
-        os.fchmod(fd, 0o644)
-        os.write(fd, text.encode())
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        os.replace(tmp, path)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        _unlink(tmp)
-        raise
+    ensure_dirs(os.path.dirname(path), below=paths.root)
+    write_atomic(path, text, mode=0o644)
+
+
+#: ``_retire``'s word for "the adopt file was not written"
+_UNCHANGED = object()
 
 
 __all__ = ["Adopter", "Adopted", "definers", "double_managed", "ConfigError"]

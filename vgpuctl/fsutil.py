@@ -253,11 +253,8 @@ def write_atomic(path: "os.PathLike[str] | str", data: "bytes | str", *, mode: i
     file in the same directory (created ``O_EXCL``, never through a symlink), written, fsynced, renamed over
     ``path``; with ``durable`` the directory is fsynced too, so the rename survives a power cut.  A ``path`` that
     is a directory or a symlink is refused (``StateError``) before anything is written."""
-    import tempfile  # only writers pay for it
-
     p = os.fspath(path)
     raw = data.encode() if isinstance(data, str) else data
-    directory = os.path.dirname(p) or "."
     try:
         st = os.lstat(p)
     except FileNotFoundError:
@@ -268,12 +265,24 @@ def write_atomic(path: "os.PathLike[str] | str", data: "bytes | str", *, mode: i
         if not stat.S_ISREG(st.st_mode):
             raise StateError(p, f"is {_kind(st.st_mode)}, not a regular file; move it aside")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(p)}.", dir=directory)
+        replace_atomic(p, raw, mode=mode, durable=durable)
     except OSError as e:
         raise StateError(p, f"cannot be written: {os.strerror(e.errno or 0)}") from None
+
+
+def replace_atomic(path: "os.PathLike[str] | str", data: bytes, *, mode: int = 0o644, durable: bool = True) -> None:
+    """``write_atomic``'s mechanism without its checks and typed errors, for files that are not vgpuctl's own
+    (mdevctl's definitions), whose callers report the host's ``OSError`` themselves: a temporary file beside
+    ``path`` (``O_EXCL``), written, fsynced, renamed over ``path``; with ``durable`` the directory fsynced too.
+    The temporary file is removed on any failure."""
+    import tempfile  # only writers pay for it
+
+    p = os.fspath(path)
+    directory = os.path.dirname(p) or "."
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(p)}.", dir=directory)
     try:
         os.fchmod(fd, mode)
-        view = memoryview(raw)
+        view = memoryview(data)
         while view:
             n = os.write(fd, view)
             view = view[n:]
@@ -287,13 +296,11 @@ def write_atomic(path: "os.PathLike[str] | str", data: "bytes | str", *, mode: i
                 os.fsync(dfd)
             finally:
                 os.close(dfd)
-    except BaseException as e:
+    except BaseException:
         if fd >= 0:
             os.close(fd)
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-        if isinstance(e, OSError):
-            raise StateError(p, f"cannot be written: {os.strerror(e.errno or 0)}") from None
         raise

@@ -98,12 +98,10 @@ def host_samples(
     out["vgpuctl_gpu_framebuffer_unusable_bytes"] = unusable
     out["vgpuctl_fragmentation_ratio"] = [((), float(st.fragmentation))]
     if vgpus:
-        parents = {p.name: p for p in inventory.parents}
         fb: List[Tuple[Labels, float]] = []
         util: List[Tuple[Labels, float]] = []
         for uuid, v in sorted(vgpus.items()):
-            inst = inventory.instance(uuid)
-            gpu = parents[inst.parent].gpu if inst is not None and inst.parent in parents else ""
+            gpu = inventory.gpu_of_instance(uuid) or ""
             if getattr(v, "fb_used_mib", None) is not None:
                 fb.append(((("uuid", uuid), ("gpu", gpu)), float(v.fb_used_mib * MIB)))
             for engine, attr in (("sm", "sm_util"), ("memory", "mem_util"), ("encoder", "enc_util"),
@@ -119,8 +117,7 @@ def host_samples(
             lic = getattr(v, "license", None)
             if lic is None or lic.licensed is None:
                 continue
-            inst = inventory.instance(uuid)
-            gpu = parents[inst.parent].gpu if inst is not None and inst.parent in parents else ""
+            gpu = inventory.gpu_of_instance(uuid) or ""
             licensed.append(((("uuid", uuid), ("gpu", gpu), ("state", lic.state)), 1.0 if lic.licensed else 0.0))
             if lic.expiry is not None:
                 expiry.append(((("uuid", uuid), ("gpu", gpu)), float(lic.expiry)))

@@ -138,10 +138,44 @@ class Inventory:
         return tuple(i for i in self.instances if i.parent == parent)
 
     def instance(self, uuid: str) -> Optional[Instance]:
-        for i in self.instances:
-            if i.uuid == uuid:
-                return i
-        return None
+        index = self._memo.get("instance")
+        if index is None:
+            index = self._memo["instance"] = {}
+            for i in self.instances:
+                index.setdefault(i.uuid, i)
+        return index.get(uuid)
+
+    def find_parent(self, name: Optional[str]) -> Optional[Parent]:
+        """The registered parent ``name`` refers to, case-insensitively (``0000:3B:00.0`` is ``0000:3b:00.0``), or
+        None."""
+        if name is None:
+            return None
+        index = self._memo.get("parent_lower")
+        if index is None:
+            index = self._memo["parent_lower"] = {}
+            for p in self.parents:
+                index.setdefault(p.name.lower(), p)
+        return index.get(name.lower())
+
+    def gpu_of(self, parent: str) -> str:
+        """The physical GPU of parent ``parent`` (what per-GPU rules and NVML group by); ``parent`` itself when it
+        is not registered."""
+        p = self._by_parent.get(parent)
+        return p.gpu if p is not None else parent
+
+    def gpu_of_instance(self, uuid: str) -> Optional[str]:
+        """The physical GPU instance ``uuid`` is on; None when there is no such instance or its parent is gone."""
+        i = self.instance(uuid)
+        p = self._by_parent.get(i.parent) if i is not None else None
+        return p.gpu if p is not None else None
+
+    def instances_on_gpu(self, gpu: str) -> Tuple[Instance, ...]:
+        """The instances on registered parents of physical GPU ``gpu`` (its VFs, or the GPU itself)."""
+        return tuple(i for i in self.instances if i.parent in self._by_parent and self._by_parent[i.parent].gpu == gpu)
+
+    def used_parents(self) -> FrozenSet[str]:
+        """The parents that hold at least one instance."""
+        return frozenset(i.parent for i in self.instances)
 
 
 def canonical_uuid(value: str) -> Optional[str]:

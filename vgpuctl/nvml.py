@@ -476,10 +476,9 @@ def enrich(
     the only candidate of that type on the GPU).  An instance NVML does not list (no VM runs it) gets no details."""
     from .host.nvidia_vf import type_number
 
-    parents = {p.name: p for p in inventory.parents}
     types = []
     for t in inventory.types:
-        p = parents.get(t.parent)
+        p = inventory.parent(t.parent)
         g = gpus.get(p.gpu) if p else None
         n = type_number(t.type_id)
         ti = g.type(n) if g and n is not None else None
@@ -492,7 +491,7 @@ def enrich(
                              max_instance=ti.max_instances or t.max_instance, fields=fields))
     details: Dict[str, VgpuInfo] = {}
     for gpu, g in gpus.items():
-        mine = [i for i in inventory.instances if (parents.get(i.parent) and parents[i.parent].gpu == gpu)]
+        mine = list(inventory.instances_on_gpu(gpu))
         for v in g.vgpus:
             inst = _match(v, mine, details, placements or {})
             if inst is not None:

@@ -613,8 +613,7 @@ def _gpu_actions(
             current = "?" if obs.heterogeneous is None else ("on" if obs.heterogeneous else "off")
             if obs.heterogeneous is value:
                 continue
-            hosted = [i.uuid for i in inventory.instances if i.uuid not in freed
-                      and (inventory.parent(i.parent) is not None and inventory.parent(i.parent).gpu == g.gpu)]  # type: ignore[union-attr]
+            hosted = [i.uuid for i in inventory.instances_on_gpu(g.gpu) if i.uuid not in freed]
             busy = list(obs.running) + [u for u in hosted if u not in obs.running]
             block, detail = (Block.IN_USE, "the GPU hosts vGPUs: " + ", ".join(busy)) if busy else (None, "")
             out.append(Action(op, "", g.gpu, text, why="desired", block=block, detail=detail, value=value,

@@ -106,3 +106,41 @@ def test_every_resolver_agrees_on_the_one_rule():
         with pytest.raises(errors.AmbiguousType) as e:
             resolve()
         assert e.value.exit_code == 2 and e.value.candidates == ("nvidia-1 (GRID T4-2Q)", "nvidia-2 (NVIDIA T4-2Q)")
+
+
+# --- one atomic write ----------------------------------------------------------------------------------------------
+def test_mdevctl_restore_uses_the_one_atomic_write(tmp_path):
+    """Putting back mdevctl's definition goes through ``fsutil.replace_atomic``: a fresh temporary name each time,
+    so a stale file (here a symlink) left at the old fixed name ``<uuid>.vgpuctl-restore`` no longer fails it."""
+    import os
+
+    from vgpuctl.host.mdevctl import Definition, restore_definition
+
+    path = tmp_path / "mdevctl.d" / "mtty" / "83b8f4f2-509f-382f-3c1e-e6bfe0fa1001"
+    path.parent.mkdir(parents=True)
+    os.symlink("/nonexistent", str(path) + ".vgpuctl-restore")
+    d = Definition(uuid=path.name, parent="mtty", path=str(path), type_id="mtty-1", start="manual")
+    restore_definition(d, b'{"mdev_type": "mtty-1", "start": "manual"}\n')
+    assert path.read_bytes() == b'{"mdev_type": "mtty-1", "start": "manual"}\n'
+    assert sorted(os.listdir(path.parent)) == sorted([path.name, path.name + ".vgpuctl-restore"])
+
+
+# --- Inventory helpers ---------------------------------------------------------------------------------------------
+def test_inventory_helpers():
+    from vgpuctl.model import BackendKind, Instance, Parent, sorted_inventory
+
+    gpu = "0000:4a:00.0"
+    vfs = [Parent(name=f"0000:4a:00.{n}", backend=BackendKind.NVIDIA_VF, pci=True, physical_gpu=gpu, is_vf=True)
+           for n in (4, 5)]
+    inv = sorted_inventory(vfs + [Parent(name="mtty")], [], [
+        Instance(uuid="0000:4a:00.4", parent="0000:4a:00.4", type_id="nvidia-1", backend=BackendKind.NVIDIA_VF),
+        Instance(uuid="83b8f4f2-509f-382f-3c1e-e6bfe0fa1001", parent="mtty", type_id="mtty-1"),
+        Instance(uuid="83b8f4f2-509f-382f-3c1e-e6bfe0fa1002", parent="gone", type_id="mtty-1")])
+    assert inv.find_parent("0000:4A:00.5") is vfs[1] and inv.find_parent("MTTY").name == "mtty"
+    assert inv.find_parent(None) is None and inv.find_parent("0000:4a:00.6") is None
+    assert inv.gpu_of("0000:4a:00.5") == gpu and inv.gpu_of("mtty") == "mtty" and inv.gpu_of("gone") == "gone"
+    assert inv.gpu_of_instance("0000:4a:00.4") == gpu
+    assert inv.gpu_of_instance("83b8f4f2-509f-382f-3c1e-e6bfe0fa1002") is None
+    assert [i.uuid for i in inv.instances_on_gpu(gpu)] == ["0000:4a:00.4"]
+    assert inv.used_parents() == {"0000:4a:00.4", "mtty", "gone"}
+    assert inv.instance("83b8f4f2-509f-382f-3c1e-e6bfe0fa1001").parent == "mtty" and inv.instance("x") is None

@@ -7,7 +7,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import click
 
-from ..errors import NoPlacement
+from ..errors import NoPlacement, VgpuctlError
 from ..model import Inventory
 from ..placement import Decision, place as place_request
 from ..policy import Policy
@@ -59,9 +59,7 @@ def held(s: Settings, store: AssignmentStore, present: Sequence[str]) -> Tuple[A
         from ..spec import load
 
         desired = desired_assignments(load(s.paths.config_dir))
-    except Exception as e:  # a broken desired state is the service's problem; count what we know
-        if getattr(e, "exit_code", None) is None:
-            raise
+    except VgpuctlError:  # a broken desired state is the service's problem; count what we know
         desired = ()
     seen = {a.uuid for a in recorded}
     return recorded + tuple(a for a in desired if a.uuid not in seen)

@@ -28,6 +28,7 @@ import stat
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
+from ..fsutil import replace_atomic
 from ..model import Inventory, canonical_parent_name, canonical_uuid
 from ..paths import HostPaths
 
@@ -307,14 +308,7 @@ def restore_definition(d: Definition, data: Optional[bytes]) -> None:
             return  # a symlink or unreadable file: nothing vgpuctl could restore faithfully
         data = definition_json(d).encode()
     os.makedirs(os.path.dirname(d.path), mode=0o755, exist_ok=True)
-    tmp = d.path + ".vgpuctl-restore"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, d.path)
+    replace_atomic(d.path, data, mode=0o644)  # the one atomic write; its OSError is the caller's to report
 
 
 _warned: Set[Tuple[str, str]] = set()

@@ -59,12 +59,13 @@ from .schema import (
     PlacementRequest,
     derive_uuid,
 )
-from .validation import (ambiguity, bind, desired_type, host_parent, no_type_reason, resolve_type, suggest_vf, validate,
+from .validation import (ambiguity, bind, desired_type, host_parent, no_type_reason, suggest_vf, validate,
                          vf_issues, vf_parent)
 
 __all__ = [
     "DROPIN_DIR", "MAIN_FILE", "NAME_RE", "SCHED_POLICIES", "SPEC_VERSION", "UUID_NAMESPACE",
     "AttachMode", "DesiredGpu", "DesiredInstance", "DesiredScheduler", "DesiredState", "Mark", "PlacementRequest",
-    "ambiguity", "bind", "bind_profiles", "derive_uuid", "desired_type", "export_doc", "host_parent", "load", "load_files", "merge",
-    "no_type_reason", "parse", "render_doc", "resolve_type", "spec_files", "suggest_vf", "validate", "vf_issues", "vf_parent",
+    "ambiguity", "bind", "bind_profiles", "derive_uuid", "desired_type", "export_doc", "host_parent", "load",
+    "load_files", "merge",
+    "no_type_reason", "parse", "render_doc", "spec_files", "suggest_vf", "validate", "vf_issues", "vf_parent",
 ]

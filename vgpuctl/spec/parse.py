@@ -8,8 +8,8 @@ from ..configfile import NodeReader, compose_yaml
 from ..errors import ConfigError
 from ..model import canonical_parent_name, canonical_uuid
 from .merge import merge
-from .schema import (NAME_RE, SCHED_POLICIES, AttachMode, DesiredGpu, DesiredInstance, DesiredScheduler, DesiredState, Mark,
-                     PlacementRequest, derive_uuid)
+from .schema import (NAME_RE, SCHED_POLICIES, AttachMode, DesiredGpu, DesiredInstance, DesiredScheduler,
+                     DesiredState, Mark, PlacementRequest, derive_uuid)
 
 _TOP_KEYS = ("version", "instances", "gpus")
 _GPU_KEYS = ("scheduler", "heterogeneous")

@@ -12,7 +12,7 @@ from ..model import BackendKind, Inventory, Parent, find_type
 from .schema import DesiredInstance, DesiredState
 
 
-def resolve_type(inventory: Inventory, parent: str, wanted: str) -> Optional[str]:
+def _type_id_on(inventory: Inventory, parent: str, wanted: str) -> Optional[str]:
     """The type id ``wanted`` names on ``parent``, or None if it names no one type there (``ambiguity`` tells an
     ambiguous name from one not offered)."""
     try:
@@ -65,28 +65,20 @@ def _type_on(inventory: Inventory, parent: str, d: DesiredInstance) -> Optional[
         except AmbiguousType:
             return None
         return t.type_id if t is not None else None
-    return resolve_type(inventory, parent, d.type)
+    return _type_id_on(inventory, parent, d.type)
 
 
 def host_parent(inventory: Inventory, name: str) -> Optional[str]:
     """The registered parent ``name`` refers to (case-insensitively), or None."""
-    low = name.lower()
-    for p in inventory.parents:
-        if p.name.lower() == low:
-            return p.name
-    return None
+    p = inventory.find_parent(name)
+    return p.name if p is not None else None
 
 
 # --- vendor-VFIO instances: named by their VF -------------------------------------------------------------------
 def vf_parent(inventory: Inventory, name: Optional[str]) -> Optional[Parent]:
     """The NVIDIA vendor-VFIO parent (an SR-IOV VF with ``nvidia/``) ``name`` refers to, or None."""
-    if name is None:
-        return None
-    low = name.lower()
-    for p in inventory.parents:
-        if p.backend is BackendKind.NVIDIA_VF and p.name.lower() == low:
-            return p
-    return None
+    p = inventory.find_parent(name)
+    return p if p is not None and p.backend is BackendKind.NVIDIA_VF else None
 
 
 def _vf_gpu(inventory: Inventory, name: str) -> List[Parent]:
@@ -148,7 +140,7 @@ def vf_issues(desired: DesiredState, inventory: Inventory) -> Dict[str, Tuple[st
 def suggest_vf(inventory: Inventory, vfs: Sequence[Parent], d: DesiredInstance,
                pinned: Collection[str]) -> str:
     """Words naming the lowest VF of ``vfs`` that is free, offers ``d``'s type and no desired instance pins."""
-    used = {i.parent for i in inventory.instances} | set(pinned)
+    used = inventory.used_parents() | set(pinned)
     for p in vfs:
         if p.name not in used and desired_type(inventory, p.name, d) is not None:
             return f"the lowest free VF offering {d.type} is \"{p.name}\""
@@ -221,7 +213,8 @@ def _check_pinned(inventory: Inventory, d: DesiredInstance, pinned: Counter) -> 
     if tid is None:
         amb = ambiguity(inventory, parent, d)
         offered = ", ".join(t.type_id for t in inventory.types_on(parent)) or "none"
-        problem = str(amb) if amb is not None else f"parent {parent} does not offer type {d.type} (it offers: {offered})"
+        problem = (str(amb) if amb is not None
+                   else f"parent {parent} does not offer type {d.type} (it offers: {offered})")
         raise ConfigError(d.mark.path, problem, line=d.line_of("type"), key=f"instances.{d.name}.type")
     pinned[(parent, tid)] += 1
     vt = inventory.type_on(parent, tid)
