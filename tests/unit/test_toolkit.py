@@ -144,3 +144,10 @@ def test_inventory_helpers():
     assert [i.uuid for i in inv.instances_on_gpu(gpu)] == ["0000:4a:00.4"]
     assert inv.used_parents() == {"0000:4a:00.4", "mtty", "gone"}
     assert inv.instance("83b8f4f2-509f-382f-3c1e-e6bfe0fa1001").parent == "mtty" and inv.instance("x") is None
+
+
+def test_the_desired_state_parses_params():
+    """``params:`` is parsed by ``vgpu_params`` from inside the ``spec`` package (a lazy import that the split of
+    spec.py once pointed at ``vgpuctl.spec.vgpu_params``)."""
+    d = _desired('    type: T4-2Q\n    parent: "0000:3b:00.0"\n    params: {frame_rate_limiter: 0}\n')
+    assert d.instances[0].params == (("frame_rate_limiter", "0"),)

@@ -147,7 +147,7 @@ class _Parser(NodeReader):
                 ) from None
         params = None
         if "params" in fields:
-            from .vgpu_params import from_node
+            from ..vgpu_params import from_node
 
             params = from_node(self, fields["params"][1], f"{key}.params")
         return DesiredInstance(
