@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Collection, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Collection, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import ConfigError, InvalidInput, NotFound
 from .host import mdevctl
@@ -97,7 +97,8 @@ def select(defs: "mdevctl.Definitions", uuids: Sequence[str]) -> List["mdevctl.D
     return out
 
 
-def check_adoptable(d: "mdevctl.Definition", parents: Mapping[str, str], has_type) -> Optional[str]:  # type: ignore[no-untyped-def]
+def check_adoptable(d: "mdevctl.Definition", parents: Mapping[str, str],
+                    has_type: Callable[[str, str], bool]) -> Optional[str]:
     """Why ``d`` cannot be adopted (one line naming its file and what to do), or None."""
     if not d.valid:
         return (f"{d.path} is not a definition vgpuctl can read; fix or remove it, or name the uuids to adopt "
@@ -110,7 +111,7 @@ def check_adoptable(d: "mdevctl.Definition", parents: Mapping[str, str], has_typ
     if parent is None:
         return (f"{d.path} defines {d.uuid} on parent {d.parent}, which is not registered; adopt it once the parent "
                 "is back, or name the other uuids to adopt")
-    if not has_type(parent, d.type_id):
+    if d.type_id is None or not has_type(parent, d.type_id):
         return (f"{d.path} defines {d.uuid} with type {d.type_id}, which {parent} does not offer; fix the definition "
                 "('mdevctl modify'), or name the other uuids to adopt")
     return None

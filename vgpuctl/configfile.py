@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from .errors import ConfigError, StateError
@@ -127,6 +128,10 @@ def _strict_loader(yaml: Any) -> Any:
     return _LOADER
 
 
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([MGT]?)(?:i?B)?\s*$", re.IGNORECASE)
+_UNIT = {"": 1, "M": 1, "G": 1024, "T": 1024 * 1024}
+
+
 class NodeReader:
     """The schema helpers every config parser shares, over a composed node tree: each error is a ``ConfigError``
     naming the file, the line and the key.  Subclasses add their document's shape."""
@@ -186,6 +191,43 @@ class NodeReader:
         if not isinstance(v, bool):
             raise self.fail(node, key, "must be true or false")
         return v
+
+    def string(self, node: Any, key: str) -> str:
+        """A non-empty string, stripped (a number is refused; the desired state's parser keeps its text)."""
+        v = self.scalar(node, key)
+        if not isinstance(v, str) or not v.strip():
+            raise self.fail(node, key, "expected a non-empty string")
+        return v.strip()
+
+    def strings(self, node: Any, key: str) -> Tuple[str, ...]:
+        """A string or a list of strings (a single value is a list of one)."""
+        items = node.value if isinstance(node, self.yaml.SequenceNode) else [node]
+        if isinstance(node, self.yaml.SequenceNode) and not items:
+            raise self.fail(node, key, "expected at least one value")
+        out = []
+        for item in items:
+            v = self.scalar(item, key)
+            if isinstance(v, bool) or v is None:
+                raise self.fail(item, key, "expected a string")
+            out.append(str(v).strip())
+        return tuple(out)
+
+    def choice(self, node: Any, key: str, enum: Any) -> Any:
+        v = self.scalar(node, key)
+        try:
+            return enum(str(v).strip().lower())
+        except ValueError:
+            raise self.fail(node, key, f"expected one of {', '.join(m.value for m in enum)}, not {v!r}") from None
+
+    def size(self, node: Any, key: str) -> int:
+        """MiB from ``16384`` (MiB), ``16G``, ``16GiB``, ``512M``."""
+        v = self.scalar(node, key)
+        if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+            return v
+        mt = _SIZE_RE.match(str(v)) if isinstance(v, str) else None
+        if not mt:
+            raise self.fail(node, key, f"expected a size such as 16G, 512M or a number of MiB, not {v!r}")
+        return int(mt.group(1)) * _UNIT[mt.group(2).upper()]
 
     def version(self, top: Dict[str, Tuple[Any, Any]], root: Any) -> int:
         """The one ``version`` rule: present, and the integer 1 written as ``1`` (not ``true``, ``"1"``, ``v1``,

@@ -69,7 +69,8 @@ def open_regular(
     except OSError as e:
         raise error(p, _why(e)) from None
     if stat.S_ISLNK(st.st_mode):
-        raise error(p, "is a symlink; vgpuctl does not follow symlinks in its own directories: replace it with the file")
+        raise error(p, "is a symlink; vgpuctl does not follow symlinks in its own directories: "
+                       "replace it with the file")
     _check_mode(p, st, error)
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
     try:
@@ -167,7 +168,8 @@ def ensure_dir(path: "os.PathLike[str] | str", *, mode: int = 0o755, error: Erro
     except OSError as e:
         raise error(p, _why(e)) from None
     if stat.S_ISLNK(st.st_mode):
-        raise error(p, "is a symlink; vgpuctl does not follow symlinks in its own directories: replace it with a directory")
+        raise error(p, "is a symlink; vgpuctl does not follow symlinks in its own directories: "
+                       "replace it with a directory")
     if not stat.S_ISDIR(st.st_mode):
         raise error(p, f"is {_kind(st.st_mode)}, not a directory; move it aside")
     if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:

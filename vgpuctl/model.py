@@ -33,6 +33,24 @@ class Vendor(str, Enum):
 
 PCI_VENDORS = {"0x10de": Vendor.NVIDIA, "0x8086": Vendor.INTEL}
 
+
+class SchedulerPolicy(str, Enum):
+    """NVIDIA's vGPU time-slice scheduler policies (``nvidia-smi vgpu -ss``): the one spelling of the desired
+    state's ``scheduler.policy``, a profile's ``scheduler``, ``vgpuctl sched set --policy`` and NVML's numbers
+    (``nvml.POLICIES``)."""
+
+    BEST_EFFORT = "best-effort"
+    EQUAL_SHARE = "equal-share"
+    FIXED_SHARE = "fixed-share"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: names an operator gives: desired instances and service profiles (1-64 of A-Z a-z 0-9 _ . -, not starting with
+#: . or -)
+NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+
 UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 PCI_ADDR_RE = re.compile(
     r"^(?:(?P<domain>[0-9a-fA-F]{4}):)?(?P<bus>[0-9a-fA-F]{2}):(?P<slot>[0-9a-fA-F]{2})\.(?P<fn>[0-7])$"

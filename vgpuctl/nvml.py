@@ -9,6 +9,9 @@ NVML).  ``enrich`` is a pure function from an inventory and what NVML said to an
 Known pitfalls handled here: ``nvmlVgpuInstanceGetFbUsage`` is declared with a 32-bit ``c_uint`` in the Python wrapper
 while the C API writes an ``unsigned long long`` (we call the function pointer with a ``c_ulonglong``);
 ``nvmlVgpuInstanceGetVmID`` returns ``(bytes, int)`` (the wrapper's str conversion does not reach into the tuple).
+
+About 520 lines: what NVML says (data), the one ``Nvml`` binding, the settings and the pure enrichment.  Left in one
+module while MIG support is added to the binding; the enrichment (``gather``/``enrich``) is the part to move out.
 """
 from __future__ import annotations
 
@@ -18,11 +21,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import InvalidInput, NotVgpuHost, NvmlError
-from .model import BackendKind, Instance, Inventory, Vendor, sorted_inventory
+from .model import BackendKind, Instance, Inventory, SchedulerPolicy, Vendor, sorted_inventory
 
 HOST_VGPU = 3  #: NVML_GPU_VIRTUALIZATION_MODE_HOST_VGPU
 VIRT_MODES = {0: "none (bare metal)", 1: "pass-through", 2: "vGPU guest", 3: "vGPU host", 4: "vSGA host"}
-POLICIES = {"best-effort": 1, "equal-share": 2, "fixed-share": 3}
+#: NVML_VGPU_SCHEDULER_POLICY_* by ``model.SchedulerPolicy`` value
+POLICIES = {SchedulerPolicy.BEST_EFFORT.value: 1, SchedulerPolicy.EQUAL_SHARE.value: 2,
+            SchedulerPolicy.FIXED_SHARE.value: 3}
 POLICY_NAMES = {v: k for k, v in POLICIES.items()}
 
 #: Why NVML cannot help, by NVML error number (what an operator should read).

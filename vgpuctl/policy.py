@@ -187,40 +187,12 @@ def parse_policy(text: str, *, path: str = "<policy>") -> Policy:
     return _Parser(path, yaml).policy(root)
 
 
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([MGT]?)(?:i?B)?\s*$", re.IGNORECASE)
-_UNIT = {"": 1, "M": 1, "G": 1024, "T": 1024 * 1024}
 _VENDOR_NAMES = {str(v): k for k, v in PCI_VENDORS.items()}
 _HEX_ID_RE = re.compile(r"^0x[0-9a-f]{4}$")
 
 
 class _Parser(NodeReader):
     """Turns a composed YAML node tree into a ``Policy``, with the line and key of each problem."""
-
-    def string(self, node: Any, key: str) -> str:
-        v = self.scalar(node, key)
-        if not isinstance(v, str) or not v.strip():
-            raise self.fail(node, key, "expected a non-empty string")
-        return v.strip()
-
-    def strings(self, node: Any, key: str) -> Tuple[str, ...]:
-        """A string or a list of strings (a single value is a list of one)."""
-        items = node.value if isinstance(node, self.yaml.SequenceNode) else [node]
-        if isinstance(node, self.yaml.SequenceNode) and not items:
-            raise self.fail(node, key, "expected at least one value")
-        out = []
-        for item in items:
-            v = self.scalar(item, key)
-            if isinstance(v, bool) or v is None:
-                raise self.fail(item, key, "expected a string")
-            out.append(str(v).strip())
-        return tuple(out)
-
-    def choice(self, node: Any, key: str, enum: Any) -> Any:
-        v = self.scalar(node, key)
-        try:
-            return enum(str(v).strip().lower())
-        except ValueError:
-            raise self.fail(node, key, f"expected one of {', '.join(m.value for m in enum)}, not {v!r}") from None
 
     # the document --------------------------------------------------------------------------------------------------
     def policy(self, root: Any) -> Policy:
@@ -339,16 +311,6 @@ class _Parser(NodeReader):
                 )
             )
         return tuple(out)
-
-    def size(self, node: Any, key: str) -> int:
-        """MiB from ``16384`` (MiB), ``16G``, ``16GiB``, ``512M``."""
-        v = self.scalar(node, key)
-        if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
-            return v
-        mt = _SIZE_RE.match(str(v)) if isinstance(v, str) else None
-        if not mt:
-            raise self.fail(node, key, f"expected a size such as 16G, 512M or a number of MiB, not {v!r}")
-        return int(mt.group(1)) * _UNIT[mt.group(2).upper()]
 
     def groups(self, node: Any) -> Tuple[AntiAffinityGroup, ...]:
         if not isinstance(node, self.yaml.SequenceNode):

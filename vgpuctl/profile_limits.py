@@ -60,7 +60,8 @@ class AssignmentStore:
         doc = read_json(self.path, error=config_error)
         if doc is None:
             return ()
-        if not isinstance(doc, dict) or doc.get("schema") != ASSIGNMENTS_SCHEMA or not isinstance(doc.get("instances"), dict):
+        if (not isinstance(doc, dict) or doc.get("schema") != ASSIGNMENTS_SCHEMA
+                or not isinstance(doc.get("instances"), dict)):
             raise ConfigError(os.fspath(self.path), f"not a {ASSIGNMENTS_SCHEMA} document")
         keep = set(present) if present is not None else None
         out = []

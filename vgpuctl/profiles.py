@@ -29,33 +29,18 @@ Which instance belongs to which profile and tenant, and the tenant limits: ``vgp
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from .configfile import compose_yaml, read_config
+from .configfile import NodeReader, compose_yaml, read_config
 from .errors import AmbiguousType, ConfigError, UnknownProfile, UnknownType
-from .model import Inventory, VgpuType, find_type
-from .policy import SERIES, _Parser as _PolicyParser, type_matches
+from .model import NAME_RE, Inventory, SchedulerPolicy, VgpuType, find_type
+from .policy import SERIES, type_matches
 
 PROFILES_FILE = "profiles.yaml"
-NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 
 
-class SchedulerShare(str, Enum):
-    """NVIDIA's vGPU time-slice scheduler policies (``nvidia-smi vgpu -ss``; vgpuctl's ``sched`` command)."""
-
-    BEST_EFFORT = "best-effort"
-    EQUAL_SHARE = "equal-share"
-    FIXED_SHARE = "fixed-share"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-# --- the model -----------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Profile:
     name: str
@@ -64,7 +49,7 @@ class Profile:
     framebuffer_mib: Optional[int] = None
     display: Optional[bool] = None  #: None: the template's default
     ramfb: Optional[bool] = None
-    scheduler: Optional[SchedulerShare] = None
+    scheduler: Optional[SchedulerPolicy] = None  #: the NVIDIA time-slice policy the tier is sold with
     per_tenant: Optional[int] = None
     tenant_limits: Tuple[Tuple[str, int], ...] = ()
     description: str = ""
@@ -170,7 +155,7 @@ _PROFILE_KEYS = ("description", "type", "series", "framebuffer", "display", "ram
                  "params")
 
 
-class _Parser(_PolicyParser):
+class _Parser(NodeReader):
     def document(self, root: Any) -> Profiles:
         top = self.mapping(root, None, ("version", "profiles"))
         self.version(top, root)
@@ -208,15 +193,17 @@ class _Parser(_PolicyParser):
                     raise self.fail(m[other][0], f"{key}.{need}", f"missing: '{other}' needs '{need}' too")
             series = self.string(m["series"][1], f"{key}.series").upper()
             if series not in SERIES:
-                raise self.fail(m["series"][1], f"{key}.series", f"unknown series {series!r}; expected {', '.join(SERIES)}")
+                raise self.fail(m["series"][1], f"{key}.series",
+                                f"unknown series {series!r}; expected {', '.join(SERIES)}")
             fb = self.size(m["framebuffer"][1], f"{key}.framebuffer")
             if fb <= 0:
                 raise self.fail(m["framebuffer"][1], f"{key}.framebuffer", "must be more than 0")
         display = self.boolean(m["display"][1], f"{key}.display") if "display" in m else None
         ramfb = self.boolean(m["ramfb"][1], f"{key}.ramfb") if "ramfb" in m else None
         if ramfb and display is False:
-            raise self.fail(m["ramfb"][1], f"{key}.ramfb", "contradicts 'display: false': ramfb shows the vGPU's display")
-        scheduler = self.choice(m["scheduler"][1], f"{key}.scheduler", SchedulerShare) if "scheduler" in m else None
+            raise self.fail(m["ramfb"][1], f"{key}.ramfb",
+                            "contradicts 'display: false': ramfb shows the vGPU's display")
+        scheduler = self.choice(m["scheduler"][1], f"{key}.scheduler", SchedulerPolicy) if "scheduler" in m else None
         per_tenant = None
         tenants: List[Tuple[str, int]] = []
         if "limits" in m:

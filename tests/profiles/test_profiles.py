@@ -12,11 +12,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "pla
 from placement_hosts import a16_gpu, t4  # noqa: E402
 
 from vgpuctl.errors import ConfigError, InvalidInput, ProfileLimit, UnknownProfile  # noqa: E402
-from vgpuctl.model import sorted_inventory  # noqa: E402
+from vgpuctl.model import SchedulerPolicy, sorted_inventory  # noqa: E402
 from vgpuctl.placement import place  # noqa: E402
 from vgpuctl.policy import Policy  # noqa: E402
 from vgpuctl.profile_limits import Assignment, check_limit  # noqa: E402
-from vgpuctl.profiles import SchedulerShare, parse_profiles, profile_request  # noqa: E402
+from vgpuctl.profiles import parse_profiles, profile_request  # noqa: E402
 
 GOOD = """\
 version: 1
@@ -53,7 +53,7 @@ def test_parse_good():
     assert ps.names() == ("gold", "silver", "bronze")
     gold = ps.get("gold")
     assert (gold.series, gold.framebuffer_mib, gold.display, gold.ramfb) == ("Q", 4096, True, True)
-    assert gold.scheduler is SchedulerShare.FIXED_SHARE
+    assert gold.scheduler is SchedulerPolicy.FIXED_SHARE
     assert gold.limit_for("acme") == 3 and gold.limit_for("other") == 2 and gold.line == 3
     assert ps.get("silver").types == ("T4-2Q", "A16-2Q")
     with pytest.raises(UnknownProfile) as e:

@@ -151,3 +151,19 @@ def test_the_desired_state_parses_params():
     spec.py once pointed at ``vgpuctl.spec.vgpu_params``)."""
     d = _desired('    type: T4-2Q\n    parent: "0000:3b:00.0"\n    params: {frame_rate_limiter: 0}\n')
     assert d.instances[0].params == (("frame_rate_limiter", "0"),)
+
+
+def test_one_spelling_of_scheduler_policies_and_names():
+    """The desired state, profiles, NVML and ``sched set --policy`` share ``model.SchedulerPolicy``; desired
+    instances and profiles share ``model.NAME_RE``; profiles read nodes with ``configfile.NodeReader``, not the
+    policy's parser."""
+    from vgpuctl import model, nvml, profiles, spec
+    from vgpuctl.commands.nvidia import sched_set
+    from vgpuctl.configfile import NodeReader
+
+    values = tuple(p.value for p in model.SchedulerPolicy)
+    assert spec.SCHED_POLICIES == values and tuple(nvml.POLICIES) == values
+    (opt,) = [o for o in sched_set.params if o.name == "policy"]
+    assert tuple(opt.type.choices) == values
+    assert spec.NAME_RE is model.NAME_RE and profiles.NAME_RE is model.NAME_RE
+    assert profiles._Parser.__mro__[1] is NodeReader

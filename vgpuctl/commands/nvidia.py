@@ -8,7 +8,7 @@ import click
 
 from ..errors import GpuBusy
 from ..host import TypeScope
-from ..model import BackendKind, Inventory, canonical_parent_name
+from ..model import BackendKind, Inventory, SchedulerPolicy, canonical_parent_name
 from ..state import HostLock
 from ..options import FiniteFloat
 from ._common import Settings, build_lifecycle, info, json_option, record, render, settings
@@ -145,7 +145,7 @@ def sched_show(gpu: Optional[str], as_json: bool) -> None:
 
 @sched.command("set")
 @click.argument("gpu")
-@click.option("--policy", required=True, type=click.Choice(["best-effort", "equal-share", "fixed-share"]))
+@click.option("--policy", required=True, type=click.Choice([p.value for p in SchedulerPolicy]))
 @click.option("--timeslice", type=FiniteFloat(min=0, min_open=True), metavar="MS",
               help="Time slice in milliseconds (equal-share, fixed-share); within the GPU's range.")
 @json_option

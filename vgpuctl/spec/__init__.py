@@ -35,10 +35,11 @@ The package, by job (each module imports only those listed above it):
 - ``validation``: against the host's inventory (``desired_type``, ``bind``, ``vf_issues``, ``validate``);
 - ``export``: ``vgpuctl export``'s document.
 
-Callers import from ``vgpuctl.spec``; the names below are its interface.
+Callers import from ``vgpuctl.spec``; the names below are its interface (``NAME_RE`` is ``model.NAME_RE``).
 """
 from __future__ import annotations
 
+from ..model import NAME_RE
 from .export import export_doc, render_doc
 from .files import load, load_files, spec_files
 from .merge import bind_profiles, merge
@@ -46,7 +47,6 @@ from .parse import parse
 from .schema import (
     DROPIN_DIR,
     MAIN_FILE,
-    NAME_RE,
     SCHED_POLICIES,
     SPEC_VERSION,
     UUID_NAMESPACE,

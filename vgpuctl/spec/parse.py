@@ -6,9 +6,9 @@ from typing import Any, List
 
 from ..configfile import NodeReader, compose_yaml
 from ..errors import ConfigError
-from ..model import canonical_parent_name, canonical_uuid
+from ..model import NAME_RE, canonical_parent_name, canonical_uuid
 from .merge import merge
-from .schema import (NAME_RE, SCHED_POLICIES, AttachMode, DesiredGpu, DesiredInstance, DesiredScheduler,
+from .schema import (SCHED_POLICIES, AttachMode, DesiredGpu, DesiredInstance, DesiredScheduler,
                      DesiredState, Mark, PlacementRequest, derive_uuid)
 
 _TOP_KEYS = ("version", "instances", "gpus")

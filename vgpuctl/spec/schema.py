@@ -2,23 +2,22 @@
 schema and the derived instance uuid.  Pure: no file, no host."""
 from __future__ import annotations
 
-import re
 import uuid as uuidlib
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Dict, Optional, Tuple
 
 from ..configfile import VERSION
+from ..model import SchedulerPolicy
 
 MAIN_FILE = "vgpuctl.yaml"
 DROPIN_DIR = "conf.d"
 SPEC_VERSION = VERSION
 #: uuid5 namespace of derived instance uuids.  Never change it: derived uuids must stay the same across releases.
 UUID_NAMESPACE = uuidlib.UUID("6f0b3f63-3a51-4d8e-9d0c-7e1b5a2c9a40")
-NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 
-#: the vGPU scheduler policies NVML knows (``nvml.POLICIES``; spelled out here so parsing needs no NVML)
-SCHED_POLICIES = ("best-effort", "equal-share", "fixed-share")
+#: the vGPU scheduler policies NVML knows (``model.SchedulerPolicy``)
+SCHED_POLICIES = tuple(p.value for p in SchedulerPolicy)
 
 
 class AttachMode(str, Enum):
