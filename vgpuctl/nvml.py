@@ -39,6 +39,9 @@ REASONS = {
     25: "NVML struct version mismatch (nvidia-ml-py newer than the driver)",
     4: "no permission (run as root)",
     18: "the NVIDIA kernel module and libnvidia-ml are different releases (driver upgraded without reloading it)",
+    19: "the GPU is in use (vGPUs or processes on it)",
+    23: "not enough room on the GPU (the placement overlaps GPU instances, or no slices are left)",
+    2: "invalid argument (a profile or placement the GPU does not have)",
 }
 
 
@@ -157,6 +160,71 @@ class GpuInfo:
 
     def type(self, number: int) -> Optional[TypeInfo]:
         return next((t for t in self.types if t.number == number), None)
+
+
+@dataclass(frozen=True)
+class MigProfile:
+    """A GPU instance profile as NVML reports it (``nvmlDeviceGetGpuInstanceProfileInfo`` and its possible
+    placements): ``name`` without NVML's ``MIG `` prefix (``1g.18gb``)."""
+
+    name: str
+    id: int
+    slices: int
+    memory_mib: int
+    count: int  #: instances of it the GPU can hold
+    size: int = 0  #: memory slices one instance spans
+    placements: Tuple[int, ...] = ()  #: where one may start
+
+
+@dataclass(frozen=True)
+class GpuInstance:
+    id: int
+    profile: str  #: the profile's name
+    start: int
+    size: int
+
+
+@dataclass(frozen=True)
+class MigState:
+    """A GPU's MIG mode, profiles (known only in MIG mode) and GPU instances; ``processes`` run on the GPU."""
+
+    gpu: str
+    supported: bool
+    current: bool = False
+    pending: bool = False
+    profiles: Tuple[MigProfile, ...] = ()
+    instances: Tuple[GpuInstance, ...] = ()
+    processes: Tuple[str, ...] = ()
+
+    def profile(self, name: str) -> Optional[MigProfile]:
+        return next((p for p in self.profiles if p.name == name), None)
+
+
+def place_instances(profiles: Sequence[MigProfile], wanted: Sequence[str],
+                    taken: Sequence[Tuple[int, int]] = ()) -> Optional[List[Tuple[str, int]]]:
+    """Placements ``(profile, start)`` for ``wanted`` (profile names) that overlap neither each other nor ``taken``
+    (``(start, size)`` of instances that stay), with at most the GPU's compute slices; None if there are none.
+    Larger instances are placed first, each at its lowest free start, backtracking when a later one does not fit
+    (``[3g.71gb, 4g.71gb]`` on Hopper: the 4g only fits at 0, so the 3g goes to 4).  Pure."""
+    by_name = {p.name: p for p in profiles}
+    order = sorted(wanted, key=lambda n: (-by_name[n].size, n))
+    used = {s for start, size in taken for s in range(start, start + size)}
+    out: List[Tuple[str, int]] = []
+
+    def go(k: int, used: set) -> bool:
+        if k == len(order):
+            return True
+        p = by_name[order[k]]
+        for start in p.placements:
+            span = set(range(start, start + p.size))
+            if not span & used:
+                out.append((p.name, start))
+                if go(k + 1, used | span):
+                    return True
+                out.pop()
+        return False
+
+    return list(out) if go(0, used) else None
 
 
 @dataclass(frozen=True)
@@ -312,6 +380,104 @@ class Nvml:
                 "enc_util": int(s.encUtil.uiVal), "dec_util": int(s.decUtil.uiVal),
             }
         return out
+
+    # --- MIG ---------------------------------------------------------------------------------------------------------
+    def mig(self, pci: str) -> MigState:
+        """MIG mode, the GPU instance profiles and instances (read only).  ``supported`` is False where NVML says
+        the GPU has no MIG (NOT_SUPPORTED); other failures raise ``NvmlUnavailable``."""
+        h = self.handle(pci)
+        try:
+            current, pending = self.nv.nvmlDeviceGetMigMode(h)
+        except self.nv.NVMLError as e:
+            if e.value == self.nv.NVML_ERROR_NOT_SUPPORTED:
+                return MigState(pci, supported=False)
+            raise NvmlUnavailable(reason_for(e.value, "nvmlDeviceGetMigMode"), e.value) from None
+        state = MigState(pci, supported=True, current=bool(current), pending=bool(pending),
+                         processes=tuple(self.processes(pci)))
+        if not current:
+            return state
+        profiles: List[MigProfile] = []
+        instances: List[GpuInstance] = []
+        for index in range(int(getattr(self.nv, "NVML_GPU_INSTANCE_PROFILE_COUNT", 0))):
+            info = self._opt("nvmlDeviceGetGpuInstanceProfileInfo", h, index)
+            if info is None:  # the v2 struct may be newer than the driver: ask with v1 (no name there)
+                info = self._opt("nvmlDeviceGetGpuInstanceProfileInfo", h, index, 1)
+            if info is None:
+                continue
+            name = (_s(getattr(info, "name", b"")) or "").replace("MIG ", "", 1)
+            placements = self._placements(h, int(info.id))
+            prof = MigProfile(name=name or f"profile-{int(info.id)}", id=int(info.id), slices=int(info.sliceCount),
+                              memory_mib=int(info.memorySizeMB), count=int(info.instanceCount),
+                              size=placements[0][1] if placements else 0,
+                              placements=tuple(st for st, _ in placements))
+            profiles.append(prof)
+            count = max(1, prof.count)
+            arr = (self.nv.c_nvmlGpuInstance_t * count)()
+            n = ctypes.c_uint(0)
+            self._call("nvmlDeviceGetGpuInstances", h, prof.id, arr, ctypes.byref(n))
+            for k in range(n.value):
+                gi = self._call("nvmlGpuInstanceGetInfo", arr[k])
+                instances.append(GpuInstance(int(gi.id), prof.name, int(gi.placement.start),
+                                             int(gi.placement.size)))
+        return replace(state, profiles=tuple(profiles), instances=tuple(sorted(instances, key=lambda g: g.id)))
+
+    def _placements(self, h: Any, profile_id: int) -> List[Tuple[int, int]]:
+        try:
+            n = ctypes.c_uint(0)
+            self.nv.nvmlDeviceGetGpuInstancePossiblePlacements(h, profile_id, None, ctypes.byref(n))
+            arr = (self.nv.c_nvmlGpuInstancePlacement_t * max(1, n.value))()
+            self.nv.nvmlDeviceGetGpuInstancePossiblePlacements(h, profile_id, arr, ctypes.byref(n))
+        except self.nv.NVMLError:
+            return []
+        return [(int(arr[k].start), int(arr[k].size)) for k in range(n.value)]
+
+    def processes(self, pci: str) -> List[str]:
+        """The compute processes NVML lists on the GPU, as ``process PID (name)``."""
+        procs = self._opt("nvmlDeviceGetComputeRunningProcesses", self.handle(pci)) or []
+        out = []
+        for p in procs:
+            name = _s(self._opt("nvmlSystemGetProcessName", p.pid))
+            out.append(f"process {p.pid}" + (f" ({name})" if name else ""))
+        return out
+
+    def set_mig_mode(self, pci: str, on: bool) -> None:
+        """Turn MIG mode on or off (the driver resets the GPU: refused while it has vGPUs or processes)."""
+        from .errors import GpuBusy
+
+        h = self.handle(pci)
+        try:
+            status = self.nv.nvmlDeviceSetMigMode(h, 1 if on else 0)
+        except self.nv.NVMLError as e:
+            if e.value == self.nv.NVML_ERROR_IN_USE:
+                raise GpuBusy(pci, "MIG mode", ["the GPU is in use (NVML: IN_USE)"]) from None
+            raise NvmlError(f"NVML refused MIG mode {'on' if on else 'off'} on GPU {pci}: {reason_for(e.value)}",
+                            e.value) from None
+        current, _pending = self._call("nvmlDeviceGetMigMode", h)
+        if status or bool(current) != on:
+            raise NvmlError(f"MIG mode {'on' if on else 'off'} on GPU {pci} is pending, not active "
+                            f"(activation status {status}): the GPU needs a reset", status or None)
+
+    def create_gpu_instance(self, pci: str, profile: MigProfile, start: int) -> None:
+        h = self.handle(pci)
+        pl = self.nv.c_nvmlGpuInstancePlacement_t()
+        pl.start, pl.size = start, profile.size
+        try:
+            self.nv.nvmlDeviceCreateGpuInstanceWithPlacement(h, profile.id, ctypes.byref(pl))
+        except self.nv.NVMLError as e:
+            raise NvmlError(f"NVML refused GPU instance {profile.name} at {start} on GPU {pci}: "
+                            f"{reason_for(e.value)}", e.value) from None
+
+    def destroy_gpu_instance(self, pci: str, gi: int) -> None:
+        from .errors import GpuBusy
+
+        h = self.handle(pci)
+        try:
+            self.nv.nvmlGpuInstanceDestroy(self.nv.nvmlDeviceGetGpuInstanceById(h, gi))
+        except self.nv.NVMLError as e:
+            if e.value == self.nv.NVML_ERROR_IN_USE:
+                raise GpuBusy(pci, f"GPU instance {gi}", ["a vGPU uses it"]) from None
+            raise NvmlError(f"NVML refused to destroy GPU instance {gi} on GPU {pci}: {reason_for(e.value)}",
+                            e.value) from None
 
     # --- GPU-wide controls -----------------------------------------------------------------------------------------
     def host_handle(self, pci: str) -> Any:

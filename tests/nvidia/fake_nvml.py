@@ -8,25 +8,19 @@ lists only vGPUs a VM runs); ``missing`` names C functions the "driver" lacks (-
 from __future__ import annotations
 
 import ctypes
+import errno
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import pynvml
 
 from vgpuctl.sim.profile import load_profile
 
-OK, INVALID, NOT_SUPPORTED, NOT_FOUND, INSUFFICIENT, IN_USE, VERSION = 0, 2, 3, 6, 7, 19, 25
+OK, INVALID, NOT_SUPPORTED, NOT_FOUND, INSUFFICIENT, IN_USE, NO_RESOURCES, VERSION = 0, 2, 3, 6, 7, 19, 23, 25
 HANDLE_BASE = 0x1000
-#: H200 MIG GPU instance profiles (NVIDIA MIG user guide, "Supported MIG Profiles", H200 141GB): profile index ->
-#: (profile id, name, slices, instances, memory MiB).  Ids as nvidia-smi mig -lgip shows them on Hopper; the
-#: memory sizes are ILLUSTRATIVE (the named size in GiB).
-H200_GI_PROFILES = {
-    0: (19, "1g.18gb", 1, 7, 18 * 1024),
-    9: (15, "1g.35gb", 1, 4, 35 * 1024),
-    1: (14, "2g.35gb", 2, 3, 35 * 1024),
-    2: (9, "3g.71gb", 3, 2, 71 * 1024),
-    3: (5, "4g.71gb", 4, 1, 71 * 1024),
-    4: (0, "7g.141gb", 7, 1, 141 * 1024),
-}
+GI_HANDLE_BASE = 0x100000  #: a GPU instance handle: base + device index * 1000 + the instance's id
+#: what a refused write to the simulator's MIG controls means in NVML's words (the driver's answer)
+MIG_ERRORS = {errno.EBUSY: IN_USE, errno.ENOSPC: NO_RESOURCES, errno.EINVAL: INVALID,
+              errno.EOPNOTSUPP: NOT_SUPPORTED, errno.ENOENT: NOT_FOUND}
 
 
 def _obj(arg: Any) -> Any:
@@ -67,6 +61,8 @@ class FakeNvml:
         #: struct versions this "driver" knows (a newer pynvml sending another one gets error 25)
         self.hetero_version = pynvml.VgpuHeterogeneousMode_v1
         self.placement_version = pynvml.VgpuPlacementId_v1
+        #: every MIG-changing call, in order (nvmlDeviceSetMigMode, nvmlDeviceCreateGpuInstance*, ...Destroy)
+        self.mig_calls: List[str] = []
 
     # --- wiring ---------------------------------------------------------------------------------------------------
     def install(self, monkeypatch: Any) -> "FakeNvml":
@@ -242,23 +238,153 @@ class FakeNvml:
         _obj(out).value = gi
         return OK
 
+    # --- MIG: the simulator's control files are the GPU's state (sim.machine: mig, gpu_instances, gpu_processes) ----
+    def _ctl_lines(self, name: str) -> List[List[str]]:
+        return [ln.split() for ln in (self.sim.control_dir / name).read_text().splitlines() if ln.strip()]
+
+    def _mig_on(self, idx: int) -> bool:
+        pf = self.devices[idx].name
+        return any(f[0] == pf and f[1] == "1" for f in self._ctl_lines("mig"))
+
+    def _gis(self, idx: int) -> List[tuple]:
+        """(id, profile name, start, size) of the device's GPU instances."""
+        pf = self.devices[idx].name
+        return [(int(f[1]), f[2], int(f[3]), int(f[4])) for f in self._ctl_lines("gpu_instances") if f[0] == pf]
+
+    def _profile(self, idx: int, *, index: Optional[int] = None, pid: Optional[int] = None,
+                 name: Optional[str] = None) -> Any:
+        for p in self.devices[idx].model.mig_profiles:
+            if (index is not None and p.index == index) or (pid is not None and p.id == pid) or p.name == name:
+                return p
+        return None
+
+    def _mig_write(self, name: str, text: str) -> int:
+        try:
+            self.sim.control(name, text)
+        except OSError as e:
+            return MIG_ERRORS.get(e.errno or 0, INVALID)
+        return OK
+
+    def _gi_handle(self, idx: int, gid: int) -> int:
+        return GI_HANDLE_BASE + idx * 1000 + gid
+
+    def _gi_of(self, gi: Any) -> tuple:
+        idx, gid = divmod(_handle(gi) - GI_HANDLE_BASE, 1000)
+        return idx, gid
+
     def nvmlDeviceGetMigMode(self, h: Any, current: Any, pending: Any) -> int:
-        mig = int(self.devices[self._dev(h)].mig)
+        idx = self._dev(h)
+        if not self.devices[idx].model.mig_profiles:
+            return NOT_SUPPORTED  # a GPU without MIG (L40S)
+        mig = int(self._mig_on(idx))
         _obj(current).value, _obj(pending).value = mig, mig
         return OK
 
-    def nvmlDeviceGetGpuInstanceProfileInfoV(self, h: Any, profile: Any, out: Any) -> int:
-        p = H200_GI_PROFILES.get(_int(profile))
-        if p is None or not self.devices[self._dev(h)].mig:
-            return NOT_SUPPORTED
-        o = _obj(out)
-        o.id, o.sliceCount, o.instanceCount, o.memorySizeMB = p[0], p[2], p[3], p[4]
-        o.name = f"MIG {p[1]}".encode()
+    def nvmlDeviceSetMigMode(self, h: Any, mode: Any, status: Any) -> int:
+        idx = self._dev(h)
+        self.mig_calls.append(f"mig {self.devices[idx].name} {_int(mode)}")
+        ret = self._mig_write("mig", f"{self.devices[idx].name} {_int(mode)}")
+        _obj(status).value = ret
+        return ret
+
+    def nvmlDeviceGetComputeRunningProcesses_v3(self, h: Any, count: Any, arr: Any) -> int:
+        pf = self.devices[self._dev(h)].name
+        procs = [int(f[1]) for f in self._ctl_lines("gpu_processes") if f[0] == pf]
+        c = _obj(count)
+        if arr is None or c.value < len(procs):
+            c.value = len(procs)
+            return INSUFFICIENT if procs else OK
+        for i, pid in enumerate(procs):
+            arr[i].pid, arr[i].usedGpuMemory = pid, 1 << 30
+        c.value = len(procs)
         return OK
 
-    def nvmlDeviceGetGpuInstances(self, h: Any, profile_id: Any, arr: Any, count: Any) -> int:
-        _obj(count).value = 0  # no GPU instances exist (the simulator does not model them)
+    def nvmlSystemGetProcessName(self, pid: Any, buf: Any, size: Any) -> int:
+        for f in self._ctl_lines("gpu_processes"):
+            if int(f[1]) == _int(pid):
+                buf.value = f[2].encode()
+                return OK
+        return NOT_FOUND
+
+    def nvmlDeviceGetGpuInstanceProfileInfoV(self, h: Any, profile: Any, out: Any) -> int:
+        idx = self._dev(h)
+        p = self._profile(idx, index=_int(profile))
+        if p is None or not self._mig_on(idx):
+            return NOT_SUPPORTED
+        o = _obj(out)
+        o.id, o.sliceCount, o.instanceCount, o.memorySizeMB = p.id, p.slices, len(p.placements), p.memory
+        o.name = f"MIG {p.name}".encode()
         return OK
+
+    def nvmlDeviceGetGpuInstancePossiblePlacements_v2(self, h: Any, pid: Any, arr: Any, count: Any) -> int:
+        p = self._profile(self._dev(h), pid=_int(pid))
+        if p is None:
+            return INVALID
+        c = _obj(count)
+        if arr is None:
+            c.value = len(p.placements)
+            return OK
+        for i, start in enumerate(p.placements):
+            arr[i].start, arr[i].size = start, p.size
+        c.value = len(p.placements)
+        return OK
+
+    def _create_gi(self, h: Any, pid: Any, start: Optional[int], size: Optional[int], out: Any) -> int:
+        idx = self._dev(h)
+        p = self._profile(idx, pid=_int(pid))
+        pf = self.devices[idx].name
+        self.mig_calls.append(f"create {pf} {p.name if p else _int(pid)}" + ("" if start is None else f" {start}"))
+        if p is None or (size is not None and size != p.size):
+            return INVALID
+        if not self._mig_on(idx):
+            return NOT_SUPPORTED
+        before = {g[0] for g in self._gis(idx)}
+        ret = self._mig_write("gpu_instances", f"{pf} create {p.name}" + ("" if start is None else f" {start}"))
+        if ret != OK:
+            return ret
+        (gid,) = [g[0] for g in self._gis(idx) if g[0] not in before]
+        _set_handle(out, self._gi_handle(idx, gid))
+        return OK
+
+    def nvmlDeviceCreateGpuInstance(self, h: Any, pid: Any, out: Any) -> int:
+        return self._create_gi(h, pid, None, None, out)
+
+    def nvmlDeviceCreateGpuInstanceWithPlacement(self, h: Any, pid: Any, placement: Any, out: Any) -> int:
+        pl = _obj(placement)
+        return self._create_gi(h, pid, int(pl.start), int(pl.size), out)
+
+    def nvmlDeviceGetGpuInstances(self, h: Any, profile_id: Any, arr: Any, count: Any) -> int:
+        idx = self._dev(h)
+        p = self._profile(idx, pid=_int(profile_id))
+        if p is None:
+            return INVALID
+        mine = [g for g in self._gis(idx) if g[1] == p.name]
+        for i, g in enumerate(mine):
+            arr[i] = ctypes.cast(ctypes.c_void_p(self._gi_handle(idx, g[0])), type(arr[i]))
+        _obj(count).value = len(mine)
+        return OK
+
+    def nvmlDeviceGetGpuInstanceById(self, h: Any, gid: Any, out: Any) -> int:
+        idx = self._dev(h)
+        if not any(g[0] == _int(gid) for g in self._gis(idx)):
+            return NOT_FOUND
+        _set_handle(out, self._gi_handle(idx, _int(gid)))
+        return OK
+
+    def nvmlGpuInstanceGetInfo(self, gi: Any, out: Any) -> int:
+        idx, gid = self._gi_of(gi)
+        g = next((g for g in self._gis(idx) if g[0] == gid), None)
+        if g is None:
+            return INVALID
+        o = _obj(out)
+        o.id, o.profileId = gid, self._profile(idx, name=g[1]).id
+        o.placement.start, o.placement.size = g[2], g[3]
+        return OK
+
+    def nvmlGpuInstanceDestroy(self, gi: Any) -> int:
+        idx, gid = self._gi_of(gi)
+        self.mig_calls.append(f"destroy {self.devices[idx].name} {gid}")
+        return self._mig_write("gpu_instances", f"{self.devices[idx].name} destroy {gid}")
 
     def nvmlVgpuInstanceGetLicenseInfo_v2(self, v: Any, out: Any) -> int:
         lic, o = self.licenses.get(self._vgpu(v), (1, 5, 4, (0, 0, 0, 0, 0, 0))), _obj(out)

@@ -68,10 +68,59 @@ def test_wrapper_fb_usage_bug_is_real(host, nvml):
 
 
 def test_mig_instance_gets_gpu_instance(host, nvml):
+    r = run(host, "create", "-p", MIG, "-t", "H200X-1-18C")  # MIG mode, no GPU instance yet: nothing offers it
+    assert r.exit_code != 0 and host.creatable("0000:ca:00.4") == []
+    host.create_gpu_instance(MIG, "2g.35gb")
+    host.create_gpu_instance(MIG, "1g.18gb")
     a = ok(host, "create", "-p", MIG, "-t", "H200X-1-18C").stdout.strip()
     nvml.start_vm(a, "vm-mig")
     (r,) = json.loads(ok(host, "list", "--json").stdout)
     assert r["type_name"] == "NVIDIA H200X-1-18C" and r["vm_id"] == "vm-mig"
+    assert (host.nvidia_dir(a) / "gpu_instance_id").read_text().strip() == "2"  # the 1g.18gb one, not the 2g
+
+
+def test_nvml_reads_and_changes_mig_through_the_real_wrappers(host, nvml):
+    from vgpuctl.nvml import Nvml
+
+    with Nvml() as nv:
+        off = nv.mig(GPU)
+        assert (off.supported, off.current, off.profiles, off.instances) == (True, False, (), ())
+        nv.set_mig_mode(GPU, True)
+        st = nv.mig(GPU)
+        assert st.current and [p.name for p in st.profiles] == [
+            "1g.18gb", "2g.35gb", "3g.71gb", "4g.71gb", "7g.141gb", "1g.35gb"]  # NVML's profile-index order
+        p3 = st.profile("3g.71gb")
+        assert (p3.id, p3.slices, p3.count, p3.size, p3.placements) == (9, 3, 2, 4, (0, 4))
+        nv.create_gpu_instance(GPU, p3, 4)
+        with pytest.raises(NvmlError, match="not enough room"):  # overlaps the first
+            nv.create_gpu_instance(GPU, st.profile("3g.71gb"), 4)
+        nv.create_gpu_instance(GPU, st.profile("4g.71gb"), 0)
+        assert [(g.profile, g.start, g.size) for g in nv.mig(GPU).instances] == [("3g.71gb", 4, 4), ("4g.71gb", 0, 4)]
+        with pytest.raises(GpuBusy):  # turning MIG off with GPU instances left
+            nv.set_mig_mode(GPU, False)
+        for g in nv.mig(GPU).instances:
+            nv.destroy_gpu_instance(GPU, g.id)
+        host.add_gpu_process(GPU, 4242, "cuda-app")
+        assert nv.mig(GPU).processes == ("process 4242 (cuda-app)",)
+        with pytest.raises(GpuBusy):
+            nv.set_mig_mode(GPU, False)
+    assert nvml.mig_calls[:3] == [f"mig {GPU} 1", f"create {GPU} 3g.71gb 4", f"create {GPU} 3g.71gb 4"]
+    host.reboot()  # MIG mode and GPU instances do not survive it
+    with Nvml() as nv:
+        assert not nv.mig(GPU).current and nv.mig(MIG).current and nv.mig(MIG).instances == ()
+
+
+def test_place_instances_backtracks_and_refuses_overlap():
+    from vgpuctl.nvml import MigProfile, place_instances
+
+    h200 = [MigProfile("1g.18gb", 19, 1, 18432, 7, 1, (0, 1, 2, 3, 4, 5, 6)),
+            MigProfile("3g.71gb", 9, 3, 72704, 2, 4, (0, 4)), MigProfile("4g.71gb", 5, 4, 72704, 1, 4, (0,)),
+            MigProfile("7g.141gb", 0, 7, 144384, 1, 8, (0,))]
+    assert place_instances(h200, ["3g.71gb", "4g.71gb"]) == [("3g.71gb", 4), ("4g.71gb", 0)] or \
+        sorted(place_instances(h200, ["3g.71gb", "4g.71gb"])) == [("3g.71gb", 4), ("4g.71gb", 0)]
+    assert place_instances(h200, ["7g.141gb", "1g.18gb"]) is None
+    assert place_instances(h200, ["1g.18gb"] * 8) is None  # 7 placements
+    assert place_instances(h200, ["1g.18gb"], taken=[(0, 4)]) == [("1g.18gb", 4)]
 
 
 def test_sched_show_and_set(host, nvml):

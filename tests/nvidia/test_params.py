@@ -262,5 +262,6 @@ def test_params_on_a_non_nvidia_instance_are_blocked(sim_pool):
 
 def test_h200_mig_backed_vgpu_takes_params(sim_pool):
     h200 = sim_pool.fresh("h200")
+    h200.create_gpu_instance("0000:ca:00.0", "1g.18gb")  # MIG-backed types exist only inside GPU instances
     vf = ok(h200, "create", "-p", "0000:ca:00.0", "-t", "H200X-1-18C", "--param", "enable_uvm=1").stdout.strip()
     assert (h200.paths.pci_devices / vf / "nvidia" / "vgpu_params").read_text().strip() == "enable_uvm=1"

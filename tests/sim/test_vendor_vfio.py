@@ -64,14 +64,78 @@ def test_full_gpu_is_enospc_and_typed_vf_is_ebusy():
     m.set_vgpu_type(vfs[2], b"1110")
 
 
-def test_mig_gpu_offers_only_mig_types():
+MIGPF = "0000:ca:00.0"
+
+
+def test_mig_gpu_offers_mig_types_only_inside_free_gpu_instances():
     m = machine("h200")
-    mig_vf = m.functions["0000:ca:00.0"].vfs[0]
-    names = [t.name for t in m.creatable(mig_vf)]
-    assert names and all(n.count("-") == 2 for n in names)
-    m.set_vgpu_type(mig_vf, b"1418")  # 4-71C: 4 slices
-    assert [t.name for t in m.creatable(m.functions["0000:ca:00.0"].vfs[1])] == [
-        "NVIDIA H200X-1-18C", "NVIDIA H200X-1-35C", "NVIDIA H200X-2-35C", "NVIDIA H200X-3-71C"]
+    mig_vf, vf2 = m.functions[MIGPF].vfs[:2]
+    assert m.creatable(mig_vf) == []  # MIG mode, no GPU instances: nothing to create
+    m.gpu_instance_control(f"{MIGPF} create 4g.71gb")
+    m.gpu_instance_control(f"{MIGPF} create 2g.35gb")  # at 4 (0 and 2 overlap the 4g)
+    m.gpu_instance_control(f"{MIGPF} create 1g.18gb")  # at 6
+    assert [(g.start, g.size) for g in m.gis[MIGPF]] == [(0, 4), (4, 2), (6, 1)]
+    assert [t.name for t in m.creatable(mig_vf)] == ["NVIDIA H200X-1-18C", "NVIDIA H200X-2-35C", "NVIDIA H200X-4-71C"]
+    m.set_vgpu_type(mig_vf, b"1418")  # 4-71C takes the 4g.71gb instance
+    assert m.vf_gi[mig_vf] == 1
+    assert [t.name for t in m.creatable(vf2)] == ["NVIDIA H200X-1-18C", "NVIDIA H200X-2-35C"]
+    with pytest.raises(SimError) as ei:  # no second free 4g instance
+        m.set_vgpu_type(vf2, b"1418")
+    assert ei.value.errno == errno.ENOSPC
+    with pytest.raises(SimError) as ei:  # time-sliced types do not fit MIG mode
+        m.set_vgpu_type(vf2, b"1400")
+    assert ei.value.errno == errno.EINVAL
+
+
+def test_gpu_instance_placements_and_refusals():
+    m = machine("h200")
+    for _ in range(3):
+        m.gpu_instance_control(f"{MIGPF} create 2g.35gb")
+    assert [(g.start, g.size) for g in m.gis[MIGPF]] == [(0, 2), (2, 2), (4, 2)]
+    for text, err in [(f"{MIGPF} create 3g.71gb", errno.ENOSPC),  # 0 and 4 overlap
+                      (f"{MIGPF} create 1g.18gb 3", errno.ENOSPC),  # inside the second instance
+                      (f"{MIGPF} create 1g.18gb 7", errno.EINVAL),  # not a placement of 1g
+                      (f"{MIGPF} create 5g.99gb", errno.EINVAL),  # no such profile on H200
+                      ("0000:4a:00.0 create 1g.18gb", errno.EINVAL),  # not in MIG mode
+                      (f"{MIGPF} destroy 9", errno.ENOENT)]:
+        with pytest.raises(SimError) as ei:
+            m.gpu_instance_control(text)
+        assert ei.value.errno == err, text
+    m.gpu_instance_control(f"{MIGPF} create 1g.18gb 6")
+    assert (m.gis[MIGPF][-1].start, m.gis[MIGPF][-1].size) == (6, 1)
+    vf = m.functions[MIGPF].vfs[0]
+    m.set_vgpu_type(vf, b"1416")
+    with pytest.raises(SimError) as ei:  # a vGPU uses it
+        m.gpu_instance_control(f"{MIGPF} destroy {m.vf_gi[vf]}")
+    assert ei.value.errno == errno.EBUSY
+
+
+def test_mig_mode_refusals_and_reboot_resets_mig_state():
+    m = machine("h200")
+    tsl = "0000:4a:00.0"
+    m.set_vgpu_type(m.functions[tsl].vfs[0], b"1400")
+    with pytest.raises(SimError) as ei:  # a vGPU on the GPU
+        m.set_mig_mode(f"{tsl} 1")
+    assert ei.value.errno == errno.EBUSY and "vGPU on" in str(ei.value)
+    m.set_vgpu_type(m.functions[tsl].vfs[0], b"0")
+    m.gpu_process_control(f"{tsl} 4242 cuda-app")
+    with pytest.raises(SimError) as ei:  # a process runs on it
+        m.set_mig_mode(f"{tsl} 1")
+    assert "4242" in str(ei.value)
+    m.gpu_process_control(f"{tsl} clear")
+    m.set_mig_mode(f"{tsl} 1")
+    m.gpu_instance_control(f"{tsl} create 7g.141gb")
+    with pytest.raises(SimError) as ei:  # GPU instances exist
+        m.set_mig_mode(f"{tsl} 0")
+    assert ei.value.errno == errno.EBUSY
+    assert "0000:4a:00.0 1" in m.tree["/.vgpusim/mig"].content.decode()
+    assert m.tree["/.vgpusim/gpu_instances"].content.decode() == "0000:4a:00.0 1 7g.141gb 0 8\n"
+    l40s = machine("l40s")
+    with pytest.raises(SimError) as ei:
+        l40s.set_mig_mode("0000:41:00.0 1")
+    assert ei.value.errno == errno.EOPNOTSUPP
+    m.reboot()
+    assert not m.functions[tsl].mig and m.functions[MIGPF].mig and m.gis == {}
 
 
 @pytest.mark.sim

@@ -10,7 +10,7 @@ import errno as _errno
 import os
 import uuid as _uuid
 from pathlib import Path
-from typing import Iterator, List, Optional, Union
+from typing import Iterator, List, Optional, Tuple, Union
 
 from vgpuctl.paths import HostPaths
 from vgpuctl.sim import daemon
@@ -154,6 +154,31 @@ class SimHost:
 
     def set_heterogeneous(self, pf: str, on: bool) -> None:
         self.control("heterogeneous", f"{pf} {int(on)}")
+
+    def set_mig_mode(self, pf: str, on: bool) -> None:
+        self.control("mig", f"{pf} {int(on)}")
+
+    def mig_mode(self, pf: str) -> bool:
+        lines = (self.control_dir / "mig").read_text().splitlines()
+        return next(ln.split()[1] == "1" for ln in lines if ln.split()[0] == pf)
+
+    def create_gpu_instance(self, pf: str, profile: str, start: Optional[int] = None) -> None:
+        self.control("gpu_instances", f"{pf} create {profile}" + ("" if start is None else f" {start}"))
+
+    def destroy_gpu_instance(self, pf: str, gi: int) -> None:
+        self.control("gpu_instances", f"{pf} destroy {gi}")
+
+    def gpu_instances(self, pf: str) -> List[Tuple[int, str, int, int]]:
+        """(id, profile, start, size) of each GPU instance of ``pf``."""
+        out = []
+        for ln in (self.control_dir / "gpu_instances").read_text().splitlines():
+            f = ln.split()
+            if f[0] == pf:
+                out.append((int(f[1]), f[2], int(f[3]), int(f[4])))
+        return out
+
+    def add_gpu_process(self, pf: str, pid: int, name: str) -> None:
+        self.control("gpu_processes", f"{pf} {pid} {name}")
 
     @contextlib.contextmanager
     def hold_vf(self, vf: str) -> Iterator[int]:

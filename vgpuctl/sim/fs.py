@@ -250,6 +250,9 @@ class SimFS(mfusepy.Operations):
             m.set_remove_block_seconds(text)
         elif name == "heterogeneous":
             m.set_heterogeneous(text)
+        elif name in ("mig", "gpu_instances", "gpu_processes"):
+            {"mig": m.set_mig_mode, "gpu_instances": m.gpu_instance_control,
+             "gpu_processes": m.gpu_process_control}[name](text)
         elif name == "modules":
             m.module_control(text)
         elif name == "iommu":

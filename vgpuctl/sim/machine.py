@@ -157,6 +157,16 @@ class Function:
         return self.physfn or self.name
 
 
+@dataclass(frozen=True)
+class GpuInstance:
+    """A MIG GPU instance of a PF: NVML's id, its profile's name, and the memory slices it spans."""
+
+    id: int
+    profile: str
+    start: int
+    size: int
+
+
 @dataclass
 class Instance:
     uuid: str
@@ -258,6 +268,9 @@ class Machine:
         self.vf_params: Dict[str, str] = {}
         self.vf_placement: Dict[str, int] = {}
         self.vf_gi: Dict[str, int] = {}
+        #: MIG: per PF its GPU instances, and the processes NVML would list as running on it (tests' control)
+        self.gis: Dict[str, List[GpuInstance]] = {}
+        self.gpu_procs: Dict[str, List[Tuple[int, str]]] = {}
         self.remove_block_seconds = 10.0
         self.events: List[str] = []
         self.event_seq = 0
@@ -384,6 +397,8 @@ class Machine:
             if same >= (spec.max_instance or 0):
                 return errno.ENOSPC, f"{same} of type {number} on {pf.name} (max {spec.max_instance})"
             if pf.mig:
+                if spec.mig_profile is not None and self.free_gi(pf.name, spec.mig_profile) is None:
+                    return errno.ENOSPC, f"no free GPU instance of profile {spec.mig_profile} on {pf.name}"
                 slices = sum(t.mig_slices or 0 for t in specs)
                 if slices + (spec.mig_slices or 0) > m.mig_slices:
                     return errno.ENOSPC, f"{slices} of {m.mig_slices} compute slices in use on {pf.name}"
@@ -427,8 +442,12 @@ class Machine:
                 taken = {self.vf_placement.get(v) for v in siblings}
                 self.vf_placement[vf] = min(n for n in range(len(siblings) + 1) if n not in taken)
             if spec is not None and spec.mig_slices is not None:
-                gis = {self.vf_gi.get(v) for v in siblings}
-                self.vf_gi[vf] = min(n for n in range(1, len(siblings) + 2) if n not in gis)
+                gi = self.free_gi(fn.physfn or vf, spec.mig_profile) if spec.mig_profile else None
+                if gi is not None:
+                    self.vf_gi[vf] = gi.id
+                else:  # a profile without GPU instance profiles: numbered as before
+                    gis = {self.vf_gi.get(v) for v in siblings}
+                    self.vf_gi[vf] = min(n for n in range(1, len(siblings) + 2) if n not in gis)
             self.vf_type[vf] = number
             self._event("change", fn.devpath, NVIDIA_VGPU_TYPE=str(number))
             self.rerender()
@@ -467,6 +486,112 @@ class Machine:
                 current[name] = value
             self.vf_params[key] = ", ".join(f"{k}={v}" for k, v in current.items())
             self.rerender()
+
+    # --- MIG (what NVML's nvmlDeviceSetMigMode / nvmlDeviceCreateGpuInstance* / nvmlGpuInstanceDestroy do) --------
+    def _vfio_pf(self, name: str) -> Function:
+        pf = self.functions.get(name.lower())
+        if pf is None or not pf.all_vfs or not self.functions[pf.all_vfs[0]].vendor_vfio:
+            raise SimError(errno.ENODEV, f"{name} is not a vendor-VFIO GPU")
+        return pf
+
+    def free_gi(self, pf: str, profile: str) -> Optional[GpuInstance]:
+        """The lowest-numbered GPU instance of ``profile`` on ``pf`` that no vGPU uses."""
+        with self.lock:
+            used = {self.vf_gi.get(v) for v in self.functions[pf].vfs if self.vf_type.get(v)}
+            free = [g for g in self.gis.get(pf, []) if g.profile == profile and g.id not in used]
+            return min(free, key=lambda g: g.id) if free else None
+
+    def _gpu_busy(self, pf: Function) -> List[str]:
+        typed = [f"vGPU on {v}" for v in pf.vfs if self.vf_type.get(v)]
+        return typed + [f"process {pid} ({name})" for pid, name in self.gpu_procs.get(pf.name, [])]
+
+    def set_mig_mode(self, text: str) -> None:
+        """Control ``mig``: '<PF> 0|1'.  Refused (EBUSY) while the GPU hosts vGPUs or runs processes (NVML's
+        IN_USE: the change resets the GPU), or, to turn it off, while GPU instances exist (an assumption)."""
+        with self.lock:
+            parts = text.split()
+            if len(parts) != 2 or parts[1] not in ("0", "1"):
+                raise SimError(errno.EINVAL, "write '<PF address> 0|1'")
+            pf = self._vfio_pf(parts[0])
+            on = parts[1] == "1"
+            if on == pf.mig:
+                return
+            if not pf.model.mig_profiles:
+                raise SimError(errno.EOPNOTSUPP, f"{pf.name} ({pf.model.key}) has no MIG mode")
+            busy = self._gpu_busy(pf)
+            if busy:
+                raise SimError(errno.EBUSY, f"{pf.name} is in use: {', '.join(busy)}")
+            if not on and self.gis.get(pf.name):
+                raise SimError(errno.EBUSY, f"{pf.name} has GPU instances; destroy them first")
+            pf.mig = on
+            self._event("change", pf.devpath, NVIDIA_MIG_MODE=str(int(on)))
+            self.rerender()
+
+    def gpu_instance_control(self, text: str) -> None:
+        """Control ``gpu_instances``: '<PF> create <profile> [<start>]' or '<PF> destroy <id>'.  Create: EINVAL
+        unless in MIG mode or for a profile the model lacks or a start the profile does not allow; ENOSPC when the
+        placement (or, without one, every placement) overlaps an existing instance.  Destroy: ENOENT for an unknown
+        id, EBUSY while a vGPU uses the instance."""
+        with self.lock:
+            parts = text.split()
+            if len(parts) < 3 or parts[1] not in ("create", "destroy") or len(parts) > 4:
+                raise SimError(errno.EINVAL, "write '<PF> create <profile> [<start>]' or '<PF> destroy <id>'")
+            pf = self._vfio_pf(parts[0])
+            mine = self.gis.setdefault(pf.name, [])
+            if parts[1] == "destroy":
+                gid = int(parts[2]) if parts[2].isdigit() else -1
+                gi = next((g for g in mine if g.id == gid), None)
+                if gi is None:
+                    raise SimError(errno.ENOENT, f"no GPU instance {parts[2]} on {pf.name}")
+                users = [v for v in pf.vfs if self.vf_type.get(v) and self.vf_gi.get(v) == gid]
+                if users:
+                    raise SimError(errno.EBUSY, f"GPU instance {gid} hosts the vGPU on {users[0]}")
+                mine.remove(gi)
+                self._event("change", pf.devpath, NVIDIA_GPU_INSTANCE=f"-{gid}")
+                self.rerender()
+                return
+            if not pf.mig:
+                raise SimError(errno.EINVAL, f"{pf.name} is not in MIG mode")
+            prof = pf.model.mig_profile(parts[2])
+            if prof is None:
+                known = ", ".join(p.name for p in pf.model.mig_profiles) or "none"
+                raise SimError(errno.EINVAL, f"no MIG profile {parts[2]} on {pf.model.key} (known: {known})")
+            taken = {s for g in mine for s in range(g.start, g.start + g.size)}
+            if len(parts) == 4:
+                if not parts[3].isdigit() or int(parts[3]) not in prof.placements:
+                    raise SimError(errno.EINVAL, f"{prof.name} cannot start at {parts[3]} (only {prof.placements})")
+                starts = [int(parts[3])]
+            else:
+                starts = list(prof.placements)
+            start = next((st for st in starts if not taken & set(range(st, st + prof.size))), None)
+            if start is None:
+                raise SimError(errno.ENOSPC, f"no room for {prof.name} on {pf.name}: overlaps GPU instances")
+            if sum(pf.model.mig_profile(g.profile).slices for g in mine) + prof.slices > pf.model.mig_slices:  # type: ignore[union-attr]
+                raise SimError(errno.ENOSPC, f"no compute slices left for {prof.name} on {pf.name}")
+            ids = {g.id for g in mine}
+            gi = GpuInstance(id=min(n for n in range(1, len(mine) + 2) if n not in ids), profile=prof.name,
+                             start=start, size=prof.size)
+            mine.append(gi)
+            self._event("change", pf.devpath, NVIDIA_GPU_INSTANCE=f"+{gi.id}")
+            self.rerender()
+
+    def gpu_process_control(self, text: str) -> None:
+        """Control ``gpu_processes``: '<PF> <pid> <name>' (a process NVML lists as running on the GPU, as a CUDA
+        process or the display driver's client would be), or '<PF> clear'."""
+        with self.lock:
+            parts = text.split()
+            if len(parts) == 2 and parts[1] == "clear":
+                self.gpu_procs.pop(self._vfio_pf(parts[0]).name, None)
+            elif len(parts) == 3 and parts[1].isdigit():
+                self.gpu_procs.setdefault(self._vfio_pf(parts[0]).name, []).append((int(parts[1]), parts[2]))
+            else:
+                raise SimError(errno.EINVAL, "write '<PF> <pid> <name>' or '<PF> clear'")
+            self.rerender()
+
+    def _reset_mig(self, pf: Function) -> None:
+        dev = next((d for d in self.profile.devices if d.name == pf.name), None)
+        pf.mig = bool(dev.mig) if dev is not None else False
+        self.gis.pop(pf.name, None)
 
     def set_heterogeneous(self, text: str) -> None:
         """Control ``heterogeneous``: '<PF> 0|1'; refused (EBUSY) while the GPU hosts vGPUs, as NVML's IN_USE."""
@@ -559,6 +684,9 @@ class Machine:
                 affected = [fn for fn in self.functions.values()
                             if (fn.is_parent and any(g in fn.model.modules for g in gone))
                             or (fn.vendor_vfio and fn.model.driver in gone)]
+                for pf in {self.functions[fn.physfn].name: self.functions[fn.physfn] for fn in affected
+                           if fn.vendor_vfio and fn.physfn}.values():
+                    self._reset_mig(pf)  # MIG mode and GPU instances do not survive a driver reload
                 for fn in affected:
                     for inst in [i for i in self.instances.values() if i.parent == fn.name]:
                         self._drop(inst)
@@ -723,6 +851,8 @@ class Machine:
             for dev in self.profile.devices:
                 if dev.name in self.functions:
                     self.functions[dev.name].heterogeneous = dev.heterogeneous
+                    self._reset_mig(self.functions[dev.name])
+            self.gpu_procs.clear()
             self.modules = profile_modules(self.profile)
             for fn in self.functions.values():
                 fn.registered = True
@@ -786,13 +916,20 @@ vgpusim control directory: the only part of this tree no kernel has.  Write a li
                         A PF name means all its VF parents.
   register              '<parent>': the parent comes back, empty.
   reboot                anything: every mdev is gone and every parent registered, as after a reboot
-                        (vendor-VFIO VFs lose their vGPU types; heterogeneous modes return to the profile's).
+                        (vendor-VFIO VFs lose their vGPU types; heterogeneous and MIG modes return to the
+                        profile's, GPU instances and GPU processes are gone).
   heterogeneous         '<PF> 0|1': a vendor-VFIO GPU's heterogeneous (mixed-size) mode, as NVML's
                         nvmlDeviceSetVgpuHeterogeneousMode sets it; EBUSY while the GPU hosts vGPUs.
   modules               'unload NAME': the module and those that need it go (their parents leave the mdev
                         core, their mdevs are lost); 'load NAME': it comes back (parents register, empty);
                         'reload NAME [VERSION]': as after installing another driver release and reloading it
                         (its parents lose their vGPUs; sys/module/NAME/version says VERSION).  Read: loaded ones.
+  mig                   '<PF> 0|1': a vendor-VFIO GPU's MIG mode, as nvmlDeviceSetMigMode sets it; EBUSY while the
+                        GPU hosts vGPUs or runs processes, or (to turn it off) has GPU instances.  Read: PF mode.
+  gpu_instances         '<PF> create <profile> [<start>]', '<PF> destroy <id>': MIG GPU instances, as NVML
+                        creates them (EINVAL: not in MIG mode, unknown profile or start; ENOSPC: overlap; EBUSY:
+                        destroying one a vGPU uses).  Read: 'PF ID PROFILE START SIZE' lines.
+  gpu_processes         '<PF> <pid> <name>' or '<PF> clear': processes running on the GPU (they block MIG changes).
   iommu                 '0' or '1': reboot without or with a hardware IOMMU (PCI functions lose or get their
                         IOMMU groups; mdevs get groups either way).  Read: the current setting.
   remove_block_seconds  how long a write to 'remove' of a held mdev (someone has dev/vfio/<group> open)
@@ -925,6 +1062,13 @@ def _render_control(b: _Builder, m: Machine) -> None:
     b.file(f"{c}/reboot", "", WO, ("ctl", "reboot"))
     b.file(f"{c}/heterogeneous", "".join(f"{f.name} {int(f.heterogeneous)}\n" for f in m.functions.values()
                                          if f.all_vfs and m.functions[f.all_vfs[0]].vendor_vfio), RW, ("ctl", "heterogeneous"))
+    vfio_pfs = [f for f in m.functions.values() if f.all_vfs and m.functions[f.all_vfs[0]].vendor_vfio]
+    b.file(f"{c}/mig", "".join(f"{f.name} {int(f.mig)}\n" for f in vfio_pfs), RW, ("ctl", "mig"))
+    b.file(f"{c}/gpu_instances", "".join(f"{f.name} {g.id} {g.profile} {g.start} {g.size}\n" for f in vfio_pfs
+                                         for g in sorted(m.gis.get(f.name, []), key=lambda g: g.id)),
+           RW, ("ctl", "gpu_instances"))
+    b.file(f"{c}/gpu_processes", "".join(f"{f.name} {pid} {name}\n" for f in vfio_pfs
+                                         for pid, name in m.gpu_procs.get(f.name, [])), RW, ("ctl", "gpu_processes"))
     b.file(f"{c}/iommu", f"{int(m.iommu)}\n", RW, ("ctl", "iommu"))
     b.file(f"{c}/modules", "".join(f"{k} {v or '-'}\n" for k, v in sorted(m.modules.items())), RW,
            ("ctl", "modules"))

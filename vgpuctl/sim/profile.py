@@ -31,6 +31,8 @@ Schema, version 1 (every key below; anything else is an error)::
                                       # allows mixed sizes within the GPU's framebuffer
         framebuffer: 49152            # vendor-vfio: the GPU's framebuffer in MiB (mixed-size and MIG rules)
         mig_slices: 7                 # vendor-vfio: compute slices of a GPU in MIG mode
+        mig_profiles:                 # vendor-vfio: GPU instance profiles in MIG mode (NVML's names and ids)
+          - {name: 1g.18gb, id: 19, index: 0, slices: 1, memory: 16384, size: 1, placements: [0, 1, 2, 3, 4, 5, 6]}
         # virtual only: the device is /sys/devices/virtual/<class_name>/<device name>
         class_name: mtty
         # both:
@@ -60,8 +62,13 @@ Type fields: ``id`` (the type-id directory name), ``name``, ``device_api`` (defa
 (mapping, pool capacity), ``max_instance`` (nvidia capacity), ``text`` (description: text), and the description
 fields: nvidia ``num_heads, frl_config, framebuffer`` (MiB) ``, max_resolution, max_instance``; gvt
 ``low_gm_size, high_gm_size`` (MB) ``, fence, resolution, weight``; vendor-vfio ``framebuffer`` (MiB) and
-``mig_slices`` (compute slices of a MIG-backed type: such types are offered only on a device with ``mig: true``,
-the others only without).
+``mig_slices`` (compute slices of a MIG-backed type: such types are offered only on a GPU in MIG mode, the others
+only without) and ``mig_profile`` (the GPU instance profile a MIG-backed type needs: one vGPU per GPU instance, so
+such a type is creatable only while a GPU instance of that profile hosts no vGPU).
+
+MIG profiles: ``name`` (``1g.18gb``), ``id`` (NVML's profile id, ``nvidia-smi mig -lgip``), ``index`` (the
+``NVML_GPU_INSTANCE_PROFILE_*`` index NVML is asked with), ``slices`` (compute), ``memory`` (MiB), ``size`` and
+``placements`` (the memory slices one instance spans, and where one may start: ``nvidia-smi mig -lgipp``).
 """
 from __future__ import annotations
 
@@ -79,13 +86,14 @@ _TOP_KEYS = {"version", "summary", "include", "first_iommu_group", "models", "de
 _MODEL_KEYS = {
     "kind", "vendor", "device", "subsystem_vendor", "subsystem_device", "class", "driver", "sriov", "mdev_on",
     "class_name", "mdev_driver", "capacity", "pool", "full_errno", "description", "name_prefix", "types",
-    "vgpu", "mix", "framebuffer", "mig_slices", "module", "driver_version",
+    "vgpu", "mix", "framebuffer", "mig_slices", "module", "driver_version", "mig_profiles",
 }
+_MIG_KEYS = {"name", "id", "index", "slices", "memory", "size", "placements"}
 _SRIOV_KEYS = {"totalvfs", "numvfs", "offset", "stride"}
 _TYPE_KEYS = {
     "id", "name", "device_api", "cost", "max_instance", "text",
     "num_heads", "frl_config", "framebuffer", "max_resolution",
-    "low_gm_size", "high_gm_size", "fence", "resolution", "weight", "mig_slices",
+    "low_gm_size", "high_gm_size", "fence", "resolution", "weight", "mig_slices", "mig_profile",
 }
 _DEVICE_KEYS = {"pci", "virtual", "model", "numa_node", "iommu_group", "mig", "heterogeneous"}
 
@@ -100,6 +108,20 @@ class TypeSpec:
     cost: Tuple[Tuple[str, int], ...]
     framebuffer: Optional[int] = None  #: MiB (vendor-vfio rules)
     mig_slices: Optional[int] = None  #: compute slices of a MIG-backed type; None: time-sliced
+    mig_profile: Optional[str] = None  #: the GPU instance profile a MIG-backed type needs (``1g.18gb``)
+
+
+@dataclass(frozen=True)
+class MigProfileSpec:
+    """A GPU instance profile (``nvmlGpuInstanceProfileInfo_t`` and its possible placements)."""
+
+    name: str  #: ``1g.18gb``
+    id: int  #: NVML's profile id (``nvidia-smi mig -lgip``)
+    index: int  #: the NVML_GPU_INSTANCE_PROFILE_* index NVML's profile-info call takes
+    slices: int  #: compute slices
+    memory: int  #: MiB
+    size: int  #: memory slices one instance spans
+    placements: Tuple[int, ...]  #: where an instance may start (memory slice index)
 
 
 @dataclass(frozen=True)
@@ -136,6 +158,10 @@ class ModelSpec:
     module: Optional[str] = None
     #: the version of the PCI driver's module (sys/module/<driver>/version), e.g. NVIDIA's "550.90.05"
     driver_version: Optional[str] = None
+    mig_profiles: Tuple[MigProfileSpec, ...] = ()
+
+    def mig_profile(self, name: str) -> Optional[MigProfileSpec]:
+        return next((p for p in self.mig_profiles if p.name == name), None)
 
     @property
     def modules(self) -> Tuple[str, ...]:
@@ -362,9 +388,26 @@ def _model(path: Path, key: str, m: Mapping[str, Any]) -> ModelSpec:
             cost=tuple(cost),
             framebuffer=t.get("framebuffer") if isinstance(t.get("framebuffer"), int) else None,
             mig_slices=t.get("mig_slices"),
+            mig_profile=str(t["mig_profile"]) if t.get("mig_profile") is not None else None,
         ))
     if not types:
         raise ConfigError(str(path), "a model needs at least one type", key=where)
+    migs = []
+    for i, mp in enumerate(m.get("mig_profiles") or []):
+        mwhere = f"{where}.mig_profiles[{i}]"
+        _mapping(path, mp, mwhere, _MIG_KEYS)
+        ints = ("id", "index", "slices", "memory", "size")
+        if not mp.get("name") or any(not isinstance(mp.get(k), int) for k in ints) \
+                or not isinstance(mp.get("placements"), list):
+            raise ConfigError(str(path), f"a MIG profile needs name, {', '.join(ints)} and placements", key=mwhere)
+        migs.append(MigProfileSpec(name=str(mp["name"]), id=mp["id"], index=mp["index"], slices=mp["slices"],
+                                   memory=mp["memory"], size=mp["size"],
+                                   placements=tuple(int(x) for x in mp["placements"])))
+    names = {p.name for p in migs}
+    for t in types:
+        if t.mig_profile is not None and t.mig_profile not in names:
+            raise ConfigError(str(path), f"type {t.id} needs MIG profile {t.mig_profile}, which the model lacks",
+                              key=where)
     return ModelSpec(
         key=key, kind=kind, mdev_driver=str(m.get("mdev_driver", "")), capacity=capacity,
         full_errno=_errno_value(path, m.get("full_errno", "ENOSPC"), where), types=tuple(types),
@@ -375,6 +418,7 @@ def _model(path: Path, key: str, m: Mapping[str, Any]) -> ModelSpec:
         framebuffer=m.get("framebuffer"), mig_slices=int(m.get("mig_slices", 7)),
         module=str(m["module"]) if m.get("module") else None,
         driver_version=str(m["driver_version"]) if m.get("driver_version") is not None else None,
+        mig_profiles=tuple(migs),
     )
 
 
