@@ -36,8 +36,8 @@ from .hook import HookRecords
 from .host.mdevctl import read_checked
 from .lifecycle import Lifecycle
 from .model import BackendKind, Instance, Inventory
-from .plan import (Action, Attachments, GpuObservation, Op, PlacementFailure, Placer, Plan, destroy_candidates,
-                   plan)
+from .plan import (Action, Attachments, Block, GpuObservation, Op, PlacementFailure, Placer, Plan,
+                   destroy_candidates, plan)
 from .spec import DesiredInstance, DesiredState, PlacementRequest, bind, load
 from .state import ORIGIN_APPLY, HostLock, Intent, State
 
@@ -76,6 +76,9 @@ class GpuSettings(Protocol):
 
     def set_heterogeneous(self, gpu: str, on: bool) -> None:
         """Set heterogeneous mode."""
+
+    def set_mig(self, gpu: str, want: Any) -> None:
+        """Converge MIG mode and GPU instances to ``want`` (``gpuwide.DesiredMig``; refused while the GPU is busy)."""
 
 
 @dataclass(frozen=True)
@@ -191,7 +194,7 @@ class Reconciler:
             gpus: Optional[Dict[str, GpuObservation]] = None
             asked = sorted(set(settings_gpus) | vendor_vfio)
             if asked:
-                gpus = self._observe_gpus(inv, asked, users)
+                gpus = self._observe_gpus(inv, asked, users, desired.gpus)
             return Observation(inv, state, plan(inv, state, desired, users=users, attachments=attached,
                                                 placer=self.placer, libvirt_error=unreadable, on_demand=on_demand,
                                                 gpus=gpus, foreign=foreign, params=params),
@@ -218,7 +221,8 @@ class Reconciler:
             runs = {i.uuid: [f"possibly a running domain (libvirt unreachable: {e})"] for i in differ}
         return params, runs
 
-    def _observe_gpus(self, inv: Inventory, gpus: Sequence[str], users: Any) -> Dict[str, GpuObservation]:
+    def _observe_gpus(self, inv: Inventory, gpus: Sequence[str], users: Any,
+                      desired_gpus: Sequence[Any] = ()) -> Dict[str, GpuObservation]:
         """NVML's view of ``gpus``, with the instances a process or domain holds on each added to what runs there
         (the rule of ``vgpuctl sched set``: NVML may not list a vGPU whose VM is only starting)."""
         from dataclasses import replace
@@ -230,6 +234,10 @@ class Reconciler:
             held = [f"{i.uuid} ({', '.join(users[i.uuid])})" for i in inv.instances
                     if i.uuid in users and inv.gpu_of(i.parent) == gpu]
             out[gpu] = replace(obs, running=tuple(obs.running) + tuple(held)) if held else obs
+            if any(g.gpu == gpu and g.sriov is not None for g in desired_gpus):
+                from .host.nvidia_vf import NvidiaVfBackend  # SR-IOV is sysfs's, whatever NVML says
+
+                out[gpu] = replace(out[gpu], sriov=NvidiaVfBackend(self.host.paths).sriov(gpu))
         return out
 
     # --- apply -----------------------------------------------------------------------------------------------------
@@ -260,44 +268,61 @@ class Reconciler:
                 self.store.save(settled)
             state = settled
             before = self._plan(inv, state, desired)
+            if validate is not None:
+                refuse_bad_gpu_config(before.plan, desired)
             steps: List[Step] = []
             interrupted = False
             failed: Set[str] = set()  #: uuids whose create failed: their attach is not tried
-            runnable = before.plan.runnable
-            i = 0
-            while i < len(runnable) and not interrupted:
-                if should_stop():
-                    interrupted = True
+            current = before
+            for _round in range(3):  # after a change of the GPU's VFs or GPU instances: read, plan, run again
+                state, interrupted, shaped = self._run_plan(current, state, steps, failed, should_stop, on_step)
+                if not shaped or interrupted:
                     break
-                action = runnable[i]
-                if action.op in _DEVICE_OPS:  # a run of creates/destroys: one journal write, one verification
-                    j, ids = i, set()
-                    # a re-type (destroy, then create of the same identity) starts a new batch at its create, so
-                    # that each identity has one intent per batch and one look verifies it
-                    while j < len(runnable) and runnable[j].op in _DEVICE_OPS and runnable[j].uuid not in ids:
-                        ids.add(runnable[j].uuid)
-                        j += 1
-                    state, done, interrupted = self._run_batch(runnable[i:j], state, before.inventory, should_stop)
-                    i = j
-                else:
-                    if action.op is Op.ATTACH and action.uuid in failed:
-                        step = Step(action, False, "the device was not created", "depends")
-                    else:
-                        state, step = self._run(action, state, before.inventory)
-                    done = [step]
-                    i += 1
-                for step in done:
-                    if not step.ok and step.action.op is Op.CREATE:
-                        failed.add(step.action.uuid)
-                    steps.append(step)
-                    on_step(step)
+                current = self._plan(self.host.inventory(), state, desired)
             # what the desired state declares is apply's to manage from now on (export, then apply, adopts devices)
-            claimed = state.claim(d.uuid for d in bind(desired, before.inventory).instances)
+            claimed = state.claim(d.uuid for d in bind(desired, current.inventory).instances)
             if steps or claimed != state:
                 state = claimed
                 self.store.save(state)  # the last step's outcome (earlier ones went out with the next intent)
-            after = self.observe(desired, state=state, inventory=_known_after(before.inventory, steps, interrupted))
+            known = _known_after(before.inventory, steps, interrupted) if current is before else None
+            after = self.observe(desired, state=state, inventory=known)
         return ApplyResult(before, tuple(steps), after, interrupted)
+
+    def _run_plan(self, obs: Observation, state: State, steps: List[Step], failed: Set[str],
+                  should_stop: Callable[[], bool], on_step: Callable[[Step], None]) -> "tuple[State, bool, bool]":
+        """Run ``obs.plan``'s runnable actions; (state, interrupted, whether a step changed the GPU's shape)."""
+        interrupted = False
+        shaped = False
+        runnable = obs.plan.runnable
+        i = 0
+        while i < len(runnable) and not interrupted:
+            if should_stop():
+                interrupted = True
+                break
+            action = runnable[i]
+            if action.op in _DEVICE_OPS:  # a run of creates/destroys: one journal write, one verification
+                j, ids = i, set()
+                # a re-type (destroy, then create of the same identity) starts a new batch at its create, so
+                # that each identity has one intent per batch and one look verifies it
+                while j < len(runnable) and runnable[j].op in _DEVICE_OPS and runnable[j].uuid not in ids:
+                    ids.add(runnable[j].uuid)
+                    j += 1
+                state, done, interrupted = self._run_batch(runnable[i:j], state, obs.inventory, should_stop)
+                i = j
+            else:
+                if action.op is Op.ATTACH and action.uuid in failed:
+                    step = Step(action, False, "the device was not created", "depends")
+                else:
+                    state, step = self._run(action, state, obs.inventory)
+                done = [step]
+                i += 1
+            for step in done:
+                if not step.ok and step.action.op is Op.CREATE:
+                    failed.add(step.action.uuid)
+                shaped = shaped or (step.ok and step.action.op.shapes_gpu)
+                steps.append(step)
+                on_step(step)
+        return state, interrupted, shaped
 
     def _run_batch(
         self, actions: Sequence[Action], state: State, inv: Inventory, should_stop: Callable[[], bool]
@@ -426,6 +451,13 @@ class Reconciler:
         try:
             if a.op is Op.SCHED:
                 self.gpu_settings.set_scheduler(a.parent or "", a.value.policy, a.value.timeslice_ms)
+            elif a.op is Op.MIG:
+                self.gpu_settings.set_mig(a.parent or "", a.value)
+            elif a.op is Op.SRIOV:
+                from .host.nvidia_vf import NvidiaVfBackend
+
+                n, expect_types = a.value
+                NvidiaVfBackend(self.host.paths).set_vfs(a.parent or "", n, expect_types=expect_types)
             else:
                 self.gpu_settings.set_heterogeneous(a.parent or "", bool(a.value))
         except VgpuctlError as e:
@@ -495,6 +527,19 @@ def _known_after(inv: Inventory, steps: Sequence[Step], interrupted: bool) -> Op
     except VgpuctlError:
         return None
     return inv
+
+
+def refuse_bad_gpu_config(p: Plan, desired: DesiredState) -> None:
+    """A GPU-wide MIG or SR-IOV setting the GPU proves wrong (a profile it lacks, instances that overlap, more VFs
+    than it has) is bad input: ``ConfigError`` (exit 8) naming the file and line, before anything is written."""
+    from .errors import ConfigError
+
+    for a in p.actions:
+        if a.op.shapes_gpu and a.block is Block.CONFIG:
+            g = next((g for g in desired.gpus if g.gpu == a.parent), None)
+            key = "mig" if a.op is Op.MIG else "sriov"
+            path, line = (g.mark.path, g.line_of(key)) if g is not None else ("<desired state>", None)
+            raise ConfigError(path, a.detail, line=line, key=f"gpus.{a.parent}.{key}")
 
 
 def _pinned_vendor_vfio_gpus(inv: Inventory, desired: DesiredState) -> Set[str]:

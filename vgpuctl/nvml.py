@@ -354,6 +354,16 @@ class Nvml:
                 ))
         return replace(info, types=tuple(out_types), vgpus=tuple(out_vgpus))
 
+    def type_names(self, pci: str) -> Tuple[Tuple[int, str], ...]:
+        """(type id, name) of the vGPU types the GPU supports now (empty where NVML cannot say)."""
+        ids = self._opt("nvmlDeviceGetSupportedVgpus", self.handle(pci)) or []
+        out = []
+        for n in ids:
+            name = _s(self._opt("nvmlVgpuTypeGetName", int(n)))
+            if name:
+                out.append((int(n), name))
+        return tuple(out)
+
     def _fb_usage(self, vgpu: int) -> Optional[int]:
         """Framebuffer in use, MiB.  The wrapper passes a c_uint for the C API's unsigned long long: call the
         function pointer ourselves with the right type."""
@@ -566,10 +576,15 @@ class NvmlSettings:
                     except NvmlError as e:  # not in vGPU host mode
                         out[pci] = GpuObservation(pci, unavailable=str(e))
                         continue
+                    try:
+                        mig: Optional[MigState] = nv.mig(pci)
+                    except NvmlUnavailable:
+                        mig = None
                     out[pci] = GpuObservation(
                         pci, policy=sc.policy, timeslice_us=sc.timeslice_us, supported=sc.supported,
                         min_timeslice_us=sc.min_timeslice_us, max_timeslice_us=sc.max_timeslice_us,
-                        heterogeneous=sc.heterogeneous, running=running,
+                        heterogeneous=sc.heterogeneous, running=running, mig=mig,
+                        type_names=nv.type_names(pci),
                     )
         except NvmlUnavailable as e:
             return {pci: GpuObservation(pci, unavailable=f"NVML not usable: {e.reason}") for pci in gpus}
@@ -580,6 +595,73 @@ class NvmlSettings:
 
     def set_heterogeneous(self, gpu: str, on: bool) -> None:
         required(_set_checked, gpu, "heterogeneous mode", lambda nv: nv.set_heterogeneous(gpu, on))
+
+    def set_mig(self, gpu: str, want: Any) -> None:
+        """Converge ``gpu``'s MIG mode and GPU instances to ``want`` (``gpuwide.DesiredMig``)."""
+        required(converge_mig, gpu, want)
+
+
+def converge_mig(nv: Nvml, gpu: str, want: Any) -> None:
+    """MIG mode, then GPU instances by profile and placement, with the checks first: refused (``GpuBusy``) while the
+    GPU has vGPUs or processes (NVML's or a process's); a profile the GPU lacks, or instances that overlap, are
+    ``InvalidInput`` before any instance is touched (MIG mode turned on for the check is turned off again).  A
+    failure half-way destroys the instances this call made and re-creates those it destroyed."""
+    from .errors import GpuBusy
+    from .gpuwide import check_profiles, mig_change
+
+    st = nv.mig(gpu)
+    busy = [f"NVML vGPU {v}" for v in nv.active_vgpus(gpu)] + list(st.processes)
+    if busy:
+        raise GpuBusy(gpu, "MIG configuration", busy)
+    if not st.supported:
+        raise InvalidInput(f"GPU {gpu} has no MIG mode")
+    switched = False
+    if want.mode and not st.current:
+        nv.set_mig_mode(gpu, True)
+        switched = True
+        st = nv.mig(gpu)
+        problem = check_profiles(want, st)
+        if problem is not None:
+            nv.set_mig_mode(gpu, False)
+            raise InvalidInput(problem + " (MIG mode was turned off again)")
+    change = mig_change(want, st)
+    if change.problem is not None:
+        raise InvalidInput(change.problem)
+    gone = [g for g in st.instances if g.id in change.destroy]
+    made: List[Tuple[str, int]] = []
+    try:
+        for g in gone:
+            nv.destroy_gpu_instance(gpu, g.id)
+        for name, start in change.create:
+            prof = st.profile(name)
+            assert prof is not None
+            nv.create_gpu_instance(gpu, prof, start)
+            made.append((name, start))
+        if change.mode is False:
+            nv.set_mig_mode(gpu, False)
+    except (NvmlError, NvmlUnavailable):
+        _undo_mig(nv, gpu, st, made, gone, switched)
+        raise
+
+
+def _undo_mig(nv: Nvml, gpu: str, before: MigState, made: Sequence[Tuple[str, int]], gone: Sequence[GpuInstance],
+              switched: bool) -> None:
+    import logging
+
+    log = logging.getLogger("vgpuctl.nvml")
+    try:
+        now = nv.mig(gpu)
+        for g in now.instances:
+            if (g.profile, g.start) in made:
+                nv.destroy_gpu_instance(gpu, g.id)
+        for g in gone:
+            prof = before.profile(g.profile)
+            if prof is not None:
+                nv.create_gpu_instance(gpu, prof, g.start)
+        if switched:
+            nv.set_mig_mode(gpu, False)
+    except (NvmlError, NvmlUnavailable) as e:
+        log.warning("rolling back the MIG change on GPU %s failed: %s", gpu, e)
 
 
 def _set_checked(nv: Nvml, gpu: str, setting: str, change: Any) -> None:

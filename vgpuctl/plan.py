@@ -47,6 +47,8 @@ class Op(str, Enum):
     DETACH = "detach"
     SCHED = "sched"  #: set a GPU's vGPU scheduler (NVML)
     HETERO = "hetero"  #: set a GPU's heterogeneous vGPU mode (NVML)
+    SRIOV = "sriov"  #: enable a GPU's SR-IOV VFs (sriov_numvfs, or sriov-manage)
+    MIG = "mig"  #: set a GPU's MIG mode and GPU instances (NVML)
     MANAGE = "manage"  #: take over an instance another manager (mdevctl) also defines: never runnable, always blocked
     PARAMS = "params"  #: set an existing vGPU's NVIDIA plugin parameters (nvidia/vgpu_params)
 
@@ -59,7 +61,12 @@ class Op(str, Enum):
 
     @property
     def gpu_setting(self) -> bool:
-        return self in (Op.SCHED, Op.HETERO)
+        return self in (Op.SCHED, Op.HETERO, Op.SRIOV, Op.MIG)
+
+    @property
+    def shapes_gpu(self) -> bool:
+        """Whether it changes which parents and types the GPU offers (the host is read again after it)."""
+        return self in (Op.SRIOV, Op.MIG)
 
 
 class Block(str, Enum):
@@ -176,6 +183,12 @@ class GpuObservation:
     heterogeneous: Optional[bool] = None
     running: Tuple[str, ...] = ()  #: what runs on the GPU now: NVML's active vGPUs, instances a process holds
     unavailable: Optional[str] = None  #: why NVML cannot tell (one line); the other fields are then unset
+    mig: Any = None  #: ``nvml.MigState`` (None: not read)
+    #: SR-IOV from sysfs (not NVML): (sriov_numvfs, sriov_totalvfs), or None where the GPU has no SR-IOV
+    sriov: Optional[Tuple[int, int]] = None
+    #: vGPU type id -> name as NVML knows it (``nvmlVgpuTypeGetName``): a typed VF's type when no sibling VF lists it
+    #: any more (a full GPU, a used-up GPU instance profile)
+    type_names: Tuple[Tuple[int, str], ...] = ()
 
     def scheduler_text(self) -> str:
         if self.policy is None:
@@ -330,6 +343,7 @@ def plan(
     instances whose desired state sets parameters (one missing here is not compared)."""
     users = users or {}
     foreign = foreign or {}
+    inventory = _named(inventory, gpus or {})
     desired = bind(desired, inventory)  # an instance pinned to a vendor-VFIO VF is named by the VF
     issues = vf_issues(desired, inventory)  #: instances the desired state cannot mean here: left alone, blocked
     want = desired.by_uuid()
@@ -372,6 +386,7 @@ def plan(
     settings: List[Action] = []
     for g in desired.gpus:
         settings += _gpu_actions(g, (gpus or {}).get(g.gpu), inventory, freed, observed=gpus is not None)
+    shaping = {a.parent for a in settings if a.op.shapes_gpu and a.block is None}
     hetero_to = {a.parent: bool(a.value) for a in settings
                  if a.op is Op.HETERO and a.block is None and a.parent is not None}
 
@@ -453,6 +468,16 @@ def plan(
                     where = PlacementFailure(f"placement chose {where}, which does not offer {d.type}")
                 reason = where.reason if isinstance(where, PlacementFailure) else "no parent fits"
                 creates.append(_blocked_create(d, None, d.type, Block.NO_PLACEMENT, reason))
+
+    # a create the GPU cannot take before its VFs or GPU instances exist waits for them (apply reads the host again
+    # after such a change and runs what then fits; the service retries)
+    if shaping:
+        waits = (Block.TYPE_UNKNOWN, Block.PARENT_MISSING, Block.NO_CAPACITY, Block.TYPE_MIX)
+        for k, a in enumerate(creates):
+            p = inventory.parent(a.parent or "")
+            if a.op is Op.CREATE and a.block in waits and p is not None and p.gpu in shaping:
+                creates[k] = replace(a, block=Block.DEPENDS,
+                                     detail=f"waits for the GPU-wide change of GPU {p.gpu} ({a.detail})")
 
     # 4. vGPU parameters: a create writes them before anything can start the VM; an existing vGPU gets them
     #    unless a VM runs it (then the libvirt hook writes them at the next start)
@@ -597,7 +622,7 @@ def _gpu_actions(
 ) -> List[Action]:
     """The heterogeneous-mode and scheduler actions one ``gpus:`` entry needs (none when NVML reports them as
     desired)."""
-    out: List[Action] = []
+    out: List[Action] = _shape_actions(g, obs, inventory, freed, observed=observed)
     wanted: List[Tuple[Op, Any, str]] = []
     if g.heterogeneous is not None:
         wanted.append((Op.HETERO, g.heterogeneous, "on" if g.heterogeneous else "off"))
@@ -606,8 +631,8 @@ def _gpu_actions(
     if obs is None or obs.unavailable is not None:
         why = obs.unavailable if obs is not None and obs.unavailable else (
             f"NVML did not report GPU {g.gpu}" if observed else "the GPU's settings were not read (NVML)")
-        return [Action(op, "", g.gpu, text, why="desired", block=Block.NVML, detail=why, value=value)
-                for op, value, text in wanted]
+        return out + [Action(op, "", g.gpu, text, why="desired", block=Block.NVML, detail=why, value=value)
+                      for op, value, text in wanted]
     for op, value, text in wanted:
         if op is Op.HETERO:
             current = "?" if obs.heterogeneous is None else ("on" if obs.heterogeneous else "off")
@@ -633,6 +658,74 @@ def _gpu_actions(
             block, detail = Block.IN_USE, "vGPUs run on it: " + ", ".join(obs.running)
         out.append(Action(op, "", g.gpu, text, why="desired", block=block, detail=detail, value=value,
                           current=obs.scheduler_text()))
+    return out
+
+
+def _named(inventory: Inventory, gpus: Mapping[str, GpuObservation]) -> Inventory:
+    """The inventory with NVML's names for vendor-VFIO types sysfs could not name."""
+    if not any(o.type_names for o in gpus.values()):
+        return inventory
+    from .host.nvidia_vf import name_fields, type_number
+
+    types = []
+    for t in inventory.types:
+        p = inventory.parent(t.parent)
+        names = dict(gpus[p.gpu].type_names) if t.name is None and p is not None and p.gpu in gpus else {}
+        n = type_number(t.type_id)
+        if n is not None and n in names:
+            t = replace(t, name=names[n], **name_fields(names[n]))  # type: ignore[arg-type]
+        types.append(t)
+    return replace(inventory, types=tuple(types))
+
+
+def _shape_actions(
+    g: DesiredGpu, obs: Optional[GpuObservation], inventory: Inventory, freed: Collection[str], *, observed: bool
+) -> List[Action]:
+    """SR-IOV, then MIG: what shapes the GPU's VFs and types, planned before its other settings and the creates.
+    Both are GPU-wide: blocked ``in-use`` while the GPU holds vGPUs (or, for MIG, runs processes), naming them."""
+    from .gpuwide import busy_of, mig_change, mig_text
+
+    out: List[Action] = []
+    hosted = [i.uuid for i in inventory.instances if i.uuid not in freed
+              and inventory.parent(i.parent) is not None and inventory.parent(i.parent).gpu == g.gpu]  # type: ignore[union-attr]
+    if g.sriov is not None:
+        sr = obs.sriov if obs is not None else None
+        want_n = g.sriov.wanted(sr[1] if sr else None)
+        text = f"{want_n if want_n is not None else 'all'} VFs"
+        if sr is None:
+            out.append(Action(Op.SRIOV, "", g.gpu, text, why="desired", block=Block.CONFIG, value=want_n,
+                              detail=f"GPU {g.gpu} has no SR-IOV (no sriov_totalvfs in sysfs)"))
+        elif want_n is not None and want_n > sr[1]:
+            out.append(Action(Op.SRIOV, "", g.gpu, text, why="desired", block=Block.CONFIG, value=want_n,
+                              current=f"{sr[0]} VFs", detail=f"GPU {g.gpu} has at most {sr[1]} VFs (sriov_totalvfs)"))
+        elif want_n != sr[0]:
+            busy = busy_of(obs.running if obs is not None else (), hosted, ())
+            block, detail = (Block.IN_USE, "its VFs hold vGPUs: " + ", ".join(busy)) if busy and sr[0] else (None, "")
+            # VFs of a GPU in MIG mode offer no type before its GPU instances exist
+            mig_on = (g.mig is not None and g.mig.mode) or bool(obs is not None and obs.mig is not None
+                                                                and obs.mig.current)
+            out.append(Action(Op.SRIOV, "", g.gpu, text, why="desired (GPU-wide)", block=block, detail=detail,
+                              value=(want_n, not mig_on), current=f"{sr[0]} VFs"))
+    if g.mig is not None:
+        if obs is None or obs.unavailable is not None or obs.mig is None:
+            why = obs.unavailable if obs is not None and obs.unavailable else (
+                f"NVML did not report GPU {g.gpu}" if observed else "the GPU's MIG state was not read (NVML)")
+            out.append(Action(Op.MIG, "", g.gpu, g.mig.text(), why="desired", block=Block.NVML, detail=why,
+                              value=g.mig))
+            return out
+        change = mig_change(g.mig, obs.mig)
+        if change.empty:
+            return out
+        current = mig_text(obs.mig)
+        if change.problem is not None:
+            out.append(Action(Op.MIG, "", g.gpu, g.mig.text(), why="desired", block=Block.CONFIG,
+                              detail=change.problem, value=g.mig, current=current))
+            return out
+        busy = busy_of(obs.running, hosted, obs.mig.processes)
+        block, detail = (Block.IN_USE, "GPU-wide: the GPU holds vGPUs or processes: " + ", ".join(busy)) if busy \
+            else (None, "")
+        out.append(Action(Op.MIG, "", g.gpu, g.mig.text(), why="desired (GPU-wide)", block=block, detail=detail,
+                          value=g.mig, current=current))
     return out
 
 

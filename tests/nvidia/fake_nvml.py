@@ -106,7 +106,8 @@ class FakeNvml:
 
     def _types(self, idx: int) -> list:
         d = self.devices[idx]
-        return [t for t in d.model.types if (t.mig_slices is not None) == d.mig]
+        mig = self._mig_on(idx) if d.model.mig_profiles else False
+        return [t for t in d.model.types if (t.mig_slices is not None) == mig]
 
     def _type(self, number: int) -> Any:
         for d in self.devices:

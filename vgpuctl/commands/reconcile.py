@@ -137,6 +137,9 @@ def plan_cmd(configs: Sequence[str], as_json: bool) -> None:
     desired = desired_state(s, rec, configs)
     obs = rec.observe(desired)
     validate(desired, obs.inventory)
+    from ..apply import refuse_bad_gpu_config
+
+    refuse_bad_gpu_config(obs.plan, desired)  # a MIG profile the GPU lacks, more VFs than it has: exit 8
     p = obs.plan
     if as_json:
         after = [{"uuid": u, "parent": par, "type_id": t} for u, par, t in predicted(obs.inventory, p)]
@@ -165,14 +168,20 @@ def apply(configs: Sequence[str], as_json: bool) -> None:
     desired = desired_state(s, rec, configs)
     result = rec.apply(desired, validate=validate)  # against the run's one read of the host, under the lock
     done = {id(s.action): s for s in result.steps}
+    # after a change of a GPU's VFs or GPU instances apply plans again: what then ran supersedes what first waited
+    later = [s for s in result.steps if all(s.action is not a for a in result.before.plan.actions)]
+    superseded = {(s.action.op, s.action.uuid, s.action.parent) for s in later}
+    waited = [a for a in result.before.plan.blocked if (a.op, a.uuid, a.parent) not in superseded]
     if as_json:
         actions = []
         for a in result.before.plan.actions:
             s = done.get(id(a))
             if s is not None:
                 actions.append(action_record(a, outcome="done" if s.ok else "failed", error=s.error))
-            else:
+            elif a.block is None or a in waited:
                 actions.append(action_record(a, outcome="blocked" if a.block else "skipped", error=None))
+        for s in later:
+            actions.append(action_record(s.action, outcome="done" if s.ok else "failed", error=s.error))
         _emit(_libvirt(result.after, record(
             SCHEMA, command="apply", changed=result.changed, converged=result.converged,
             actions=actions, remaining=[action_record(a) for a in result.after.plan.actions],
@@ -182,7 +191,7 @@ def apply(configs: Sequence[str], as_json: bool) -> None:
         _libvirt(result.after, {})
         for s in result.steps:
             click.echo(s.action.line() + ("" if s.ok else f" [failed: {s.error}]"))
-        for a in result.before.plan.blocked:
+        for a in waited:
             click.echo(a.line())
         if result.converged:
             info("converged" if result.changed else "no changes: the host matches the desired state")

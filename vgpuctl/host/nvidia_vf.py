@@ -182,6 +182,76 @@ class NvidiaVfBackend:
                 out.append(d)
         return out
 
+    # --- SR-IOV at boot (the desired state's ``gpus: <PF>: sriov:``) -------------------------------------------------
+    def sriov(self, pf: str) -> Optional[Tuple[int, int]]:
+        """``(sriov_numvfs, sriov_totalvfs)`` of a PF, or None where it has no SR-IOV."""
+        f = self.paths.pci_devices / pf
+        total = read_int(f / "sriov_totalvfs")
+        if not total:
+            return None
+        return read_int(f / "sriov_numvfs") or 0, total
+
+    def set_vfs(self, pf: str, n: int, *, expect_types: bool = True, timeout: float = 30.0,
+                manage: Optional[str] = None) -> None:
+        """Make ``pf`` have ``n`` VFs: ``manage`` (NVIDIA's ``sriov-manage``, used for enabling all VFs of a GPU
+        where it is installed and the host root is ``/``) or ``sriov_numvfs`` (0 first when another count is
+        enabled: the PCI core refuses a change between two non-zero counts).  Success is what sysfs shows, not an
+        exit status (``sriov-manage`` can exit 0 while failing): ``n`` VFs, each with NVIDIA's ``nvidia/`` vGPU
+        directory, and (``expect_types``) at least one listing a creatable type, within ``timeout`` seconds.
+        The caller has checked that no VF holds a vGPU."""
+        import subprocess
+        import time
+
+        f = self.paths.pci_devices / pf
+        now = self.sriov(pf)
+        if now is None:
+            raise HostIOError(str(f / "sriov_totalvfs"), errno.ENODEV, action=f"GPU {pf} has no SR-IOV: read")
+        if now[0] == n:
+            return
+        tool = manage if manage is not None else SRIOV_MANAGE
+        if n == now[1] and n and self.paths.root == type(self.paths.root)("/") and os.access(tool, os.X_OK) \
+                and not now[0]:
+            try:
+                r = subprocess.run([tool, "-e", pf], capture_output=True, text=True, timeout=timeout)
+                if r.returncode:
+                    raise HostIOError(tool, errno.EIO, action=f"exit status {r.returncode} ({r.stderr.strip()[-200:]}):"
+                                      f" enabling the VFs of GPU {pf} with")
+            except subprocess.TimeoutExpired:
+                raise HostIOError(tool, errno.ETIMEDOUT, action=f"{timeout:g}s passed: enabling the VFs of GPU {pf} "
+                                  "with") from None
+        else:
+            try:
+                if now[0] and n:
+                    write_attr(f / "sriov_numvfs", "0")
+                write_attr(f / "sriov_numvfs", str(n))
+            except OSError as e:
+                raise HostIOError(str(f / "sriov_numvfs"), e.errno or errno.EIO,
+                                  action=f"set {n} VFs on GPU {pf}: write") from None
+        deadline = time.monotonic() + timeout
+        while True:
+            problem = self._vfs_problem(pf, n, expect_types)
+            if problem is None:
+                return
+            if time.monotonic() >= deadline:
+                raise HostIOError(str(f / "sriov_numvfs"), errno.EIO,
+                                  action=f"GPU {pf}: {problem} after {timeout:g}s: setting {n} VFs through")
+            time.sleep(0.2)
+
+    def _vfs_problem(self, pf: str, n: int, expect_types: bool) -> Optional[str]:
+        f = self.paths.pci_devices / pf
+        vfs = [d for d in listdir(f) if d.startswith("virtfn")]
+        if len(vfs) != n:
+            return f"the GPU has {len(vfs)} VFs, not {n}"
+        if not n:
+            return None
+        nv = [f / v / "nvidia" / "creatable_vgpu_types" for v in vfs]
+        missing = [v for v, p in zip(vfs, nv) if not os.path.isfile(p)]
+        if missing:
+            return f"{len(missing)} VF(s) have no nvidia/ vGPU directory (the vGPU manager did not take them)"
+        if expect_types and not any(parse_creatable(read_attr(p) or "") for p in nv):
+            return "no VF offers a creatable vGPU type"
+        return None
+
     def hints(self) -> List[str]:
         return [
             f"GPU {pf} can do SR-IOV but has no VFs enabled, so it can host no vendor-VFIO vGPUs; "

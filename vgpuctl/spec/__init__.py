@@ -21,6 +21,8 @@ file, the line and the key, raised before anything on the host is touched.  The 
       "0000:4a:00.0":                   # a physical GPU's PCI address, unique over all files
         scheduler: {policy: equal-share, timeslice_ms: 2}   # best-effort | equal-share | fixed-share
         heterogeneous: false            # heterogeneous vGPU mode (mixed-size types)
+        mig: {mode: on, instances: [3g.71gb, 4g.71gb]}   # MIG mode and GPU instances (vgpuctl.gpuwide)
+        sriov: {vfs: 16}                # or {enabled: true}: the GPU's VFs, enabled at every boot
 
 Checks that need the host (the type is offered, pinned instances fit a parent) are in ``validate``; the planner
 never raises for them but shows the instance as blocked, so the service keeps running while a driver loads.

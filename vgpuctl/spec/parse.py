@@ -12,7 +12,7 @@ from .schema import (SCHED_POLICIES, AttachMode, DesiredGpu, DesiredInstance, De
                      DesiredState, Mark, PlacementRequest, derive_uuid)
 
 _TOP_KEYS = ("version", "instances", "gpus")
-_GPU_KEYS = ("scheduler", "heterogeneous")
+_GPU_KEYS = ("scheduler", "heterogeneous", "mig", "sriov")
 _SCHED_KEYS = ("policy", "timeslice_ms")
 _INSTANCE_KEYS = ("uuid", "type", "profile", "parent", "placement", "domain", "attach", "params")
 _PLACEMENT_KEYS = ("tenant", "numa_node")
@@ -77,7 +77,11 @@ class _Parser(NodeReader):
         if hetero and sched is not None and sched.policy == "fixed-share":
             raise self.fail(fields["scheduler"][1], f"{key}.scheduler.policy",
                             "fixed-share is not available in heterogeneous mode (best-effort or equal-share)")
-        return DesiredGpu(gpu=canon, scheduler=sched, heterogeneous=hetero,
+        from .. import gpuwide
+
+        mig = gpuwide.parse_mig(self, fields["mig"][1], f"{key}.mig") if "mig" in fields else None
+        sriov = gpuwide.parse_sriov(self, fields["sriov"][1], f"{key}.sriov") if "sriov" in fields else None
+        return DesiredGpu(gpu=canon, scheduler=sched, heterogeneous=hetero, mig=mig, sriov=sriov,
                           mark=Mark(self.path, knode.start_mark.line + 1), key_lines=lines)
 
     def scheduler(self, node: Any, key: str) -> DesiredScheduler:

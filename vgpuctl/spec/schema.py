@@ -97,6 +97,8 @@ class DesiredGpu:
     gpu: str  #: canonical PCI address of the physical GPU
     scheduler: Optional[DesiredScheduler] = None
     heterogeneous: Optional[bool] = None
+    mig: Optional[Any] = None  #: ``gpuwide.DesiredMig``
+    sriov: Optional[Any] = None  #: ``gpuwide.DesiredSriov``
     mark: Mark = Mark("<none>")
     key_lines: Tuple[Tuple[str, int], ...] = ()
 

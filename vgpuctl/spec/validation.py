@@ -161,7 +161,12 @@ def validate(desired: DesiredState, inventory: Inventory) -> None:
             raise ConfigError(d.mark.path, problem, line=d.line_of(k), key=f"instances.{d.name}.{k}")
     _check_vf_pins(desired, inventory)
     pinned: Counter = Counter()
+    #: GPUs whose VFs and types the desired state itself changes (SR-IOV, MIG): their types are judged after that
+    shaped = {g.gpu for g in desired.gpus if g.mig is not None or g.sriov is not None}
     for d in desired.instances:
+        pv = inventory.parent(d.parent) if d.parent is not None else None
+        if pv is not None and pv.gpu in shaped:
+            continue
         if d.parent is None:
             _check_placed(desired, inventory, d)
         else:
