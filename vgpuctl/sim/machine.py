@@ -566,7 +566,8 @@ class Machine:
             start = next((st for st in starts if not taken & set(range(st, st + prof.size))), None)
             if start is None:
                 raise SimError(errno.ENOSPC, f"no room for {prof.name} on {pf.name}: overlaps GPU instances")
-            if sum(pf.model.mig_profile(g.profile).slices for g in mine) + prof.slices > pf.model.mig_slices:  # type: ignore[union-attr]
+            slices = {p.name: p.slices for p in pf.model.mig_profiles}
+            if sum(slices.get(g.profile, 0) for g in mine) + prof.slices > pf.model.mig_slices:
                 raise SimError(errno.ENOSPC, f"no compute slices left for {prof.name} on {pf.name}")
             ids = {g.id for g in mine}
             gi = GpuInstance(id=min(n for n in range(1, len(mine) + 2) if n not in ids), profile=prof.name,
