@@ -25,7 +25,7 @@ from .paths import HostPaths
 
 SCHEMA = "vgpuctl.state/v1"
 LIBVIRT_OPS = ("attach", "detach")  #: intents that change a domain, not a device
-SETTING_OPS = ("sched", "hetero", "params")  #: intents that change a setting (NVML's, vgpu_params), not a device
+SETTING_OPS = ("sched", "hetero", "params", "mig", "sriov")  #: intents that change a setting (NVML, vgpu_params, VFs)
 #: intents that change another manager's files (mdevctl's definition), not a device: ``undefine`` removes
 #: ``etc/mdevctl.d/<parent>/<uuid>``; finishing or dropping it needs no device, so recovery only drops the intent
 MDEVCTL_OPS = ("undefine",)

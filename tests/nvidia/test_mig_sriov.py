@@ -58,6 +58,8 @@ def test_mig_instances_then_the_vgpus_inside_them_in_one_apply(host, nvml):
     assert sorted((p, st) for _, p, st, _ in host.gpu_instances(MIG)) == [("3g.71gb", 4), ("4g.71gb", 0)]
     assert (host.vgpu_type(MVF0), host.vgpu_type(MVF1)) == (1418, 1417)
     assert ok(host, "plan").stdout == "" and run(host, "check").exit_code == 0
+    doc = json.loads(host.paths.state_file.read_text())  # the MIG step is a setting: owns no device, leaves no intent
+    assert sorted(o["uuid"] for o in doc["owned"]) == [MVF0, MVF1] and doc["pending"] == []
 
 
 def test_after_a_reboot_the_service_recreates_gpu_instances_before_the_vgpus(host, nvml):
@@ -144,6 +146,7 @@ def test_sriov_at_boot_enables_vfs_before_typing_them(host, nvml):
     doc = json.loads(ok(host, "apply", "--json").stdout)
     assert doc["converged"] and [a["op"] for a in doc["actions"]][0] == "sriov"
     assert len(list((host.paths.pci_devices / GPU).glob("virtfn*"))) == 32 and host.vgpu_type(VF0) == 1402
+    assert [o["uuid"] for o in json.loads(host.paths.state_file.read_text())["owned"]] == [VF0]
     host.set_vgpu_type(VF0, 0)
     host.set_numvfs(GPU, 0)
     assert service_pass(host).converged and host.vgpu_type(VF0) == 1402  # the service's pass does the same
