@@ -177,3 +177,13 @@ def test_without_nvml_the_mig_change_waits_and_changes_nothing(host):
     r = run(host, "apply")
     assert r.exit_code == 13 and "[blocked: nvml: NVML not usable" in r.stdout, r.stdout
     assert host.gpu_instances(MIG) == []
+
+
+def test_without_nvml_sriov_still_converges_from_sysfs(host):
+    """SR-IOV needs no NVML: with the real pynvml and no NVIDIA library the VFs are enabled and typed."""
+    host.set_numvfs(GPU, 0)
+    configure(host, f'version: 1\ngpus:\n  "{GPU}":\n    sriov: {{vfs: 4}}\n'
+                    f'instances:\n  a: {{type: H200X-8C, parent: "{VF0}"}}\n')
+    r = run(host, "apply")
+    assert r.exit_code == 0, r.stdout + r.stderr
+    assert len(list((host.paths.pci_devices / GPU).glob("virtfn*"))) == 4 and host.vgpu_type(VF0) == 1402
