@@ -187,3 +187,20 @@ def test_without_nvml_sriov_still_converges_from_sysfs(host):
     r = run(host, "apply")
     assert r.exit_code == 0, r.stdout + r.stderr
     assert len(list((host.paths.pci_devices / GPU).glob("virtfn*"))) == 4 and host.vgpu_type(VF0) == 1402
+
+
+def test_every_reboot_loses_the_vfs_and_the_service_enables_them_before_typing(sim_factory, tmp_path):
+    """A host whose GPU boots without VFs (profile ``numvfs: 0``, as without sriov-manage at boot)."""
+    prof = tmp_path / "h200-novfs.yaml"
+    prof.write_text('version: 1\nsummary: an H200 whose VFs are off at boot\ninclude: [h200]\n'
+                    f'devices:\n  - {{pci: "{GPU}", model: h200, numvfs: 0}}\n')
+    sim = sim_factory(str(prof))
+    assert sim.control_dir.joinpath("mig").exists() and not list((sim.paths.pci_devices / GPU).glob("virtfn*"))
+    configure(sim, f'version: 1\ngpus:\n  "{GPU}":\n    sriov: {{enabled: true}}\n'
+                   f'instances:\n  a: {{type: H200X-8C, parent: "{VF0}"}}\n')
+    for _boot in range(2):
+        result = service_pass(sim)
+        assert [str(s.action.op) for s in result.steps] == ["sriov", "create"] and result.converged
+        assert sim.vgpu_type(VF0) == 1402
+        sim.reboot()
+        assert not list((sim.paths.pci_devices / GPU).glob("virtfn*"))

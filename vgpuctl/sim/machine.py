@@ -309,15 +309,16 @@ class Machine:
                           is_parent=m.mdev_on == "pf" and not vfio, mig=dev.mig, heterogeneous=dev.heterogeneous)
             self.functions[pf.name] = pf
             if m.sriov:
+                boot = dev.boot_numvfs
                 for i in range(max(m.sriov.numvfs, m.sriov.totalvfs)):
                     addr = vf_address(pf.name, m.sriov.offset, m.sriov.stride, i)
                     pf.all_vfs.append(addr)
-                    if i < m.sriov.numvfs:
+                    if i < boot:
                         pf.vfs.append(addr)
                     self.functions[addr] = Function(
                         name=addr, model=m, devpath=f"/devices/pci0000:00/{addr}", group=group(None),
                         numa_node=dev.numa_node, physfn=pf.name, is_parent=m.mdev_on == "vf" and not vfio,
-                        vendor_vfio=vfio, present=i < m.sriov.numvfs)
+                        vendor_vfio=vfio, present=i < boot)
 
     def _vf_group_files(self) -> None:
         """A vendor-VFIO VF is a VFIO device from the start: its group file exists (QEMU opens it) while the VF is
@@ -859,7 +860,9 @@ class Machine:
                 fn.registered = True
                 if fn.physfn is not None:
                     pf = self.functions[fn.physfn]
-                    fn.present = pf.all_vfs.index(fn.name) < (fn.model.sriov.numvfs if fn.model.sriov else 0)
+                    dev = next((d for d in self.profile.devices if d.name == pf.name), None)
+                    boot = dev.boot_numvfs if dev is not None else (fn.model.sriov.numvfs if fn.model.sriov else 0)
+                    fn.present = pf.all_vfs.index(fn.name) < boot
             for fn in self.functions.values():
                 if fn.all_vfs:
                     fn.vfs = [v for v in fn.all_vfs if self.functions[v].present]
@@ -917,8 +920,8 @@ vgpusim control directory: the only part of this tree no kernel has.  Write a li
                         A PF name means all its VF parents.
   register              '<parent>': the parent comes back, empty.
   reboot                anything: every mdev is gone and every parent registered, as after a reboot
-                        (vendor-VFIO VFs lose their vGPU types; heterogeneous and MIG modes return to the
-                        profile's, GPU instances and GPU processes are gone).
+                        (vendor-VFIO VFs lose their vGPU types; SR-IOV VFs, heterogeneous and MIG modes
+                        return to the profile's, GPU instances and GPU processes are gone).
   heterogeneous         '<PF> 0|1': a vendor-VFIO GPU's heterogeneous (mixed-size) mode, as NVML's
                         nvmlDeviceSetVgpuHeterogeneousMode sets it; EBUSY while the GPU hosts vGPUs.
   modules               'unload NAME': the module and those that need it go (their parents leave the mdev

@@ -57,6 +57,7 @@ Schema, version 1 (every key below; anything else is an error)::
       - {pci: "0000:3b:00.0", model: t4, numa_node: 0, iommu_group: 40}   # iommu_group optional
       - {virtual: mtty, model: mtty}
       - {pci: "0000:4a:00.0", model: h200, mig: true, heterogeneous: false}   # vendor-vfio devices only
+      - {pci: "0000:4a:00.0", model: h200, numvfs: 0}   # VFs enabled at boot (default: the model's sriov.numvfs)
 
 Type fields: ``id`` (the type-id directory name), ``name``, ``device_api`` (default ``vfio-pci``), ``cost``
 (mapping, pool capacity), ``max_instance`` (nvidia capacity), ``text`` (description: text), and the description
@@ -95,7 +96,7 @@ _TYPE_KEYS = {
     "num_heads", "frl_config", "framebuffer", "max_resolution",
     "low_gm_size", "high_gm_size", "fence", "resolution", "weight", "mig_slices", "mig_profile",
 }
-_DEVICE_KEYS = {"pci", "virtual", "model", "numa_node", "iommu_group", "mig", "heterogeneous"}
+_DEVICE_KEYS = {"pci", "virtual", "model", "numa_node", "iommu_group", "mig", "heterogeneous", "numvfs"}
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,12 @@ class DeviceSpec:
     iommu_group: Optional[int] = None
     mig: bool = False  #: vendor-vfio: the GPU is in MIG mode (offers the MIG-backed types)
     heterogeneous: bool = False  #: vendor-vfio: heterogeneous (mixed-size) mode at start
+    numvfs: Optional[int] = None  #: SR-IOV VFs enabled at boot (None: the model's ``sriov.numvfs``)
+
+    @property
+    def boot_numvfs(self) -> int:
+        s = self.model.sriov
+        return (self.numvfs if self.numvfs is not None else s.numvfs) if s is not None else 0
 
 
 @dataclass(frozen=True)
@@ -242,9 +249,14 @@ def load_profile(name_or_path: "str | os.PathLike[str]") -> Profile:
         for flag in ("mig", "heterogeneous"):
             if flag in dev and (not isinstance(dev[flag], bool) or model.vgpu != "vendor-vfio"):
                 raise ConfigError(str(path), f"{flag} must be true or false, on a vendor-vfio model", key=where)
+        numvfs = _opt_int(path, dev, "numvfs", where)
+        if numvfs is not None and (model.sriov is None or not 0 <= numvfs <= model.sriov.totalvfs
+                                   or (model.mdev_on == "vf" and numvfs < 1)):
+            raise ConfigError(str(path), "numvfs must be 0..sriov.totalvfs, on a model with sriov", key=where)
         specs.append(DeviceSpec(name=name, model=model, numa_node=_opt_int(path, dev, "numa_node", where),
                                 iommu_group=_opt_int(path, dev, "iommu_group", where),
-                                mig=bool(dev.get("mig", False)), heterogeneous=bool(dev.get("heterogeneous", False))))
+                                mig=bool(dev.get("mig", False)), heterogeneous=bool(dev.get("heterogeneous", False)),
+                                numvfs=numvfs))
     return Profile(
         name=path.stem, path=str(path), summary=str(raw.get("summary", "")),
         first_iommu_group=int(raw.get("first_iommu_group", 10)), devices=tuple(specs),
