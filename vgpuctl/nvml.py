@@ -10,8 +10,8 @@ Known pitfalls handled here: ``nvmlVgpuInstanceGetFbUsage`` is declared with a 3
 while the C API writes an ``unsigned long long`` (we call the function pointer with a ``c_ulonglong``);
 ``nvmlVgpuInstanceGetVmID`` returns ``(bytes, int)`` (the wrapper's str conversion does not reach into the tuple).
 
-About 520 lines: what NVML says (data), the one ``Nvml`` binding, the settings and the pure enrichment.  Left in one
-module while MIG support is added to the binding; the enrichment (``gather``/``enrich``) is the part to move out.
+About 770 lines: what NVML says (data), the one ``Nvml`` binding (MIG included), the settings (``converge_mig``)
+and the pure enrichment.  The enrichment (``gather``/``enrich``) and ``place_instances`` are the parts to move out.
 """
 from __future__ import annotations
 
