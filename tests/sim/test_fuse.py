@@ -71,8 +71,8 @@ def test_layout_reads_like_sysfs(sim_factory):
     assert errno_of(os.open, create, os.O_RDONLY) == errno.EACCES  # even for root, as kernfs
     assert errno_of(os.open, parent / "vendor", os.O_WRONLY) == errno.EACCES
     assert sorted(os.listdir(sim.control_dir)) == [
-        "README", "events", "fail_next", "heterogeneous", "iommu", "modules", "pid", "profile", "reboot", "register",
-        "remove_block_seconds", "unregister"]
+        "README", "events", "fail_next", "gpu_instances", "gpu_processes", "heterogeneous", "iommu", "mig", "modules",
+        "pid", "profile", "reboot", "register", "remove_block_seconds", "unregister"]
     assert (sim.control_dir / "profile").read_text() == "t4x2\n"
 
 
