@@ -27,19 +27,21 @@ from __future__ import annotations
 
 import errno
 import logging
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Dict, List, Optional, Protocol, Sequence, Set, Tuple
 
 from .errors import AlreadyExists, HostIOError, LibvirtConnectError, LibvirtUnavailable, VgpuctlError
 from .hook import HookRecords
 from .host.mdevctl import read_checked
-from .lifecycle import Lifecycle
+from .lifecycle import Lifecycle, ProcessHolders
 from .model import BackendKind, Instance, Inventory
 from .plan import (Action, Attachments, Block, GpuObservation, Op, PlacementFailure, Placer, Plan,
                    destroy_candidates, plan)
-from .spec import DesiredInstance, DesiredState, PlacementRequest, bind, load
+from .spec import DesiredInstance, DesiredState, bind, load
 from .state import ORIGIN_APPLY, HostLock, Intent, State
+from .virt.conn import users_in
+from .virt.domxml import Snapshot, domain_attachments
 
 log = logging.getLogger("vgpuctl.apply")
 
@@ -47,13 +49,8 @@ _DEVICE_OPS = (Op.CREATE, Op.DESTROY)  #: steps that write sysfs: run as one jou
 
 
 class AttachmentBackend(Protocol):
-    """libvirt for the reconciler (``virt.AttachmentSource``).  Errors are ``VgpuctlError``s."""
-
-    def session(self) -> ContextManager[Any]:
-        """Everything read inside comes from one read of libvirt."""
-
-    def observe(self, inventory: Inventory) -> Attachments:
-        """uuid -> the domains that reference it (or whose vgpuctl metadata records it)."""
+    """libvirt's writes for the reconciler (``virt.attach.AttachmentSource``).  Errors are ``VgpuctlError``s.  What
+    the domains reference is observed from the pass's ``virt.conn.Libvirt``, not asked of this."""
 
     def lock(self) -> ContextManager[Any]:
         """The attach lock, taken before the host lock."""
@@ -119,21 +116,29 @@ class ApplyResult:
 
 
 class Reconciler:
-    """Observe, plan and apply.  Built by ``commands._common`` (the CLI) and by the service from the same parts."""
+    """Observe, plan and apply.  Built by ``vgpuctl.context`` (the CLI, the service, doctor) from one object graph.
+
+    ``libvirt``: the pass's connection (``virt.conn.Libvirt``), None when libvirt is not configured (attach actions
+    stay blocked); ``attachments``: the attach/detach steps over it; ``policy``: the placement policy, None for no
+    placement engine (only pinned instances can be placed); ``nvml``: ``off`` never asks NVML for mixing modes."""
 
     def __init__(
         self,
         lifecycle: Lifecycle,
         *,
-        placer: Optional[Placer] = None,
+        policy: Any = None,
+        libvirt: Any = None,
         attachments: Optional[AttachmentBackend] = None,
         gpu_settings: Optional[GpuSettings] = None,
+        nvml: str = "auto",
     ) -> None:
         self.lifecycle = lifecycle
         self.host = lifecycle.host
         self.store = lifecycle.store
-        self.placer = placer
+        self.policy = policy
+        self.libvirt = libvirt
         self.attachments = attachments  #: None: libvirt not configured, attach actions stay blocked
+        self.nvml = nvml
         self._gpu_settings = gpu_settings
 
     @property
@@ -152,6 +157,11 @@ class Reconciler:
     def desired(self) -> DesiredState:
         return load(self.host.paths.config_dir)
 
+    def end_pass(self) -> None:
+        """A pass is over (the service's, or a command's): close the libvirt connection; the next pass reads again."""
+        if self.libvirt is not None:
+            self.libvirt.end()
+
     # --- observe ---------------------------------------------------------------------------------------------------
     def observe(
         self, desired: DesiredState, *, state: Optional[State] = None, inventory: Optional[Inventory] = None
@@ -166,41 +176,69 @@ class Reconciler:
         return self._plan(inv, state, desired)
 
     def _plan(self, inv: Inventory, state: State, desired: DesiredState) -> Observation:
+        """The observation step, then ``plan()`` on what it read: every read of the host's peers happens here, at most
+        once each (libvirt's domains, NVML, the hook's records, mdevctl's definitions); the planner and the placer
+        get data.  When libvirt is unreachable (waited for once) what needs it is blocked, the rest converges."""
         on_demand = HookRecords(self.host.paths).all()
         foreign = read_checked(self.host.paths, inv).by_uuid()  # mdevctl's definitions: never fought
         candidates = destroy_candidates(inv, state, desired, on_demand)
-        attached: Optional[Attachments] = None
-        unreadable: Optional[str] = None
         settings_gpus = sorted({g.gpu for g in desired.gpus})
         vendor_vfio = _pinned_vendor_vfio_gpus(inv, desired)
         on_gpus = [i for i in inv.instances if inv.gpu_of(i.parent) in settings_gpus]
-        # one read of libvirt serves the in-use check, the attachments and the placer's usage (``plan`` calls it);
-        # when libvirt is unreachable (the session waits for it once) what needs it is blocked, the rest converges
         down: List[VgpuctlError] = []
-        with self.attachments.session() if self.attachments is not None else nullcontext():
-            held = {i.uuid: i for i in list(candidates) + on_gpus}
-            users = self.lifecycle.users(tuple(held.values()), unreachable=down) if held else {}
-            params, runs = self._observe_params(inv, desired)
-            users = {**users, **runs}
-            if self.attachments is not None and desired.instances and not down:
-                try:
-                    attached = self.attachments.observe(inv)
-                except (LibvirtConnectError, LibvirtUnavailable) as e:
-                    down.append(e)
-            elif self.attachments is not None and not down:
-                attached = {}
-            if down:
-                unreadable = "libvirt unreachable" + (f" ({d})" if (d := getattr(down[0], "detail", "")) else "")
-            gpus: Optional[Dict[str, GpuObservation]] = None
-            asked = sorted(set(settings_gpus) | vendor_vfio)
-            if asked:
-                gpus = self._observe_gpus(inv, asked, users, desired.gpus)
-            return Observation(inv, state, plan(inv, state, desired, users=users, attachments=attached,
-                                                placer=self.placer, libvirt_error=unreadable, on_demand=on_demand,
-                                                gpus=gpus, foreign=foreign, params=params),
-                               libvirt_error=down[0] if down else None)
+        if self.libvirt is not None:
+            self.libvirt.forget()  # this plan's own read: an earlier plan's (before apply's steps) is stale
 
-    def _observe_params(self, inv: Inventory, desired: DesiredState) -> "tuple[Dict[str, Any], Dict[str, Any]]":
+        def domains() -> Optional[Snapshot]:
+            """libvirt's domains, read once for this plan (the in-use check, the attachments, the placement usage)."""
+            if self.libvirt is None:
+                return None
+            try:
+                return self.libvirt.observed()
+            except (LibvirtConnectError, LibvirtUnavailable) as e:
+                if not down:
+                    down.append(e)
+                return None
+
+        held = list({i.uuid: i for i in list(candidates) + on_gpus}.values())
+        users = ProcessHolders(self.host).users(held) if held else {}
+        snap = domains() if held else None
+        for u, who in (users_in(snap, held) if snap is not None else {}).items():
+            users.setdefault(u, []).extend(who)
+        params, runs = self._observe_params(inv, desired, domains)
+        users = {**users, **runs}
+        attached: Optional[Attachments] = None
+        if self.libvirt is not None and not down:
+            snap = domains() if desired.instances else None
+            attached = domain_attachments(snap, inv) if snap is not None else ({} if not down else None)
+        unreadable: Optional[str] = None
+        if down:
+            unreadable = "libvirt unreachable" + (f" ({d})" if (d := getattr(down[0], "detail", "")) else "")
+        gpus: Optional[Dict[str, GpuObservation]] = None
+        asked = sorted(set(settings_gpus) | vendor_vfio)
+        if asked:
+            gpus = self._observe_gpus(inv, asked, users, desired.gpus)
+        placer: Optional[Placer] = None
+        if self.policy is not None:
+            snap, modes, facts = None, {}, {}
+            if any(not d.parent for d in desired.instances):  # something may need placing: its inputs, read now
+                from .observe import all_facts, mix_modes
+
+                snap = domains()
+                modes, note = mix_modes(inv, self.nvml)
+                if note:
+                    log.info("%s", note)
+                facts = all_facts(snap, self.host.paths)
+            from .observe import usage_of
+
+            placer = policy_placer(self.policy, usage=usage_of(snap, inv, modes), facts=facts)
+        return Observation(inv, state, plan(inv, state, desired, users=users, attachments=attached,
+                                            placer=placer, libvirt_error=unreadable, on_demand=on_demand,
+                                            gpus=gpus, foreign=foreign, params=params),
+                           libvirt_error=down[0] if down else None)
+
+    def _observe_params(self, inv: Inventory, desired: DesiredState,
+                        domains: Callable[[], Optional[Snapshot]]) -> "tuple[Dict[str, Any], Dict[str, Any]]":
         """The vGPU parameters of the existing instances whose desired state sets some, and who runs those that
         differ (a running VM keeps its parameters until its next start: the planner blocks their change)."""
         from . import vgpu_params
@@ -215,11 +253,25 @@ class Reconciler:
             params[d.uuid] = now = vgpu_params.read(self.host.paths, inst)
             if now is not None and now != wanted:
                 differ.append(inst)
-        try:
-            runs = self.lifecycle.running_users(differ) if differ else {}
-        except (LibvirtConnectError, LibvirtUnavailable) as e:  # cannot tell whether a VM runs them: wait
-            runs = {i.uuid: [f"possibly a running domain (libvirt unreachable: {e})"] for i in differ}
+        if not differ:
+            return params, {}
+        runs = ProcessHolders(self.host).users(differ)
+        if self.libvirt is not None:
+            snap = domains()
+            if snap is None:  # cannot tell whether a VM runs them: wait
+                e = self.libvirt_failure()
+                return params, {i.uuid: [f"possibly a running domain (libvirt unreachable: {e})"] for i in differ}
+            for u, who in users_in(snap, differ, include_stale=False).items():
+                runs.setdefault(u, []).extend(who)
         return params, runs
+
+    def libvirt_failure(self) -> Optional[VgpuctlError]:
+        """Why this plan's read of libvirt failed (None: it did not)."""
+        try:
+            self.libvirt.observed()
+        except (LibvirtConnectError, LibvirtUnavailable) as e:
+            return e
+        return None
 
     def _observe_gpus(self, inv: Inventory, gpus: Sequence[str], users: Any,
                       desired_gpus: Sequence[Any] = ()) -> Dict[str, GpuObservation]:
@@ -250,7 +302,22 @@ class Reconciler:
         validate: Optional[Callable[[DesiredState, Inventory], None]] = None,
     ) -> ApplyResult:
         """``validate``: called with the desired state and the one inventory read under the lock, before anything is
-        written; what it raises ends the run with nothing changed."""
+        written; what it raises ends the run with nothing changed.  One pass: libvirt is connected afresh for it and
+        the connection closed at its end (``end_pass``)."""
+        self.end_pass()
+        try:
+            return self._apply(desired, should_stop=should_stop, on_step=on_step, validate=validate)
+        finally:
+            self.end_pass()
+
+    def _apply(
+        self,
+        desired: DesiredState,
+        *,
+        should_stop: Callable[[], bool],
+        on_step: Callable[[Step], None],
+        validate: Optional[Callable[[DesiredState, Inventory], None]],
+    ) -> ApplyResult:
         with ExitStack() as locks:
             if self.attachments is not None:
                 locks.enter_context(self.attachments.lock())
@@ -553,23 +620,27 @@ def _pinned_vendor_vfio_gpus(inv: Inventory, desired: DesiredState) -> Set[str]:
     return out
 
 
-def policy_placer(paths: Any, *, usage: Optional[Callable[[Inventory], Any]] = None) -> Placer:
-    """A ``Placer`` over ``vgpuctl.placement.place`` and the policy file ``etc/vgpuctl/policy.yaml``.  Instances are
-    placed one after the other, each seeing the ones before it (and the plan's destroys and pinned creates).
+def policy_placer(policy: Any, *, usage: Any = None, facts: Optional[Dict[str, Any]] = None) -> Placer:
+    """A ``Placer`` over ``vgpuctl.placement.place`` and ``policy`` (``policy.Policy``).  Instances are placed one
+    after the other, each seeing the ones before it (and the plan's destroys and pinned creates).  Pure: what it needs
+    comes in as data, from the observation step.
 
-    ``usage``: inventory -> ``placement.Usage`` (who uses the existing instances: domains, tenants, groups; GPU mix
-    modes), asked once per plan, so quotas and anti-affinity count the host's other VMs; None: nobody's."""
+    ``usage``: the ``placement.Usage`` observed for this plan (who uses the existing instances: domains, tenants,
+    groups; GPU mix modes), so quotas and anti-affinity count the host's other VMs; None: nobody's.  ``facts``: domain
+    name -> ``DomainFacts``: a desired instance's request takes its domain's tenant, groups and NUMA nodes from there
+    (``observe.desired_request``), as ``vgpuctl place --domain`` does."""
     from . import placement
-    from .policy import NumaMode, load_policy, policy_path
+    from .observe import desired_request
 
-    policy = load_policy(policy_path(paths.config_dir))
+    observed = usage if usage is not None else placement.Usage()
+    known = facts or {}
 
     def placer(
         inventory: Inventory, todo: Sequence[DesiredInstance], creates: Sequence[Tuple[str, str, str]],
         destroys: Sequence[str],
     ) -> Dict[str, Any]:
         inv = inventory
-        used = usage(inventory) if usage is not None else placement.Usage()
+        used = observed
         for uuid in destroys:
             inv = placement.release(inv, uuid)
             used = used.without(uuid)
@@ -577,13 +648,7 @@ def policy_placer(paths: Any, *, usage: Optional[Callable[[Inventory], Any]] = N
             inv = placement.apply(inv, parent=parent, type_id=type_id, uuid=uuid)
         out: Dict[str, Any] = {}
         for d in todo:
-            req = d.placement or PlacementRequest()
-            request = placement.Request(
-                type=d.type, domain=d.domain, tenant=req.tenant,
-                numa_nodes=(req.numa_node,) if req.numa_node is not None else (),
-                numa=NumaMode.REQUIRE if req.numa_node is not None else None,
-                any_of=d.profile_def.type_ids(inv) if d.profile_def is not None else None,
-            )
+            request = desired_request(d, inv, known.get(d.domain) if d.domain else None)
             try:
                 decision = placement.place(inv, policy, request, usage=used)
             except VgpuctlError as e:
@@ -594,7 +659,8 @@ def policy_placer(paths: Any, *, usage: Optional[Callable[[Inventory], Any]] = N
                 out[d.name] = PlacementFailure(why)
                 continue
             inv = placement.apply(inv, parent=decision.parent, type_id=decision.type_id, uuid=d.uuid)
-            used = used.with_consumer(d.uuid, placement.Consumer(domain=d.domain, tenant=req.tenant))
+            used = used.with_consumer(d.uuid, placement.Consumer(domain=d.domain, tenant=request.tenant,
+                                                                 groups=request.groups))
             out[d.name] = decision.parent
         return out
 

@@ -1,9 +1,9 @@
 """The pure parts of placement's libvirt side: domain XML labels, NUMA nodes, cpusets, consumers."""
 import pytest
 
-from vgpuctl.commands.placement import consumers_from, facts_of
 from vgpuctl.placement import Consumer
-from vgpuctl.virt import DomainInfo, ManagedVgpu, Snapshot, metadata_xml, parse_cpuset, parse_domain
+from vgpuctl.virt.domxml import (DomainInfo, ManagedVgpu, Snapshot, consumers_from, facts_of, metadata_xml, parse_cpuset,
+                                 parse_domain)
 
 NS = "https://vgpuctl.dev/xmlns/1"
 

@@ -171,12 +171,13 @@ def test_plan_places_a_profile_instance_on_the_model_it_resolves_to(tmp_path):
     from vgpuctl.apply import policy_placer
     from vgpuctl.paths import HostPaths
     from vgpuctl.plan import plan
+    from vgpuctl.policy import load_policy, policy_path
     from vgpuctl.spec import load
     from vgpuctl.state import State
 
     d = _config(tmp_path, "version: 1\ninstances:\n  vdi-1: {profile: gold, placement: {tenant: t1}}\n")
     inv = mixed_inventory()
     paths = HostPaths(root=tmp_path / "root")
-    p = plan(inv, State(), load(d), placer=policy_placer(paths))
+    p = plan(inv, State(), load(d), placer=policy_placer(load_policy(policy_path(paths.config_dir))))
     (a,) = p.actions
     assert a.block is None and a.type_id in ("nvidia-232", "nvidia-703")

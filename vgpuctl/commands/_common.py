@@ -3,51 +3,69 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import click
 
-from ..host import Host
-from ..lifecycle import Lifecycle, ProcessHolders, UsageCheck
-from ..paths import HostPaths
+from ..context import Context, Settings
+from ..errors import LibvirtConnectError, LibvirtUnavailable
 
-
-@dataclass(frozen=True)
-class Settings:
-    root: str = "/"
-    connect: str = "qemu:///system"
-    lock_timeout: float = 30.0
-    nvml: str = "auto"  #: "auto": ask NVML where the host has NVIDIA GPUs; "off": never
-    libvirt_timeout: float = 5.0  #: the bound on one read of libvirt (``virt.DEFAULT_TIMEOUT``)
-
-    @property
-    def paths(self) -> HostPaths:
-        return HostPaths.from_root(self.root)
+if TYPE_CHECKING:
+    from ..host import Host
+    from ..lifecycle import Lifecycle
+    from ..virt.domxml import Snapshot
 
 
 def settings() -> Settings:
     return click.get_current_context().find_object(Settings) or Settings()
 
 
+_CONTEXT = "vgpuctl.context"
+
+
+def context(s: Optional[Settings] = None) -> Context:
+    """This command's composition root (``vgpuctl.context.Context``): one per command, so one Host and one libvirt
+    connection; ``s`` other than the command's settings gets a context of its own."""
+    s = s if s is not None else settings()
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return Context(s)
+    meta = ctx.find_root().meta
+    got = meta.get(_CONTEXT)
+    if got is None:
+        got = meta[_CONTEXT] = Context(s)
+    elif got.settings != s:
+        return Context(s)
+    return got
+
+
 def build_host(s: Settings) -> Host:
-    return Host(s.paths)
+    return context(s).host
 
 
 def build_lifecycle(s: Settings, *, stale_ok: bool = False) -> Lifecycle:
-    """The one place that wires a Lifecycle: host, lock timeout, and the checks that say who uses a device.
+    """The command's Lifecycle (``Context.lifecycle``): host, lock timeout, and the checks that say who uses a
+    device."""
+    return context(s).lifecycle(stale_ok=stale_ok)
 
-    Processes holding a device always count; so do libvirt domains referencing it, unless ``connect`` is ``none``.
-    ``stale_ok`` (``destroy --force``) stops counting a domain whose *definition* alone references the device; a
-    running domain that has it still counts.  libvirt itself is imported only when a check first runs.
-    """
-    host = build_host(s)
-    checks: List[UsageCheck] = [ProcessHolders(host)]
-    if s.connect != "none":
-        from ..virt.conn import DomainUsers
 
-        checks.append(DomainUsers(s.connect, include_stale=not stale_ok, timeout=s.libvirt_timeout))
-    return Lifecycle(host, lock_timeout=s.lock_timeout, usage_checks=checks)
+def domain_snapshot(s: Settings, *, strict: bool = False) -> Optional[Snapshot]:
+    """Every domain at ``--connect``, as this command observed it (``virt.conn.Libvirt.observed``: one read per
+    command, whoever asks first); None with ``none``.
+
+    When libvirt is unreachable (down, silent past ``--libvirt-timeout``, libvirt-python missing) this is None as
+    well, after ONE line on stderr per command (``libvirt_down()`` then says why), so that read-only views go on
+    with what sysfs knows; ``strict`` raises that error instead (exit 12), for a change that needs the domains."""
+    lv = context(s).libvirt
+    if lv is None:
+        return None
+    try:
+        return lv.observed()
+    except (LibvirtConnectError, LibvirtUnavailable) as e:
+        if strict:
+            raise
+        libvirt_unreachable(e)
+        return None
 
 
 class _Unknown:

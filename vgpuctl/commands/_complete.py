@@ -83,14 +83,13 @@ def _domains(ctx: click.Context) -> Iterable[Any]:
     uri = _connect(ctx)
     if uri == "none":
         return []
-    import libvirt  # only when a domain name is completed
+    from ..virt.conn import Libvirt  # libvirt itself: only when a domain name is completed
 
-    libvirt.registerErrorHandler(lambda *a: None, None)
-    conn = libvirt.openReadOnly(uri)
+    lv = Libvirt(uri)  # one bounded read: a silent libvirtd must not hang the user's shell
     try:
-        return sorted(d.name() for d in conn.listAllDomains())
+        return sorted(d.name for d in lv.read().domains)
     finally:
-        conn.close()
+        lv.end()
 
 
 complete_parents = _safe(_parents)

@@ -149,13 +149,14 @@ def _nvml(inv: Inventory, *, vgpus: bool) -> Tuple[Inventory, Dict[str, Any], Di
 
 def _domains(lc: Lifecycle, shown: Sequence[Instance]) -> Dict[str, Dict[str, Any]]:
     """Per instance, the domains referencing it and whether one runs with it, from the snapshot the libvirt usage
-    check just read (no second read); empty when libvirt is disabled."""
-    if settings().connect == "none":
+    check just read (this command's one observation of libvirt); empty when libvirt is disabled."""
+    from ._common import domain_snapshot
+
+    if settings().connect == "none" or not shown:
         return {}
-    from ..virt.conn import DomainUsers
     from ..virt.domxml import Snapshot
 
-    snap = next((c.last for c in lc.usage_checks if isinstance(c, DomainUsers) and c.last), None) or Snapshot("")
+    snap = domain_snapshot(settings()) or Snapshot("")
     out: Dict[str, Dict[str, Any]] = {}
     for i in shown:
         uses = snap.uses(i.uuid)

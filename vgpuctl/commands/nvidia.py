@@ -8,7 +8,7 @@ import click
 
 from ..errors import GpuBusy
 from ..host import TypeScope
-from ..model import BackendKind, Inventory, SchedulerPolicy, canonical_parent_name
+from ..model import Inventory, SchedulerPolicy, canonical_parent_name
 from ..state import HostLock
 from ..options import FiniteFloat
 from ._common import Settings, build_lifecycle, info, json_option, record, render, settings
@@ -208,28 +208,4 @@ def hetero_set(gpu: str, mode: str, as_json: bool) -> None:
            as_json=as_json)
 
 
-def mix_modes(s: Settings, inv: Inventory) -> Dict[str, Any]:
-    """Per NVIDIA vendor-VFIO GPU, the placement engine's ``MixMode``: mixed-size where NVML reports heterogeneous
-    mode, equal-size otherwise (vGPU 17+'s default).  Empty when NVML cannot say (the engine then stays strict; one
-    line on stderr says why)."""
-    from ..nvml import Nvml, NvmlUnavailable
-    from ..placement import MixMode
-
-    gpus = sorted({p.gpu for p in inv.parents if p.backend is BackendKind.NVIDIA_VF})
-    if not gpus or s.nvml == "off":
-        return {}
-    out: Dict[str, Any] = {}
-    try:
-        with Nvml() as nv:
-            for g in gpus:
-                try:
-                    out[g] = MixMode.MIXED_SIZE if nv.heterogeneous(g) else MixMode.EQUAL_SIZE
-                except Exception:  # not a vGPU host, function missing: leave the GPU homogeneous
-                    continue
-    except NvmlUnavailable as e:
-        info(f"NVML not used: {e.reason}; placement keeps one type per GPU on {len(gpus)} vendor-VFIO GPU(s)")
-        return {}
-    return out
-
-
-__all__: Sequence[str] = ["sched", "hetero", "enrich_inventory", "mix_modes"]
+__all__: Sequence[str] = ["sched", "hetero", "enrich_inventory"]

@@ -1,22 +1,18 @@
 """``vgpuctl place`` and ``vgpuctl defrag --plan``: ask the placement engine, print its answer, change nothing."""
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import click
 
-from ..errors import LibvirtConnectError, LibvirtUnavailable, NoPlacement
+from ..errors import NoPlacement
 from ..model import Inventory
-from ..paths import HostPaths
-from ..placement import Consumer, Decision, DefragPlan, Request, Usage, Verdict, place as place_request, plan_defrag
-from ..policy import NumaMode, Policy, load_policy, policy_path
-from ._common import (Settings, build_host, info, json_option, libvirt_down, libvirt_unreachable, record, render,
+from ..observe import complete_request as complete, cpu_nodes, domain_facts as observed_facts, mix_modes, usage_of
+from ..placement import Decision, DefragPlan, Request, Usage, Verdict, place as place_request, plan_defrag
+from ..policy import NumaMode, Policy
+from ..virt.domxml import DomainFacts, needs_cpus
+from ._common import (Settings, build_host, context, domain_snapshot, info, json_option, libvirt_down, record, render,
                       settings, table)
-
-if TYPE_CHECKING:  # libvirt's side; imported when a domain is first read
-    from ..virt.domxml import DomainInfo, DomainXml, Snapshot
 
 PLACEMENT_SCHEMA = "vgpuctl.placement/v1"
 VERDICT_SCHEMA = "vgpuctl.placement-verdict/v1"
@@ -53,39 +49,7 @@ policy_option = click.option(
 
 
 def load_settings_policy(s: Settings, policy_file: Optional[str]) -> Policy:
-    if policy_file:
-        return load_policy(policy_file, missing_ok=False, follow=True)
-    return load_policy(policy_path(s.paths.config_dir), missing_ok=True)
-
-
-# --- what libvirt and NVML say: one read per command ----------------------------------------------------------------
-_SNAPSHOT_KEY = "vgpuctl.placement.snapshot"
-
-
-def domain_snapshot(s: Settings, *, strict: bool = False) -> Optional["Snapshot"]:
-    """Every domain at ``--connect``, read once per command (kept in the click context); None with ``none``.
-
-    When libvirt is unreachable (down, silent past ``--libvirt-timeout``, libvirt-python missing) this is None as
-    well, after ONE line on stderr per command (``libvirt_down()`` then says why), so that read-only views go on
-    with what sysfs knows; ``strict`` raises that error instead (exit 12), for a change that needs the domains."""
-    if s.connect == "none":
-        return None
-    ctx = click.get_current_context(silent=True)
-    cache: Dict[str, Any] = ctx.meta.setdefault(_SNAPSHOT_KEY, {}) if ctx is not None else {}
-    if s.connect not in cache:
-        from ..virt.conn import DomainUsers  # libvirt itself: only now
-
-        try:
-            cache[s.connect] = DomainUsers(s.connect, timeout=s.libvirt_timeout).read()
-        except (LibvirtConnectError, LibvirtUnavailable) as e:
-            cache[s.connect] = e
-    got = cache[s.connect]
-    if isinstance(got, Exception):
-        if strict:
-            raise got
-        libvirt_unreachable(got)
-        return None
-    return got
+    return context(s).policy(policy_file)
 
 
 def require_domains(s: Settings, *, tenant: Optional[str], domain: Optional[str], groups: Sequence[str] = ()) -> None:
@@ -96,156 +60,30 @@ def require_domains(s: Settings, *, tenant: Optional[str], domain: Optional[str]
         domain_snapshot(s, strict=True)
 
 
-def _preferred(d: "DomainInfo") -> List["DomainXml"]:
-    """A domain's definitions, the one that describes it now first: the running XML, else the persistent one."""
-    order = (d.live, d.config) if d.running else (d.config, d.live)
-    return [x for x in order if x is not None]
-
-
-def consumers_from(snap: "Snapshot", inventory: Inventory) -> Dict[str, Consumer]:
-    """Instance uuid -> the domain that uses it (its live or persistent XML references it, or vgpuctl's metadata
-    records it), with the tenant and group labels of that domain's vgpuctl metadata.  A running domain first, then by
-    name, when several reference one instance.  Pure."""
-    known = {i.uuid for i in inventory.instances}
-    out: Dict[str, Consumer] = {}
-    for d in sorted(snap.domains, key=lambda d: (not d.running, d.name)):
-        xs = _preferred(d)
-        idents = {i for x in xs for i in (*x.devices, *(m.uuid for m in x.managed))}
-        tenant = next((x.tenant for x in xs if x.tenant), None)
-        groups = tuple(dict.fromkeys(g for x in xs for g in x.groups))
-        for ident in sorted(idents & known):
-            out.setdefault(ident, Consumer(domain=d.name, tenant=tenant, groups=groups))
-    return out
-
-
 def build_usage(s: Settings, inventory: Inventory) -> Usage:
-    """Who uses each instance (domain, tenant label, anti-affinity labels) and heterogeneous-mode GPUs.
-
-    Consumers come from the domains at ``--connect`` (read once per command; none with ``--connect none``), modes from
-    NVML (``commands.nvidia.mix_modes``; none, with one line on stderr, when NVML cannot say)."""
-    from .nvidia import mix_modes
-
-    snap = domain_snapshot(s)
-    consumers = consumers_from(snap, inventory) if snap is not None else {}
-    return Usage.of(consumers, modes=mix_modes(s, inventory))
-
-
-def usage_provider(s: Settings, *, read: Optional[Callable[[], "Snapshot"]] = None) -> Callable[[Inventory], Usage]:
-    """For the reconciler's placer (``apply.policy_placer``): inventory -> ``Usage``, reading the domains afresh on
-    every call (once per plan; the service plans many times in one process).  No domains with ``--connect none``.
-
-    ``read``: where the domains come from (the reconciler passes its ``AttachmentSource.users.read``, so that inside
-    a plan's session the attachments and the placement usage share one read of libvirt); a read of its own if None."""
-
-    def usage(inventory: Inventory) -> Usage:
-        consumers: Dict[str, Consumer] = {}
-        if s.connect != "none":
-            from ..virt.conn import DomainUsers
-
-            try:
-                snap = read() if read is not None else DomainUsers(s.connect, timeout=s.libvirt_timeout).read()
-            except (LibvirtConnectError, LibvirtUnavailable):
-                snap = None  # the plan places without libvirt only what no domain can change (``plan.needs_domains``)
-            consumers = consumers_from(snap, inventory) if snap is not None else {}
-        from .nvidia import mix_modes
-
-        return Usage.of(consumers, modes=mix_modes(s, inventory))
-
-    return usage
-
-
-@dataclass(frozen=True)
-class DomainFacts:
-    """What placement takes from a domain's XML: its tenant and group labels and its NUMA nodes."""
-
-    name: str
-    found: bool
-    tenant: Optional[str] = None
-    groups: Tuple[str, ...] = ()
-    numa_nodes: Tuple[int, ...] = ()
-    numa_from: Tuple[str, ...] = ()  #: "numatune", "vcpupin"
-    notes: Tuple[str, ...] = ()
-
-
-def cpu_nodes(paths: HostPaths) -> Optional[Dict[int, int]]:
-    """Host CPU -> NUMA node, from ``ROOT/sys/devices/system/node/node*/cpulist``; None when there are none."""
-    from ..virt.domxml import parse_cpuset
-
-    out: Dict[int, int] = {}
-    try:
-        entries = sorted(os.listdir(paths.numa_nodes))
-    except OSError:
-        return None
-    for name in entries:
-        if not (name.startswith("node") and name[4:].isdigit()):
-            continue
-        try:
-            with open(paths.numa_nodes / name / "cpulist", encoding="ascii") as f:
-                cpus = parse_cpuset(f.read().strip())
-        except (OSError, UnicodeDecodeError, ValueError):
-            continue
-        for c in cpus:
-            out.setdefault(c, int(name[4:]))
-    return out or None
-
-
-def facts_of(info: "DomainInfo", cpus: Optional[Dict[int, int]], node_dir: str) -> DomainFacts:
-    """``DomainFacts`` from one domain: NUMA nodes are ``<numatune><memory nodeset>`` together with the nodes of
-    the host CPUs its vCPUs are pinned to (``cpus``: CPU -> node; None: unknown, then only numatune counts).  Pure."""
-    xs = _preferred(info)
-    x = xs[0] if xs else None
-    if x is None:
-        return DomainFacts(info.name, found=True)
-    nodes = set(x.memory_nodes)
-    sources = ["numatune"] if x.memory_nodes else []
-    notes: List[str] = []
-    if x.vcpu_cpus:
-        if cpus is None:
-            notes.append(f"vCPU pinning of {info.name!r} not used: no cpulist files under {node_dir}; "
-                         + ("only <numatune> counts" if x.memory_nodes else "no NUMA affinity"))
-        else:
-            pinned = {cpus[c] for c in x.vcpu_cpus if c in cpus}
-            if pinned:
-                nodes |= pinned
-                sources.append("vcpupin")
-            unknown = [c for c in x.vcpu_cpus if c not in cpus]
-            if unknown:
-                notes.append(f"vCPU pinning of {info.name!r}: CPU(s) {','.join(map(str, unknown))} are on no "
-                             f"NUMA node under {node_dir}")
-    tenant = next((y.tenant for y in xs if y.tenant), None)
-    groups = tuple(dict.fromkeys(g for y in xs for g in y.groups))
-    return DomainFacts(info.name, found=True, tenant=tenant, groups=groups, numa_nodes=tuple(sorted(nodes)),
-                       numa_from=tuple(sources), notes=tuple(notes))
+    """Who uses each instance (domain, tenant label, anti-affinity labels) and heterogeneous-mode GPUs, from this
+    command's observation (``observe.usage_of``): the domains at ``--connect`` (none with ``--connect none``), modes
+    from NVML (``observe.mix_modes``; none, with one line on stderr, when NVML cannot say)."""
+    modes, note = mix_modes(inventory, s.nvml)
+    if note:
+        info(note)
+    return usage_of(domain_snapshot(s), inventory, modes)
 
 
 def domain_facts(s: Settings, domain: Optional[str]) -> Optional[DomainFacts]:
-    """The facts of ``domain`` at ``--connect`` (None without a domain or with ``--connect none``).  A domain libvirt
-    does not know is not an error (it may be defined later): its facts are empty, with a note."""
+    """The facts of ``domain`` at ``--connect`` (None without a domain or with ``--connect none``)."""
     if not domain:
         return None
     snap = domain_snapshot(s)
-    if snap is None:
-        return None
-    info = next((d for d in snap.domains if d.name == domain), None)
-    if info is None:
-        return DomainFacts(domain, found=False, notes=(f"no domain {domain!r} at {snap.uri}: no tenant, groups or "
-                                                       "NUMA nodes from it",))
-    needs_cpus = any(x.vcpu_cpus for x in _preferred(info))
-    return facts_of(info, cpu_nodes(s.paths) if needs_cpus else None, str(s.paths.numa_nodes))
+    info_ = next((d for d in snap.domains if d.name == domain), None) if snap is not None else None
+    cpus = cpu_nodes(s.paths) if info_ is not None and needs_cpus(info_) else None
+    return observed_facts(snap, domain, cpus, str(s.paths.numa_nodes))
 
 
 def complete_request(s: Settings, request: Request) -> Tuple[Request, Optional[DomainFacts]]:
-    """``request`` with what its domain's XML says: the tenant (unless given), its group labels (added), its NUMA
-    nodes (unless given: ``--numa-node`` overrides)."""
+    """``request`` completed from its domain's XML (``observe.complete_request``), and the facts it used."""
     facts = domain_facts(s, request.domain)
-    if facts is None:
-        return request, None
-    return replace(
-        request,
-        tenant=request.tenant if request.tenant is not None else facts.tenant,
-        groups=tuple(dict.fromkeys((*request.groups, *facts.groups))),
-        numa_nodes=request.numa_nodes or facts.numa_nodes,
-    ), facts
+    return complete(request, facts), facts
 
 
 def placement_for(
@@ -473,4 +311,4 @@ def _move_line(m: Any, inv: Inventory) -> str:
 
 
 __all__: Sequence[str] = ["place", "defrag", "placement_for", "placer_for", "build_usage", "complete_request",
-                          "domain_snapshot", "require_domains", "domain_facts", "consumers_from", "usage_provider", "DomainFacts"]
+                          "require_domains", "domain_facts"]

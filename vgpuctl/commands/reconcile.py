@@ -17,41 +17,14 @@ from ..errors import ConfigError, NotConverged, OutputError
 from ..model import Inventory
 from ..options import FiniteFloat
 from ..plan import Action, Block, Plan, predicted, unjudged
-from ._common import build_lifecycle, info, json_option, libvirt_unreachable, record, settings
+from ._common import context, info, json_option, libvirt_unreachable, record, settings
 
 SCHEMA = "vgpuctl.reconcile/v1"
 
 
 def build_reconciler(s: Any) -> Any:
-    """The reconciler over ``build_lifecycle``'s object graph, with placement and libvirt where they exist."""
-    from ..apply import Reconciler
-
-    lc = build_lifecycle(s)
-    attachments = _attachments(s, lc)
-    return Reconciler(lc, placer=_placer(s, attachments), attachments=attachments)
-
-
-def _placer(s: Any, attachments: Any) -> Any:
-    from ..apply import policy_placer
-
-    try:
-        from .. import placement  # noqa: F401  (the placement engine; without it only pinned parents work)
-    except ImportError:
-        return None
-    from .placement import usage_provider  # existing VMs count toward quotas and anti-affinity
-
-    # the domains the attachments read serve the placement usage too: one read of libvirt per plan
-    read = attachments.users.read if attachments is not None else None
-    return policy_placer(s.paths, usage=usage_provider(s, read=read))
-
-
-def _attachments(s: Any, lifecycle: Any) -> Any:
-    """libvirt's side of the desired state (``virt.AttachmentSource``); None with ``--connect none``."""
-    if s.connect == "none":
-        return None
-    from ..virt.attach import attachments_provider  # libvirt itself is imported only when it is first read
-
-    return attachments_provider(s.connect, lifecycle, timeout=s.libvirt_timeout)
+    """The reconciler of this command's composition root (``vgpuctl.context.Context.reconciler``)."""
+    return context(s).reconciler()
 
 
 def config_option(f: Any) -> Any:
@@ -281,8 +254,10 @@ def service(resync_interval: float, watch: str, poll_interval: float, metrics_ad
         if metrics_address:
             parse_address(metrics_address)  # a bad address is a usage error before anything starts
         metrics = MetricsExporter(address=metrics_address, textfile=metrics_textfile)
+    from ..context import Context
+
     svc = Service(
-        lambda: build_reconciler(s),
+        lambda: Context(s).reconciler(),  # a fresh object graph whenever the service (re)loads
         s.paths,
         ServiceOptions(resync_interval=resync_interval, watch=Watch(watch), poll_interval=poll_interval),
         metrics=metrics,

@@ -12,7 +12,7 @@ from ._common import UNKNOWN, Settings, build_host, json_option, libvirt_down, r
 
 def domains_of(s: Settings, uuids) -> Dict[str, str]:  # type: ignore[no-untyped-def]
     """Instance uuid -> the domain using it (a running one first), from one libvirt read; {} without libvirt."""
-    from .placement import domain_snapshot  # the same read as the placement usage's
+    from ._common import domain_snapshot  # the command's one read of libvirt, the placement usage's too
 
     snap = domain_snapshot(s)
     if snap is None:

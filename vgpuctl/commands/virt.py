@@ -10,7 +10,7 @@ import click
 
 from ..errors import InvalidInput
 from ..options import FiniteFloat
-from ._common import build_lifecycle, info, json_option, record, settings
+from ._common import build_lifecycle, context, info, json_option, record, settings
 from ._complete import complete_domains, complete_instances, complete_parents, complete_types
 from .profiles import profile_option
 
@@ -31,15 +31,10 @@ def _scope(f):  # type: ignore[no-untyped-def]
 
 
 def _attachments():  # type: ignore[no-untyped-def]
-    from ..virt.templates import Templates
-    from ..virt.attach import Attachments
-    from ..virt.conn import Virt
-
     s = settings()
     if s.connect == "none":
         raise InvalidInput("attach and detach need libvirt: drop --connect none (or VGPUCTL_LIBVIRT_URI=none)")
-    lc = build_lifecycle(s)
-    return Attachments(Virt.open(s.connect, timeout=s.libvirt_timeout), lc, Templates(s.paths))
+    return context(s).attachments()
 
 
 @click.command()
@@ -189,14 +184,13 @@ DOMAIN_COLUMNS = [("NAME", "name"), ("STATE", "state"), ("PERSISTENT", "persiste
 def domains(as_json: bool) -> None:
     """libvirt's domains, read-only: name, uuid, running or shut off, and the vGPUs each one's XML references
     (what attach and detach take as DOMAIN)."""
-    from ..virt.conn import Virt
-    from ._common import render
+    from ._common import domain_snapshot, render
 
     s = settings()
     if s.connect == "none":
         raise InvalidInput("domains needs libvirt: drop --connect none (or VGPUCTL_LIBVIRT_URI=none)")
-    with Virt.open(s.connect, readonly=True) as v:
-        snap = v.snapshot()
+    snap = domain_snapshot(s, strict=True)  # the command's one read, bounded by --libvirt-timeout
+    assert snap is not None
     recs = []
     for d in snap.domains:
         xmls = [x for x in (d.live, d.config) if x is not None]

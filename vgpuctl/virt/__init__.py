@@ -12,15 +12,15 @@ vgpuctl imports from the module that defines a name.
 """
 from __future__ import annotations
 
-from .attach import (AttachmentSource, AttachResult, Attachments, DetachResult, VirtLock, attachments_provider,
+from .attach import (AttachmentSource, AttachResult, Attachments, DetachResult, VirtLock,
                      check_multi_vgpu)
-from .conn import DEFAULT_TIMEOUT, DomainUsers, Reachability, Virt, bounded, mdev_nodedevs, reachability
+from .conn import DEFAULT_TIMEOUT, DomainUsers, Libvirt, Reachability, Virt, bounded, mdev_nodedevs, reachability
 from .domxml import (DomainInfo, DomainUse, DomainXml, ManagedVgpu, NodeDev, Scope, Snapshot, domain_attachments,
                      match_xml, metadata_xml, nodedev_name, parse_cpuset, parse_domain, resolve_scope)
 
 __all__ = [
     "AttachResult", "AttachmentSource", "Attachments", "DEFAULT_TIMEOUT", "DetachResult", "DomainInfo", "DomainUse",
     "DomainUsers", "DomainXml", "ManagedVgpu", "NodeDev", "Reachability", "Scope", "Snapshot", "Virt", "VirtLock",
-    "attachments_provider", "bounded", "check_multi_vgpu", "domain_attachments", "match_xml", "mdev_nodedevs",
+    "Libvirt", "bounded", "check_multi_vgpu", "domain_attachments", "match_xml", "mdev_nodedevs",
     "metadata_xml", "nodedev_name", "parse_cpuset", "parse_domain", "reachability", "resolve_scope",
 ]

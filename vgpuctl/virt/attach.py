@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import uuid as uuidlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple
 
 from ..errors import (
     AttachedElsewhere,
@@ -26,11 +26,11 @@ from ..errors import (
 from ..fsutil import FileLock
 from ..model import PCI_ADDR_RE, Instance, Inventory, Vendor, VgpuType, canonical_parent_name, canonical_uuid
 from ..paths import HostPaths
-from .conn import DEFAULT_TIMEOUT, DomainUsers, Virt
-from .domxml import DomainInfo, ManagedVgpu, Scope, domain_attachments, match_xml, resolve_scope
+from .conn import Libvirt, Virt
+from .domxml import DomainInfo, ManagedVgpu, Scope, match_xml, resolve_scope
 
 if TYPE_CHECKING:  # the planner's types; plan.py imports nothing from here
-    from ..plan import Action, DomainAttachment
+    from ..plan import Action
 
 log = logging.getLogger("vgpuctl.virt")
 
@@ -304,23 +304,19 @@ class Attachments:
 
 
 class AttachmentSource:
-    """The reconciler's libvirt side (``apply.AttachmentBackend``): what the domains reference, read once per plan,
-    and the attach/detach steps of ``vgpuctl apply``, done by ``Attachments`` (same templates, metadata and scopes as
-    ``vgpuctl attach --live/--config``).
+    """The reconciler's libvirt side (``apply.AttachmentBackend``): the attach lock, and the attach/detach steps of
+    ``vgpuctl apply``, done by ``Attachments`` (same templates, metadata and scopes as ``vgpuctl attach
+    --live/--config``) on the pass's one connection (``conn.Libvirt``).  What the domains reference is read by the
+    observation step (``vgpuctl.observe``), not here."""
 
-    ``users`` is the lifecycle's ``DomainUsers`` for the same URI, so that a plan's in-use check and its attachments
-    come from one read (``session``); one of its own otherwise.
-    """
-
-    def __init__(self, uri: str, lifecycle: Any, *, users: Optional[DomainUsers] = None,
-                 templates: Any = None, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.uri = uri
+    def __init__(self, libvirt: Libvirt, lifecycle: Any, *, templates: Any = None) -> None:
+        self.libvirt = libvirt
         self.lc = lifecycle  # vgpuctl.lifecycle.Lifecycle
-        if users is None:
-            users = next((c for c in getattr(lifecycle, "usage_checks", ())
-                          if isinstance(c, DomainUsers) and c.uri == uri), None) or DomainUsers(uri, timeout=timeout)
-        self.users = users
         self._templates = templates
+
+    @property
+    def uri(self) -> str:
+        return self.libvirt.uri
 
     @property
     def templates(self) -> Any:
@@ -330,13 +326,6 @@ class AttachmentSource:
             self._templates = Templates(self.lc.host.paths)
         return self._templates
 
-    def session(self) -> Any:
-        return self.users.session()
-
-    def observe(self, inventory: Inventory) -> Dict[str, FrozenSet["DomainAttachment"]]:
-        """The attachments now (inside ``session``: as the session read them)."""
-        return domain_attachments(self.users.read(), inventory)
-
     def lock(self) -> VirtLock:
         """The attach lock; ``apply`` takes it before the host lock, in the order ``vgpuctl attach`` does."""
         return VirtLock(self.lc.host.paths, self.lc.lock_timeout)
@@ -345,25 +334,18 @@ class AttachmentSource:
         """Attach ``action.uuid`` to ``action.domain`` in ``action.mode``'s definitions; whether anything changed.
         The caller holds ``lock()``."""
         live, config = _mode_scope(action)
-        with Virt.open(self.uri, timeout=self.users.timeout) as v:
-            r = Attachments(v, self.lc, self.templates).attach_held(
-                action.domain or "", uuid=action.uuid, live=live, config=config)
+        r = Attachments(self.libvirt.connection(write=True), self.lc, self.templates).attach_held(
+            action.domain or "", uuid=action.uuid, live=live, config=config)
         return r.changed
 
     def detach(self, action: "Action") -> None:
         """Detach ``action.uuid`` from ``action.domain`` and drop vgpuctl's record of it.  The caller holds
         ``lock()``."""
         live, config = _mode_scope(action)
-        with Virt.open(self.uri, timeout=self.users.timeout) as v:
-            Attachments(v, self.lc, self.templates).detach_held(
-                action.domain or "", uuid=action.uuid, live=live, config=config)
+        Attachments(self.libvirt.connection(write=True), self.lc, self.templates).detach_held(
+            action.domain or "", uuid=action.uuid, live=live, config=config)
 
 
 def _mode_scope(action: "Action") -> Tuple[bool, bool]:
     mode = str(action.mode or "config")
     return mode in ("live", "both"), mode in ("config", "both")
-
-
-def attachments_provider(uri: str, lifecycle: Any, *, timeout: float = DEFAULT_TIMEOUT) -> AttachmentSource:
-    """What ``commands.reconcile`` looks for: the attachment source for ``uri``, attaching with ``lifecycle``."""
-    return AttachmentSource(uri, lifecycle, timeout=timeout)

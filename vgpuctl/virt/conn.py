@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 from ..errors import (
     DomainNotFound,
@@ -244,80 +243,130 @@ def _parse(text: str, name: str) -> DomainXml:
         raise LibvirtRefused("read the XML of", name, str(e)) from None
 
 
+# --- one connection per command or pass ----------------------------------------------------------------------------
+class Libvirt:
+    """The libvirt connection of one command or one service pass: built once by ``vgpuctl.context`` and passed to
+    everything that talks to libvirt (the in-use check, the observation step, attach and detach).
+
+    The connection opens on first use, read-only until something asks to change a domain (``connection(write=True)``),
+    and is kept until ``end()``.  ``read()`` reads every domain now, within ``timeout`` seconds for connect and read
+    together: what a check that guards a change uses.  ``observed()`` is this pass's view of libvirt: the first
+    snapshot any ``read()`` of the pass made (or that read's failure), read now if there was none.  It is the one place
+    a snapshot is kept, so a command's tables, its placement usage and a plan see one read of libvirt.  ``end()``
+    closes the connection and forgets the view: the service's next pass reads again.
+    """
+
+    def __init__(self, uri: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.uri = uri
+        self.timeout = timeout
+        self._virt: Optional[Virt] = None
+        self._writable = False
+        self._seen: Optional[Snapshot] = None
+        self._failed: Optional[LibvirtError] = None
+
+    def connection(self, *, write: bool = False) -> Virt:
+        """The open connection (opened now, bounded, if there is none; re-opened read-write if ``write``)."""
+        if self._virt is not None and (self._writable or not write):
+            return self._virt
+        v = Virt.open(self.uri, readonly=not write, timeout=self.timeout)
+        if self._virt is not None:
+            self._virt.close()
+        self._virt, self._writable = v, write
+        return v
+
+    def read(self) -> Snapshot:
+        """Every domain, read now; ``LibvirtConnectError``/``LibvirtUnavailable``/``LibvirtTimeout`` past the bound.
+        A failed read drops the connection, so the next one connects again (libvirtd restarted)."""
+        current = self._virt
+
+        def read() -> Snapshot:
+            v = current
+            if v is None:
+                v = Virt.open(self.uri, readonly=True, timeout=None)
+                _keepalive(v.conn, self.timeout)
+            try:
+                return v.snapshot()
+            finally:
+                if current is None:
+                    self._virt, self._writable = v, False
+
+        try:
+            snap = bounded(self.uri, self.timeout, read)
+        except (LibvirtConnectError, LibvirtUnavailable) as e:
+            if self._seen is None and self._failed is None:
+                self._failed = e
+            self._drop()
+            raise
+        if self._seen is None and self._failed is None:
+            self._seen = snap
+        return snap
+
+    def observed(self) -> Snapshot:
+        """This pass's snapshot: the first one read in it (or the failure that first read met, raised again)."""
+        if self._seen is not None:
+            return self._seen
+        if self._failed is not None:
+            raise self._failed
+        return self.read()
+
+    def forget(self) -> None:
+        """Forget what was observed (the connection stays): the next ``observed()`` reads again (a plan after
+        ``apply``'s steps)."""
+        self._seen, self._failed = None, None
+
+    def end(self) -> None:
+        """The pass is over: close the connection, forget what was observed."""
+        self._drop()
+        self.forget()
+
+    def _drop(self) -> None:
+        v, self._virt, self._writable = self._virt, None, False
+        if v is not None:
+            v.close()
+
+
 # --- the usage check -----------------------------------------------------------------------------------------------
 class DomainUsers:
     """``UsageCheck``: the libvirt domains whose live or persistent XML references an instance.
 
-    One connection and one read of every domain per call.  With ``include_stale=False`` (``destroy --force``) a
-    definition alone no longer counts, but a running domain that has the device always does.
+    One read of every domain per call, on the command's connection (``Libvirt``; a URI gets a connection of its own),
+    never a remembered one: the check guards a change.  With ``include_stale=False`` (``destroy --force``) a definition
+    alone no longer counts, but a running domain that has the device always does.
     """
 
-    def __init__(self, uri: str, *, include_stale: bool = True, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.uri = uri
+    def __init__(self, libvirt: "Libvirt | str", *, include_stale: bool = True,
+                 timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.libvirt = Libvirt(libvirt, timeout=timeout) if isinstance(libvirt, str) else libvirt
         self.include_stale = include_stale
-        self.timeout = timeout  #: the bound on one read (connect and every domain), ``LibvirtTimeout`` past it
-        #: what the last call read, so a command can show domains without a second read
-        self.last: Optional[Snapshot] = None
-        #: why the last read failed (``LibvirtConnectError``, ``LibvirtUnavailable``), None after a good one
-        self.error: Optional[LibvirtError] = None
-        self._sessions = 0
+
+    @property
+    def uri(self) -> str:
+        return self.libvirt.uri
 
     def read(self) -> Snapshot:
-        """Every domain, read now (within ``timeout``); inside ``session()`` the session's first read is reused, and
-        so is its failure (a silent libvirtd is waited for once per session)."""
-        if self._sessions and self.last is not None:
-            return self.last
-        if self._sessions and self.error is not None:
-            raise self.error
-
-        def read() -> Snapshot:
-            with Virt.open(self.uri, readonly=True, timeout=None) as v:
-                return v.snapshot()
-
-        try:
-            self.last = bounded(self.uri, self.timeout, read)
-        except (LibvirtConnectError, LibvirtUnavailable) as e:
-            self.last, self.error = None, e
-            raise
-        self.error = None
-        return self.last
-
-    @contextmanager
-    def session(self) -> Iterator[None]:
-        """One read of libvirt for everything inside (a plan: the in-use check and the attachments together).
-
-        Never wrap a check that guards a change in it: ``Lifecycle.destroy`` must see libvirt as it is then."""
-        if not self._sessions:
-            self.last = None
-            self.error = None
-        self._sessions += 1
-        try:
-            yield
-        finally:
-            self._sessions -= 1
+        return self.libvirt.read()
 
     def users(self, instances: Sequence[Instance]) -> Dict[str, List[str]]:
         if not instances:
             return {}
-        snap = self.read()
-        out: Dict[str, List[str]] = {}
-        for i in instances:
-            uses = [u for u in snap.uses(i.uuid) if self.include_stale or not u.stale]
-            if uses:
-                out[i.uuid] = [u.describe() for u in uses]
-        return out
+        return users_in(self.read(), instances, include_stale=self.include_stale)
 
     def running_users(self, instances: Sequence[Instance]) -> Dict[str, List[str]]:
         """Like ``users``, counting only domains that run with the instance (not a definition alone)."""
         if not instances:
             return {}
-        snap = self.read()
-        out: Dict[str, List[str]] = {}
-        for i in instances:
-            uses = [u for u in snap.uses(i.uuid) if not u.stale]
-            if uses:
-                out[i.uuid] = [u.describe() for u in uses]
-        return out
+        return users_in(self.read(), instances, include_stale=False)
+
+
+def users_in(snap: Snapshot, instances: Sequence[Instance], *, include_stale: bool = True) -> Dict[str, List[str]]:
+    """uuid -> the domains of ``snap`` that use each instance, described (``include_stale=False``: only domains that
+    run with it).  Pure."""
+    out: Dict[str, List[str]] = {}
+    for i in instances:
+        uses = [u for u in snap.uses(i.uuid) if include_stale or not u.stale]
+        if uses:
+            out[i.uuid] = [u.describe() for u in uses]
+    return out
 
 
 # --- is libvirt reachable ------------------------------------------------------------------------------------------

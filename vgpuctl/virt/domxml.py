@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Dict, FrozenSet, Iterable, List, Optional, Seq
 
 from ..model import PCI_ADDR_RE, Inventory, canonical_parent_name, canonical_uuid
 
-if TYPE_CHECKING:  # the planner's types; plan.py imports nothing from here
+if TYPE_CHECKING:  # the planner's and placement's types; neither imports anything from here
+    from ..placement import Consumer
     from ..plan import DomainAttachment
 
 NS = "https://vgpuctl.dev/xmlns/1"
@@ -315,6 +316,78 @@ def domain_attachments(snap: Snapshot, inventory: Inventory) -> Dict[str, Frozen
             ))
     return {k: frozenset(v) for k, v in out.items()}
 
+
+
+# --- what placement takes from the domains -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DomainFacts:
+    """What placement takes from a domain's XML: its tenant and group labels and its NUMA nodes."""
+
+    name: str
+    found: bool
+    tenant: Optional[str] = None
+    groups: Tuple[str, ...] = ()
+    numa_nodes: Tuple[int, ...] = ()
+    numa_from: Tuple[str, ...] = ()  #: "numatune", "vcpupin"
+    notes: Tuple[str, ...] = ()
+
+
+def preferred(d: DomainInfo) -> List[DomainXml]:
+    """A domain's definitions, the one that describes it now first: the running XML, else the persistent one."""
+    order = (d.live, d.config) if d.running else (d.config, d.live)
+    return [x for x in order if x is not None]
+
+
+def consumers_from(snap: Snapshot, inventory: Inventory) -> Dict[str, "Consumer"]:
+    """Instance uuid -> the domain that uses it (its live or persistent XML references it, or vgpuctl's metadata
+    records it), with the tenant and group labels of that domain's vgpuctl metadata.  A running domain first, then by
+    name, when several reference one instance."""
+    from ..placement import Consumer
+
+    known = {i.uuid for i in inventory.instances}
+    out: Dict[str, Consumer] = {}
+    for d in sorted(snap.domains, key=lambda d: (not d.running, d.name)):
+        xs = preferred(d)
+        idents = {i for x in xs for i in (*x.devices, *(m.uuid for m in x.managed))}
+        tenant = next((x.tenant for x in xs if x.tenant), None)
+        groups = tuple(dict.fromkeys(g for x in xs for g in x.groups))
+        for ident in sorted(idents & known):
+            out.setdefault(ident, Consumer(domain=d.name, tenant=tenant, groups=groups))
+    return out
+
+
+def facts_of(info: DomainInfo, cpus: Optional[Dict[int, int]], node_dir: str) -> DomainFacts:
+    """``DomainFacts`` from one domain: NUMA nodes are ``<numatune><memory nodeset>`` together with the nodes of
+    the host CPUs its vCPUs are pinned to (``cpus``: CPU -> node; None: unknown, then only numatune counts)."""
+    xs = preferred(info)
+    x = xs[0] if xs else None
+    if x is None:
+        return DomainFacts(info.name, found=True)
+    nodes = set(x.memory_nodes)
+    sources = ["numatune"] if x.memory_nodes else []
+    notes: List[str] = []
+    if x.vcpu_cpus:
+        if cpus is None:
+            notes.append(f"vCPU pinning of {info.name!r} not used: no cpulist files under {node_dir}; "
+                         + ("only <numatune> counts" if x.memory_nodes else "no NUMA affinity"))
+        else:
+            pinned = {cpus[c] for c in x.vcpu_cpus if c in cpus}
+            if pinned:
+                nodes |= pinned
+                sources.append("vcpupin")
+            unknown = [c for c in x.vcpu_cpus if c not in cpus]
+            if unknown:
+                notes.append(f"vCPU pinning of {info.name!r}: CPU(s) {','.join(map(str, unknown))} are on no "
+                             f"NUMA node under {node_dir}")
+    tenant = next((y.tenant for y in xs if y.tenant), None)
+    groups = tuple(dict.fromkeys(g for y in xs for g in y.groups))
+    return DomainFacts(info.name, found=True, tenant=tenant, groups=groups, numa_nodes=tuple(sorted(nodes)),
+                       numa_from=tuple(sources), notes=tuple(notes))
+
+
+def needs_cpus(info: DomainInfo) -> bool:
+    """Whether the domain's vCPUs are pinned (its NUMA nodes then need the host's CPU -> node map)."""
+    return any(x.vcpu_cpus for x in preferred(info))
 
 
 # --- node devices (their names; ``conn.mdev_nodedevs`` reads them) --------------------------------------------------------------------------------------------------
