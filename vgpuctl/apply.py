@@ -218,24 +218,31 @@ class Reconciler:
         asked = sorted(set(settings_gpus) | vendor_vfio)
         if asked:
             gpus = self._observe_gpus(inv, asked, users, desired.gpus)
-        placer: Optional[Placer] = None
-        if self.policy is not None:
-            snap, modes, facts = None, {}, {}
-            if any(not d.parent for d in desired.instances):  # something may need placing: its inputs, read now
-                from .observe import all_facts, mix_modes
-
-                snap = domains()
-                modes, note = mix_modes(inv, self.nvml)
-                if note:
-                    log.info("%s", note)
-                facts = all_facts(snap, self.host.paths)
-            from .observe import usage_of
-
-            placer = policy_placer(self.policy, usage=usage_of(snap, inv, modes), facts=facts)
         return Observation(inv, state, plan(inv, state, desired, users=users, attachments=attached,
-                                            placer=placer, libvirt_error=unreadable, on_demand=on_demand,
+                                            placer=self._placer(inv, desired, domains), libvirt_error=unreadable,
+                                            on_demand=on_demand,
                                             gpus=gpus, foreign=foreign, params=params),
                            libvirt_error=down[0] if down else None)
+
+    def _placer(self, inv: Inventory, desired: DesiredState,
+                domains: Callable[[], Optional[Snapshot]]) -> Optional[Placer]:
+        """The placer for this plan, over what was observed: the domains (the plan's one read), NVML's mixing modes
+        and each domain's facts, read only when the desired state has an instance without a parent; None without a
+        placement policy."""
+        if self.policy is None:
+            return None
+        from .observe import all_facts, mix_modes, usage_of
+
+        snap: Optional[Snapshot] = None
+        modes: Dict[str, Any] = {}
+        facts: Dict[str, Any] = {}
+        if any(not d.parent for d in desired.instances):
+            snap = domains()
+            modes, note = mix_modes(inv, self.nvml)
+            if note:
+                log.info("%s", note)
+            facts = all_facts(snap, self.host.paths)
+        return policy_placer(self.policy, usage=usage_of(snap, inv, modes), facts=facts)
 
     def _observe_params(self, inv: Inventory, desired: DesiredState,
                         domains: Callable[[], Optional[Snapshot]]) -> "tuple[Dict[str, Any], Dict[str, Any]]":
