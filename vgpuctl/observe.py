@@ -71,6 +71,24 @@ def mix_modes(inv: Inventory, nvml: str = "auto") -> Tuple[Dict[str, Any], Optio
     return out, None
 
 
+def nvml_details(inv: Inventory, paths: HostPaths, *,
+                 vgpus: bool) -> Tuple[Inventory, Dict[str, Any], Dict[str, Any], Tuple[str, ...]]:
+    """NVML's view for ``parents``/``types``/``list``/``status``: the inventory with NVML's details, per-instance
+    details, per-GPU info, and the one-line notes saying what NVML could not tell (on any failure: the sysfs
+    inventory, nothing else, and the note why)."""
+    from .nvml import NvmlUnavailable, enrich, gather, placements_of
+
+    try:
+        gpus, notes = gather(inv, vgpus=vgpus)
+    except NvmlUnavailable as e:
+        return inv, {}, {}, (f"NVML not used: {e.reason}; showing sysfs data only",)
+    said = ("NVML not used for " + "; ".join(notes) + "; showing sysfs data for them",) if notes else ()
+    placements: Dict[str, int] = placements_of(paths, inv) if vgpus else {}
+    hosts = {g: v for g, v in gpus.items() if v.vgpu_host}
+    enriched, details = enrich(inv, hosts, placements)
+    return enriched, details, gpus, said
+
+
 # --- pure: observation -> the core's inputs ------------------------------------------------------------------------
 def usage_of(snap: Optional[Snapshot], inventory: Inventory, modes: Optional[Dict[str, Any]] = None) -> "Usage":
     """The placement ``Usage``: the domain using each instance (with its tenant and groups) from ``snap`` (None:

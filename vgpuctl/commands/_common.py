@@ -13,6 +13,7 @@ from ..errors import LibvirtConnectError, LibvirtUnavailable
 if TYPE_CHECKING:
     from ..host import Host
     from ..lifecycle import Lifecycle
+    from ..model import Inventory
     from ..virt.domxml import Snapshot
 
 
@@ -66,6 +67,17 @@ def domain_snapshot(s: Settings, *, strict: bool = False) -> Optional[Snapshot]:
             raise
         libvirt_unreachable(e)
         return None
+
+
+def enrich_inventory(s: Settings, inv: Inventory, *, vgpus: bool) -> Tuple[Inventory, Dict[str, Any], Dict[str, Any]]:
+    """The inventory with NVML's details (``observe.nvml_details``); on any failure the sysfs inventory and ONE line
+    on stderr saying why."""
+    from ..observe import nvml_details
+
+    enriched, details, gpus, notes = nvml_details(inv, s.paths, vgpus=vgpus)
+    for note in notes:
+        info(note)
+    return enriched, details, gpus
 
 
 class _Unknown:

@@ -142,7 +142,7 @@ def _nvml(inv: Inventory, *, vgpus: bool) -> Tuple[Inventory, Dict[str, Any], Di
     """NVML's details where the host has NVIDIA GPUs (pynvml is not even imported otherwise)."""
     if settings().nvml == "off" or not any(p.vendor is Vendor.NVIDIA and p.pci for p in inv.parents):
         return inv, {}, {}
-    from .nvidia import enrich_inventory
+    from ._common import enrich_inventory
 
     return enrich_inventory(settings(), inv, vgpus=vgpus)
 

@@ -80,7 +80,7 @@ def check(xml_path: Optional[str], domain: Optional[str], source_uri: Optional[s
     short now, 15 if this host cannot run one at all.  Creates nothing."""
     from ..migration import Fit, SourceFacts, TargetFacts, check as preflight, verdict
     from ..virt.domxml import parse_domain
-    from .placement import build_usage, load_settings_policy
+    from .place import build_usage, load_settings_policy
 
     if (xml_path is None) == (domain is None):
         raise InvalidInput("give exactly one of --xml FILE or --domain NAME (with --source URI)")

@@ -40,13 +40,13 @@ def load_settings_profiles(s: Settings) -> Profiles:
 
 
 def _policy(s: Settings) -> Policy:
-    from .placement import load_settings_policy
+    from .place import load_settings_policy
 
     return load_settings_policy(s, None)
 
 
 def decide(s: Settings, inv: Inventory, profile: Profile, policy: Policy, **request: Any) -> Decision:
-    from .placement import build_usage, complete_request
+    from .place import build_usage, complete_request
 
     req, _ = complete_request(s, profile_request(profile, inv, **request))  # the domain's tenant and NUMA nodes
     return place_request(inv, policy, req, usage=build_usage(s, inv))
@@ -90,7 +90,7 @@ def placer_for_profile(
 ) -> Callable[[Inventory], str]:
     """For ``create --profile`` without ``--parent``: under the lifecycle lock, the parent for ``type_id`` (the
     profile's type on the GPU model chosen when the command started)."""
-    from .placement import require_domains
+    from .place import require_domains
 
     policy = _policy(s)
     require_domains(s, tenant=tenant, domain=domain)
@@ -119,7 +119,7 @@ def resolve(s: Settings, profile: Profile, *, parent: Optional[str], tenant: Opt
             raise UnknownType(f"profile {profile.name} ({profile.selector})", pname,
                               [x.profile or x.type_id for x in inv.types_on(pname)])
         return pname, t.type_id
-    from .placement import require_domains
+    from .place import require_domains
 
     require_domains(s, tenant=tenant, domain=domain)
     d = decide(s, inv, profile, _policy(s), tenant=tenant, domain=domain)

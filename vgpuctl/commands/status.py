@@ -56,7 +56,7 @@ def licenses_of(s: Settings, inv) -> Dict[str, object]:  # type: ignore[no-untyp
 
     if s.nvml == "off" or not inv.instances or not any(p.vendor is Vendor.NVIDIA and p.pci for p in inv.parents):
         return {}
-    from .nvidia import enrich_inventory
+    from ._common import enrich_inventory
 
     _inv, details, _gpus = enrich_inventory(s, inv, vgpus=True)
     return {u: v.license for u, v in details.items()}
@@ -83,7 +83,7 @@ def status(policy_file: Optional[str], as_json: bool) -> None:
     terminal, never with NO_COLOR.
     """
     from ..status import host_status, records, render_text
-    from .placement import build_usage, load_settings_policy
+    from .place import build_usage, load_settings_policy
 
     s = settings()
     inv = build_host(s).inventory()

@@ -1,14 +1,13 @@
-"""``vgpuctl sched`` and ``vgpuctl hetero`` (NVIDIA's time-slice scheduler and heterogeneous mode, through NVML), and
-the NVML enrichment that ``parents``/``types``/``list`` use on NVIDIA hosts."""
+"""``vgpuctl sched`` and ``vgpuctl hetero``: NVIDIA's time-slice scheduler and heterogeneous mode, through NVML."""
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import click
 
 from ..errors import GpuBusy
 from ..host import TypeScope
-from ..model import Inventory, SchedulerPolicy, canonical_parent_name
+from ..model import SchedulerPolicy, canonical_parent_name
 from ..state import HostLock
 from ..options import FiniteFloat
 from ._common import Settings, build_lifecycle, info, json_option, record, render, settings
@@ -24,24 +23,6 @@ SCHED_COLUMNS = [
     ("RANGE_MS", "timeslice_range_ms"),
     ("HETEROGENEOUS", "heterogeneous"),
 ]
-
-
-def enrich_inventory(s: Settings, inv: Inventory, *, vgpus: bool) -> Tuple[Inventory, Dict[str, Any], Dict[str, Any]]:
-    """The inventory with NVML's details, per-instance details and per-GPU info; on any failure the sysfs inventory
-    and ONE line on stderr saying why."""
-    from ..nvml import NvmlUnavailable, enrich, gather, placements_of
-
-    try:
-        gpus, notes = gather(inv, vgpus=vgpus)
-    except NvmlUnavailable as e:
-        info(f"NVML not used: {e.reason}; showing sysfs data only")
-        return inv, {}, {}
-    if notes:
-        info("NVML not used for " + "; ".join(notes) + "; showing sysfs data for them")
-    placements: Dict[str, int] = placements_of(s.paths, inv) if vgpus else {}
-    hosts = {g: v for g, v in gpus.items() if v.vgpu_host}
-    enriched, details = enrich(inv, hosts, placements)
-    return enriched, details, gpus
 
 
 def _gpu_arg(value: str) -> str:
@@ -208,4 +189,4 @@ def hetero_set(gpu: str, mode: str, as_json: bool) -> None:
            as_json=as_json)
 
 
-__all__: Sequence[str] = ["sched", "hetero", "enrich_inventory"]
+__all__: Sequence[str] = ["sched", "hetero"]

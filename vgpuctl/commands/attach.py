@@ -95,7 +95,7 @@ def _place(domain: str, type_id: str, tenant: Optional[str]) -> str:
     from ..errors import NoPlacement
     from ..placement import Request
     from ._common import build_host
-    from .placement import placement_for
+    from .place import placement_for
 
     s = settings()
     inv = build_host(s).inventory()

@@ -57,8 +57,8 @@ def create(
     else:
         assert type_id is not None
         placer = None
-        if parent is None:  # placement (vgpuctl.commands.placement) chooses under the lifecycle's lock
-            from .placement import placer_for
+        if parent is None:  # placement (vgpuctl.commands.place) chooses under the lifecycle's lock
+            from .place import placer_for
 
             placer = placer_for(s, type_id, tenant=tenant, domain=domain, policy_file=policy_file)
         inst, inv = build_lifecycle(s).create_with_inventory(parent=parent, type_id=type_id, uuid=uuid, placer=placer,
