@@ -116,7 +116,7 @@ class ApplyResult:
 
 
 class Reconciler:
-    """Observe, plan and apply.  Built by ``vgpuctl.context`` (the CLI, the service, doctor) from one object graph.
+    """Observe, plan and apply.  Built by ``vgpuctl.app`` (the CLI, the service, doctor) from one object graph.
 
     ``libvirt``: the pass's connection (``virt.conn.Libvirt``), None when libvirt is not configured (attach actions
     stay blocked); ``attachments``: the attach/detach steps over it; ``policy``: the placement policy, None for no

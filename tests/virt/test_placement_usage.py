@@ -133,11 +133,11 @@ def test_create_and_attach_place_for_the_domain_and_record_its_tenant(sim_pool):
 
 def test_reconciler_placer_sees_existing_vms(host):
     from vgpuctl.apply import policy_placer
-    from vgpuctl.context import Context, Settings
+    from vgpuctl.app import App, Settings
     from vgpuctl.observe import usage_of
     from vgpuctl.spec import DesiredInstance
 
-    ctx = Context(Settings(root=str(host), connect=URI, nvml="off"))
+    ctx = App(Settings(root=str(host), connect=URI, nvml="off"))
     inv = ctx.host.inventory()
     want = DesiredInstance(name="web2", uuid="cccccccc-0000-4000-8000-000000000001", type="T4-2B", domain="acme-2")
     usage = usage_of(ctx.libvirt.observed(), inv)  # the observation, handed to the placer as data
@@ -148,10 +148,10 @@ def test_reconciler_placer_sees_existing_vms(host):
 def test_apply_takes_tenant_and_numa_from_the_domain(host):
     """The desired state's placement request is completed from its domain's XML, as ``place --domain`` completes
     its own: numa1's numatune (node 1) picks T4B; acme-1's tenant label (acme, at its quota of 1) refuses."""
-    from vgpuctl.context import Context, Settings
+    from vgpuctl.app import App, Settings
     from vgpuctl.spec import DesiredInstance, DesiredState
 
-    rec = Context(Settings(root=str(host), connect=URI, nvml="off", lock_timeout=2)).reconciler()
+    rec = App(Settings(root=str(host), connect=URI, nvml="off", lock_timeout=2)).reconciler()
     numa = DesiredInstance(name="n", uuid="cccccccc-0000-4000-8000-000000000002", type="T4-2B", domain="numa1")
     acme = DesiredInstance(name="a", uuid="cccccccc-0000-4000-8000-000000000003", type="T4-2B", domain="acme-1")
     (a,) = [a for a in rec.observe(DesiredState(instances=(numa,))).plan.actions if str(a.op) == "create"]

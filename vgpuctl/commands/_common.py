@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, 
 
 import click
 
-from ..context import Context, Settings
+from ..app import App, Settings
 from ..errors import LibvirtConnectError, LibvirtUnavailable
 
 if TYPE_CHECKING:
@@ -21,33 +21,33 @@ def settings() -> Settings:
     return click.get_current_context().find_object(Settings) or Settings()
 
 
-_CONTEXT = "vgpuctl.context"
+_APP = "vgpuctl.app"
 
 
-def context(s: Optional[Settings] = None) -> Context:
-    """This command's composition root (``vgpuctl.context.Context``): one per command, so one Host and one libvirt
-    connection; ``s`` other than the command's settings gets a context of its own."""
+def app(s: Optional[Settings] = None) -> App:
+    """This command's composition root (``vgpuctl.app.App``): one per command, so one Host and one libvirt
+    connection; ``s`` other than the command's settings gets an App of its own."""
     s = s if s is not None else settings()
     ctx = click.get_current_context(silent=True)
     if ctx is None:
-        return Context(s)
+        return App(s)
     meta = ctx.find_root().meta
-    got = meta.get(_CONTEXT)
+    got = meta.get(_APP)
     if got is None:
-        got = meta[_CONTEXT] = Context(s)
+        got = meta[_APP] = App(s)
     elif got.settings != s:
-        return Context(s)
+        return App(s)
     return got
 
 
 def build_host(s: Settings) -> Host:
-    return context(s).host
+    return app(s).host
 
 
 def build_lifecycle(s: Settings, *, stale_ok: bool = False) -> Lifecycle:
-    """The command's Lifecycle (``Context.lifecycle``): host, lock timeout, and the checks that say who uses a
+    """The command's Lifecycle (``App.lifecycle``): host, lock timeout, and the checks that say who uses a
     device."""
-    return context(s).lifecycle(stale_ok=stale_ok)
+    return app(s).lifecycle(stale_ok=stale_ok)
 
 
 def domain_snapshot(s: Settings, *, strict: bool = False) -> Optional[Snapshot]:
@@ -57,7 +57,7 @@ def domain_snapshot(s: Settings, *, strict: bool = False) -> Optional[Snapshot]:
     When libvirt is unreachable (down, silent past ``--libvirt-timeout``, libvirt-python missing) this is None as
     well, after ONE line on stderr per command (``libvirt_down()`` then says why), so that read-only views go on
     with what sysfs knows; ``strict`` raises that error instead (exit 12), for a change that needs the domains."""
-    lv = context(s).libvirt
+    lv = app(s).libvirt
     if lv is None:
         return None
     try:

@@ -10,7 +10,7 @@ import click
 
 from ..errors import InvalidInput
 from ..options import FiniteFloat
-from ._common import build_lifecycle, context, info, json_option, record, settings
+from ._common import build_lifecycle, app, info, json_option, record, settings
 from ._complete import complete_domains, complete_instances, complete_parents, complete_types
 from .profiles import profile_option
 
@@ -34,7 +34,7 @@ def _attachments():  # type: ignore[no-untyped-def]
     s = settings()
     if s.connect == "none":
         raise InvalidInput("attach and detach need libvirt: drop --connect none (or VGPUCTL_LIBVIRT_URI=none)")
-    return context(s).attachments()
+    return app(s).attachments()
 
 
 @click.command()

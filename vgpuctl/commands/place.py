@@ -11,7 +11,7 @@ from ..observe import complete_request as complete, cpu_nodes, domain_facts as o
 from ..placement import Decision, DefragPlan, Request, Usage, Verdict, place as place_request, plan_defrag
 from ..policy import NumaMode, Policy
 from ..virt.domxml import DomainFacts, needs_cpus
-from ._common import (Settings, build_host, context, domain_snapshot, info, json_option, libvirt_down, record, render,
+from ._common import (Settings, build_host, app, domain_snapshot, info, json_option, libvirt_down, record, render,
                       settings, table)
 
 PLACEMENT_SCHEMA = "vgpuctl.placement/v1"
@@ -49,7 +49,7 @@ policy_option = click.option(
 
 
 def load_settings_policy(s: Settings, policy_file: Optional[str]) -> Policy:
-    return context(s).policy(policy_file)
+    return app(s).policy(policy_file)
 
 
 def require_domains(s: Settings, *, tenant: Optional[str], domain: Optional[str], groups: Sequence[str] = ()) -> None:

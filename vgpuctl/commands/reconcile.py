@@ -17,14 +17,14 @@ from ..errors import ConfigError, NotConverged, OutputError
 from ..model import Inventory
 from ..options import FiniteFloat
 from ..plan import Action, Block, Plan, predicted, unjudged
-from ._common import context, info, json_option, libvirt_unreachable, record, settings
+from ._common import app, info, json_option, libvirt_unreachable, record, settings
 
 SCHEMA = "vgpuctl.reconcile/v1"
 
 
 def build_reconciler(s: Any) -> Any:
-    """The reconciler of this command's composition root (``vgpuctl.context.Context.reconciler``)."""
-    return context(s).reconciler()
+    """The reconciler of this command's composition root (``vgpuctl.app.App.reconciler``)."""
+    return app(s).reconciler()
 
 
 def config_option(f: Any) -> Any:
@@ -254,10 +254,10 @@ def service(resync_interval: float, watch: str, poll_interval: float, metrics_ad
         if metrics_address:
             parse_address(metrics_address)  # a bad address is a usage error before anything starts
         metrics = MetricsExporter(address=metrics_address, textfile=metrics_textfile)
-    from ..context import Context
+    from ..app import App
 
     svc = Service(
-        lambda: Context(s).reconciler(),  # a fresh object graph whenever the service (re)loads
+        lambda: App(s).reconciler(),  # a fresh object graph whenever the service (re)loads
         s.paths,
         ServiceOptions(resync_interval=resync_interval, watch=Watch(watch), poll_interval=poll_interval),
         metrics=metrics,

@@ -245,7 +245,7 @@ def _parse(text: str, name: str) -> DomainXml:
 
 # --- one connection per command or pass ----------------------------------------------------------------------------
 class Libvirt:
-    """The libvirt connection of one command or one service pass: built once by ``vgpuctl.context`` and passed to
+    """The libvirt connection of one command or one service pass: built once by ``vgpuctl.app`` and passed to
     everything that talks to libvirt (the in-use check, the observation step, attach and detach).
 
     The connection opens on first use, read-only until something asks to change a domain (``connection(write=True)``),

@@ -1,10 +1,11 @@
 """The composition root: the one place that builds vgpuctl's object graph for one command or one service pass.
 
-From ``Settings`` (``--root``, ``--connect``, the timeouts, ``--nvml``) a ``Context`` builds, once each and on first
+From ``Settings`` (``--root``, ``--connect``, the timeouts, ``--nvml``) an ``App`` builds, once each and on first
 use: the ``Host`` (sysfs through ``HostPaths``), ONE libvirt connection (``virt.conn.Libvirt``, passed to everything
 that talks to libvirt: the in-use check, the observation step, attach and detach), the ``Lifecycle``, the placement
-policy and the ``Reconciler``.  Nothing below this module opens a connection or builds a collaborator of its own;
-``commands/*``, the service (through ``commands.reconcile``), and ``doctor`` take theirs from here.
+policy and the ``Reconciler``.  ``commands/*``, the service (through ``commands.reconcile``) and doctor's desired-state
+check take theirs from here.  (Two readers connect on their own, on purpose: ``migrate --from`` reads another host's
+libvirt, and doctor's libvirt probe asks whether a connection can be made at all.)
 
 Importing this module imports neither libvirt nor NVML nor jinja2: each is loaded when first used.
 """
@@ -37,7 +38,7 @@ class Settings:
         return HostPaths.from_root(self.root)
 
 
-class Context:
+class App:
     """One command's (or one service pass's) collaborators, each built once, on first use."""
 
     def __init__(self, settings: Settings) -> None:
@@ -96,7 +97,7 @@ class Context:
         return Attachments(self.libvirt.connection(write=True), self.lifecycle(), Templates(self.paths))
 
     def reconciler(self) -> "Reconciler":
-        """The reconciler over this context's lifecycle and libvirt, with the placement engine where it exists."""
+        """The reconciler over this App's lifecycle and libvirt, with the placement engine where it exists."""
         from .apply import Reconciler
 
         lc = self.lifecycle()
