@@ -280,15 +280,20 @@ class Libvirt:
         current = self._virt
 
         def read() -> Snapshot:
-            v = current
-            if v is None:
-                v = Virt.open(self.uri, readonly=True, timeout=None)
-                _keepalive(v.conn, self.timeout)
+            if current is not None:
+                return current.snapshot()
+            v = Virt.open(self.uri, readonly=True, timeout=None)
+            _keepalive(v.conn, self.timeout)
             try:
-                return v.snapshot()
-            finally:
-                if current is None:
-                    self._virt, self._writable = v, False
+                snap = v.snapshot()
+            except BaseException:
+                v.close()
+                raise
+            if self._virt is None:  # kept for the rest of the pass
+                self._virt, self._writable = v, False
+            else:
+                v.close()
+            return snap
 
         try:
             snap = bounded(self.uri, self.timeout, read)
