@@ -158,7 +158,7 @@ def test_one_spelling_of_scheduler_policies_and_names():
     instances and profiles share ``model.NAME_RE``; profiles read nodes with ``configfile.NodeReader``, not the
     policy's parser."""
     from vgpuctl import model, nvml, profiles, spec
-    from vgpuctl.commands.nvidia import sched_set
+    from vgpuctl.commands.sched import sched_set
     from vgpuctl.configfile import NodeReader
 
     values = tuple(p.value for p in model.SchedulerPolicy)
