@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
 # Set up everything and run the whole test suite: the default suite (unit, simulated host, libvirt, Ansible),
-# then the real-kernel stage (a QEMU guest with the kernel's sample mdev drivers).  Extra arguments go to pytest.
-# VGPUCTL_SKIP_REALKERNEL=1 skips the second stage.
+# then the real-kernel stage (a QEMU guest with the kernel's sample mdev drivers), then its bookworm-backports
+# flavour (kernel 6.12, QEMU 10, libvirt 11 in a guest root of their own: live migration between two libvirtds).
+# Extra arguments go to pytest.  VGPUCTL_SKIP_REALKERNEL=1 skips both real-kernel stages,
+# VGPUCTL_SKIP_REALKERNEL_BPO=1 the backports one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 if [ "${VGPUCTL_SKIP_REALKERNEL:-0}" != 1 ] && [ -x tests/realkernel/run ]; then
   tests/realkernel/run
+  if [ "${VGPUCTL_SKIP_REALKERNEL_BPO:-0}" != 1 ]; then
+    t0=$(date +%s)
+    rc=0
+    tests/realkernel/run --flavour bookworm-backports || rc=$?
+    echo "real-kernel stage, bookworm-backports flavour: $(( $(date +%s) - t0 ))s (exit $rc)" >&2
+    [ "$rc" = 0 ] || exit "$rc"
+  fi
 fi

@@ -17,6 +17,10 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 IN_GUEST = os.environ.get("VGPUCTL_REALKERNEL") == "1"
+#: debian12 (Debian 12's kernel, the host's root) or bookworm-backports (kernel 6.12, QEMU 10, libvirt 11)
+FLAVOUR = os.environ.get("VGPUCTL_RK_FLAVOUR", "debian12")
+#: the sample parents the guest loaded (bookworm-backports: mtty only)
+SAMPLE_MODULES = tuple(os.environ.get("VGPUCTL_RK_SAMPLE_MODULES", "mtty mdpy mbochs").split())
 
 MDEV_BUS = Path("/sys/class/mdev_bus")
 MDEV_DEVICES = Path("/sys/bus/mdev/devices")
