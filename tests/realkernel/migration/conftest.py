@@ -104,7 +104,9 @@ class LibvirtHost:
 
     def vgpuctl(self, *args: str, input: Optional[str] = None, timeout: float = 180) -> subprocess.CompletedProcess:
         """vgpuctl run as on this host: in its mount and UTS namespaces (its etc/run/state), no libvirt."""
-        return subprocess.run(["nsenter", "-t", str(self.proc.pid), "-m", "-u", "--", VGPUCTL, "--connect", "none",
+        # -r -w: the daemon's root and cwd (the guest runs chrooted; entering a mount namespace resets them)
+        return subprocess.run(["nsenter", "-t", str(self.proc.pid), "-m", "-u", "-r", "-w", "--", VGPUCTL,
+                               "--connect", "none",
                                *args], capture_output=True, text=True, input=input, timeout=timeout)
 
     def hook_record(self, dom_uuid: str) -> List[str]:
@@ -136,6 +138,16 @@ class LibvirtHost:
         except (OSError, ValueError):
             pass
         self.proc = None
+        # the daemon's and the domains' logs outlive the guest in the work tree's cache
+        keep = Path(os.environ.get("VGPUCTL_RK_CACHE", "/nonexistent")) / "migration-logs" / self.name
+        if keep.parent.parent.is_dir():
+            shutil.rmtree(keep, ignore_errors=True)
+            keep.mkdir(parents=True, exist_ok=True)
+            for f in [self.dir / "libvirtd.log", *(self.dir / "log-libvirt/qemu").glob("*.log")]:
+                try:
+                    shutil.copy2(f, keep / f.name)
+                except OSError:
+                    pass
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -65,14 +66,55 @@ def running_on(host: LibvirtHost, name: str) -> bool:
     return p.returncode == 0 and p.stdout.strip() == "running"
 
 
+def qemu_vfio_fds(host: LibvirtHost, name: str) -> list:
+    """What the domain's QEMU has open under /dev/vfio (for the messages of failed asserts)."""
+    try:
+        pid = int((host.dir / "run-libvirt/qemu" / f"{name}.pid").read_text().strip())
+    except (OSError, ValueError) as e:
+        return [f"no pid: {e}"]
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if "vfio" in link:
+            out.append(link)
+    return out
+
+
+def held_by_qemu(host: LibvirtHost, name: str, uuid: str) -> None:
+    """The domain's QEMU on ``host`` has the vGPU's VFIO group open (its fd links read ``.../dev/vfio/<group>``: the
+    path of another mount namespace may carry a prefix)."""
+    group = os.path.basename(os.readlink(f"/sys/bus/mdev/devices/{uuid}/iommu_group"))
+    try:
+        g.wait_until(lambda: any(f.endswith(f"/dev/vfio/{group}") for f in qemu_vfio_fds(host, name)), 30,
+                     what=f"QEMU to hold {uuid}")
+    except TimeoutError:
+        raise AssertionError(f"{uuid} (group {group}) not held; QEMU's vfio fds: {qemu_vfio_fds(host, name)}")
+
+
+T0 = time.monotonic()
+TRANSCRIPT = Path(os.environ.get("VGPUCTL_RK_CACHE", "/run/realkernel")) / "migration-transcript.log"
+
+
 def transcript(line: str) -> None:
-    print(f"[migration] {line}", flush=True)
+    """One step of the migration, with the time since the module was imported: printed, and appended to
+    .cache/migration-transcript.log (the work tree's, kept after the guest is gone)."""
+    text = f"[{time.monotonic() - T0:6.1f}s] {line}"
+    print(text, flush=True)
+    try:
+        with open(TRANSCRIPT, "a") as f:
+            f.write(text + "\n")
+    except OSError:
+        pass
 
 
 @pytest.fixture
 def domain(hosts):
     """A persistent domain on rk-a whose vGPU the hook makes at its start; started; removed at the end."""
     a, b = hosts
+    transcript("two libvirt hosts up (rk-a, rk-b)")
     name = "rk-mig"
     vgpu = new_uuid()
     XML_DIR.mkdir(parents=True, exist_ok=True)
@@ -83,6 +125,7 @@ def domain(hosts):
         a.virsh("start", name)
     except g.VirshError as e:
         raise AssertionError(f"{e}\n--- qemu log ---\n{a.qemu_log(name)}\n--- libvirtd ---\n{a.log_tail()}")
+    transcript(f"rk-a: virsh start {name} done")
     yield name, vgpu
     for h in (a, b):
         h.virsh("destroy", name, check=False)
@@ -97,7 +140,8 @@ def test_live_migration_there_and_back_keeps_the_device_state(hosts, domain):
     name, vgpu = domain
     # rk-a's hook made the vGPU at prepare and recorded it; rk-a's QEMU holds it
     assert a.hook_record(DOM_UUID) == [vgpu]
-    assert g.mdev_ready(vgpu) and g.mdev_holders(vgpu)
+    assert g.mdev_ready(vgpu)
+    held_by_qemu(a, name, vgpu)
     transcript(f"rk-a: {name} running with vGPU {vgpu} (made by rk-a's hook)")
 
     port = mtty_port(a, name)
@@ -123,7 +167,8 @@ def test_live_migration_there_and_back_keeps_the_device_state(hosts, domain):
     there = b.hook_record(DOM_UUID)
     assert len(there) == 1 and there[0] != vgpu, there
     assert live_mdevs(b, name) == there
-    assert g.mdev_ready(there[0]) and g.mdev_holders(there[0])
+    assert g.mdev_ready(there[0])
+    held_by_qemu(b, name, there[0])
     # the source's vGPU was released by rk-a's hook once its QEMU had gone
     g.wait_until(lambda: not g.mdev_exists(vgpu), 60, what=f"rk-a's hook to release {vgpu}")
     assert a.hook_record(DOM_UUID) == []
@@ -179,7 +224,7 @@ def test_a_full_target_is_refused_by_the_preflight_and_the_hook_and_the_source_k
         # the source's domain still runs with its vGPU; the target made nothing and recorded nothing
         assert running_on(a, name)
         assert not running_on(b, name)
-        assert g.mdev_holders(vgpu)
+        held_by_qemu(a, name, vgpu)
         assert set(g.list_mdevs()) == before
         assert b.hook_record(DOM_UUID) == []
     finally:
