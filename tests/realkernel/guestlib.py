@@ -100,7 +100,7 @@ def list_mdevs() -> List[str]:
 
 
 def holders(path: str) -> List[int]:
-    """PIDs with ``path`` (e.g. /dev/vfio/3) among their open files."""
+    """PIDs with ``path`` (an absolute path, e.g. /dev/vfio/3) among their open files."""
     pids = []
     me = os.getpid()
     for entry in os.scandir("/proc"):
@@ -113,7 +113,10 @@ def holders(path: str) -> List[int]:
             continue
         for fd in fds:
             try:
-                if os.readlink(f"{fd_dir}/{fd}") == path:
+                link = os.readlink(f"{fd_dir}/{fd}")
+                # a process in another mount namespace (the migration flavour's libvirt hosts) shows the path
+                # of its namespace's root: a prefix before /dev/vfio/N
+                if link == path or link.endswith(path):
                     pids.append(int(entry.name))
                     break
             except OSError:

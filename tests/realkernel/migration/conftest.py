@@ -150,6 +150,13 @@ class LibvirtHost:
                     pass
 
 
+@pytest.fixture(autouse=True)
+def _realkernel_clean_state():
+    """Replaces the stage's per-test reset (every mdev removed): here one domain and its vGPU live through the
+    module's tests; the ``domain`` fixture stops it and waits for the hooks to release what they made."""
+    yield
+
+
 @pytest.fixture(scope="session")
 def hosts():
     """Two libvirt hosts, ``rk-a`` and ``rk-b``, each with vgpuctl's hook; stopped at the end."""

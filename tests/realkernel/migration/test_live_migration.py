@@ -110,9 +110,10 @@ def transcript(line: str) -> None:
         pass
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def domain(hosts):
-    """A persistent domain on rk-a whose vGPU the hook makes at its start; started; removed at the end."""
+    """A persistent domain on rk-a whose vGPU the hook makes at its start; started once for the module (a start
+    costs minutes under nested TCG); the tests leave it running on rk-a. Removed at the end."""
     a, b = hosts
     transcript("two libvirt hosts up (rk-a, rk-b)")
     name = "rk-mig"
@@ -126,7 +127,7 @@ def domain(hosts):
     except g.VirshError as e:
         raise AssertionError(f"{e}\n--- qemu log ---\n{a.qemu_log(name)}\n--- libvirtd ---\n{a.log_tail()}")
     transcript(f"rk-a: virsh start {name} done")
-    yield name, vgpu
+    yield name
     for h in (a, b):
         h.virsh("destroy", name, check=False)
     a.virsh("undefine", name, check=False)
@@ -135,11 +136,20 @@ def domain(hosts):
             g.wait_until(lambda: not g.mdev_exists(u), 60, what=f"the hook to release {u}")
 
 
+def on_a(hosts, name) -> str:
+    """The domain runs on rk-a (where each test leaves it): its one vGPU, the one rk-a's hook made."""
+    a, b = hosts
+    assert running_on(a, name) and not running_on(b, name)
+    made = a.hook_record(DOM_UUID)
+    assert len(made) == 1 and live_mdevs(a, name) == made, (made, live_mdevs(a, name))
+    return made[0]
+
+
 def test_live_migration_there_and_back_keeps_the_device_state(hosts, domain):
     a, b = hosts
-    name, vgpu = domain
+    name = domain
     # rk-a's hook made the vGPU at prepare and recorded it; rk-a's QEMU holds it
-    assert a.hook_record(DOM_UUID) == [vgpu]
+    vgpu = on_a(hosts, name)
     assert g.mdev_ready(vgpu)
     held_by_qemu(a, name, vgpu)
     transcript(f"rk-a: {name} running with vGPU {vgpu} (made by rk-a's hook)")
@@ -206,7 +216,8 @@ def fill(parent: str = "mtty", type_id: str = "mtty-1"):
 
 def test_a_full_target_is_refused_by_the_preflight_and_the_hook_and_the_source_keeps_running(hosts, domain):
     a, b = hosts
-    name, vgpu = domain
+    name = domain
+    vgpu = on_a(hosts, name)
     fillers = fill()
     try:
         before = set(g.list_mdevs())
@@ -234,7 +245,8 @@ def test_a_full_target_is_refused_by_the_preflight_and_the_hook_and_the_source_k
 
 def test_an_incompatible_type_is_refused_by_the_preflight(hosts, domain):
     a, b = hosts
-    name, _ = domain
+    name = domain
+    on_a(hosts, name)
     # the domain as a host with another vGPU type would describe it: rk-b offers no mtty-9
     xml = Path(dumpxml(a, name, "mtty-9"))
     xml.write_text(xml.read_text().replace('type="mtty-1"', 'type="mtty-9"').replace("type='mtty-1'", "type='mtty-9'"))
