@@ -192,8 +192,12 @@ DOM_UUID = "6695eb01-f6a4-4304-89aa-97f2502e10aa"
 
 def domain_xml(name: str, vgpu_uuid: str, type_id: str = "mtty-1", dom_uuid: str = DOM_UUID) -> str:
     """A tiny TCG domain whose one vGPU vgpuctl's hook manages (metadata + mdev hostdev): SeaBIOS assigns the
-    device's I/O BAR and enables decoding, finds nothing to boot and halts for good (rebootTimeout -1)."""
-    return f"""<domain type='qemu'>
+    device's I/O BAR and enables decoding, finds nothing to boot and halts for good (rebootTimeout -1).
+
+    ``x-device-dirty-page-tracking=off``: with it on (the default) QEMU 10 asks the mtty for device DMA logging
+    reports, which the sample does not implement ("Failed to get DMA logging report ... Operation not supported",
+    then ram_save_setup fails); off, QEMU tracks dirty pages through the type1 container, which it supports."""
+    return f"""<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
   <name>{name}</name>
   <uuid>{dom_uuid}</uuid>
   <metadata>
@@ -210,9 +214,17 @@ def domain_xml(name: str, vgpu_uuid: str, type_id: str = "mtty-1", dom_uuid: str
     <controller type='usb' model='none'/>
     <memballoon model='none'/>
     <hostdev mode='subsystem' type='mdev' model='vfio-pci'>
+      <alias name='hostdev0'/>
       <source><address uuid='{vgpu_uuid}'/></source>
     </hostdev>
   </devices>
+  <qemu:override>
+    <qemu:device alias='hostdev0'>
+      <qemu:frontend>
+        <qemu:property name='x-device-dirty-page-tracking' type='string' value='off'/>
+      </qemu:frontend>
+    </qemu:device>
+  </qemu:override>
 </domain>
 """
 
