@@ -196,7 +196,9 @@ def domain_xml(name: str, vgpu_uuid: str, type_id: str = "mtty-1", dom_uuid: str
 
     ``x-device-dirty-page-tracking=off``: with it on (the default) QEMU 10 asks the mtty for device DMA logging
     reports, which the sample does not implement ("Failed to get DMA logging report ... Operation not supported",
-    then ram_save_setup fails); off, QEMU tracks dirty pages through the type1 container, which it supports."""
+    then ram_save_setup fails). Off, the type1 container of an emulated-IOMMU mdev has no dirty tracking either, and
+    QEMU blocks the migration ("VFIO device doesn't support device and IOMMU dirty tracking") unless
+    ``enable-migration=on``: then it migrates treating all guest RAM as dirty (32 MiB here)."""
     return f"""<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
   <name>{name}</name>
   <uuid>{dom_uuid}</uuid>
@@ -222,6 +224,7 @@ def domain_xml(name: str, vgpu_uuid: str, type_id: str = "mtty-1", dom_uuid: str
     <qemu:device alias='hostdev0'>
       <qemu:frontend>
         <qemu:property name='x-device-dirty-page-tracking' type='string' value='off'/>
+        <qemu:property name='enable-migration' type='string' value='on'/>
       </qemu:frontend>
     </qemu:device>
   </qemu:override>

@@ -91,7 +91,7 @@ def held_by_qemu(host: LibvirtHost, name: str, uuid: str) -> None:
         g.wait_until(lambda: any(f.endswith(f"/dev/vfio/{group}") for f in qemu_vfio_fds(host, name)), 30,
                      what=f"QEMU to hold {uuid}")
     except TimeoutError:
-        raise AssertionError(f"{uuid} (group {group}) not held; QEMU's vfio fds: {qemu_vfio_fds(host, name)}")
+        raise AssertionError(f"{uuid} (group {group}) not held; QEMU's vfio fds: {qemu_vfio_fds(host, name)}") from None
 
 
 T0 = time.monotonic()
@@ -125,7 +125,7 @@ def domain(hosts):
     try:
         a.virsh("start", name)
     except g.VirshError as e:
-        raise AssertionError(f"{e}\n--- qemu log ---\n{a.qemu_log(name)}\n--- libvirtd ---\n{a.log_tail()}")
+        raise AssertionError(f"{e}\n--- qemu log ---\n{a.qemu_log(name)}\n--- libvirtd ---\n{a.log_tail()}") from None
     transcript(f"rk-a: virsh start {name} done")
     yield name
     for h in (a, b):
@@ -133,7 +133,7 @@ def domain(hosts):
     a.virsh("undefine", name, check=False)
     for h in (a, b):
         for u in h.hook_record(DOM_UUID):
-            g.wait_until(lambda: not g.mdev_exists(u), 60, what=f"the hook to release {u}")
+            g.wait_until(lambda u=u: not g.mdev_exists(u), 60, what=f"the hook to release {u}")
 
 
 def on_a(hosts, name) -> str:
