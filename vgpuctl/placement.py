@@ -24,7 +24,8 @@ from enum import Enum
 from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import AmbiguousType, UnknownType
-from .model import BackendKind, Instance, Inventory, Parent, Vendor, VgpuType, type_label, type_names
+from .model import Instance, Inventory, Parent, VgpuType, type_label, type_names
+from .host.rules import EQUAL_SIZE_RULE, GPU_RULES, GpuKind, GpuRules, MixMode, gpu_rules
 from .policy import GpuRule, NumaMode, Policy, Strategy
 
 _UNBOUNDED = 1 << 30
@@ -46,24 +47,7 @@ class Refusal(str, Enum):
         return self.value
 
 
-class GpuKind(str, Enum):
-    TIME_SLICED = "time-sliced"  #: NVIDIA vGPUs on the physical function
-    SRIOV = "sriov"  #: NVIDIA vGPUs on SR-IOV VFs, one per VF
-    OTHER = "other"  #: any other vendor: the host's available_instances decide
-
-    def __str__(self) -> str:
-        return self.value
-
-
-class MixMode(str, Enum):
-    """How types may share one physical GPU (NVIDIA)."""
-
-    HOMOGENEOUS = "homogeneous"  #: one type per GPU (before vGPU 17, and the default)
-    EQUAL_SIZE = "equal-size"  #: heterogeneous: several types of one framebuffer size
-    MIXED_SIZE = "mixed-size"  #: heterogeneous: any types that fit the framebuffer
-
-    def __str__(self) -> str:
-        return self.value
+# The GPU kinds, mixing modes and their rules are the backends' (``vgpuctl.host.rules``); re-exported here.
 
 
 # --- inputs --------------------------------------------------------------------------------------------------------
@@ -279,6 +263,11 @@ class GpuState:
     _memo: Dict[Any, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     @property
+    def rules(self) -> GpuRules:
+        """The capacity rules of this GPU's kind (``vgpuctl.host.rules``)."""
+        return GPU_RULES[self.kind]
+
+    @property
     def numa_node(self) -> Optional[int]:
         m = self._memo
         if "numa" not in m:
@@ -329,20 +318,18 @@ class GpuState:
         if n == 0:
             return 0.0
         fb = dict(self.fb_of)
-        if self.kind is not GpuKind.OTHER and self.total_fb and all(fb.get(t) for t, _ in self.counts):
+        rules = self.rules
+        if rules.counted and self.total_fb and all(fb.get(t) for t, _ in self.counts):
             return min(1.0, self.used_fb / self.total_fb)
-        if self.kind is GpuKind.SRIOV:
+        if rules.one_per_parent:
             return len(self.occupied) / len(self.parents)
         room = max((o.host_available for o in self.offers), default=0)
         return n / (n + room)
 
 
 def gpu_kind(parents: Sequence[Parent]) -> GpuKind:
-    if not parents or parents[0].vendor is not Vendor.NVIDIA:
-        return GpuKind.OTHER
-    if any(p.is_vf or p.backend is BackendKind.NVIDIA_VF for p in parents):
-        return GpuKind.SRIOV
-    return GpuKind.TIME_SLICED
+    """The kind of the GPU ``parents`` belong to, as its backends' rules say (``vgpuctl.host.rules.gpu_rules``)."""
+    return gpu_rules(parents).kind
 
 
 def gpu_states(inventory: Inventory, usage: Optional[Usage] = None) -> Tuple[GpuState, ...]:
@@ -378,7 +365,7 @@ def _gpu_state(
     inst_by_parent: Mapping[str, List[Instance]],
     mode: MixMode,
 ) -> GpuState:
-    kind = gpu_kind(parents)
+    rules = gpu_rules(parents)
     occupied = frozenset(p.name for p in parents if inst_by_parent.get(p.name))
     offers: Dict[str, Tuple[VgpuType, List[str], int]] = {}
     fb_of: Dict[str, Optional[int]] = {}
@@ -389,10 +376,10 @@ def _gpu_state(
             if t.framebuffer_mib and t.max_instance:
                 total_fb = max(total_fb or 0, t.framebuffer_mib * t.max_instance)
             first, free, avail = offers.get(t.type_id, (t, [], 0))
-            usable = t.available > 0 and not (kind is GpuKind.SRIOV and p.name in occupied)
+            usable = t.available > 0 and not (rules.one_per_parent and p.name in occupied)
             if usable:
                 free.append(p.name)
-                avail += t.available if kind is not GpuKind.SRIOV else 1
+                avail += 1 if rules.one_per_parent else t.available
             offers[t.type_id] = (first, free, avail)
     counts: Dict[str, int] = {}
     for p in parents:
@@ -401,8 +388,8 @@ def _gpu_state(
     used_fb = sum((fb_of.get(tid) or 0) * n for tid, n in counts.items())
     return GpuState(
         gpu=gpu,
-        kind=kind,
-        mode=mode if kind is not GpuKind.OTHER else MixMode.HOMOGENEOUS,
+        kind=rules.kind,
+        mode=mode if rules.modes else MixMode.HOMOGENEOUS,
         parents=parents,
         offers=tuple(Offer(vtype=v, free_parents=tuple(f), host_available=a) for _, (v, f, a) in sorted(offers.items())),
         counts=tuple(sorted(counts.items())),
@@ -415,7 +402,7 @@ def _gpu_state(
 
 def _mix_conflict(g: GpuState, type_id: str, counts: Mapping[str, int]) -> Optional[str]:
     """The other type on ``g`` whose presence forbids ``type_id`` there, or None."""
-    if g.kind is GpuKind.OTHER or g.mode is MixMode.MIXED_SIZE:
+    if not g.rules.counted or g.mode is MixMode.MIXED_SIZE:
         return None
     fb = dict(g.fb_of)
     for other, n in sorted(counts.items()):
@@ -428,7 +415,7 @@ def _mix_conflict(g: GpuState, type_id: str, counts: Mapping[str, int]) -> Optio
 
 def _rule_room(g: GpuState, vtype: VgpuType, counts: Mapping[str, int], used_fb: int, free_vfs: int) -> int:
     """How many more of ``vtype`` the vendor's rules allow on ``g`` (ignoring what the host reports)."""
-    if g.kind is GpuKind.OTHER:
+    if not g.rules.counted:
         return _UNBOUNDED
     if _mix_conflict(g, vtype.type_id, counts) is not None:
         return 0
@@ -437,7 +424,7 @@ def _rule_room(g: GpuState, vtype: VgpuType, counts: Mapping[str, int], used_fb:
         room = vtype.max_instance - counts.get(vtype.type_id, 0)
     if g.mode is not MixMode.HOMOGENEOUS and g.total_fb and vtype.framebuffer_mib:
         room = min(room, (g.total_fb - used_fb) // vtype.framebuffer_mib)
-    if g.kind is GpuKind.SRIOV:
+    if g.rules.one_per_parent:
         room = min(room, free_vfs)
     return max(room, 0)
 
@@ -462,13 +449,13 @@ def _headroom(g: GpuState, type_id: str, added: Optional[str]) -> int:
     if added is not None:
         counts[added] = counts.get(added, 0) + 1
         used += dict(g.fb_of).get(added) or 0
-        if g.kind is GpuKind.SRIOV:
+        if g.rules.one_per_parent:
             host -= 1  # one VF taken
             free_vfs -= 1
         elif added == type_id:
             host -= 1
     host = max(host, 0)
-    if g.kind is GpuKind.OTHER:
+    if not g.rules.counted:
         return host
     return min(host, _rule_room(g, o.vtype, counts, used, free_vfs))
 
@@ -476,10 +463,8 @@ def _headroom(g: GpuState, type_id: str, added: Optional[str]) -> int:
 def mix_rule(g: GpuState) -> str:
     """The type-mixing rule of ``g``, in words (for messages that must name the rule, not only the symptom)."""
     if g.mode is MixMode.EQUAL_SIZE:
-        return "in equal-size heterogeneous mode an NVIDIA GPU runs types of one framebuffer size at a time"
-    if g.kind is GpuKind.SRIOV:
-        return "NVIDIA GPUs run one vGPU type at a time unless heterogeneous mode is on"
-    return "NVIDIA time-sliced GPUs run one type at a time"
+        return EQUAL_SIZE_RULE
+    return g.rules.mix_rule or GPU_RULES[GpuKind.TIME_SLICED].mix_rule
 
 
 def type_mix(
@@ -528,7 +513,7 @@ def refusal(
         held = g.offer(clash)
         other = (held.vtype.profile or held.vtype.name if held else None) or clash
         return Refusal.TYPE_MIX, f"GPU {g.gpu} holds {other}, which {label} cannot share it with ({g.mode})"
-    if g.kind is GpuKind.SRIOV and parent in g.occupied:
+    if g.rules.one_per_parent and parent in g.occupied:
         return Refusal.FULL, f"VF {parent} already holds a vGPU (one per VF)"
     if vt.available <= 0 or headroom(g, type_id) <= 0:
         return Refusal.FULL, f"GPU {g.gpu} has no room for another {label} ({counts.get(type_id, 0)} of it there)"
@@ -815,7 +800,7 @@ def _recount(
 ) -> Inventory:
     parents = tuple(p for p in inventory.parents if p.gpu == gpu)
     names = {p.name for p in parents}
-    kind = gpu_kind(parents)
+    rules = gpu_rules(parents)
     types_by_parent: Dict[str, List[VgpuType]] = {}
     for t in inventory.types:
         if t.parent in names:
@@ -833,9 +818,9 @@ def _recount(
             new_types.append(t)
             continue
         base = t.available + (delta if (t.parent == parent and t.type_id == type_id) else 0)
-        if kind is GpuKind.OTHER:
+        if not rules.counted:
             avail = base
-        elif kind is GpuKind.SRIOV:  # one per VF; the GPU-wide count and mixing rule decide for the free VFs
+        elif rules.one_per_parent:  # one per VF; the GPU-wide count and mixing rule decide for the free VFs
             room = _rule_room(after, t, counts, after.used_fb, free_vfs)
             avail = 0 if t.parent in after.occupied else min(room, 1)
         else:  # time-sliced: recount from max_instance; without it, keep the host's figure less the change
