@@ -617,12 +617,14 @@ def refuse_bad_gpu_config(p: Plan, desired: DesiredState) -> None:
 
 
 def _pinned_vendor_vfio_gpus(inv: Inventory, desired: DesiredState) -> Set[str]:
-    """Physical GPUs of NVIDIA vendor-VFIO parents that desired instances are pinned to: their mixing rule depends on
-    heterogeneous mode, which only NVML reports."""
+    """Physical GPUs of the parents desired instances are pinned to whose mixing rule depends on heterogeneous mode
+    (NVIDIA vendor VFIO; ``BackendRules.mode_mixing``), which only NVML reports."""
+    from .host.rules import backend_rules
+
     out: Set[str] = set()
     for d in desired.instances:
         p = inv.find_parent(d.parent)
-        if p is not None and p.backend is BackendKind.NVIDIA_VF:
+        if p is not None and backend_rules(p.backend).mode_mixing:
             out.add(p.gpu)
     return out
 

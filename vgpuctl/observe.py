@@ -14,7 +14,8 @@ import os
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
-from .model import BackendKind, Inventory
+from .host.rules import mode_gpus
+from .model import Inventory
 from .paths import HostPaths
 from .virt.domxml import DomainFacts, Snapshot, consumers_from, facts_of, needs_cpus
 
@@ -52,7 +53,7 @@ def mix_modes(inv: Inventory, nvml: str = "auto") -> Tuple[Dict[str, Any], Optio
     """Per NVIDIA vendor-VFIO GPU, the placement engine's ``MixMode``: mixed-size where NVML reports heterogeneous
     mode, equal-size otherwise (vGPU 17+'s default); and, when NVML cannot say, the one-line note why (the modes are
     then empty and the engine stays strict).  ``nvml`` ``off``: NVML is not asked."""
-    gpus = sorted({p.gpu for p in inv.parents if p.backend is BackendKind.NVIDIA_VF})
+    gpus = sorted(mode_gpus(inv))
     if not gpus or nvml == "off":
         return {}, None
     from .nvml import Nvml, NvmlUnavailable

@@ -34,7 +34,8 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any, Callable, Collection, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 
-from .model import BackendKind, Instance, Inventory, Vendor, VgpuType
+from .host.rules import named_by_parent, offers_after_destroy, predicted_modes
+from .model import Instance, Inventory, Vendor
 from .spec import (AttachMode, DesiredGpu, DesiredInstance, DesiredState, bind, desired_type, host_parent,
                    no_type_reason, vf_issues)
 from .state import ORIGIN_APPLY, State
@@ -454,7 +455,7 @@ def plan(
             for d in to_place:
                 where = placed.get(d.name)
                 vf = inventory.parent(where) if isinstance(where, str) else None
-                if vf is not None and vf.backend is BackendKind.NVIDIA_VF:
+                if vf is not None and named_by_parent(vf.backend):
                     creates.append(_blocked_create(
                         d, None, d.type, Block.CONFIG,
                         f"placement chose NVIDIA vendor-VFIO VF {where}, and a vGPU there is named by its VF, not by "
@@ -564,15 +565,8 @@ class _CapacityModel:
         from . import placement
 
         inv = self.base
-        modes = dict(self.modes)
-        vendor_vfio = {p.gpu for p in inv.parents if p.backend is BackendKind.NVIDIA_VF}
-        for gpu in vendor_vfio:
-            if gpu in self.hetero:
-                modes[gpu] = placement.MixMode.MIXED_SIZE if self.hetero[gpu] else placement.MixMode.EQUAL_SIZE
-            else:
-                modes.setdefault(gpu, placement.MixMode.MIXED_SIZE)
-        self.usage = placement.Usage.of(modes=modes)
-        inv = _vf_offers_after_destroy(inv, self.freed)
+        self.usage = placement.Usage.of(modes=predicted_modes(inv, self.hetero, self.modes))
+        inv = offers_after_destroy(inv, self.freed)
         for uuid in self.freed:
             if inv.instance(uuid) is not None:
                 inv = placement.release(inv, uuid, usage=self.usage)
@@ -590,31 +584,6 @@ class _CapacityModel:
             return (Block.TYPE_MIX if reason is placement.Refusal.TYPE_MIX else Block.NO_CAPACITY), detail
         self.inv = placement.apply(inv, parent=parent, type_id=type_id, uuid=uuid, usage=self.usage)
         return None
-
-
-def _vf_offers_after_destroy(inventory: Inventory, freed: Collection[str]) -> Inventory:
-    """``inventory`` where each vendor-VFIO VF whose vGPU the plan destroys also lists what the GPU's free VFs offer
-    (a typed VF lists only its own type; reset to 0 it offers the GPU's table again), so re-typing a VF is predicted.
-    ``placement.release`` then recounts them by the GPU's rules."""
-    extra: List[VgpuType] = []
-    used = {i.parent for i in inventory.instances}
-    for uuid in freed:
-        inst = inventory.instance(uuid)
-        p = inventory.parent(inst.parent) if inst is not None else None
-        if inst is None or p is None or p.backend is not BackendKind.NVIDIA_VF:
-            continue
-        have = {t.type_id for t in inventory.types_on(p.name)}
-        for q in inventory.parents:
-            if q.gpu != p.gpu or q.name in used or q.backend is not p.backend:
-                continue
-            for t in inventory.types_on(q.name):
-                if t.type_id not in have:
-                    have.add(t.type_id)
-                    extra.append(replace(t, parent=p.name))
-    if not extra:
-        return inventory
-    types = tuple(sorted(inventory.types + tuple(extra), key=lambda t: (t.parent, t.type_id)))
-    return replace(inventory, types=types)
 
 
 def _gpu_actions(

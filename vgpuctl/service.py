@@ -220,7 +220,7 @@ class HostWatch:
     def __init__(self, paths: Any, watch: Watch, poll_interval: float, backends: Sequence[Any] = ()) -> None:
         self.paths = paths
         self.poll_interval = poll_interval
-        self.specs = [b.watch() for b in backends if hasattr(b, "watch")]
+        self.specs = [b.watch() for b in backends]
         self.monitor: Any = None
         self.mode = Watch.POLL
         if watch in (Watch.AUTO, Watch.UDEV):

@@ -141,8 +141,8 @@ def _gpu(inv: Inventory, policy: Policy, g: GpuState, domains: Mapping[str, str]
     holders: List[Holder] = []
     slots: List[Slot] = []
     hidden = 0
-    known_fb = g.kind is not GpuKind.OTHER and bool(fb) and all(fb.values())
-    if g.kind is GpuKind.SRIOV:
+    known_fb = g.rules.counted and bool(fb) and all(fb.values())
+    if g.rules.one_per_parent:
         unit = "VF"
         by_parent = {i.parent: i for i in insts}
         for i in insts:
@@ -297,13 +297,13 @@ def render_text(status: HostStatus, *, colour: bool = False) -> str:
     ]
     for g in status.gpus:
         head = f"{g.gpu}  {g.model or '?'}  {g.kind}"
-        if g.kind is not GpuKind.OTHER:
+        if g.rules.counted:
             head += f", {g.mode}"
         head += f"  NUMA {g.numa_node if g.numa_node is not None else '-'}  rule {g.rule}"
         lines += ["", head, f"  slots  {picture(g, colour=colour)}  (1 slot = {g.slot_unit})"]
         answered = any(h.license not in (None, "unknown") for h in g.holders)  # NVML told this GPU's licenses
         for h in g.holders:
-            extra = f"  {h.parent}" if g.kind is GpuKind.SRIOV else ""
+            extra = f"  {h.parent}" if g.rules.one_per_parent else ""
             if h.defined_by:
                 extra += f"  defined by {','.join(h.defined_by)}"
             if h.license is not None and answered:

@@ -4,20 +4,18 @@
 way a host makes vGPUs (the kernel's mdev core today; NVIDIA's per-VF interface fits beside it), merges their
 inventories into one ``Inventory`` and routes create/remove to the backend that owns the parent.
 
-Besides the protocol in ``base.py`` a backend may offer ``identity`` (the identity a new instance on a parent will
-have), ``exists`` (whether an identity is on the host now), ``busy`` (who holds a parent open, so that it must not
-get a vGPU), ``sriov_disabled`` (GPUs that have no SR-IOV VFs enabled) and ``hints`` (lines that tell the operator
-why something expected is missing).  ``Host`` supplies the mdev behaviour where a backend has none.
+``base.Backend`` declares everything ``Host`` calls (identity, exists, busy, hints, SR-IOV state, what to watch),
+with defaults for a backend that lacks a notion; ``rules.py`` holds the rules the pure core asks about a backend's
+instances and GPUs (named by the VF, one per VF, mixing modes), so no module outside ``host/`` tests a backend kind.
 """
 from __future__ import annotations
 
-import os
 from typing import Dict, List, Optional, Sequence, Set
 
 from ..errors import BadParentName, UnknownParent
 from ..model import BackendKind, Instance, Inventory, canonical_parent_name, sorted_inventory
 from ..paths import HostPaths
-from .base import Backend, TypeScope
+from .base import Backend, TypeScope, WatchSpec
 from .holders import Holder, find_holders
 from .mdev import MdevBackend
 from .nvidia_vf import NvidiaVfBackend
@@ -98,15 +96,7 @@ class Host:
     def identity(self, *, parent: str, requested: Optional[str], inventory: Inventory) -> str:
         """The identity the next instance on ``parent`` gets: for mdev ``requested`` (a canonical UUID) or a fresh
         random UUID; other backends decide themselves (an NVIDIA VF's address)."""
-        b = self.backend_of(parent, inventory)
-        fn = getattr(b, "identity", None)
-        if fn is not None:
-            return fn(parent=parent, requested=requested)
-        if requested is not None:
-            return requested
-        import uuid as uuidlib  # only create pays for it
-
-        return str(uuidlib.uuid4())
+        return self.backend_of(parent, inventory).identity(parent=parent, requested=requested)
 
     def exists(self, uuid: str, kind: BackendKind = BackendKind.MDEV) -> bool:
         """Whether the instance ``uuid`` of backend ``kind`` is on the host now (one cheap look, no full read)."""
@@ -114,34 +104,24 @@ class Host:
             b = self.backend(kind)
         except KeyError:
             return False
-        fn = getattr(b, "exists", None)
-        if fn is not None:
-            return bool(fn(uuid))
-        return os.path.lexists(self.paths.mdev_devices / uuid)
+        return b.exists(uuid)
 
     def busy(self, parent: str, inventory: Inventory) -> List[str]:
         """Who holds ``parent`` itself open (an NVIDIA VF passed to a VM); empty where a backend has no such notion."""
-        fn = getattr(self.backend_of(parent, inventory), "busy", None)
-        return list(fn(parent)) if fn is not None else []
+        return list(self.backend_of(parent, inventory).busy(parent))
 
     def hints(self) -> List[str]:
         """Why devices one may expect are missing (an NVIDIA GPU without SR-IOV VFs), one line each."""
-        out: List[str] = []
-        for b in self.backends:
-            fn = getattr(b, "hints", None)
-            if fn is not None:
-                out += fn()
-        return out
+        return [line for b in self.backends for line in b.hints()]
 
     def sriov_disabled(self) -> List[str]:
         """NVIDIA GPUs that could host vendor-VFIO vGPUs but have no SR-IOV VFs enabled; empty where no backend has
         such a notion."""
-        out: List[str] = []
-        for b in self.backends:
-            fn = getattr(b, "sriov_disabled", None)
-            if fn is not None:
-                out += fn()
-        return out
+        return [gpu for b in self.backends for gpu in b.sriov_disabled()]
+
+    def watches(self) -> List[WatchSpec]:
+        """What the service follows: each backend's ``WatchSpec``."""
+        return [b.watch() for b in self.backends]
 
     def holders(self, instances: Sequence[Instance]) -> Dict[str, List[Holder]]:
         """Processes holding each instance's VFIO group open, keyed by instance uuid (only held ones appear)."""
@@ -149,4 +129,4 @@ class Host:
         return {groups[g]: h for g, h in find_holders(self.paths, groups).items()}
 
 
-__all__ = ["Host", "Holder", "Backend", "MdevBackend", "NvidiaVfBackend", "TypeScope"]
+__all__ = ["Host", "Holder", "Backend", "MdevBackend", "NvidiaVfBackend", "TypeScope", "WatchSpec"]

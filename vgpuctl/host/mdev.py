@@ -17,12 +17,14 @@ from ..describe import typed_fields
 from ..errors import AlreadyExists, CreateRefused, HostIOError, NoCapacity, ParentGone, UnknownInstance
 from ..model import PCI_ADDR_RE, BackendKind, Instance, Parent, VgpuType
 from ..paths import HostPaths
-from .base import TypeScope, WatchSpec
+from .base import Backend, TypeScope, WatchSpec
+from .rules import MDEV_RULES
 from .sysfs import link_name, listdir, read_attr, read_int, write_attr
 
 
-class MdevBackend:
+class MdevBackend(Backend):
     kind = BackendKind.MDEV
+    rules = MDEV_RULES
 
     def __init__(self, paths: HostPaths) -> None:
         self.paths = paths
@@ -136,6 +138,10 @@ class MdevBackend:
     def present(self, ids: Collection[str]) -> Set[str]:
         """Which of ``ids`` exist now: one readdir of ``sys/bus/mdev/devices`` for a whole batch."""
         return set(ids).intersection(listdir(self.paths.mdev_devices))
+
+    def exists(self, ident: str) -> bool:
+        """One lstat of ``sys/bus/mdev/devices/<uuid>``."""
+        return os.path.lexists(self.paths.mdev_devices / ident)
 
     def watch(self) -> WatchSpec:
         """mdev uevents (an instance added or removed) and a parent's ``MDEV_STATE`` change (registered or

@@ -39,8 +39,9 @@ from ..errors import (
 )
 from ..model import BackendKind, Instance, Parent, VgpuType
 from ..paths import HostPaths
-from .base import TypeScope, WatchSpec
+from .base import Backend, TypeScope, WatchSpec
 from .holders import find_holders
+from .rules import NVIDIA_VF_RULES
 from .sysfs import link_name, listdir, read_attr, read_int, write_attr
 
 TYPE_PREFIX = "nvidia-"
@@ -85,14 +86,12 @@ def name_fields(name: Optional[str]) -> Dict[str, object]:
     return out
 
 
-class NvidiaVfBackend:
+class NvidiaVfBackend(Backend):
     kind = BackendKind.NVIDIA_VF
+    rules = NVIDIA_VF_RULES
 
     def __init__(self, paths: HostPaths) -> None:
         self.paths = paths
-
-    def _nv(self, vf: str) -> "os.PathLike[str]":
-        return self.paths.pci_devices / vf / "nvidia"
 
     # --- inventory -------------------------------------------------------------------------------------------------
     def vfs(self) -> List[str]:
@@ -253,23 +252,11 @@ class NvidiaVfBackend:
         return None
 
     def hints(self) -> List[str]:
-        return [
-            f"GPU {pf} can do SR-IOV but has no VFs enabled, so it can host no vendor-VFIO vGPUs; "
-            f"enable them with: {SRIOV_MANAGE} -e {pf} (needed after every boot)"
-            for pf in self.sriov_disabled()
-        ]
+        return [sriov_hint(pf) for pf in self.sriov_disabled()]
 
     # --- lifecycle -------------------------------------------------------------------------------------------------
     def identity(self, *, parent: str, requested: Optional[str]) -> str:
-        """A vendor-VFIO vGPU is known by its VF's address: ``requested`` may only repeat it."""
-        if requested is not None and requested.lower() != parent:
-            from ..errors import InvalidInput
-
-            raise InvalidInput(
-                f"a vGPU on NVIDIA VF {parent} is identified by the VF's address, not {requested!r}: "
-                "omit --uuid (choose the VF with --parent, or give the GPU to let vgpuctl pick one)"
-            )
-        return parent
+        return vf_identity(parent, requested)
 
     def busy(self, parent: str) -> List[str]:
         """Who holds the VF's VFIO group open (a VM using the VF): such a VF must not be typed."""
@@ -278,8 +265,8 @@ class NvidiaVfBackend:
             return []
         return [str(h) for h in find_holders(self.paths, [int(group)]).get(int(group), [])]
 
-    def exists(self, uuid: str) -> bool:
-        return bool(read_int(self.paths.pci_devices / uuid / "nvidia" / "current_vgpu_type"))
+    def exists(self, ident: str) -> bool:
+        return bool(read_int(self.paths.pci_devices / ident / "nvidia" / "current_vgpu_type"))
 
     def create(self, *, parent: str, type_id: str, uuid: str) -> Instance:
         number = self.write_create(parent=parent, type_id=type_id, uuid=uuid)
@@ -341,15 +328,8 @@ class NvidiaVfBackend:
         path = self.paths.pci_devices / instance.uuid / "nvidia" / "current_vgpu_type"
         try:
             write_attr(path, "0")
-        except FileNotFoundError:
-            raise UnknownInstance(instance.uuid) from None
         except OSError as e:
-            code = e.errno or errno.EIO
-            if code == errno.EBUSY:
-                raise DeviceInUse(instance.uuid, ["the VF's VFIO device is open (the driver said EBUSY)"]) from None
-            if code in (errno.ENODEV, errno.ENOTDIR):
-                raise ParentGone(instance.parent) from None
-            raise HostIOError(os.fspath(path), code) from None
+            raise _remove_error(e, path=os.fspath(path), instance=instance) from None
 
 
 def _nvidia_pci_uevent(subsystem: str, props: Mapping[str, str]) -> bool:
@@ -357,6 +337,34 @@ def _nvidia_pci_uevent(subsystem: str, props: Mapping[str, str]) -> bool:
     if subsystem != "pci":
         return False
     return props.get("PCI_ID", "").upper().startswith("10DE:") or props.get("DRIVER") == "nvidia"
+
+
+def vf_identity(parent: str, requested: Optional[str]) -> str:
+    """A vendor-VFIO vGPU is known by its VF's address: ``requested`` may only repeat it."""
+    if requested is not None and requested.lower() != parent:
+        from ..errors import InvalidInput
+
+        raise InvalidInput(
+            f"a vGPU on NVIDIA VF {parent} is identified by the VF's address, not {requested!r}: "
+            "omit --uuid (choose the VF with --parent, or give the GPU to let vgpuctl pick one)"
+        )
+    return parent
+
+
+def sriov_hint(pf: str) -> str:
+    return (f"GPU {pf} can do SR-IOV but has no VFs enabled, so it can host no vendor-VFIO vGPUs; "
+            f"enable them with: {SRIOV_MANAGE} -e {pf} (needed after every boot)")
+
+
+def _remove_error(e: OSError, *, path: str, instance: Instance) -> Exception:
+    if isinstance(e, FileNotFoundError):
+        return UnknownInstance(instance.uuid)
+    code = e.errno or errno.EIO
+    if code == errno.EBUSY:
+        return DeviceInUse(instance.uuid, ["the VF's VFIO device is open (the driver said EBUSY)"])
+    if code in (errno.ENODEV, errno.ENOTDIR):
+        return ParentGone(instance.parent)
+    return HostIOError(path, code)
 
 
 def _create_error(e: OSError, *, path: str, parent: str, type_id: str) -> Exception:

@@ -118,13 +118,8 @@ def gpu_rules(parents: Sequence[Parent]) -> GpuRules:
 # --- questions the core asks about an inventory (pure) -------------------------------------------------------------
 def parent_named(inventory: Inventory, name: Optional[str]) -> Optional[Parent]:
     """The parent ``name`` refers to (case-insensitively) when its instances are named by it, or None."""
-    if name is None:
-        return None
-    low = name.lower()
-    for p in inventory.parents:
-        if named_by_parent(p.backend) and p.name.lower() == low:
-            return p
-    return None
+    p = inventory.find_parent(name)
+    return p if p is not None and named_by_parent(p.backend) else None
 
 
 def named_parents_of_gpu(inventory: Inventory, gpu: str) -> List[Parent]:

@@ -22,6 +22,7 @@ from typing import Any, Dict, Iterable, List
 
 import mfusepy
 
+from vgpuctl.host.holders import open_by
 from vgpuctl.sim.machine import Dir, File, Link, Machine, SimError, changed_paths
 
 log = logging.getLogger("vgpusim")
@@ -50,28 +51,9 @@ def invalidate(paths: Iterable[str]) -> int:
 
 
 def holders(path: str, proc: str = "/proc") -> List[int]:
-    """Pids of processes with a file descriptor open on ``path``."""
-    wanted = {os.path.abspath(path), os.path.realpath(path)}
-    found = []
-    try:
-        pids = [p for p in os.listdir(proc) if p.isdigit()]
-    except OSError:
-        return []
-    for pid in pids:
-        fd_dir = os.path.join(proc, pid, "fd")
-        try:
-            fds = os.listdir(fd_dir)
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                target = os.readlink(os.path.join(fd_dir, fd))
-            except OSError:
-                continue
-            if target in wanted:
-                found.append(int(pid))
-                break
-    return found
+    """Pids of processes with a file descriptor open on ``path`` (the package's one /proc scan)."""
+    found = open_by({os.path.abspath(path), os.path.realpath(path)}, proc)
+    return sorted({pid for pids in found.values() for pid in pids})
 
 
 class SimFS(mfusepy.Operations):

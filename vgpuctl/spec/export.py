@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Sequence
 
-from ..model import BackendKind, Inventory
+from ..host.rules import named_by_parent
+from ..model import Inventory
 from .schema import SPEC_VERSION, DesiredState
 from .validation import bind
 
@@ -20,7 +21,7 @@ def export_doc(inventory: Inventory, owned: Sequence[str], desired: Optional[Des
             continue
         d = names.get(inst.uuid)
         entry: Dict[str, Any]
-        if inst.backend is BackendKind.NVIDIA_VF:  # named by its VF: no uuid
+        if named_by_parent(inst.backend):  # named by its VF: no uuid
             name = d.name if d is not None else "vgpu-" + inst.uuid.replace(":", "-")
             entry = {"type": inst.type_id, "parent": inst.parent}
         else:

@@ -8,7 +8,8 @@ from dataclasses import replace
 from typing import Collection, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import AmbiguousType, ConfigError, UnknownType
-from ..model import BackendKind, Inventory, Parent, find_type
+from ..host.rules import named_by_parent, named_parents_of_gpu, parent_named
+from ..model import Inventory, Parent, find_type
 from .schema import DesiredInstance, DesiredState
 
 
@@ -77,18 +78,15 @@ def host_parent(inventory: Inventory, name: str) -> Optional[str]:
 # --- vendor-VFIO instances: named by their VF -------------------------------------------------------------------
 def vf_parent(inventory: Inventory, name: Optional[str]) -> Optional[Parent]:
     """The NVIDIA vendor-VFIO parent (an SR-IOV VF with ``nvidia/``) ``name`` refers to, or None."""
-    p = inventory.find_parent(name)
-    return p if p is not None and p.backend is BackendKind.NVIDIA_VF else None
+    return parent_named(inventory, name)
 
 
 def _vf_gpu(inventory: Inventory, name: str) -> List[Parent]:
     """The vendor-VFIO VFs of physical GPU ``name`` when ``name`` is such a GPU (and not itself a parent), in address
     order; else empty."""
-    low = name.lower()
     if host_parent(inventory, name) is not None:
         return []
-    return sorted((p for p in inventory.parents if p.backend is BackendKind.NVIDIA_VF and p.gpu.lower() == low),
-                  key=lambda p: p.name)
+    return named_parents_of_gpu(inventory, name)
 
 
 def bind(desired: DesiredState, inventory: Inventory) -> DesiredState:
@@ -192,7 +190,7 @@ def _check_placed(desired: DesiredState, inventory: Inventory, d: DesiredInstanc
     """A placed instance: some parent offers its type, and not only vendor-VFIO VFs (a vGPU there is named by
     its VF, so it must be pinned)."""
     offering = [p for p in inventory.parents if desired_type(inventory, p.name, d)]
-    vfs = sorted((p for p in offering if p.backend is BackendKind.NVIDIA_VF), key=lambda p: p.name)
+    vfs = sorted((p for p in offering if named_by_parent(p.backend)), key=lambda p: p.name)
     if offering and len(vfs) == len(offering):
         pins = [x.parent for x in desired.instances if x.parent is not None]
         raise ConfigError(

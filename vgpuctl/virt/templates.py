@@ -23,7 +23,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from ..errors import ConfigError, LibvirtUnavailable, TemplateError
 from ..fsutil import read_text
-from ..model import PCI_ADDR_RE, BackendKind, Instance, VgpuType
+from ..host.rules import named_by_parent
+from ..model import PCI_ADDR_RE, Instance, VgpuType
 from ..paths import HostPaths
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "data" / "templates"
@@ -64,7 +65,7 @@ def device_context(
         "alias": alias_for(instance.uuid),
         "display_taken": display_taken,
     }
-    if instance.backend == BackendKind.NVIDIA_VF:
+    if named_by_parent(instance.backend):  # the vGPU is the VF itself: a PCI hostdev at its address
         m = PCI_ADDR_RE.match(instance.uuid)
         if not m:
             raise ConfigError(instance.uuid, "a per-VF vGPU's identity must be a PCI address")
