@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .model import Inventory, Vendor, VgpuType
+from .host.rules import GPU_RULES
 from .placement import GpuKind, GpuState, Usage, gpu_states, headroom, rule_for
 from .policy import Policy
 
@@ -297,13 +298,13 @@ def render_text(status: HostStatus, *, colour: bool = False) -> str:
     ]
     for g in status.gpus:
         head = f"{g.gpu}  {g.model or '?'}  {g.kind}"
-        if g.rules.counted:
+        if GPU_RULES[g.kind].modes:
             head += f", {g.mode}"
         head += f"  NUMA {g.numa_node if g.numa_node is not None else '-'}  rule {g.rule}"
         lines += ["", head, f"  slots  {picture(g, colour=colour)}  (1 slot = {g.slot_unit})"]
         answered = any(h.license not in (None, "unknown") for h in g.holders)  # NVML told this GPU's licenses
         for h in g.holders:
-            extra = f"  {h.parent}" if g.rules.one_per_parent else ""
+            extra = f"  {h.parent}" if GPU_RULES[g.kind].one_per_parent else ""
             if h.defined_by:
                 extra += f"  defined by {','.join(h.defined_by)}"
             if h.license is not None and answered:

@@ -253,7 +253,11 @@ def materialize(profile: "str | os.PathLike[str] | Profile", root: "str | os.Pat
             machine.set_vgpu_type(parent, type_id.rsplit("-", 1)[-1].encode())
         else:
             machine.create(parent, type_id, uuid.encode())
-    sys_dir = rootp / "sys"
+    return write_tree(machine, rootp / "sys")
+
+
+def write_tree(machine: Machine, sys_dir: Path) -> Path:
+    """Write ``machine``'s current tree under ``sys_dir`` as plain files (no control directory); returns it."""
     for path, node in sorted(machine.tree.items()):
         if path == "/" or path.startswith(f"/{CONTROL_DIR}"):
             continue
