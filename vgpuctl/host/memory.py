@@ -216,15 +216,14 @@ class MemoryVfBackend(_MachineBackend):
             vtypes: List[VgpuType] = []
             if types is TypeScope.NONE:
                 return parents, vtypes, instances
+            creatable = {fn.name: self.m.creatable(fn.name) for fn in vfs}  # empty for a typed VF
             names: Dict[str, Dict[int, str]] = {}
             for fn in vfs:
-                for t in self.m.creatable(fn.name):
+                for t in creatable[fn.name]:
                     names.setdefault(fn.gpu, {}).setdefault(int(t.id), (t.name or "").strip())
             for fn in vfs:
-                n = self.m.vf_type.get(fn.name, 0)
-                if not n and types is TypeScope.ALL:
-                    vtypes += [self._type(fn.name, int(t.id), (t.name or "").strip(), 1)
-                               for t in self.m.creatable(fn.name)]
+                if types is TypeScope.ALL and not self.m.vf_type.get(fn.name, 0):
+                    vtypes += [self._type(fn.name, int(t.id), (t.name or "").strip(), 1) for t in creatable[fn.name]]
             for fn in vfs:
                 n = self.m.vf_type.get(fn.name, 0)
                 if n:
