@@ -7,7 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# two pytest-xdist workers (VGPUCTL_TEST_JOBS, 0: none): much of the suite waits on subprocesses (ansible-playbook,
+# libvirtd, Chromium, the service), so a second worker uses the time one leaves idle; later -n arguments win
+.venv/bin/python -m pytest -q -p no:cacheprovider -n "${VGPUCTL_TEST_JOBS:-2}" "$@"
 if [ "${VGPUCTL_SKIP_REALKERNEL:-0}" != 1 ] && [ -x tests/realkernel/run ]; then
   tests/realkernel/run
   # opt-in until its live migration passes here end to end (docs/migration.md, "Proven on a real kernel")

@@ -1,7 +1,7 @@
 """Fixtures for the libvirt integration: the test driver, the simulated host, golden files, a real libvirtd.
 
 * ``uri``: ``test:///<abs>/tests/data/virt/testnode.xml``; every ``Virt.open(uri)`` is a fresh driver state.
-* ``sim``: ``SimHost("mtty", tmp_path/"root")`` (needs root, /dev/fuse, fusermount3; skipped otherwise) with the
+* ``sim``: the session's mtty simulator (``sim_pool``; needs root, /dev/fuse, fusermount3; skipped otherwise) with the
   vGPUs the driver file's domains reference already created (owned by vgpuctl).
 * ``golden(name, text)``: compare with tests/data/virt/golden/<name> (tests/golden.py: a missing file fails;
   ``VGPUCTL_REGEN_GOLDEN=1`` rewrites them all).
@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 from golden import assert_golden
-from simhost import FUSE_SKIP_REASON, fuse_usable
 from pathlib import Path
 
 import pytest
@@ -45,18 +44,15 @@ def virt(uri):
 
 
 @pytest.fixture
-def sim(tmp_path):
-    if not fuse_usable():
-        pytest.skip(FUSE_SKIP_REASON)
+def sim(sim_pool):
     from vgpuctl.lifecycle import Lifecycle
     from vgpuctl.host import Host
-    from vgpuctl.sim import SimHost
 
-    with SimHost("mtty", tmp_path / "root") as s:
-        lc = Lifecycle(Host(s.paths), lock_timeout=2)
-        for u in (U_WEB, U_DB, U_FREE):
-            lc.create(parent="mtty", type_id="mtty-1", uuid=u)
-        yield s
+    s = sim_pool.fresh("mtty")
+    lc = Lifecycle(Host(s.paths), lock_timeout=2)
+    for u in (U_WEB, U_DB, U_FREE):
+        lc.create(parent="mtty", type_id="mtty-1", uuid=u)
+    return s
 
 
 def scrub(text: str) -> str:
