@@ -48,9 +48,10 @@ def compose_yaml(text: str, path: str) -> Tuple[Any, Any]:
     events; a document libyaml refuses is read again by the Python loader, so every error reads as before."""
     import yaml
 
-    # libyaml: the same checks on its events, then its composer.  Not for a text with a tab: libyaml takes tabs
-    # where PyYAML's scanner refuses them, and the Python loader's verdict is the rule.
-    if getattr(yaml, "__with_libyaml__", False) and "\t" not in text:
+    # libyaml: the same checks on its events, then its composer.  Not for a text with a tab or a byte-order mark
+    # after its first character: libyaml takes tabs where PyYAML's scanner refuses them, and skips a BOM at the start
+    # of any line where PyYAML reads it as text; the Python loader's verdict is the rule.
+    if getattr(yaml, "__with_libyaml__", False) and "\t" not in text and "\ufeff" not in text[1:]:
         fast = None
         try:
             _check_events(yaml, yaml.parse(text, Loader=yaml.CSafeLoader), path)
@@ -78,13 +79,18 @@ def compose_yaml(text: str, path: str) -> Tuple[Any, Any]:
 
 def _check_events(yaml: Any, events: Any, path: str) -> None:
     """What ``StrictLoader.compose_node`` refuses, over a parser's events (libyaml's C composer has no hook): an
-    explicit tag on any node, and a node deeper than ``MAX_DEPTH`` (the root is at depth 1)."""
+    explicit tag on any node, and a node deeper than ``MAX_DEPTH`` (the root is at depth 1).  A second document is
+    left to the Python loader, which refuses it before it looks inside (so its error, not a tag in it, is the one)."""
     node_events = (yaml.ScalarEvent, yaml.SequenceStartEvent, yaml.MappingStartEvent, yaml.AliasEvent)
     starts = (yaml.SequenceStartEvent, yaml.MappingStartEvent)
     ends = (yaml.SequenceEndEvent, yaml.MappingEndEvent)
-    open_collections = 0
+    open_collections = documents = 0
     for event in events:
-        if isinstance(event, node_events):
+        if isinstance(event, yaml.DocumentStartEvent):
+            documents += 1
+            if documents > 1:
+                raise yaml.YAMLError("more than one document")
+        elif isinstance(event, node_events):
             tag = getattr(event, "tag", None)
             line = event.start_mark.line + 1 if event.start_mark else None
             if tag is not None:

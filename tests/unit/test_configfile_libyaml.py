@@ -39,7 +39,7 @@ FIXED = [
     "", "# only a comment\n", "a: !!int 3\n", "a: [!x y]\n", "- !<tag:yaml.org,2002:str> x\n", "a: &x 1\nb: *x\n",
     "a: " + "[" * 32 + "]" * 32 + "\n", "a: " + "[" * 31 + "]" * 31 + "\n", "a: " + "{b: " * 40 + "1" + "}" * 40,
     "x: " + "[" * 5000 + "]" * 5000 + "\n", "a: b: c\n", "a: 'unterminated\n", "\x07: bell\n", "a:\n\t- tab\n",
-    "a: 1\na: 2\n", "--- 1\n--- 2\n", "? [a, b]\n: c\n", "a: |\n  text\n  more\n", "<<: {a: 1}\n",
+    "a: 1\na: 2\n", "\n\ufeff\n", "a: 1\n\ufeffb: 2\n", "--- 1\n--- 2\n", "1\n--- !!int 3\n", "? [a, b]\n: c\n", "a: |\n  text\n  more\n", "<<: {a: 1}\n",
 ]
 
 
