@@ -48,7 +48,9 @@ def desired_uuids(root) -> set:
     return {a["uuid"] for a in doc["actions"]} | {i["uuid"] for i in doc["before"]}
 
 
-def wait_for(pred, timeout=10.0, step=0.05):
+def wait_for(pred, timeout=60.0, step=0.05):
+    # generous: a bound on a wait for an event, never a speed check (under two xdist workers on a loaded 2-core
+    # machine a service pass after a simulated reboot took over 10 s)
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if pred():
@@ -231,7 +233,7 @@ def service(host, tmp_path):
                             stdout=log, stderr=subprocess.STDOUT, env=env)
     messages = []
 
-    def until(pred, timeout=10.0):
+    def until(pred, timeout=60.0):
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             m = read_notify(sock, max(0.01, end - time.monotonic()))
