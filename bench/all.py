@@ -4,6 +4,7 @@ measured in the same run.  Needs root, /dev/fuse, hyperfine and mdevctl (``scrip
 
     sudo .venv/bin/python bench/all.py
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -12,14 +13,19 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHES = (
-    ("placement: place() decision time, churn admission against first-fit, round-robin and an offline bound",
-     ["placement_churn.py"]),
-    ("converge: apply of 128 vs the raw loop and mdevctl start; check/list; the service's reaction",
-     ["converge.py"]),
-    ("list --json against mdevctl and python+click, on the FUSE simulator and on a plain directory copy",
-     ["list_vs_mdevctl.py", "--runs", "20"]),
-    ("the simulator's cost: FUSE requests per inventory, and each reader on FUSE against a plain directory copy",
-     ["sim_roundtrips.py"]),
+    (
+        "placement: place() decision time, churn admission against first-fit, round-robin and an offline bound",
+        ["placement_churn.py"],
+    ),
+    ("converge: apply of 128 vs the raw loop and mdevctl start; check/list; the service's reaction", ["converge.py"]),
+    (
+        "list --json against mdevctl and python+click, on the FUSE simulator and on a plain directory copy",
+        ["list_vs_mdevctl.py", "--runs", "20"],
+    ),
+    (
+        "the simulator's cost: FUSE requests per inventory, and each reader on FUSE against a plain directory copy",
+        ["sim_roundtrips.py"],
+    ),
 )
 
 

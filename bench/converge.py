@@ -11,6 +11,7 @@
 
     sudo .venv/bin/python bench/converge.py [N]
 """
+
 from __future__ import annotations
 
 import os
@@ -57,8 +58,10 @@ def main() -> None:
     uuids = [str(uuid.UUID(int=i + 1)) for i in range(N)]
     cfg = root / "etc" / "vgpuctl" / "vgpuctl.yaml"
     cfg.parent.mkdir(parents=True)
-    cfg.write_text("version: 1\ninstances:\n" + "".join(
-        f"  i{i:03d}: {{type: mtty-1, parent: mtty, uuid: {u}}}\n" for i, u in enumerate(uuids)))
+    cfg.write_text(
+        "version: 1\ninstances:\n"
+        + "".join(f"  i{i:03d}: {{type: mtty-1, parent: mtty, uuid: {u}}}\n" for i, u in enumerate(uuids))
+    )
     env = env_for(root)
     with SimHost(HERE / "mtty256.yaml", root) as sim:
         create = sim.type_dir("mtty", "mtty-1") / "create"
@@ -79,8 +82,12 @@ def main() -> None:
         list_s = statistics.median(timed(VGPUCTL + ["list"], env) for _ in range(5))
         # 3. service reaction time after the parent re-registers
         log = open(tmp / "service.log", "w")
-        svc = subprocess.Popen(VGPUCTL + ["service", "--watch", "poll", "--poll-interval", "0.05"], env=env,
-                               stdout=log, stderr=subprocess.STDOUT)
+        svc = subprocess.Popen(
+            VGPUCTL + ["service", "--watch", "poll", "--poll-interval", "0.05"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         time.sleep(1.5)
         sim.unregister("mtty")
         time.sleep(1.0)
@@ -101,10 +108,11 @@ def main() -> None:
                 "mkdir -p /etc/mdevctl.d/scripts.d/callouts /etc/mdevctl.d/scripts.d/notifiers; "
                 "t0=$(date +%s.%N); "
                 f"for u in {' '.join(uuids)}; do {mdevctl} start -p mtty -t mtty-1 -u $u; done; "
-                "t1=$(date +%s.%N); echo \"$t0 $t1\""
+                't1=$(date +%s.%N); echo "$t0 $t1"'
             )
-            r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
-                               capture_output=True, text=True)
+            r = subprocess.run(
+                ["unshare", "-m", "--propagation", "private", "sh", "-c", script], capture_output=True, text=True
+            )
             if r.returncode == 0 and len(sim.instances()) == N:
                 a, b = map(float, r.stdout.split()[-2:])
                 mdev_s = b - a
@@ -116,8 +124,10 @@ def main() -> None:
     print(f"  raw loop writing create        {raw * 1e3:8.1f} ms  ({raw / N * 1e3:.2f} ms/instance)")
     print(f"  vgpuctl apply (one process)    {apply_s * 1e3:8.1f} ms  = {apply_s / raw:.1f}x raw")
     if mdev_s is not None:
-        print(f"  {N} x mdevctl start             {mdev_s * 1e3:8.1f} ms  = {mdev_s / raw:.1f}x raw, "
-              f"{mdev_s / apply_s:.1f}x vgpuctl apply")
+        print(
+            f"  {N} x mdevctl start             {mdev_s * 1e3:8.1f} ms  = {mdev_s / raw:.1f}x raw, "
+            f"{mdev_s / apply_s:.1f}x vgpuctl apply"
+        )
     print(f"converged {N}-instance host (median of 5):")
     print(f"  vgpuctl check                  {check_s * 1e3:8.1f} ms")
     print(f"  vgpuctl list                   {list_s * 1e3:8.1f} ms  check/list = {check_s / list_s:.2f}")

@@ -19,6 +19,7 @@ own cost, not the simulator's), against ``python -c 'import click'`` (the floor 
 and prints the mean times and ratios measured in this one run.  Needs root, /dev/fuse, hyperfine and mdevctl
 (``scripts/setup.sh`` installs them).  Usage: ``.venv/bin/python bench/list_vs_mdevctl.py [--runs N]``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,7 +32,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-GPUS = [f"0000:{bus:02x}:00.0" for bus in (0x1a, 0x1b, 0x3b, 0x3c, 0x88, 0x89, 0xd8, 0xd9)]
+GPUS = [f"0000:{bus:02x}:00.0" for bus in (0x1A, 0x1B, 0x3B, 0x3C, 0x88, 0x89, 0xD8, 0xD9)]
 PER_GPU = 16
 TYPE = "nvidia-222"  # T4-1B: 16 per GPU
 
@@ -77,8 +78,13 @@ def main() -> int:
             assert len(sim.instances()) == len(GPUS) * PER_GPU
             out = Path(tmp) / "hyperfine.json"
             plain = Path(tmp) / "plain"
-            shutil.copytree(root / "sys", plain / "sys", symlinks=True, copy_function=_copy_attr,
-                            ignore=shutil.ignore_patterns(".vgpusim"))
+            shutil.copytree(
+                root / "sys",
+                plain / "sys",
+                symlinks=True,
+                copy_function=_copy_attr,
+                ignore=shutil.ignore_patterns(".vgpusim"),
+            )
             env = f"VGPUCTL_ROOT={shlex.quote(str(root))} VGPUCTL_LIBVIRT_URI=none"
             plain_env = f"VGPUCTL_ROOT={shlex.quote(str(plain))} VGPUCTL_LIBVIRT_URI=none"
             cmds = {
@@ -94,8 +100,19 @@ def main() -> int:
                 hf += ["-n", name, cmd]
             # mdevctl has no root option: the plain copy is bind-mounted over /sys in a second namespace
             out2 = Path(tmp) / "hyperfine-plain.json"
-            hf2 = ["hyperfine", "-N", "--warmup", "3", "--runs", str(args.runs), "--export-json", str(out2),
-                   "-n", "mdevctl list --dumpjson (plain)", "mdevctl list --dumpjson"]
+            hf2 = [
+                "hyperfine",
+                "-N",
+                "--warmup",
+                "3",
+                "--runs",
+                str(args.runs),
+                "--export-json",
+                str(out2),
+                "-n",
+                "mdevctl list --dumpjson (plain)",
+                "mdevctl list --dumpjson",
+            ]
             script = f"mount --bind {shlex.quote(str(root / 'sys'))} /sys && exec {shlex.join(hf)} >&2"
             subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], check=True)
             script = f"mount --bind {shlex.quote(str(plain / 'sys'))} /sys && exec {shlex.join(hf2)} >&2"
@@ -103,33 +120,59 @@ def main() -> int:
             cmds["mdevctl list --dumpjson (plain)"] = "mdevctl list --dumpjson"
             # both tools must have seen all 128 devices
             listed = subprocess.run(
-                ["unshare", "-m", "sh", "-c", f"mount --bind {shlex.quote(str(root / 'sys'))} /sys && "
-                 "mdevctl list --dumpjson"], capture_output=True, text=True, check=True).stdout
+                [
+                    "unshare",
+                    "-m",
+                    "sh",
+                    "-c",
+                    f"mount --bind {shlex.quote(str(root / 'sys'))} /sys && mdevctl list --dumpjson",
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
             n_mdevctl = sum(len(v) for entry in json.loads(listed) for v in entry.values())
-            n_vgpuctl = len(json.loads(subprocess.run(
-                [vgpuctl, "--root", str(root), "--connect", "none", "list", "--json"],
-                capture_output=True, text=True, check=True).stdout))
-            n_plain = len(json.loads(subprocess.run(
-                [vgpuctl, "--root", str(plain), "--connect", "none", "list", "--json"],
-                capture_output=True, text=True, check=True).stdout))
+            n_vgpuctl = len(
+                json.loads(
+                    subprocess.run(
+                        [vgpuctl, "--root", str(root), "--connect", "none", "list", "--json"],
+                        capture_output=True,
+                        text=True,
+                        check=True,
+                    ).stdout
+                )
+            )
+            n_plain = len(
+                json.loads(
+                    subprocess.run(
+                        [vgpuctl, "--root", str(plain), "--connect", "none", "list", "--json"],
+                        capture_output=True,
+                        text=True,
+                        check=True,
+                    ).stdout
+                )
+            )
         results = {r["command"]: r for r in json.loads(out.read_text())["results"]}
         results.update({r["command"]: r for r in json.loads(out2.read_text())["results"]})
 
     ms = {k: v["mean"] * 1000 for k, v in results.items()}
     sd = {k: v["stddev"] * 1000 for k, v in results.items()}
-    print(f"\nsimulated host: {len(GPUS)} GPUs x {PER_GPU} instances; devices listed: vgpuctl {n_vgpuctl}, "
-          f"mdevctl {n_mdevctl}")
+    print(
+        f"\nsimulated host: {len(GPUS)} GPUs x {PER_GPU} instances; devices listed: vgpuctl {n_vgpuctl}, "
+        f"mdevctl {n_mdevctl}"
+    )
     for k in cmds:
         print(f"  {k:26s} {ms[k]:8.1f} ms ± {sd[k]:.1f}")
     print(f"plain directory copy (no FUSE): vgpuctl listed {n_plain}")
     CLICK = "python -c 'import click'"
     print(f"ratio vgpuctl list / mdevctl list:      {ms['vgpuctl list --json'] / ms['mdevctl list --dumpjson']:.2f}")
-    print(f"plain copy: vgpuctl list / python -c 'import click': "
-          f"{ms['vgpuctl list --json (plain)'] / ms[CLICK]:.2f}"
-          f"   vgpuctl list / mdevctl list: "
-          f"{ms['vgpuctl list --json (plain)'] / ms['mdevctl list --dumpjson (plain)']:.2f}")
-    print(f"click's import: {ms[CLICK] - ms['python']:.1f} ms "
-          "over the bare interpreter")
+    print(
+        f"plain copy: vgpuctl list / python -c 'import click': "
+        f"{ms['vgpuctl list --json (plain)'] / ms[CLICK]:.2f}"
+        f"   vgpuctl list / mdevctl list: "
+        f"{ms['vgpuctl list --json (plain)'] / ms['mdevctl list --dumpjson (plain)']:.2f}"
+    )
+    print(f"click's import: {ms[CLICK] - ms['python']:.1f} ms over the bare interpreter")
     print(f"ratio vgpuctl --version / bare python:  {ms['vgpuctl --version'] / ms['python']:.2f}")
     work = ms["vgpuctl list --json"] - ms["vgpuctl --version"]
     print(f"vgpuctl list beyond start-up: {work:.1f} ms ({work / (len(GPUS) * PER_GPU):.2f} ms per instance)")

@@ -26,6 +26,7 @@ request be admitted in part only loosens that, so its optimum bounds every polic
 The gap to the bound is fragmentation (whole GPUs a type cannot share) plus the bound's looseness; the best online
 policy of the three is printed beside it.  Run: ``python bench/placement_churn.py [--seed N] [--arrivals N]``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,8 +62,10 @@ def build(kind: str) -> Tuple[Inventory, Sequence[str]]:
         return hosts.t4_host(8), ("T4",)
     if kind == "a16x2":
         return hosts.a16_host(2), ("A16",)
-    return hosts.host(*(hosts.t4(f"0000:{0x10 + i:02x}:00.0", numa=0) for i in range(4)),
-                      *(hosts.a16_gpu(f"0000:{0x80 + i:02x}:00.0", numa=1) for i in range(4))), ("T4", "A16")
+    return hosts.host(
+        *(hosts.t4(f"0000:{0x10 + i:02x}:00.0", numa=0) for i in range(4)),
+        *(hosts.a16_gpu(f"0000:{0x80 + i:02x}:00.0", numa=1) for i in range(4)),
+    ), ("T4", "A16")
 
 
 def stream(seed: int, arrivals: int, models: Sequence[str], mean_life: float) -> List[Tuple[int, str, float]]:
@@ -104,8 +107,9 @@ def round_robin_chooser(inv: Inventory, models: Sequence[str]) -> Chooser:
     return choose
 
 
-def churn(inv: Inventory, reqs: Sequence[Tuple[int, str, float]], choose: Chooser,
-          times: Optional[List[float]] = None) -> Tuple[int, int]:
+def churn(
+    inv: Inventory, reqs: Sequence[Tuple[int, str, float]], choose: Chooser, times: Optional[List[float]] = None
+) -> Tuple[int, int]:
     """(admitted, admitted GB) for the stream under one chooser; ``times`` collects each decision's seconds."""
     policy = Policy()
     live: List[Tuple[float, str]] = []  # (departure time, uuid)
@@ -159,7 +163,7 @@ def bound_gb(reqs: Sequence[Tuple[int, str, float]], pool: Dict[str, int]) -> in
         free = [cap] * (horizon + 1)
         for first, last, gb in sorted(_intervals(reqs, model), key=lambda r: (r[1], r[0])):
             last = min(last, horizon)
-            take = min([gb] + free[first:last + 1])
+            take = min([gb] + free[first : last + 1])
             if take > 0:
                 for t in range(first, last + 1):
                     free[t] -= take
@@ -198,8 +202,10 @@ def bound_requests(reqs: Sequence[Tuple[int, str, float]], pool: Dict[str, int])
 
 def decision_time(seed: int, samples: int) -> Tuple[float, int, int]:
     """Median seconds per ``place`` on a 16-GPU host (8 T4 + 2 A16 boards) half full; (median, GPUs, parents)."""
-    inv = hosts.host(*(hosts.t4(f"0000:{0x10 + i:02x}:00.0", numa=i // 4) for i in range(8)),
-                     *(hosts.a16_gpu(f"0000:{0x80 + i:02x}:00.0", numa=i // 4) for i in range(8)))
+    inv = hosts.host(
+        *(hosts.t4(f"0000:{0x10 + i:02x}:00.0", numa=i // 4) for i in range(8)),
+        *(hosts.a16_gpu(f"0000:{0x80 + i:02x}:00.0", numa=i // 4) for i in range(8)),
+    )
     rng = random.Random(seed)
     policy = Policy()
     n = 0
@@ -226,11 +232,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument("--load", type=float, default=1.15, help="offered load: mean live GB over host GB")
     ap.add_argument("--samples", type=int, default=1000)
     a = ap.parse_args(argv)
-    print(f"churn: seed {a.seed}, {a.arrivals} arrivals, offered load {a.load:.2f}, profiles "
-          + ", ".join(f"{s} {w:.0%}" for s, w in SIZES))
+    print(
+        f"churn: seed {a.seed}, {a.arrivals} arrivals, offered load {a.load:.2f}, profiles "
+        + ", ".join(f"{s} {w:.0%}" for s, w in SIZES)
+    )
     print("admitted share of requests, and of the GB they asked for; bound: offline, with hindsight (see above)")
-    print(f"{'host':14} {'vgpuctl':>8} {'1st-fit':>8} {'rr/card':>8} {'bound':>8} {'vs 1st-fit':>11} "
-          f"{'vs rr/card':>11} {'vs best':>8} {'vs bound':>9}")
+    print(
+        f"{'host':14} {'vgpuctl':>8} {'1st-fit':>8} {'rr/card':>8} {'bound':>8} {'vs 1st-fit':>11} "
+        f"{'vs rr/card':>11} {'vs best':>8} {'vs bound':>9}"
+    )
     churn_times: List[float] = []
     for kind in ("t4x8", "a16x2", "mixed"):
         inv, models = build(kind)
@@ -248,15 +258,21 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             share = {k: v[idx] / total for k, v in res.items()}
             best = max(share["first-fit"], share["round-robin"])
             b = bounds[idx] / total if bounds[idx] is not None else None
-            print(f"{kind + ' ' + unit:14} {share['vgpuctl']:8.1%} {share['first-fit']:8.1%} "
-                  f"{share['round-robin']:8.1%} " + (f"{b:8.1%}" if b else f"{'n/a':>8}") + " "
-                  f"{share['vgpuctl'] / share['first-fit']:10.3f}x {share['vgpuctl'] / share['round-robin']:10.3f}x "
-                  f"{share['vgpuctl'] / best:7.3f}x " + (f"{share['vgpuctl'] / b:8.3f}x" if b else f"{'n/a':>9}"))
+            print(
+                f"{kind + ' ' + unit:14} {share['vgpuctl']:8.1%} {share['first-fit']:8.1%} "
+                f"{share['round-robin']:8.1%} " + (f"{b:8.1%}" if b else f"{'n/a':>8}") + " "
+                f"{share['vgpuctl'] / share['first-fit']:10.3f}x {share['vgpuctl'] / share['round-robin']:10.3f}x "
+                f"{share['vgpuctl'] / best:7.3f}x " + (f"{share['vgpuctl'] / b:8.3f}x" if b else f"{'n/a':>9}")
+            )
     med, gpus, parents = decision_time(a.seed, a.samples)
-    print(f"decision time: median {med * 1e6:.1f} us per place() on a {gpus}-GPU host ({parents} parents, "
-          f"60 instances), {a.samples} samples")
-    print(f"decision time under churn (the inventory changed by apply/release before most calls): median "
-          f"{statistics.median(churn_times) * 1e6:.1f} us over {len(churn_times)} decisions on 8-GPU hosts")
+    print(
+        f"decision time: median {med * 1e6:.1f} us per place() on a {gpus}-GPU host ({parents} parents, "
+        f"60 instances), {a.samples} samples"
+    )
+    print(
+        f"decision time under churn (the inventory changed by apply/release before most calls): median "
+        f"{statistics.median(churn_times) * 1e6:.1f} us over {len(churn_times)} decisions on 8-GPU hosts"
+    )
 
 
 if __name__ == "__main__":

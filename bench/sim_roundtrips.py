@@ -9,6 +9,7 @@ directory copy of the same tree (no FUSE: the floor the simulator can approach).
 
     sudo .venv/bin/python bench/sim_roundtrips.py [--runs N]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,20 @@ from vgpuctl.sim.profile import load_profile
 
 HERE = Path(__file__).resolve().parent
 VGPUCTL = [sys.executable, "-m", "vgpuctl.cli"]
-OPS = ("getattr", "readlink", "readdir", "open", "read", "write", "truncate", "opendir", "releasedir", "release",
-       "access", "statfs")
+OPS = (
+    "getattr",
+    "readlink",
+    "readdir",
+    "open",
+    "read",
+    "write",
+    "truncate",
+    "opendir",
+    "releasedir",
+    "release",
+    "access",
+    "statfs",
+)
 
 
 class CountingFS(simfs.SimFS):
@@ -49,6 +62,7 @@ def _counted(name):
     def op(self, *args, **kwargs):
         self.counts[name] += 1
         return base(self, *args, **kwargs)
+
     op.__name__ = name
     return op
 
@@ -61,9 +75,19 @@ for _name in OPS:
 
 def serve(machine: Machine, mnt: Path) -> threading.Thread:
     fs = CountingFS(machine)
-    th = threading.Thread(target=lambda: mfusepy.FUSE(fs, str(mnt), raw_fi=True, foreground=True, allow_other=True,
-                                                      fsname="vgpusim", subtype="vgpusim",
-                                                      max_threads=simfs.MAX_THREADS), daemon=True)
+    th = threading.Thread(
+        target=lambda: mfusepy.FUSE(
+            fs,
+            str(mnt),
+            raw_fi=True,
+            foreground=True,
+            allow_other=True,
+            fsname="vgpusim",
+            subtype="vgpusim",
+            max_threads=simfs.MAX_THREADS,
+        ),
+        daemon=True,
+    )
     th.start()
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -120,8 +144,10 @@ def host(profile, root: Path, instances, config: str, runs: int) -> None:
     plain_copy(machine, plain / "sys")
     shutil.copytree(root / "etc" / "vgpuctl", plain / "etc" / "vgpuctl", dirs_exist_ok=True)
     shutil.copytree(root / "dev" / "vfio", plain / "dev" / "vfio", dirs_exist_ok=True)
-    cmds = [("vgpuctl list --json", lambda r: VGPUCTL + ["list", "--json"]),
-            ("vgpuctl check", lambda r: VGPUCTL + ["check"])]
+    cmds = [
+        ("vgpuctl list --json", lambda r: VGPUCTL + ["list", "--json"]),
+        ("vgpuctl check", lambda r: VGPUCTL + ["check"]),
+    ]
     if shutil.which("mdevctl") and shutil.which("unshare"):
         cmds.append(("mdevctl list --dumpjson", mdevctl_cmd))
     print(f"{prof.name}, {len(instances)} instances; median of {runs} runs (FUSE requests per run)")
@@ -153,12 +179,14 @@ def main() -> None:
     try:
         uu = [str(uuid.UUID(int=i + 1)) for i in range(128)]
         cfg = "version: 1\ninstances:\n" + "".join(
-            f"  i{i:03d}: {{type: mtty-1, parent: mtty, uuid: {u}}}\n" for i, u in enumerate(uu))
+            f"  i{i:03d}: {{type: mtty-1, parent: mtty, uuid: {u}}}\n" for i, u in enumerate(uu)
+        )
         host(HERE / "mtty256.yaml", tmp / "mtty", [("mtty", "mtty-1", u) for u in uu], cfg, args.runs)
         t4 = [str(uuid.UUID(int=0x1000 + i)) for i in range(8)]
         inst = [("0000:3b:00.0" if i < 4 else "0000:d8:00.0", "nvidia-231", u) for i, u in enumerate(t4)]
         cfg = "version: 1\ninstances:\n" + "".join(
-            f"  v{i}: {{type: nvidia-231, parent: '{p}', uuid: {u}}}\n" for i, (p, _, u) in enumerate(inst))
+            f"  v{i}: {{type: nvidia-231, parent: '{p}', uuid: {u}}}\n" for i, (p, _, u) in enumerate(inst)
+        )
         host("t4x2", tmp / "t4x2", inst, cfg, args.runs)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -5,6 +5,7 @@ drift.
 tests/unit/test_docs.py fails when the checked-in files differ from what this prints; run
 ``.venv/bin/python scripts/gen-docs.py`` after changing a command, an option or an exit code.
 """
+
 from __future__ import annotations
 
 import sys

@@ -4,6 +4,7 @@
 Usage: gen-man.py OUTDIR.  The Debian package build runs it (debian/rules); the pages carry the same help text as
 docs/cli.md and docs/commands/*.md (scripts/gen-docs.py), so neither can drift from the CLI.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -67,14 +68,24 @@ def main(outdir: Path) -> None:
     outdir.mkdir(parents=True, exist_ok=True)
     root = click.Context(cli, info_name="vgpuctl", **cli.context_settings)
     names = sorted(COMMANDS)
-    (outdir / "vgpuctl.1").write_text(page(
-        "vgpuctl", "manage virtual GPUs on KVM/libvirt hosts", gen_docs.help_text(cli, "vgpuctl"),
-        [f"vgpuctl-{n}" for n in names]))
+    (outdir / "vgpuctl.1").write_text(
+        page(
+            "vgpuctl",
+            "manage virtual GPUs on KVM/libvirt hosts",
+            gen_docs.help_text(cli, "vgpuctl"),
+            [f"vgpuctl-{n}" for n in names],
+        )
+    )
     for name in names:
         cmd = cli.get_command(root, name)
-        (outdir / f"vgpuctl-{name}.1").write_text(page(
-            f"vgpuctl-{name}", first_line(cmd) or f"vgpuctl {name}", gen_docs.help_text(cmd, name, root),
-            ["vgpuctl"]))
+        (outdir / f"vgpuctl-{name}.1").write_text(
+            page(
+                f"vgpuctl-{name}",
+                first_line(cmd) or f"vgpuctl {name}",
+                gen_docs.help_text(cmd, name, root),
+                ["vgpuctl"],
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ Tests marked ``sim`` need the FUSE simulated host and are skipped, with the reas
 fixtures skip the same way.  Shared helpers (``simhost``, ``treebuild``, ``golden``) are imported as top-level
 modules from this directory (the path is put on ``sys.path`` here).
 """
+
 import os
 import sys
 

@@ -3,6 +3,7 @@
 A missing golden file FAILS (a deleted or never-committed file must not turn green); ``VGPUCTL_REGEN_GOLDEN=1``
 is the explicit opt-in that (re)writes every golden file a run compares, after which ``git diff`` shows what changed.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,5 +1,6 @@
 """The simulated host for tests: whether this machine can run it (root, /dev/fuse, fusermount3, libfuse3 through
 mfusepy), ``reset_sim`` and the session pool behind ``tests/conftest.py``'s ``sim_pool`` fixture."""
+
 from __future__ import annotations
 
 import os
@@ -63,4 +64,3 @@ class SimPool:
             reset_sim(sim)  # no vGPU left (a remove still blocked on a holder would delay the daemon's exit)
             sim.stop()
         self._sims.clear()
-

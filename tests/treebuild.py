@@ -2,6 +2,7 @@
 
 For fast unit tests of the readers; anything that writes to ``create``/``remove`` runs on the simulated host.
 """
+
 from __future__ import annotations
 
 import os
@@ -50,8 +51,16 @@ class Tree:
         _link(self.sys / "class" / "mdev_bus" / name, d)
         return d
 
-    def mdev_type(self, parent_dir: Path, type_id: str, *, available: int, name: Optional[str] = None,
-                  description: Optional[str] = None, api: str = "vfio-pci") -> Path:
+    def mdev_type(
+        self,
+        parent_dir: Path,
+        type_id: str,
+        *,
+        available: int,
+        name: Optional[str] = None,
+        description: Optional[str] = None,
+        api: str = "vfio-pci",
+    ) -> Path:
         t = parent_dir / "mdev_supported_types" / type_id
         (t / "devices").mkdir(parents=True)
         _write(t / "available_instances", str(available))

@@ -9,6 +9,7 @@ libvirt, and doctor's libvirt probe asks whether a connection can be made at all
 
 Importing this module imports neither libvirt nor NVML nor jinja2: each is loaded when first used.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -106,8 +107,9 @@ class App:
             from .virt.attach import AttachmentSource
 
             attachments = AttachmentSource(self.libvirt, lc)
-        return Reconciler(lc, policy=self._placement_policy(), libvirt=self.libvirt, attachments=attachments,
-                          nvml=self.settings.nvml)
+        return Reconciler(
+            lc, policy=self._placement_policy(), libvirt=self.libvirt, attachments=attachments, nvml=self.settings.nvml
+        )
 
     def _placement_policy(self) -> Optional["Policy"]:
         try:

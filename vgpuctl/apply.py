@@ -23,6 +23,7 @@ attaches (idempotent: recovery drops the intent, the next plan redoes it).  A re
 
 ``Reconciler`` is also what ``plan``, ``check`` and the service use to observe the host without the lock.
 """
+
 from __future__ import annotations
 
 import errno
@@ -36,8 +37,18 @@ from .hook import HookRecords
 from .host.mdevctl import read_checked
 from .lifecycle import Lifecycle, ProcessHolders
 from .model import BackendKind, Instance, Inventory
-from .plan import (Action, Attachments, Block, GpuObservation, Op, PlacementFailure, Placer, Plan,
-                   destroy_candidates, plan)
+from .plan import (
+    Action,
+    Attachments,
+    Block,
+    GpuObservation,
+    Op,
+    PlacementFailure,
+    Placer,
+    Plan,
+    destroy_candidates,
+    plan,
+)
 from .spec import DesiredInstance, DesiredState, bind, load
 from .state import ORIGIN_APPLY, HostLock, Intent, State
 from .virt.conn import users_in
@@ -218,14 +229,28 @@ class Reconciler:
         asked = sorted(set(settings_gpus) | vendor_vfio)
         if asked:
             gpus = self._observe_gpus(inv, asked, users, desired.gpus)
-        return Observation(inv, state, plan(inv, state, desired, users=users, attachments=attached,
-                                            placer=self._placer(inv, desired, domains), libvirt_error=unreadable,
-                                            on_demand=on_demand,
-                                            gpus=gpus, foreign=foreign, params=params),
-                           libvirt_error=down[0] if down else None)
+        return Observation(
+            inv,
+            state,
+            plan(
+                inv,
+                state,
+                desired,
+                users=users,
+                attachments=attached,
+                placer=self._placer(inv, desired, domains),
+                libvirt_error=unreadable,
+                on_demand=on_demand,
+                gpus=gpus,
+                foreign=foreign,
+                params=params,
+            ),
+            libvirt_error=down[0] if down else None,
+        )
 
-    def _placer(self, inv: Inventory, desired: DesiredState,
-                domains: Callable[[], Optional[Snapshot]]) -> Optional[Placer]:
+    def _placer(
+        self, inv: Inventory, desired: DesiredState, domains: Callable[[], Optional[Snapshot]]
+    ) -> Optional[Placer]:
         """The placer for this plan, over what was observed: the domains (the plan's one read), NVML's mixing modes
         and each domain's facts, read only when the desired state has an instance without a parent; None without a
         placement policy."""
@@ -244,8 +269,9 @@ class Reconciler:
             facts = all_facts(snap, self.host.paths)
         return policy_placer(self.policy, usage=usage_of(snap, inv, modes), facts=facts)
 
-    def _observe_params(self, inv: Inventory, desired: DesiredState,
-                        domains: Callable[[], Optional[Snapshot]]) -> "tuple[Dict[str, Any], Dict[str, Any]]":
+    def _observe_params(
+        self, inv: Inventory, desired: DesiredState, domains: Callable[[], Optional[Snapshot]]
+    ) -> "tuple[Dict[str, Any], Dict[str, Any]]":
         """The vGPU parameters of the existing instances whose desired state sets some, and who runs those that
         differ (a running VM keeps its parameters until its next start: the planner blocks their change)."""
         from . import vgpu_params
@@ -280,8 +306,9 @@ class Reconciler:
             return e
         return None
 
-    def _observe_gpus(self, inv: Inventory, gpus: Sequence[str], users: Any,
-                      desired_gpus: Sequence[Any] = ()) -> Dict[str, GpuObservation]:
+    def _observe_gpus(
+        self, inv: Inventory, gpus: Sequence[str], users: Any, desired_gpus: Sequence[Any] = ()
+    ) -> Dict[str, GpuObservation]:
         """NVML's view of ``gpus``, with the instances a process or domain holds on each added to what runs there
         (the rule of ``vgpuctl sched set``: NVML may not list a vGPU whose VM is only starting)."""
         from dataclasses import replace
@@ -290,8 +317,11 @@ class Reconciler:
         out: Dict[str, GpuObservation] = {}
         for gpu in gpus:
             obs = seen.get(gpu) or GpuObservation(gpu, unavailable=f"NVML did not report GPU {gpu}")
-            held = [f"{i.uuid} ({', '.join(users[i.uuid])})" for i in inv.instances
-                    if i.uuid in users and inv.gpu_of(i.parent) == gpu]
+            held = [
+                f"{i.uuid} ({', '.join(users[i.uuid])})"
+                for i in inv.instances
+                if i.uuid in users and inv.gpu_of(i.parent) == gpu
+            ]
             out[gpu] = replace(obs, running=tuple(obs.running) + tuple(held)) if held else obs
             if any(g.gpu == gpu and g.sriov is not None for g in desired_gpus):
                 from .host.nvidia_vf import NvidiaVfBackend  # SR-IOV is sysfs's, whatever NVML says
@@ -362,8 +392,15 @@ class Reconciler:
             after = self.observe(desired, state=state, inventory=known)
         return ApplyResult(before, tuple(steps), after, interrupted)
 
-    def _run_plan(self, obs: Observation, state: State, steps: List[Step], failed: Set[str],
-                  should_stop: Callable[[], bool], on_step: Callable[[Step], None]) -> "tuple[State, bool, bool]":
+    def _run_plan(
+        self,
+        obs: Observation,
+        state: State,
+        steps: List[Step],
+        failed: Set[str],
+        should_stop: Callable[[], bool],
+        on_step: Callable[[Step], None],
+    ) -> "tuple[State, bool, bool]":
         """Run ``obs.plan``'s runnable actions; (state, interrupted, whether a step changed the GPU's shape)."""
         interrupted = False
         shaped = False
@@ -468,8 +505,9 @@ class Reconciler:
         existing = inv.instance(a.uuid)
         parent = inv.parent(a.parent or "")
         backend = str(existing.backend if existing else parent.backend if parent else "mdev")
-        return Intent("create" if a.op is Op.CREATE else "remove", a.uuid, a.parent or "", a.type_id, backend,
-                      ORIGIN_APPLY)
+        return Intent(
+            "create" if a.op is Op.CREATE else "remove", a.uuid, a.parent or "", a.type_id, backend, ORIGIN_APPLY
+        )
 
     def _run(self, a: Action, state: State, inv: Inventory) -> "tuple[State, Step]":
         if a.op in (Op.ATTACH, Op.DETACH):
@@ -502,8 +540,7 @@ class Reconciler:
         if self.attachments is None:  # the planner blocks these without libvirt; a plan from elsewhere might not
             return state, Step(a, False, "libvirt not configured", "libvirt")
         existing = inv.instance(a.uuid)
-        intent = Intent(str(a.op), a.uuid, a.parent or "", a.type_id,
-                        str(existing.backend) if existing else "mdev")
+        intent = Intent(str(a.op), a.uuid, a.parent or "", a.type_id, str(existing.backend) if existing else "mdev")
         journalled = state.with_intent(intent)
         self.store.save(journalled)
         try:
@@ -556,8 +593,9 @@ class Reconciler:
     def _run_params(self, a: Action, state: State, inv: Inventory) -> "tuple[State, Step]":
         """An existing vGPU's parameters: journalled, then written unless a VM started running it meanwhile."""
         inst = inv.instance(a.uuid)
-        intent = Intent(str(a.op), a.uuid, a.parent or "", a.type_id, str(inst.backend) if inst else "mdev",
-                        ORIGIN_APPLY)
+        intent = Intent(
+            str(a.op), a.uuid, a.parent or "", a.type_id, str(inst.backend) if inst else "mdev", ORIGIN_APPLY
+        )
         journalled = state.with_intent(intent)
         self.store.save(journalled)
         try:
@@ -645,7 +683,9 @@ def policy_placer(policy: Any, *, usage: Any = None, facts: Optional[Dict[str, A
     known = facts or {}
 
     def placer(
-        inventory: Inventory, todo: Sequence[DesiredInstance], creates: Sequence[Tuple[str, str, str]],
+        inventory: Inventory,
+        todo: Sequence[DesiredInstance],
+        creates: Sequence[Tuple[str, str, str]],
         destroys: Sequence[str],
     ) -> Dict[str, Any]:
         inv = inventory
@@ -668,8 +708,9 @@ def policy_placer(policy: Any, *, usage: Any = None, facts: Optional[Dict[str, A
                 out[d.name] = PlacementFailure(why)
                 continue
             inv = placement.apply(inv, parent=decision.parent, type_id=decision.type_id, uuid=d.uuid)
-            used = used.with_consumer(d.uuid, placement.Consumer(domain=d.domain, tenant=request.tenant,
-                                                                 groups=request.groups))
+            used = used.with_consumer(
+                d.uuid, placement.Consumer(domain=d.domain, tenant=request.tenant, groups=request.groups)
+            )
             out[d.name] = decision.parent
         return out
 

@@ -4,6 +4,7 @@ Sub-commands are imported only when invoked (``COMMANDS`` maps each name to ``mo
 ``vgpuctl list`` does not pay for libvirt, jinja2 or YAML.  Every option can also come from the environment:
 the global ones from the variables named in their help, the others from ``VGPUCTL_<COMMAND>_<OPTION>``.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -76,9 +77,11 @@ def _check_completion(complete_var: Optional[str], prog_name: Optional[str]) -> 
         return
     shell, _, action = instruction.partition("_")
     if shell not in COMPLETION_SHELLS or action not in ("source", "complete"):
-        click.echo(f"vgpuctl: error: {var}={instruction!r} is not a completion instruction; use one of "
-                   f"{', '.join(s + '_source' for s in COMPLETION_SHELLS)} (or run 'vgpuctl completion SHELL')",
-                   err=True)
+        click.echo(
+            f"vgpuctl: error: {var}={instruction!r} is not a completion instruction; use one of "
+            f"{', '.join(s + '_source' for s in COMPLETION_SHELLS)} (or run 'vgpuctl completion SHELL')",
+            err=True,
+        )
         sys.exit(InvalidInput.exit_code)
 
 
@@ -99,13 +102,20 @@ class LazyGroup(click.Group):
     tree, are printed as one ``vgpuctl: error:`` line naming the option and the fix, with exit 2; ``--help`` and a
     group called without a sub-command still show click's help."""
 
-    def main(self, args: Any = None, prog_name: Optional[str] = None, complete_var: Optional[str] = None,
-             standalone_mode: bool = True, **extra: Any) -> Any:
+    def main(
+        self,
+        args: Any = None,
+        prog_name: Optional[str] = None,
+        complete_var: Optional[str] = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
         _check_completion(complete_var, prog_name)
         return super().main(args, prog_name, complete_var, standalone_mode, **extra)
 
-    def make_context(self, info_name: Optional[str], args: List[str], parent: Optional[click.Context] = None,
-                     **extra: Any) -> click.Context:
+    def make_context(
+        self, info_name: Optional[str], args: List[str], parent: Optional[click.Context] = None, **extra: Any
+    ) -> click.Context:
         try:
             return super().make_context(info_name, args, parent, **extra)
         except click.UsageError as e:
@@ -187,8 +197,9 @@ class LazyGroup(click.Group):
 @click.option("-v", "--verbose", count=True, help="Log more on stderr (-v info, -vv debug).")
 @click.version_option(__version__, prog_name="vgpuctl")
 @click.pass_context
-def cli(ctx: click.Context, root: str, connect: str, lock_timeout: float, libvirt_timeout: float, nvml: str,
-        verbose: int) -> None:
+def cli(
+    ctx: click.Context, root: str, connect: str, lock_timeout: float, libvirt_timeout: float, nvml: str, verbose: int
+) -> None:
     """Manage virtual GPUs (mediated devices) on this host."""
     from .commands._common import Settings
 
@@ -197,8 +208,9 @@ def cli(ctx: click.Context, root: str, connect: str, lock_timeout: float, libvir
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
         format="vgpuctl: %(levelname)s: %(message)s",
     )
-    ctx.obj = Settings(root=root, connect=connect, lock_timeout=lock_timeout, nvml=nvml,
-                       libvirt_timeout=libvirt_timeout)
+    ctx.obj = Settings(
+        root=root, connect=connect, lock_timeout=lock_timeout, nvml=nvml, libvirt_timeout=libvirt_timeout
+    )
 
 
 def main() -> None:

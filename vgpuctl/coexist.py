@@ -18,6 +18,7 @@ atomically, records the existing devices as owned by the desired state (origin `
 ``undefine``, retires mdevctl's definitions one by one, each journalled; a failure puts back what it retired, the
 previous file and the ownership records.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,8 +33,13 @@ from .state import ORIGIN_APPLY, HostLock, Owned
 ADOPT_FILE = "mdevctl.yaml"  #: ``conf.d/mdevctl.yaml``: what ``adopt --from-mdevctl`` wrote
 
 
-def definers(uuid: str, *, defs: Mapping[str, "mdevctl.Definition"], desired: Optional[Mapping[str, str]],
-             hook: Collection[str] = ()) -> Tuple[str, ...]:
+def definers(
+    uuid: str,
+    *,
+    defs: Mapping[str, "mdevctl.Definition"],
+    desired: Optional[Mapping[str, str]],
+    hook: Collection[str] = (),
+) -> Tuple[str, ...]:
     """Who defines ``uuid``: ``vgpuctl:<name>``, ``mdevctl:<start>``, ``hook``, in that order; ``desired``: uuid ->
     desired instance name (None: the desired state could not be read, so vgpuctl's part is unknown)."""
     out: List[str] = []
@@ -50,7 +56,8 @@ def definers(uuid: str, *, defs: Mapping[str, "mdevctl.Definition"], desired: Op
 def double_managed(defined_by: Sequence[str]) -> bool:
     """Whether an instance is in vgpuctl's desired state and in an mdevctl definition that starts it by itself."""
     return any(x.startswith("vgpuctl:") for x in defined_by) and any(
-        x in ("mdevctl:auto", "mdevctl:invalid") for x in defined_by)
+        x in ("mdevctl:auto", "mdevctl:invalid") for x in defined_by
+    )
 
 
 def adoption_name(d: "mdevctl.Definition", taken: Collection[str]) -> str:
@@ -97,23 +104,29 @@ def select(defs: "mdevctl.Definitions", uuids: Sequence[str]) -> List["mdevctl.D
     return out
 
 
-def check_adoptable(d: "mdevctl.Definition", parents: Mapping[str, str],
-                    has_type: Callable[[str, str], bool]) -> Optional[str]:
+def check_adoptable(
+    d: "mdevctl.Definition", parents: Mapping[str, str], has_type: Callable[[str, str], bool]
+) -> Optional[str]:
     """Why ``d`` cannot be adopted (one line naming its file and what to do), or None."""
     if not d.valid:
-        return (f"{d.path} is not a definition vgpuctl can read; fix or remove it, or name the uuids to adopt "
-                "without it")
+        return f"{d.path} is not a definition vgpuctl can read; fix or remove it, or name the uuids to adopt without it"
     if d.attrs:
         keys = ", ".join(k for k, _ in d.attrs)
-        return (f"{d.path} sets sysfs attributes ({keys}) that vgpuctl's desired state cannot carry; leave {d.uuid} "
-                "to mdevctl (name the other uuids to adopt), or drop the attributes with 'mdevctl modify'")
+        return (
+            f"{d.path} sets sysfs attributes ({keys}) that vgpuctl's desired state cannot carry; leave {d.uuid} "
+            "to mdevctl (name the other uuids to adopt), or drop the attributes with 'mdevctl modify'"
+        )
     parent = parents.get(d.parent.lower())
     if parent is None:
-        return (f"{d.path} defines {d.uuid} on parent {d.parent}, which is not registered; adopt it once the parent "
-                "is back, or name the other uuids to adopt")
+        return (
+            f"{d.path} defines {d.uuid} on parent {d.parent}, which is not registered; adopt it once the parent "
+            "is back, or name the other uuids to adopt"
+        )
     if d.type_id is None or not has_type(parent, d.type_id):
-        return (f"{d.path} defines {d.uuid} with type {d.type_id}, which {parent} does not offer; fix the definition "
-                "('mdevctl modify'), or name the other uuids to adopt")
+        return (
+            f"{d.path} defines {d.uuid} with type {d.type_id}, which {parent} does not offer; fix the definition "
+            "('mdevctl modify'), or name the other uuids to adopt"
+        )
     return None
 
 
@@ -121,15 +134,21 @@ def render_dropin(entries: Sequence[Tuple[str, str, str, str]]) -> str:
     """The ``conf.d`` file for adopted instances: (name, uuid, type, parent) each, in order."""
     import json
 
-    lines = ["# vgpuctl desired state: instances adopted from mdevctl's definitions (vgpuctl adopt --from-mdevctl)",
-             "version: 1"]
+    lines = [
+        "# vgpuctl desired state: instances adopted from mdevctl's definitions (vgpuctl adopt --from-mdevctl)",
+        "version: 1",
+    ]
     if not entries:
         lines.append("instances: {}")
     else:
         lines.append("instances:")
         for name, uuid, type_id, parent in entries:
-            lines += [f"  {name}:", f"    uuid: {json.dumps(uuid)}", f"    type: {json.dumps(type_id)}",
-                      f"    parent: {json.dumps(parent)}"]
+            lines += [
+                f"  {name}:",
+                f"    uuid: {json.dumps(uuid)}",
+                f"    type: {json.dumps(type_id)}",
+                f"    parent: {json.dumps(parent)}",
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -166,8 +185,9 @@ class Adopter:
             for a in out:
                 inst = inv.instance(a.definition.uuid)
                 if inst is not None and inst.uuid not in owned:
-                    owned[inst.uuid] = Owned(inst.uuid, inst.parent, inst.type_id, str(inst.backend),
-                                             _now(), ORIGIN_APPLY)
+                    owned[inst.uuid] = Owned(
+                        inst.uuid, inst.parent, inst.type_id, str(inst.backend), _now(), ORIGIN_APPLY
+                    )
             original = state
             new_state = replace(state, owned=owned)
             if new_state != state:
@@ -187,10 +207,15 @@ class Adopter:
         for d in chosen:
             why = check_adoptable(d, parents, has_type)
             inst = inv.instance(d.uuid)
-            if why is None and inst is not None and (inst.parent.lower(), inst.type_id) != (
-                    d.parent.lower(), d.type_id):
-                why = (f"{d.path} defines {d.uuid} as {d.type_id} on {d.parent}, but the device is {inst.type_id} "
-                       f"on {inst.parent}; make them agree first ('mdevctl modify' or 'mdevctl stop/start')")
+            if (
+                why is None
+                and inst is not None
+                and (inst.parent.lower(), inst.type_id) != (d.parent.lower(), d.type_id)
+            ):
+                why = (
+                    f"{d.path} defines {d.uuid} as {d.type_id} on {d.parent}, but the device is {inst.type_id} "
+                    f"on {inst.parent}; make them agree first ('mdevctl modify' or 'mdevctl stop/start')"
+                )
             if why is not None:
                 raise InvalidInput(why)
         desired = spec.load(self.paths.config_dir)
@@ -204,11 +229,13 @@ class Adopter:
                 raise InvalidInput(
                     f"{d.path} defines {d.uuid} as {d.type_id} on {parent}, but the desired state already has it "
                     f"as instance {x.name} ({x.type} on {x.parent or 'a placed parent'}, {x.mark.path}); make "
-                    "them agree first")
+                    "them agree first"
+                )
         return desired
 
-    def _compose(self, chosen: Sequence["mdevctl.Definition"], inv: Any, parents: Mapping[str, str],
-                 desired: Any) -> Tuple[Optional[str], str, List[Adopted]]:
+    def _compose(
+        self, chosen: Sequence["mdevctl.Definition"], inv: Any, parents: Mapping[str, str], desired: Any
+    ) -> Tuple[Optional[str], str, List[Adopted]]:
         """(the adopt file as it is, its new text, what is adopted): the file's entries plus the new ones (an
         instance already desired anywhere is not repeated), checked against every other desired-state file."""
         from . import spec

@@ -16,6 +16,7 @@ records, the profile assignments; JSON via ``read_json``).  The same function re
 
 Each config module keeps its own schema (``spec``, ``policy``, ``profiles``) as a ``NodeReader`` subclass.
 """
+
 from __future__ import annotations
 
 import json
@@ -69,7 +70,9 @@ def compose_yaml(text: str, path: str) -> Tuple[Any, Any]:
         return yaml, loader.get_single_node()
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
-        raise ConfigError(path, f"not valid YAML: {e.problem or e.context}", line=mark.line + 1 if mark else None) from None
+        raise ConfigError(
+            path, f"not valid YAML: {e.problem or e.context}", line=mark.line + 1 if mark else None
+        ) from None
     except yaml.YAMLError as e:
         raise ConfigError(path, f"not valid YAML: {' '.join(str(e).split())}") from None
     finally:
@@ -94,8 +97,11 @@ def _check_events(yaml: Any, events: Any, path: str) -> None:
             tag = getattr(event, "tag", None)
             line = event.start_mark.line + 1 if event.start_mark else None
             if tag is not None:
-                raise ConfigError(path, f"explicit YAML tags such as {tag!r} are not allowed: "
-                                  "write plain values (quote a string)", line=line)
+                raise ConfigError(
+                    path,
+                    f"explicit YAML tags such as {tag!r} are not allowed: write plain values (quote a string)",
+                    line=line,
+                )
             if open_collections + 1 > MAX_DEPTH:
                 raise ConfigError(path, f"nested deeper than {MAX_DEPTH} levels", line=line)
             if isinstance(event, starts):
@@ -120,8 +126,11 @@ def _strict_loader(yaml: Any) -> Any:
                 tag = getattr(event, "tag", None)
                 line = event.start_mark.line + 1 if event.start_mark else None
                 if tag is not None:
-                    raise ConfigError(self.vgpuctl_path, f"explicit YAML tags such as {tag!r} are not allowed: "
-                                      "write plain values (quote a string)", line=line)
+                    raise ConfigError(
+                        self.vgpuctl_path,
+                        f"explicit YAML tags such as {tag!r} are not allowed: write plain values (quote a string)",
+                        line=line,
+                    )
                 self.vgpuctl_depth += 1
                 try:
                     if self.vgpuctl_depth > MAX_DEPTH:
@@ -243,8 +252,11 @@ class NodeReader:
         vnode = top["version"][1]
         v = self.scalar(vnode, "version")
         if isinstance(v, bool) or not isinstance(v, int) or v != VERSION or vnode.value != str(VERSION):
-            raise self.fail(vnode, "version", f"unsupported version {vnode.value!r}; this vgpuctl reads "
-                            f"version: {VERSION} (an unquoted integer)")
+            raise self.fail(
+                vnode,
+                "version",
+                f"unsupported version {vnode.value!r}; this vgpuctl reads version: {VERSION} (an unquoted integer)",
+            )
         return v
 
 

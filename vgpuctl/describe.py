@@ -8,6 +8,7 @@ Pure functions, no I/O.  Formats:
   ``resolution: 1920x1200``, ``weight: 4``.
 * Anything else stays free text (the kernel's mtty sample has no description file at all).
 """
+
 from __future__ import annotations
 
 import re

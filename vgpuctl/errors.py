@@ -7,6 +7,7 @@ documented in docs/exit-codes.md; tests keep the two in step.
 Over 500 lines on purpose: one short class per error, grouped by exit code, is the catalogue callers and
 scripts/gen-docs.py read in one place; splitting it by code would scatter that table.
 """
+
 from __future__ import annotations
 
 import errno as _errno
@@ -125,7 +126,8 @@ class NoCapacity(VgpuctlError):
     def __init__(self, type_id: str, parent: str, detail: str = "") -> None:
         extra = f" ({detail})" if detail else ""
         super().__init__(
-            f"no available instances of {type_id} on {parent}{extra}; destroy one or choose another parent")
+            f"no available instances of {type_id} on {parent}{extra}; destroy one or choose another parent"
+        )
         self.type_id = type_id
         self.parent = parent
 
@@ -244,9 +246,12 @@ class DeviceInUse(VgpuctlError):
 
     def __init__(self, uuid: str, holders: Iterable[str], message: Optional[str] = None) -> None:
         self.holders = tuple(holders)
-        super().__init__(message or (
-            f"device {uuid} is in use by {', '.join(self.holders)}; stop or detach the VM first (nothing was changed)"
-        ))
+        super().__init__(
+            message
+            or (
+                f"device {uuid} is in use by {', '.join(self.holders)}; stop or detach the VM first (nothing was changed)"
+            )
+        )
         self.uuid = uuid
 
 
@@ -272,8 +277,11 @@ class ForeignManaged(NotOwned):
             back = "mdevctl will bring it back at boot (its definition starts it automatically)"
         else:
             back = "mdevctl may bring it back at boot (vgpuctl cannot read its definition)"
-        VgpuctlError.__init__(self, f"device {uuid} is defined by mdevctl ({path}): {back}; pass --undefine to remove "
-                                    "mdevctl's definition too (nothing was changed)")
+        VgpuctlError.__init__(
+            self,
+            f"device {uuid} is defined by mdevctl ({path}): {back}; pass --undefine to remove "
+            "mdevctl's definition too (nothing was changed)",
+        )
         self.uuid = uuid
         self.path = path
         self.start = start
@@ -437,10 +445,14 @@ class AttachedElsewhere(DeviceInUse):
 
     def __init__(self, uuid: str, domains: Iterable[str]) -> None:
         self.domains = tuple(domains)
-        super().__init__(uuid, [f"domain {d!r}" for d in self.domains], message=(
-            f"device {uuid} is already attached to {', '.join(repr(d) for d in self.domains)}; "
-            "detach it there first (nothing was changed)"
-        ))
+        super().__init__(
+            uuid,
+            [f"domain {d!r}" for d in self.domains],
+            message=(
+                f"device {uuid} is already attached to {', '.join(repr(d) for d in self.domains)}; "
+                "detach it there first (nothing was changed)"
+            ),
+        )
 
 
 class NotAttached(NotFound):
@@ -582,8 +594,9 @@ class HostNotReady(VgpuctlError):
 
     def __init__(self, failed: Sequence[str]) -> None:
         self.failed = tuple(failed)
-        super().__init__(f"{len(self.failed)} check(s) failed: {', '.join(self.failed)}; each line above says what "
-                         "to fix")
+        super().__init__(
+            f"{len(self.failed)} check(s) failed: {', '.join(self.failed)}; each line above says what to fix"
+        )
 
 
 #: Every exit code, for the docs and the tests that keep docs and code in step.

@@ -17,6 +17,7 @@ Every file vgpuctl reads or writes goes through here, so the rules hold everywhe
 Nothing here creates a directory above vgpuctl's own: ``ensure_dir`` makes only the last component, so a command
 refused on a root that does not exist leaves nothing behind.
 """
+
 from __future__ import annotations
 
 import errno
@@ -69,8 +70,9 @@ def open_regular(
     except OSError as e:
         raise error(p, _why(e)) from None
     if stat.S_ISLNK(st.st_mode):
-        raise error(p, "is a symlink; vgpuctl does not follow symlinks in its own directories: "
-                       "replace it with the file")
+        raise error(
+            p, "is a symlink; vgpuctl does not follow symlinks in its own directories: replace it with the file"
+        )
     _check_mode(p, st, error)
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
     try:
@@ -168,16 +170,22 @@ def ensure_dir(path: "os.PathLike[str] | str", *, mode: int = 0o755, error: Erro
     except OSError as e:
         raise error(p, _why(e)) from None
     if stat.S_ISLNK(st.st_mode):
-        raise error(p, "is a symlink; vgpuctl does not follow symlinks in its own directories: "
-                       "replace it with a directory")
+        raise error(
+            p, "is a symlink; vgpuctl does not follow symlinks in its own directories: replace it with a directory"
+        )
     if not stat.S_ISDIR(st.st_mode):
         raise error(p, f"is {_kind(st.st_mode)}, not a directory; move it aside")
     if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
         raise error(p, f"is world-writable; fix with: chmod o-w {p}")
 
 
-def ensure_dirs(path: "os.PathLike[str] | str", *, below: "os.PathLike[str] | str", mode: int = 0o755,
-                error: ErrorFactory = StateError) -> None:
+def ensure_dirs(
+    path: "os.PathLike[str] | str",
+    *,
+    below: "os.PathLike[str] | str",
+    mode: int = 0o755,
+    error: ErrorFactory = StateError,
+) -> None:
     """``ensure_dir`` for every component of ``path`` under the existing directory ``below`` (the host root)."""
     base = os.fspath(below)
     rel = os.path.relpath(os.fspath(path), base)
@@ -186,7 +194,7 @@ def ensure_dirs(path: "os.PathLike[str] | str", *, below: "os.PathLike[str] | st
     if not os.path.isdir(base):
         raise error(base, "is not a directory (is --root right?)")
     cur = base
-    for part in ([] if rel == "." else rel.split(os.sep)):
+    for part in [] if rel == "." else rel.split(os.sep):
         cur = os.path.join(cur, part)
         ensure_dir(cur, mode=mode, error=error)
 
@@ -201,8 +209,14 @@ class FileLock:
 
     POLL = 0.02
 
-    def __init__(self, path: "os.PathLike[str] | str", timeout: float, *, mode: int = 0o600,
-                 root: "os.PathLike[str] | str | None" = None) -> None:
+    def __init__(
+        self,
+        path: "os.PathLike[str] | str",
+        timeout: float,
+        *,
+        mode: int = 0o600,
+        root: "os.PathLike[str] | str | None" = None,
+    ) -> None:
         self.path = path
         self.timeout = timeout
         self.mode = mode
@@ -249,8 +263,9 @@ class FileLock:
 
 
 # --- the one atomic write ------------------------------------------------------------------------------------------
-def write_atomic(path: "os.PathLike[str] | str", data: "bytes | str", *, mode: int = 0o644,
-                 durable: bool = True) -> None:
+def write_atomic(
+    path: "os.PathLike[str] | str", data: "bytes | str", *, mode: int = 0o644, durable: bool = True
+) -> None:
     """Replace ``path`` with ``data`` so that readers see the old or the new content, never a part: a temporary
     file in the same directory (created ``O_EXCL``, never through a symlink), written, fsynced, renamed over
     ``path``; with ``durable`` the directory is fsynced too, so the rename survives a power cut.  A ``path`` that

@@ -11,6 +11,7 @@ planning functions are pure: from what NVML (MIG) or sysfs (SR-IOV) reported to 
 it.  Both settings change the GPU as a whole (a MIG mode change resets the GPU; disabling VFs removes every VF), so
 the planner blocks them while the GPU holds vGPUs or runs processes, naming them.
 """
+
 from __future__ import annotations
 
 import re
@@ -66,9 +67,12 @@ def parse_mig(r: Any, node: Any, key: str) -> DesiredMig:
             v = r.scalar(item, f"{key}.instances")
             text = str(v).strip() if isinstance(v, str) else ""
             if not PROFILE_RE.fullmatch(text):
-                raise r.fail(item, f"{key}.instances",
-                             f"{item.value!r} is not a GPU instance profile name (like 1g.18gb or 3g.71gb; "
-                             "'nvidia-smi mig -lgip' lists the GPU's)")
+                raise r.fail(
+                    item,
+                    f"{key}.instances",
+                    f"{item.value!r} is not a GPU instance profile name (like 1g.18gb or 3g.71gb; "
+                    "'nvidia-smi mig -lgip' lists the GPU's)",
+                )
             instances.append(text)
         if instances and not mode:
             raise r.fail(inode, f"{key}.instances", "GPU instances need mode: on")
@@ -124,8 +128,10 @@ def _instances_change(want: DesiredMig, state: Any) -> MigChange:
     known = {p.name for p in state.profiles}
     unknown = sorted({n for n in want.instances if n not in known})
     if unknown:
-        return MigChange(problem=f"GPU {state.gpu} has no GPU instance profile {', '.join(unknown)} "
-                                 f"(it has: {', '.join(p.name for p in state.profiles) or 'none'})")
+        return MigChange(
+            problem=f"GPU {state.gpu} has no GPU instance profile {', '.join(unknown)} "
+            f"(it has: {', '.join(p.name for p in state.profiles) or 'none'})"
+        )
     need = Counter(want.instances)
     keep, destroy = [], []
     for g in sorted(state.instances, key=lambda g: g.id):
@@ -141,8 +147,10 @@ def _instances_change(want: DesiredMig, state: Any) -> MigChange:
     if placed is None:  # around the kept ones it does not fit: all anew
         placed = place_instances(state.profiles, list(want.instances))
         if placed is None:
-            return MigChange(problem=f"GPU instances {', '.join(want.instances)} overlap on GPU {state.gpu}: "
-                                     "no placement of them fits its memory slices and compute slices")
+            return MigChange(
+                problem=f"GPU instances {', '.join(want.instances)} overlap on GPU {state.gpu}: "
+                "no placement of them fits its memory slices and compute slices"
+            )
         destroy = [g.id for g in state.instances]
     return MigChange(destroy=tuple(sorted(destroy)), create=tuple(placed))
 

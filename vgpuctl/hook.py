@@ -27,6 +27,7 @@ it does this, and only this:
 Time is bounded (``timeout``): the lock wait is capped by it, and an alarm ends the run.  Each call writes one line
 per action or failure on stderr, which libvirt copies to its log.
 """
+
 from __future__ import annotations
 
 import json
@@ -64,8 +65,10 @@ class HookCall:
     @classmethod
     def parse(cls, argv: Sequence[str]) -> "HookCall":
         if len(argv) < 4:
-            raise HookError(f"expected: qemu DOMAIN OPERATION SUB-OP [EXTRA], got {len(argv)} argument(s): "
-                            + " ".join(repr(a) for a in argv))
+            raise HookError(
+                f"expected: qemu DOMAIN OPERATION SUB-OP [EXTRA], got {len(argv)} argument(s): "
+                + " ".join(repr(a) for a in argv)
+            )
         return cls(*(str(a) for a in argv[:4]))
 
     @property
@@ -91,8 +94,9 @@ class HookCall:
 
 def on_demand(dx: DomainXml) -> List[ManagedVgpu]:
     """The vGPUs the hook manages for a domain: referenced by a hostdev and described in vgpuctl's metadata."""
-    return [m for m in dx.managed if m.uuid in dx.devices and m.parent and m.type_id
-            and m.backend == str(BackendKind.MDEV)]
+    return [
+        m for m in dx.managed if m.uuid in dx.devices and m.parent and m.type_id and m.backend == str(BackendKind.MDEV)
+    ]
 
 
 class HookRecords:
@@ -156,8 +160,9 @@ class HookRecords:
 
 
 class Hook:
-    def __init__(self, lifecycle: Any, paths: HostPaths, *, err: Optional[TextIO] = None,
-                 out: Optional[TextIO] = None) -> None:
+    def __init__(
+        self, lifecycle: Any, paths: HostPaths, *, err: Optional[TextIO] = None, out: Optional[TextIO] = None
+    ) -> None:
         self.lc = lifecycle  # vgpuctl.lifecycle.Lifecycle, built without a libvirt usage check
         self.paths = paths
         self.records = HookRecords(paths)
@@ -228,8 +233,9 @@ class Hook:
                     continue
                 self.lc.write_params(inst, wanted[u])
                 written.append(u)
-                self.log(call, f"vGPU parameters of {u}: {vgpu_params.text_of(now)} -> "
-                               f"{vgpu_params.text_of(wanted[u])}")
+                self.log(
+                    call, f"vGPU parameters of {u}: {vgpu_params.text_of(now)} -> {vgpu_params.text_of(wanted[u])}"
+                )
         return written
 
     def stop(self, call: HookCall, dx: DomainXml) -> List[str]:
@@ -280,8 +286,11 @@ class Hook:
                 assert f.parent is not None and f.target_uuid is not None and f.type_id is not None
                 self.lc.create(parent=f.parent, type_id=f.type_id, uuid=f.target_uuid, origin=ORIGIN_HOOK)
                 made.append(f.target_uuid)
-                self.log(call, f"created {f.target_uuid} ({f.type_id} on {f.parent}) for the incoming domain"
-                         + ("" if f.keeps_uuid else f" (its uuid {f.uuid} is taken here)"))
+                self.log(
+                    call,
+                    f"created {f.target_uuid} ({f.type_id} on {f.parent}) for the incoming domain"
+                    + ("" if f.keeps_uuid else f" (its uuid {f.uuid} is taken here)"),
+                )
             self.records.save(dx.uuid, dx.name, prior + made)  # recorded before libvirt goes on
         except BaseException:
             self._roll_back(call, made)
@@ -332,12 +341,17 @@ def rewrite_vgpus(text: str, moves: Sequence["tuple[str, str, str]"]) -> str:
     vgpuctl's metadata entry name the new uuid, the entry the new parent.  Textual, so that libvirt gets back its
     own document otherwise byte for byte (namespaces, prefixes, order)."""
     for old, new, parent in moves:
-        entry = re.compile(r"<(?:[A-Za-z_][\w.-]*:)?vgpu\b[^>]*?\buuid=(['\"])" + re.escape(old) + r"\1[^>]*>",
-                           re.IGNORECASE)
+        entry = re.compile(
+            r"<(?:[A-Za-z_][\w.-]*:)?vgpu\b[^>]*?\buuid=(['\"])" + re.escape(old) + r"\1[^>]*>", re.IGNORECASE
+        )
 
         def reparent(m: "re.Match[str]", parent: str = parent) -> str:
-            return re.sub(r"(\bparent=)(['\"])[^'\"]*\2", lambda p: f"{p.group(1)}{p.group(2)}{parent}{p.group(2)}",
-                          m.group(0), count=1)
+            return re.sub(
+                r"(\bparent=)(['\"])[^'\"]*\2",
+                lambda p: f"{p.group(1)}{p.group(2)}{parent}{p.group(2)}",
+                m.group(0),
+                count=1,
+            )
 
         text = entry.sub(reparent, text)
         text = re.sub(re.escape(old), new, text, flags=re.IGNORECASE)

@@ -4,6 +4,7 @@ Every precondition is checked under the host lock before the first write; the in
 before the host is touched; a failure after the write is rolled back.  Nothing here prints: errors are typed, and
 the CLI renders them.
 """
+
 from __future__ import annotations
 
 import errno
@@ -30,8 +31,7 @@ from .errors import (
     VgpuctlError,
 )
 from .host import Host, TypeScope
-from .model import (Instance, Inventory, Parent, Vendor, canonical_instance_id, canonical_parent_name,
-                    find_type)  # noqa: F401  (find_type: re-exported, the one resolver lives in model)
+from .model import Instance, Inventory, Parent, Vendor, canonical_instance_id, canonical_parent_name, find_type  # noqa: F401  (find_type: re-exported, the one resolver lives in model)
 from .state import ORIGIN_CREATE, HostLock, Intent, State, StateStore
 
 
@@ -63,17 +63,16 @@ class Lifecycle:
         self.host = host
         self.store = StateStore(host.paths)
         self.lock_timeout = lock_timeout
-        self.usage_checks: List[UsageCheck] = (
-            list(usage_checks) if usage_checks is not None else [ProcessHolders(host)]
-        )
+        self.usage_checks: List[UsageCheck] = list(usage_checks) if usage_checks is not None else [ProcessHolders(host)]
 
     # --- reading ---------------------------------------------------------------------------------------------------
     def read(self, *, types: TypeScope = TypeScope.ALL) -> "tuple[Inventory, State]":
         """Inventory and ownership without the lock (for read-only commands)."""
         return self.host.inventory(types=types), self.store.load()
 
-    def users(self, instances: Sequence[Instance], *,
-              unreachable: Optional[List[VgpuctlError]] = None) -> Dict[str, List[str]]:
+    def users(
+        self, instances: Sequence[Instance], *, unreachable: Optional[List[VgpuctlError]] = None
+    ) -> Dict[str, List[str]]:
         """Who uses each instance, from every check.  ``unreachable`` (read-only views and plans only): a check
         whose peer cannot be asked (libvirt down) is skipped and its error appended there instead of raised, so
         the answer is what the other checks know; never pass it where the answer guards a change."""
@@ -131,8 +130,9 @@ class Lifecycle:
     ) -> Instance:
         """Create one instance on ``parent``; without one, ``placer`` chooses it from the inventory read under the
         lock (``vgpuctl.placement``), so the choice and the create see the same host."""
-        return self.create_with_inventory(parent=parent, type_id=type_id, uuid=uuid, placer=placer, origin=origin,
-                                          params=params)[0]
+        return self.create_with_inventory(
+            parent=parent, type_id=type_id, uuid=uuid, placer=placer, origin=origin, params=params
+        )[0]
 
     def create_with_inventory(
         self,
@@ -314,8 +314,10 @@ class Lifecycle:
             import logging
 
             logging.getLogger("vgpuctl.lifecycle").warning(
-                "could not put back mdevctl's definition %s (%s): define it again with mdevctl", defn.path,
-                os.strerror(e.errno or errno.EIO))
+                "could not put back mdevctl's definition %s (%s): define it again with mdevctl",
+                defn.path,
+                os.strerror(e.errno or errno.EIO),
+            )
 
 
 def _offers(inventory: Inventory, parent: str, type_id: str) -> bool:

@@ -33,6 +33,7 @@ vgpuctl_vgpu_license_expiry_seconds{uuid,gpu}      gauge    NVML: Unix time the 
 The ``vgpuctl_vgpu_*`` series exist only where NVML answers (an NVIDIA vGPU host with ``nvidia-ml-py``), for the
 vGPUs a VM runs (NVML lists no others); a vGPU whose license NVML cannot tell has no license series.
 """
+
 from __future__ import annotations
 
 import logging
@@ -78,8 +79,12 @@ def host_samples(
     counts: Dict[Labels, int] = {}
     for i in inventory.instances:
         t = inventory.type_on(i.parent, i.type_id)
-        key = (("parent", i.parent), ("type", i.type_id), ("type_name", (t.profile if t else None) or i.type_id),
-               ("state", "in_use" if users.get(i.uuid) else "idle"))
+        key = (
+            ("parent", i.parent),
+            ("type", i.type_id),
+            ("type_name", (t.profile if t else None) or i.type_id),
+            ("state", "in_use" if users.get(i.uuid) else "idle"),
+        )
         counts[key] = counts.get(key, 0) + 1
     out["vgpuctl_instances"] = sorted((k, float(v)) for k, v in counts.items())
     out["vgpuctl_instances_in_use"] = [((), float(sum(1 for i in inventory.instances if users.get(i.uuid))))]
@@ -104,8 +109,12 @@ def host_samples(
             gpu = inventory.gpu_of_instance(uuid) or ""
             if getattr(v, "fb_used_mib", None) is not None:
                 fb.append(((("uuid", uuid), ("gpu", gpu)), float(v.fb_used_mib * MIB)))
-            for engine, attr in (("sm", "sm_util"), ("memory", "mem_util"), ("encoder", "enc_util"),
-                                 ("decoder", "dec_util")):
+            for engine, attr in (
+                ("sm", "sm_util"),
+                ("memory", "mem_util"),
+                ("encoder", "enc_util"),
+                ("decoder", "dec_util"),
+            ):
                 value = getattr(v, attr, None)
                 if value is not None:
                     util.append(((("uuid", uuid), ("gpu", gpu), ("engine", engine)), value / 100.0))
@@ -156,10 +165,15 @@ class _Collector:
             samples = {k: list(v) for k, v in ex.samples.items()}
             runs, failures, total_s = ex.runs, ex.failures, ex.duration_sum
         yield CounterMetricFamily("vgpuctl_reconcile_runs", "Reconcile passes of the service", value=runs)
-        yield CounterMetricFamily("vgpuctl_reconcile_failures", "Reconcile passes that raised or had a failed step",
-                                  value=failures)
-        yield SummaryMetricFamily("vgpuctl_reconcile_duration_seconds", "Duration of the reconcile passes",
-                                  count_value=runs, sum_value=total_s)
+        yield CounterMetricFamily(
+            "vgpuctl_reconcile_failures", "Reconcile passes that raised or had a failed step", value=failures
+        )
+        yield SummaryMetricFamily(
+            "vgpuctl_reconcile_duration_seconds",
+            "Duration of the reconcile passes",
+            count_value=runs,
+            sum_value=total_s,
+        )
         for name in sorted(samples):
             rows = samples[name]
             names = [k for k, _ in rows[0][0]] if rows else []

@@ -12,6 +12,7 @@ source host gave it).  For each vGPU the answer is one of:
 
 Several vGPUs of one domain are placed one after the other, each seeing the ones before it.
 """
+
 from __future__ import annotations
 
 import re
@@ -87,8 +88,10 @@ def _board_rule(source_name: Optional[str], target_name: Optional[str]) -> Optio
         return None
     for family in _NO_CROSS_MIGRATION:
         if a in family and b in family:
-            return (f"the source's vGPU type is for the {a}, this host's for the {b}: NVIDIA does not migrate vGPUs "
-                    f"between {', '.join(sorted(family))} boards")
+            return (
+                f"the source's vGPU type is for the {a}, this host's for the {b}: NVIDIA does not migrate vGPUs "
+                f"between {', '.join(sorted(family))} boards"
+            )
     return f"the source's vGPU type is for the {a}, this host's for the {b}"
 
 
@@ -123,58 +126,122 @@ def check(
     for ident in dx.devices:
         m = dx.managed_entry(ident)
         if m is None or not m.type_id:
-            out.append(VgpuFit(ident, None, None, Fit.INCOMPATIBLE,
-                               "the domain XML does not say which type this vGPU is (no vgpuctl metadata for it): "
-                               "attach it with vgpuctl on the source, or re-attach it there with vgpuctl attach"))
+            out.append(
+                VgpuFit(
+                    ident,
+                    None,
+                    None,
+                    Fit.INCOMPATIBLE,
+                    "the domain XML does not say which type this vGPU is (no vgpuctl metadata for it): "
+                    "attach it with vgpuctl on the source, or re-attach it there with vgpuctl attach",
+                )
+            )
             continue
         offers = _offers(inv, m.type_id)
         if not offers:
             known = sorted({t.profile or t.type_id for t in inv.types})
-            out.append(VgpuFit(ident, m.type_id, m.type_name or None, Fit.INCOMPATIBLE,
-                               f"this host offers no type {m.type_id}"
-                               + (f" ({m.type_name})" if m.type_name else "")
-                               + (f"; it offers {', '.join(known)}" if known else "; it has no vGPU types at all")))
+            out.append(
+                VgpuFit(
+                    ident,
+                    m.type_id,
+                    m.type_name or None,
+                    Fit.INCOMPATIBLE,
+                    f"this host offers no type {m.type_id}"
+                    + (f" ({m.type_name})" if m.type_name else "")
+                    + (f"; it offers {', '.join(known)}" if known else "; it has no vGPU types at all"),
+                )
+            )
             continue
         here_name = offers[0].name
         if m.type_name and here_name and m.type_name != here_name:
             rule = _board_rule(m.type_name, here_name)
-            out.append(VgpuFit(ident, m.type_id, m.type_name, Fit.INCOMPATIBLE,
-                               rule or (f"type {m.type_id} is {m.type_name!r} on the source and {here_name!r} here: "
-                                        "the vGPU managers differ (NVIDIA's type ids are per driver version)")))
+            out.append(
+                VgpuFit(
+                    ident,
+                    m.type_id,
+                    m.type_name,
+                    Fit.INCOMPATIBLE,
+                    rule
+                    or (
+                        f"type {m.type_id} is {m.type_name!r} on the source and {here_name!r} here: "
+                        "the vGPU managers differ (NVIDIA's type ids are per driver version)"
+                    ),
+                )
+            )
             continue
-        nvidia = any(inv.parent(t.parent) is not None and str(inv.parent(t.parent).vendor) == "nvidia"  # type: ignore[union-attr]
-                     for t in offers)
-        if nvidia and source.driver_version and target.driver_version \
-                and source.driver_version != target.driver_version:
-            out.append(VgpuFit(ident, m.type_id, m.type_name or here_name, Fit.INCOMPATIBLE,
-                               f"NVIDIA migrates vGPUs only between equal vGPU manager versions: the source runs "
-                               f"{source.driver_version}, this host {target.driver_version}"))
+        nvidia = any(
+            inv.parent(t.parent) is not None and str(inv.parent(t.parent).vendor) == "nvidia"  # type: ignore[union-attr]
+            for t in offers
+        )
+        if (
+            nvidia
+            and source.driver_version
+            and target.driver_version
+            and source.driver_version != target.driver_version
+        ):
+            out.append(
+                VgpuFit(
+                    ident,
+                    m.type_id,
+                    m.type_name or here_name,
+                    Fit.INCOMPATIBLE,
+                    f"NVIDIA migrates vGPUs only between equal vGPU manager versions: the source runs "
+                    f"{source.driver_version}, this host {target.driver_version}",
+                )
+            )
             continue
         if m.backend != str(BackendKind.MDEV):
             # A per-VF vGPU is named by its VF: on this host it is another PCI address, which the domain XML would
             # have to be rewritten to; the hook does that only for mdev uuids.
-            out.append(VgpuFit(ident, m.type_id, m.type_name or here_name, Fit.INCOMPATIBLE,
-                               "a per-VF (vendor VFIO) vGPU is named by its VF's PCI address: vgpuctl migrates mdev "
-                               "vGPUs only (the destination XML would need another VF address)"))
+            out.append(
+                VgpuFit(
+                    ident,
+                    m.type_id,
+                    m.type_name or here_name,
+                    Fit.INCOMPATIBLE,
+                    "a per-VF (vendor VFIO) vGPU is named by its VF's PCI address: vgpuctl migrates mdev "
+                    "vGPUs only (the destination XML would need another VF address)",
+                )
+            )
             continue
         try:
-            d = place(inv, policy, Request(type=m.type_id, domain=dx.name, tenant=dx.tenant, groups=dx.groups,
-                                           numa_nodes=dx.memory_nodes), usage=usage)
+            d = place(
+                inv,
+                policy,
+                Request(type=m.type_id, domain=dx.name, tenant=dx.tenant, groups=dx.groups, numa_nodes=dx.memory_nodes),
+                usage=usage,
+            )
         except (UnknownType, AmbiguousType) as e:  # cannot happen for an offered id; kept one line if it does
             out.append(VgpuFit(ident, m.type_id, m.type_name or here_name, Fit.INCOMPATIBLE, str(e)))
             continue
         if not d.placed or d.parent is None:
-            why = "; ".join(f"{gpu}: {reason}" + (f" ({detail})" if detail else "")
-                            for gpu, reason, detail in d.refusals()) or "no GPU offers it"
+            why = (
+                "; ".join(
+                    f"{gpu}: {reason}" + (f" ({detail})" if detail else "") for gpu, reason, detail in d.refusals()
+                )
+                or "no GPU offers it"
+            )
             out.append(VgpuFit(ident, m.type_id, m.type_name or here_name, Fit.NO_CAPACITY, why))
             continue
-        target_uuid = ident if inv.instance(ident) is None and ident not in taken else (
-            fresh.pop(0) if fresh else _fresh_uuid(inv, taken))
+        target_uuid = (
+            ident
+            if inv.instance(ident) is None and ident not in taken
+            else (fresh.pop(0) if fresh else _fresh_uuid(inv, taken))
+        )
         taken.append(target_uuid)
         inv = place_apply(inv, parent=d.parent, type_id=d.type_id or m.type_id, uuid=target_uuid, usage=usage)
-        out.append(VgpuFit(ident, m.type_id, m.type_name or here_name, Fit.FITS,
-                           "" if target_uuid == ident else f"uuid {ident} is taken here: it gets {target_uuid}",
-                           parent=d.parent, gpu=d.gpu, target_uuid=target_uuid))
+        out.append(
+            VgpuFit(
+                ident,
+                m.type_id,
+                m.type_name or here_name,
+                Fit.FITS,
+                "" if target_uuid == ident else f"uuid {ident} is taken here: it gets {target_uuid}",
+                parent=d.parent,
+                gpu=d.gpu,
+                target_uuid=target_uuid,
+            )
+        )
     return tuple(out)
 
 

@@ -4,6 +4,7 @@ Backends (``vgpuctl.host.*``) read the host into these; placement, planning and 
 them.  The model does not say how an instance is made: the kernel's mdev interface (identity = UUID) and NVIDIA's
 per-VF interface (identity = the VF's PCI address) both produce the same three records, told apart by ``backend``.
 """
+
 from __future__ import annotations
 
 import re

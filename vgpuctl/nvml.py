@@ -13,6 +13,7 @@ while the C API writes an ``unsigned long long`` (we call the function pointer w
 About 770 lines: what NVML says (data), the one ``Nvml`` binding (MIG included), the settings (``converge_mig``)
 and the pure enrichment.  The enrichment (``gather``/``enrich``) and ``place_instances`` are the parts to move out.
 """
+
 from __future__ import annotations
 
 import calendar
@@ -26,8 +27,11 @@ from .model import BackendKind, Instance, Inventory, SchedulerPolicy, Vendor, so
 HOST_VGPU = 3  #: NVML_GPU_VIRTUALIZATION_MODE_HOST_VGPU
 VIRT_MODES = {0: "none (bare metal)", 1: "pass-through", 2: "vGPU guest", 3: "vGPU host", 4: "vSGA host"}
 #: NVML_VGPU_SCHEDULER_POLICY_* by ``model.SchedulerPolicy`` value
-POLICIES = {SchedulerPolicy.BEST_EFFORT.value: 1, SchedulerPolicy.EQUAL_SHARE.value: 2,
-            SchedulerPolicy.FIXED_SHARE.value: 3}
+POLICIES = {
+    SchedulerPolicy.BEST_EFFORT.value: 1,
+    SchedulerPolicy.EQUAL_SHARE.value: 2,
+    SchedulerPolicy.FIXED_SHARE.value: 3,
+}
 POLICY_NAMES = {v: k for k, v in POLICIES.items()}
 
 #: Why NVML cannot help, by NVML error number (what an operator should read).
@@ -65,8 +69,14 @@ def reason_for(code: Optional[int], where: str = "") -> str:
 
 # --- what NVML says ------------------------------------------------------------------------------------------------
 #: ``nvmlVgpuLicenseInfo_t.currentState`` (NVML_GRID_LICENSE_STATE_*), as vgpuctl spells it.
-LICENSE_STATES = {0: "unknown", 1: "uninitialized", 2: "unlicensed-unrestricted", 3: "unlicensed-restricted",
-                  4: "unlicensed", 5: "licensed"}
+LICENSE_STATES = {
+    0: "unknown",
+    1: "uninitialized",
+    2: "unlicensed-unrestricted",
+    3: "unlicensed-restricted",
+    4: "unlicensed",
+    5: "licensed",
+}
 #: ``nvmlVgpuLicenseExpiry_t.status`` (NVML_GRID_LICENSE_EXPIRY_*; pynvml spells these constants as 1-tuples).
 EXPIRY_NOT_AVAILABLE, EXPIRY_INVALID, EXPIRY_VALID, EXPIRY_NOT_APPLICABLE, EXPIRY_PERMANENT = 0, 1, 2, 3, 4
 
@@ -111,13 +121,17 @@ def license_of(info: Any) -> License:
     expiry = None
     if int(ex.status) == EXPIRY_VALID:
         try:
-            expiry = calendar.timegm((int(ex.year), int(ex.month), int(ex.day), int(ex.hour), int(ex.min),
-                                      int(ex.sec), 0, 0, 0))
+            expiry = calendar.timegm(
+                (int(ex.year), int(ex.month), int(ex.day), int(ex.hour), int(ex.min), int(ex.sec), 0, 0, 0)
+            )
         except (OverflowError, ValueError):
             expiry = None
-    return License(licensed=licensed, state=state if state != "unknown" else ("licensed" if licensed else
-                                                                              "unlicensed"),
-                   expiry=expiry, permanent=int(ex.status) == EXPIRY_PERMANENT)
+    return License(
+        licensed=licensed,
+        state=state if state != "unknown" else ("licensed" if licensed else "unlicensed"),
+        expiry=expiry,
+        permanent=int(ex.status) == EXPIRY_PERMANENT,
+    )
 
 
 @dataclass(frozen=True)
@@ -200,8 +214,9 @@ class MigState:
         return next((p for p in self.profiles if p.name == name), None)
 
 
-def place_instances(profiles: Sequence[MigProfile], wanted: Sequence[str],
-                    taken: Sequence[Tuple[int, int]] = ()) -> Optional[List[Tuple[str, int]]]:
+def place_instances(
+    profiles: Sequence[MigProfile], wanted: Sequence[str], taken: Sequence[Tuple[int, int]] = ()
+) -> Optional[List[Tuple[str, int]]]:
     """Placements ``(profile, start)`` for ``wanted`` (profile names) that overlap neither each other nor ``taken``
     (``(start, size)`` of instances that stay), with at most the GPU's compute slices; None if there are none.
     Larger instances are placed first, each at its lowest free start, backtracking when a later one does not fit
@@ -319,8 +334,12 @@ class Nvml:
     def gpu(self, pci: str, *, types: bool = True, vgpus: bool = True) -> GpuInfo:
         h = self.handle(pci)
         mode = self._call("nvmlDeviceGetVirtualizationMode", h)
-        info = GpuInfo(pci=pci, name=_s(self._opt("nvmlDeviceGetName", h)), uuid=_s(self._opt("nvmlDeviceGetUUID", h)),
-                       virt_mode=mode)
+        info = GpuInfo(
+            pci=pci,
+            name=_s(self._opt("nvmlDeviceGetName", h)),
+            uuid=_s(self._opt("nvmlDeviceGetUUID", h)),
+            virt_mode=mode,
+        )
         if mode != HOST_VGPU:
             return info
         out_types: List[TypeInfo] = []
@@ -328,30 +347,34 @@ class Nvml:
             for n in self._call("nvmlDeviceGetSupportedVgpus", h):
                 n = int(n)
                 fb = self._opt("nvmlVgpuTypeGetFramebufferSize", n)
-                out_types.append(TypeInfo(
-                    number=n,
-                    name=_s(self._opt("nvmlVgpuTypeGetName", n)),
-                    framebuffer_mib=int(fb) // (1024 * 1024) if fb is not None else None,
-                    max_instances=self._opt("nvmlVgpuTypeGetMaxInstances", h, n),
-                    type_class=_s(self._opt("nvmlVgpuTypeGetClass", n)),
-                ))
+                out_types.append(
+                    TypeInfo(
+                        number=n,
+                        name=_s(self._opt("nvmlVgpuTypeGetName", n)),
+                        framebuffer_mib=int(fb) // (1024 * 1024) if fb is not None else None,
+                        max_instances=self._opt("nvmlVgpuTypeGetMaxInstances", h, n),
+                        type_class=_s(self._opt("nvmlVgpuTypeGetClass", n)),
+                    )
+                )
         out_vgpus: List[VgpuInfo] = []
         if vgpus:
             util = self._utilization(h)
             for v in self._call("nvmlDeviceGetActiveVgpus", h):
                 v = int(v)
                 vm = self._opt("nvmlVgpuInstanceGetVmID", v)
-                out_vgpus.append(VgpuInfo(
-                    nvml_id=v,
-                    number=int(self._call("nvmlVgpuInstanceGetType", v)),
-                    vm_id=_s(vm[0]) if vm else None,
-                    fb_used_mib=self._fb_usage(v),
-                    placement_id=self._opt("nvmlVgpuInstanceGetPlacementId", v),
-                    gpu_instance_id=self._opt("nvmlVgpuInstanceGetGpuInstanceId", v),
-                    mdev_uuid=_s(self._opt("nvmlVgpuInstanceGetMdevUUID", v)),
-                    license=self._license(v),
-                    **util.get(v, {}),
-                ))
+                out_vgpus.append(
+                    VgpuInfo(
+                        nvml_id=v,
+                        number=int(self._call("nvmlVgpuInstanceGetType", v)),
+                        vm_id=_s(vm[0]) if vm else None,
+                        fb_used_mib=self._fb_usage(v),
+                        placement_id=self._opt("nvmlVgpuInstanceGetPlacementId", v),
+                        gpu_instance_id=self._opt("nvmlVgpuInstanceGetGpuInstanceId", v),
+                        mdev_uuid=_s(self._opt("nvmlVgpuInstanceGetMdevUUID", v)),
+                        license=self._license(v),
+                        **util.get(v, {}),
+                    )
+                )
         return replace(info, types=tuple(out_types), vgpus=tuple(out_vgpus))
 
     def type_names(self, pci: str) -> Tuple[Tuple[int, str], ...]:
@@ -386,8 +409,10 @@ class Nvml:
         out: Dict[int, Dict[str, int]] = {}
         for s in samples:  # the latest sample per instance; values are percentages (unsigned ints)
             out[int(s.vgpuInstance)] = {
-                "sm_util": int(s.smUtil.uiVal), "mem_util": int(s.memUtil.uiVal),
-                "enc_util": int(s.encUtil.uiVal), "dec_util": int(s.decUtil.uiVal),
+                "sm_util": int(s.smUtil.uiVal),
+                "mem_util": int(s.memUtil.uiVal),
+                "enc_util": int(s.encUtil.uiVal),
+                "dec_util": int(s.decUtil.uiVal),
             }
         return out
 
@@ -402,8 +427,9 @@ class Nvml:
             if e.value == self.nv.NVML_ERROR_NOT_SUPPORTED:
                 return MigState(pci, supported=False)
             raise NvmlUnavailable(reason_for(e.value, "nvmlDeviceGetMigMode"), e.value) from None
-        state = MigState(pci, supported=True, current=bool(current), pending=bool(pending),
-                         processes=tuple(self.processes(pci)))
+        state = MigState(
+            pci, supported=True, current=bool(current), pending=bool(pending), processes=tuple(self.processes(pci))
+        )
         if not current:
             return state
         profiles: List[MigProfile] = []
@@ -416,10 +442,15 @@ class Nvml:
                 continue
             name = (_s(getattr(info, "name", b"")) or "").replace("MIG ", "", 1)
             placements = self._placements(h, int(info.id))
-            prof = MigProfile(name=name or f"profile-{int(info.id)}", id=int(info.id), slices=int(info.sliceCount),
-                              memory_mib=int(info.memorySizeMB), count=int(info.instanceCount),
-                              size=placements[0][1] if placements else 0,
-                              placements=tuple(st for st, _ in placements))
+            prof = MigProfile(
+                name=name or f"profile-{int(info.id)}",
+                id=int(info.id),
+                slices=int(info.sliceCount),
+                memory_mib=int(info.memorySizeMB),
+                count=int(info.instanceCount),
+                size=placements[0][1] if placements else 0,
+                placements=tuple(st for st, _ in placements),
+            )
             profiles.append(prof)
             count = max(1, prof.count)
             arr = (self.nv.c_nvmlGpuInstance_t * count)()
@@ -427,8 +458,7 @@ class Nvml:
             self._call("nvmlDeviceGetGpuInstances", h, prof.id, arr, ctypes.byref(n))
             for k in range(n.value):
                 gi = self._call("nvmlGpuInstanceGetInfo", arr[k])
-                instances.append(GpuInstance(int(gi.id), prof.name, int(gi.placement.start),
-                                             int(gi.placement.size)))
+                instances.append(GpuInstance(int(gi.id), prof.name, int(gi.placement.start), int(gi.placement.size)))
         return replace(state, profiles=tuple(profiles), instances=tuple(sorted(instances, key=lambda g: g.id)))
 
     def _placements(self, h: Any, profile_id: int) -> List[Tuple[int, int]]:
@@ -460,12 +490,16 @@ class Nvml:
         except self.nv.NVMLError as e:
             if e.value == self.nv.NVML_ERROR_IN_USE:
                 raise GpuBusy(pci, "MIG mode", ["the GPU is in use (NVML: IN_USE)"]) from None
-            raise NvmlError(f"NVML refused MIG mode {'on' if on else 'off'} on GPU {pci}: {reason_for(e.value)}",
-                            e.value) from None
+            raise NvmlError(
+                f"NVML refused MIG mode {'on' if on else 'off'} on GPU {pci}: {reason_for(e.value)}", e.value
+            ) from None
         current, _pending = self._call("nvmlDeviceGetMigMode", h)
         if status or bool(current) != on:
-            raise NvmlError(f"MIG mode {'on' if on else 'off'} on GPU {pci} is pending, not active "
-                            f"(activation status {status}): the GPU needs a reset", status or None)
+            raise NvmlError(
+                f"MIG mode {'on' if on else 'off'} on GPU {pci} is pending, not active "
+                f"(activation status {status}): the GPU needs a reset",
+                status or None,
+            )
 
     def create_gpu_instance(self, pci: str, profile: MigProfile, start: int) -> None:
         h = self.handle(pci)
@@ -474,8 +508,9 @@ class Nvml:
         try:
             self.nv.nvmlDeviceCreateGpuInstanceWithPlacement(h, profile.id, ctypes.byref(pl))
         except self.nv.NVMLError as e:
-            raise NvmlError(f"NVML refused GPU instance {profile.name} at {start} on GPU {pci}: "
-                            f"{reason_for(e.value)}", e.value) from None
+            raise NvmlError(
+                f"NVML refused GPU instance {profile.name} at {start} on GPU {pci}: {reason_for(e.value)}", e.value
+            ) from None
 
     def destroy_gpu_instance(self, pci: str, gi: int) -> None:
         from .errors import GpuBusy
@@ -486,8 +521,9 @@ class Nvml:
         except self.nv.NVMLError as e:
             if e.value == self.nv.NVML_ERROR_IN_USE:
                 raise GpuBusy(pci, f"GPU instance {gi}", ["a vGPU uses it"]) from None
-            raise NvmlError(f"NVML refused to destroy GPU instance {gi} on GPU {pci}: {reason_for(e.value)}",
-                            e.value) from None
+            raise NvmlError(
+                f"NVML refused to destroy GPU instance {gi} on GPU {pci}: {reason_for(e.value)}", e.value
+            ) from None
 
     # --- GPU-wide controls -----------------------------------------------------------------------------------------
     def host_handle(self, pci: str) -> Any:
@@ -534,7 +570,8 @@ class Nvml:
             lo, hi = int(caps.minTimeslice), int(caps.maxTimeslice)
             if not lo <= us <= hi:
                 raise InvalidInput(
-                    f"time slice {timeslice_ms:g} ms is outside GPU {pci}'s range {lo / 1000:g}..{hi / 1000:g} ms")
+                    f"time slice {timeslice_ms:g} ms is outside GPU {pci}'s range {lo / 1000:g}..{hi / 1000:g} ms"
+                )
         state = self.nv.c_nvmlVgpuSchedulerSetState_t()
         state.schedulerPolicy = POLICIES[policy]
         state.enableARRMode = 0
@@ -581,9 +618,15 @@ class NvmlSettings:
                     except NvmlUnavailable:
                         mig = None
                     out[pci] = GpuObservation(
-                        pci, policy=sc.policy, timeslice_us=sc.timeslice_us, supported=sc.supported,
-                        min_timeslice_us=sc.min_timeslice_us, max_timeslice_us=sc.max_timeslice_us,
-                        heterogeneous=sc.heterogeneous, running=running, mig=mig,
+                        pci,
+                        policy=sc.policy,
+                        timeslice_us=sc.timeslice_us,
+                        supported=sc.supported,
+                        min_timeslice_us=sc.min_timeslice_us,
+                        max_timeslice_us=sc.max_timeslice_us,
+                        heterogeneous=sc.heterogeneous,
+                        running=running,
+                        mig=mig,
                         type_names=nv.type_names(pci),
                     )
         except NvmlUnavailable as e:
@@ -644,8 +687,9 @@ def converge_mig(nv: Nvml, gpu: str, want: Any) -> None:
         raise
 
 
-def _undo_mig(nv: Nvml, gpu: str, before: MigState, made: Sequence[Tuple[str, int]], gone: Sequence[GpuInstance],
-              switched: bool) -> None:
+def _undo_mig(
+    nv: Nvml, gpu: str, before: MigState, made: Sequence[Tuple[str, int]], gone: Sequence[GpuInstance], switched: bool
+) -> None:
     import logging
 
     log = logging.getLogger("vgpuctl.nvml")
@@ -738,10 +782,18 @@ def enrich(
         if ti is None:
             types.append(t)
             continue
-        fields = tuple(kv for kv in t.fields if kv[0] != "class") + ((("class", ti.type_class),) if ti.type_class
-                                                                    else ())
-        types.append(replace(t, name=ti.name or t.name, framebuffer_mib=ti.framebuffer_mib or t.framebuffer_mib,
-                             max_instance=ti.max_instances or t.max_instance, fields=fields))
+        fields = tuple(kv for kv in t.fields if kv[0] != "class") + (
+            (("class", ti.type_class),) if ti.type_class else ()
+        )
+        types.append(
+            replace(
+                t,
+                name=ti.name or t.name,
+                framebuffer_mib=ti.framebuffer_mib or t.framebuffer_mib,
+                max_instance=ti.max_instances or t.max_instance,
+                fields=fields,
+            )
+        )
     details: Dict[str, VgpuInfo] = {}
     for gpu, g in gpus.items():
         mine = list(inventory.instances_on_gpu(gpu))
@@ -761,8 +813,11 @@ def _match(
         hit = [i for i in candidates if i.uuid == v.mdev_uuid.lower()]
         if hit:
             return hit[0]
-    same = [i for i in candidates if i.type_id == type_id_of(v.number) and i.uuid not in taken
-            and i.backend is BackendKind.NVIDIA_VF]
+    same = [
+        i
+        for i in candidates
+        if i.type_id == type_id_of(v.number) and i.uuid not in taken and i.backend is BackendKind.NVIDIA_VF
+    ]
     if v.placement_id is not None:
         placed = [i for i in same if placements.get(i.uuid) == v.placement_id]
         if len(placed) == 1:

@@ -7,6 +7,7 @@ each domain's ``DomainFacts`` (tenant, groups, NUMA nodes), and a placement ``Re
 (``complete_request``: the one rule for it, used by ``place``, ``create``, ``attach`` and ``apply`` alike).  Nothing
 here writes; the readers (``cpu_nodes``, ``mix_modes``) read only when called, and the rest is pure.
 """
+
 from __future__ import annotations
 
 import logging
@@ -72,8 +73,9 @@ def mix_modes(inv: Inventory, nvml: str = "auto") -> Tuple[Dict[str, Any], Optio
     return out, None
 
 
-def nvml_details(inv: Inventory, paths: HostPaths, *,
-                 vgpus: bool) -> Tuple[Inventory, Dict[str, Any], Dict[str, Any], Tuple[str, ...]]:
+def nvml_details(
+    inv: Inventory, paths: HostPaths, *, vgpus: bool
+) -> Tuple[Inventory, Dict[str, Any], Dict[str, Any], Tuple[str, ...]]:
     """NVML's view for ``parents``/``types``/``list``/``status``: the inventory with NVML's details, per-instance
     details, per-GPU info, and the one-line notes saying what NVML could not tell (on any failure: the sysfs
     inventory, nothing else, and the note why)."""
@@ -99,16 +101,18 @@ def usage_of(snap: Optional[Snapshot], inventory: Inventory, modes: Optional[Dic
     return Usage.of(consumers_from(snap, inventory) if snap is not None else {}, modes=modes or {})
 
 
-def domain_facts(snap: Optional[Snapshot], domain: Optional[str], cpus: Optional[Dict[int, int]],
-                 node_dir: str) -> Optional[DomainFacts]:
+def domain_facts(
+    snap: Optional[Snapshot], domain: Optional[str], cpus: Optional[Dict[int, int]], node_dir: str
+) -> Optional[DomainFacts]:
     """The facts of ``domain`` in ``snap`` (None without a domain or a snapshot).  A domain libvirt does not know is
     not an error (it may be defined later): its facts are empty, with a note."""
     if not domain or snap is None:
         return None
     info = next((d for d in snap.domains if d.name == domain), None)
     if info is None:
-        return DomainFacts(domain, found=False, notes=(f"no domain {domain!r} at {snap.uri}: no tenant, groups or "
-                                                       "NUMA nodes from it",))
+        return DomainFacts(
+            domain, found=False, notes=(f"no domain {domain!r} at {snap.uri}: no tenant, groups or NUMA nodes from it",)
+        )
     return facts_of(info, cpus, node_dir)
 
 
@@ -142,7 +146,9 @@ def desired_request(d: "DesiredInstance", inventory: Inventory, facts: Optional[
 
     req = d.placement or PlacementRequest()
     request = Request(
-        type=d.type, domain=d.domain, tenant=req.tenant,
+        type=d.type,
+        domain=d.domain,
+        tenant=req.tenant,
         numa_nodes=(req.numa_node,) if req.numa_node is not None else (),
         numa=NumaMode.REQUIRE if req.numa_node is not None else None,
         any_of=d.profile_def.type_ids(inventory) if d.profile_def is not None else None,

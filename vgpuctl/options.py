@@ -1,4 +1,5 @@
 """Option types every command shares.  Kept apart from ``cli`` so that command modules import them cheaply."""
+
 from __future__ import annotations
 
 import math

@@ -3,6 +3,7 @@
 Production's root is ``/``; tests and the simulated host point it elsewhere.  Nothing else in the package spells out
 ``/sys`` or ``/etc``: code asks a ``HostPaths`` for the directory it needs.
 """
+
 from __future__ import annotations
 
 import os

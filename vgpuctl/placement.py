@@ -17,6 +17,7 @@ The host's ``available_instances`` is always an upper bound too: a GPU the host 
 ``apply``/``release`` update an inventory as the host would after a create or remove, so that sequences of decisions
 can be simulated (property tests, the churn benchmark, ``defrag --plan``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -391,7 +392,9 @@ def _gpu_state(
         kind=rules.kind,
         mode=mode if rules.modes else MixMode.HOMOGENEOUS,
         parents=parents,
-        offers=tuple(Offer(vtype=v, free_parents=tuple(f), host_available=a) for _, (v, f, a) in sorted(offers.items())),
+        offers=tuple(
+            Offer(vtype=v, free_parents=tuple(f), host_available=a) for _, (v, f, a) in sorted(offers.items())
+        ),
         counts=tuple(sorted(counts.items())),
         used_fb=used_fb,
         total_fb=total_fb,
@@ -896,7 +899,8 @@ def plan_defrag(inventory: Inventory, policy: Policy, *, usage: Optional[Usage] 
         trial = inv
         trial_moves: List[Move] = []
         for inst in sorted(
-            (i for i in trial.instances if (trial.parent(i.parent) or Parent(i.parent)).gpu == g.gpu), key=lambda i: i.uuid
+            (i for i in trial.instances if (trial.parent(i.parent) or Parent(i.parent)).gpu == g.gpu),
+            key=lambda i: i.uuid,
         ):
             c = usage.consumer(inst.uuid) or Consumer()
             without = release(trial, inst.uuid, usage=usage)

@@ -28,6 +28,7 @@ The safety rules live here, in one place the property tests check:
   is blocked ``nvml`` where NVML could not say, and ``in-use`` while a vGPU runs on that GPU (heterogeneous mode:
   while the GPU hosts any vGPU at all), the rule ``vgpuctl sched set``/``hetero set`` enforce.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -36,8 +37,17 @@ from typing import Any, Callable, Collection, Dict, FrozenSet, List, Mapping, Op
 
 from .host.rules import named_by_parent, offers_after_destroy, predicted_modes
 from .model import Instance, Inventory, Vendor
-from .spec import (AttachMode, DesiredGpu, DesiredInstance, DesiredState, bind, desired_type, host_parent,
-                   no_type_reason, vf_issues)
+from .spec import (
+    AttachMode,
+    DesiredGpu,
+    DesiredInstance,
+    DesiredState,
+    bind,
+    desired_type,
+    host_parent,
+    no_type_reason,
+    vf_issues,
+)
 from .state import ORIGIN_APPLY, State
 
 
@@ -92,8 +102,14 @@ class Block(str, Enum):
     @property
     def retryable(self) -> bool:
         """Whether time alone may clear it (the service retries these with backoff)."""
-        return self in (Block.PARENT_MISSING, Block.NO_PLACEMENT, Block.IN_USE, Block.DEPENDS, Block.LIBVIRT_DOWN,
-                        Block.NVML)
+        return self in (
+            Block.PARENT_MISSING,
+            Block.NO_PLACEMENT,
+            Block.IN_USE,
+            Block.DEPENDS,
+            Block.LIBVIRT_DOWN,
+            Block.NVML,
+        )
 
 
 @dataclass(frozen=True)
@@ -241,8 +257,12 @@ def _with_params(a: Action, params: Any, inventory: Inventory) -> Action:
         return a
     p = inventory.parent(a.parent or "")
     if a.block is None and p is not None and p.vendor is not Vendor.NVIDIA:
-        return replace(a, value=params, block=Block.CONFIG,
-                       detail=f"{p.name} is not an NVIDIA GPU: its vGPUs have no nvidia/vgpu_params; drop 'params'")
+        return replace(
+            a,
+            value=params,
+            block=Block.CONFIG,
+            detail=f"{p.name} is not an NVIDIA GPU: its vGPUs have no nvidia/vgpu_params; drop 'params'",
+        )
     return replace(a, value=params)
 
 
@@ -287,7 +307,10 @@ def destroy_candidates(
 
 
 def _unwanted(
-    inventory: Inventory, state: State, want: Mapping[str, DesiredInstance], issues: Collection[str],
+    inventory: Inventory,
+    state: State,
+    want: Mapping[str, DesiredInstance],
+    issues: Collection[str],
     on_demand: Collection[str],
 ) -> List[Tuple[Instance, Optional[DesiredInstance]]]:
     """Owned instances that are not wanted, or not as they are, each with its desired instance (None: undeclared);
@@ -364,19 +387,43 @@ def plan(
             if d is not None and fd.auto:
                 continue  # double-managed: reported once, by its manage action
             destroys.append(
-                Action(Op.DESTROY, inst.uuid, inst.parent, inst.type_id, d.name if d else None, why=why,
-                       block=Block.FOREIGN_MANAGED, detail=_foreign_detail(fd, inst.uuid, d.name if d else None))
+                Action(
+                    Op.DESTROY,
+                    inst.uuid,
+                    inst.parent,
+                    inst.type_id,
+                    d.name if d else None,
+                    why=why,
+                    block=Block.FOREIGN_MANAGED,
+                    detail=_foreign_detail(fd, inst.uuid, d.name if d else None),
+                )
             )
         elif who:
             destroys.append(
-                Action(Op.DESTROY, inst.uuid, inst.parent, inst.type_id, d.name if d else None, why=why,
-                       block=Block.IN_USE, detail="in use by " + ", ".join(who))
+                Action(
+                    Op.DESTROY,
+                    inst.uuid,
+                    inst.parent,
+                    inst.type_id,
+                    d.name if d else None,
+                    why=why,
+                    block=Block.IN_USE,
+                    detail="in use by " + ", ".join(who),
+                )
             )
             blocked_uuids[inst.uuid] = f"the old device is in use by {', '.join(who)}"
         elif libvirt_error:  # a domain definition might reference it: never removed unseen
             destroys.append(
-                Action(Op.DESTROY, inst.uuid, inst.parent, inst.type_id, d.name if d else None, why=why,
-                       block=Block.LIBVIRT_DOWN, detail=f"{libvirt_error}: a domain might reference it")
+                Action(
+                    Op.DESTROY,
+                    inst.uuid,
+                    inst.parent,
+                    inst.type_id,
+                    d.name if d else None,
+                    why=why,
+                    block=Block.LIBVIRT_DOWN,
+                    detail=f"{libvirt_error}: a domain might reference it",
+                )
             )
             blocked_uuids[inst.uuid] = "the old device cannot be destroyed while libvirt is unreachable"
         else:
@@ -388,8 +435,9 @@ def plan(
     for g in desired.gpus:
         settings += _gpu_actions(g, (gpus or {}).get(g.gpu), inventory, freed, observed=gpus is not None)
     shaping = {a.parent for a in settings if a.op.shapes_gpu and a.block is None}
-    hetero_to = {a.parent: bool(a.value) for a in settings
-                 if a.op is Op.HETERO and a.block is None and a.parent is not None}
+    hetero_to = {
+        a.parent: bool(a.value) for a in settings if a.op is Op.HETERO and a.block is None and a.parent is not None
+    }
 
     # 3. desired instances that do not exist as wanted: create (pinned first, then placed)
     hetero_seen = {g: o.heterogeneous for g, o in (gpus or {}).items() if o.heterogeneous is not None}
@@ -403,9 +451,18 @@ def plan(
         fd = foreign.get(d.uuid)
         if fd is not None and (fd.auto or not _defines_as(fd, d, inventory)):
             where = inst.parent if inst is not None else fd.parent
-            creates.append(Action(Op.MANAGE, d.uuid, where, inst.type_id if inst is not None else (fd.type_id or d.type),
-                                  d.name, why="desired", block=Block.FOREIGN_MANAGED,
-                                  detail=_foreign_detail(fd, d.uuid, d.name)))
+            creates.append(
+                Action(
+                    Op.MANAGE,
+                    d.uuid,
+                    where,
+                    inst.type_id if inst is not None else (fd.type_id or d.type),
+                    d.name,
+                    why="desired",
+                    block=Block.FOREIGN_MANAGED,
+                    detail=_foreign_detail(fd, d.uuid, d.name),
+                )
+            )
             continue
         if inst is not None and _matches(inst, d, inventory):
             continue
@@ -414,26 +471,38 @@ def plan(
                 creates.append(_blocked_create(d, inst.parent, d.type, Block.DEPENDS, blocked_uuids[d.uuid]))
             else:
                 creates.append(
-                    _blocked_create(d, inst.parent, d.type, Block.FOREIGN,
-                                    f"a device vgpuctl does not own has this uuid ({inst.type_id} on {inst.parent})")
+                    _blocked_create(
+                        d,
+                        inst.parent,
+                        d.type,
+                        Block.FOREIGN,
+                        f"a device vgpuctl does not own has this uuid ({inst.type_id} on {inst.parent})",
+                    )
                 )
             continue
         if d.parent is None:
             if libvirt_error and needs_domains(d):
-                creates.append(_blocked_create(d, None, d.type, Block.LIBVIRT_DOWN,
-                                               f"{libvirt_error}: placing it counts the domains' tenants and groups"))
+                creates.append(
+                    _blocked_create(
+                        d,
+                        None,
+                        d.type,
+                        Block.LIBVIRT_DOWN,
+                        f"{libvirt_error}: placing it counts the domains' tenants and groups",
+                    )
+                )
                 continue
             to_place.append(d)
             continue
         parent = host_parent(inventory, d.parent)
         if parent is None:
-            creates.append(_blocked_create(d, d.parent, d.type, Block.PARENT_MISSING,
-                                           f"parent {d.parent} is not registered (yet)"))
+            creates.append(
+                _blocked_create(d, d.parent, d.type, Block.PARENT_MISSING, f"parent {d.parent} is not registered (yet)")
+            )
             continue
         tid = desired_type(inventory, parent, d)
         if tid is None:
-            creates.append(_blocked_create(d, parent, d.type, Block.TYPE_UNKNOWN,
-                                           no_type_reason(inventory, parent, d)))
+            creates.append(_blocked_create(d, parent, d.type, Block.TYPE_UNKNOWN, no_type_reason(inventory, parent, d)))
             continue
         refused = fit.take(d.uuid, parent, tid)
         if refused is not None:
@@ -444,8 +513,15 @@ def plan(
     if to_place:
         if placer is None:
             for d in to_place:
-                creates.append(_blocked_create(d, None, d.type, Block.NO_PLACEMENT,
-                                               "no placement engine is installed: give this instance a parent"))
+                creates.append(
+                    _blocked_create(
+                        d,
+                        None,
+                        d.type,
+                        Block.NO_PLACEMENT,
+                        "no placement engine is installed: give this instance a parent",
+                    )
+                )
         elif not inventory.parents:
             for d in to_place:
                 creates.append(_blocked_create(d, None, d.type, Block.PARENT_MISSING, "no parent is registered (yet)"))
@@ -456,10 +532,16 @@ def plan(
                 where = placed.get(d.name)
                 vf = inventory.parent(where) if isinstance(where, str) else None
                 if vf is not None and named_by_parent(vf.backend):
-                    creates.append(_blocked_create(
-                        d, None, d.type, Block.CONFIG,
-                        f"placement chose NVIDIA vendor-VFIO VF {where}, and a vGPU there is named by its VF, not by "
-                        f"a uuid: pin it instead of placing it (parent: \"{where}\")"))
+                    creates.append(
+                        _blocked_create(
+                            d,
+                            None,
+                            d.type,
+                            Block.CONFIG,
+                            f"placement chose NVIDIA vendor-VFIO VF {where}, and a vGPU there is named by its VF, not by "
+                            f'a uuid: pin it instead of placing it (parent: "{where}")',
+                        )
+                    )
                     continue
                 if isinstance(where, str):
                     tid = desired_type(inventory, where, d)
@@ -477,8 +559,9 @@ def plan(
         for k, a in enumerate(creates):
             p = inventory.parent(a.parent or "")
             if a.op is Op.CREATE and a.block in waits and p is not None and p.gpu in shaping:
-                creates[k] = replace(a, block=Block.DEPENDS,
-                                     detail=f"waits for the GPU-wide change of GPU {p.gpu} ({a.detail})")
+                creates[k] = replace(
+                    a, block=Block.DEPENDS, detail=f"waits for the GPU-wide change of GPU {p.gpu} ({a.detail})"
+                )
 
     # 4. vGPU parameters: a create writes them before anything can start the VM; an existing vGPU gets them
     #    unless a VM runs it (then the libvirt hook writes them at the next start)
@@ -496,16 +579,38 @@ def plan(
         if now == wanted:
             continue
         if now is None:
-            changes.append(Action(Op.PARAMS, d.uuid, inst.parent, inst.type_id, d.name, why=PARAMS_WHY,
-                                  block=Block.CONFIG, value=wanted, current="?",
-                                  detail=f"{d.uuid} has no nvidia/vgpu_params (not an NVIDIA vGPU): drop 'params'"))
+            changes.append(
+                Action(
+                    Op.PARAMS,
+                    d.uuid,
+                    inst.parent,
+                    inst.type_id,
+                    d.name,
+                    why=PARAMS_WHY,
+                    block=Block.CONFIG,
+                    value=wanted,
+                    current="?",
+                    detail=f"{d.uuid} has no nvidia/vgpu_params (not an NVIDIA vGPU): drop 'params'",
+                )
+            )
             continue
         who = list(users.get(d.uuid, ()))
-        changes.append(Action(Op.PARAMS, d.uuid, inst.parent, inst.type_id, d.name, why=PARAMS_WHY,
-                              value=wanted, current=_params_text(now),
-                              block=Block.IN_USE if who else None,
-                              detail=("a VM runs it (" + ", ".join(who) + "): the libvirt hook writes them at "
-                                      "its next start") if who else ""))
+        changes.append(
+            Action(
+                Op.PARAMS,
+                d.uuid,
+                inst.parent,
+                inst.type_id,
+                d.name,
+                why=PARAMS_WHY,
+                value=wanted,
+                current=_params_text(now),
+                block=Block.IN_USE if who else None,
+                detail=("a VM runs it (" + ", ".join(who) + "): the libvirt hook writes them at its next start")
+                if who
+                else "",
+            )
+        )
     creates += changes
 
     # 5. attachments: detach what vgpuctl attached to a domain the instance no longer names, then attach
@@ -515,8 +620,9 @@ def plan(
         inst = inventory.instance(d.uuid)
         parent = create.parent if create is not None else (inst.parent if inst else None)
         type_id = create.type_id if create is not None else (inst.type_id if inst else d.type)
-        current = sorted(attachments.get(d.uuid, frozenset()) if attachments is not None else (),
-                         key=lambda a: a.domain)
+        current = sorted(
+            attachments.get(d.uuid, frozenset()) if attachments is not None else (), key=lambda a: a.domain
+        )
         for att in current:
             mode = att.present
             if att.domain != d.domain and att.recorded and mode is not None:
@@ -525,22 +631,57 @@ def plan(
         if d.domain is None:
             continue
         if attachments is None:
-            attaches.append(Action(Op.ATTACH, d.uuid, parent, type_id, d.name, d.domain, d.attach, why="desired",
-                                   block=Block.LIBVIRT_DOWN if libvirt_error else Block.LIBVIRT,
-                                   detail=libvirt_error or "libvirt not configured"))
+            attaches.append(
+                Action(
+                    Op.ATTACH,
+                    d.uuid,
+                    parent,
+                    type_id,
+                    d.name,
+                    d.domain,
+                    d.attach,
+                    why="desired",
+                    block=Block.LIBVIRT_DOWN if libvirt_error else Block.LIBVIRT,
+                    detail=libvirt_error or "libvirt not configured",
+                )
+            )
             continue
         here = next((a for a in current if a.domain == d.domain), None)
         if here is not None and here.satisfies(d.attach) and create is None:
             continue
         foreign = [a.domain for a in current if a.domain != d.domain and not a.recorded and (a.live or a.config)]
         if create is not None and create.block is not None:
-            attaches.append(Action(Op.ATTACH, d.uuid, parent, type_id, d.name, d.domain, d.attach, why="desired",
-                                   block=Block.DEPENDS, detail="the device cannot be created yet"))
+            attaches.append(
+                Action(
+                    Op.ATTACH,
+                    d.uuid,
+                    parent,
+                    type_id,
+                    d.name,
+                    d.domain,
+                    d.attach,
+                    why="desired",
+                    block=Block.DEPENDS,
+                    detail="the device cannot be created yet",
+                )
+            )
         elif foreign:
-            attaches.append(Action(Op.ATTACH, d.uuid, parent, type_id, d.name, d.domain, d.attach, why="desired",
-                                   block=Block.IN_USE,
-                                   detail="referenced by " + ", ".join(f"domain {n!r}" for n in foreign)
-                                   + ", which vgpuctl did not attach it to"))
+            attaches.append(
+                Action(
+                    Op.ATTACH,
+                    d.uuid,
+                    parent,
+                    type_id,
+                    d.name,
+                    d.domain,
+                    d.attach,
+                    why="desired",
+                    block=Block.IN_USE,
+                    detail="referenced by "
+                    + ", ".join(f"domain {n!r}" for n in foreign)
+                    + ", which vgpuctl did not attach it to",
+                )
+            )
         else:
             attaches.append(Action(Op.ATTACH, d.uuid, parent, type_id, d.name, d.domain, d.attach, why="desired"))
 
@@ -552,8 +693,9 @@ class _CapacityModel:
     """The inventory as the plan changes it, with placement's per-GPU rules deciding whether a pinned create fits.
     Built lazily: a plan without pinned creates never loads the placement engine."""
 
-    def __init__(self, inventory: Inventory, freed: Collection[str], modes: Mapping[str, Any],
-                 hetero: Mapping[str, bool]) -> None:
+    def __init__(
+        self, inventory: Inventory, freed: Collection[str], modes: Mapping[str, Any], hetero: Mapping[str, bool]
+    ) -> None:
         self.base = inventory
         self.freed = sorted(freed)
         self.modes = modes
@@ -598,10 +740,15 @@ def _gpu_actions(
     if g.scheduler is not None:
         wanted.append((Op.SCHED, g.scheduler, g.scheduler.text()))
     if obs is None or obs.unavailable is not None:
-        why = obs.unavailable if obs is not None and obs.unavailable else (
-            f"NVML did not report GPU {g.gpu}" if observed else "the GPU's settings were not read (NVML)")
-        return out + [Action(op, "", g.gpu, text, why="desired", block=Block.NVML, detail=why, value=value)
-                      for op, value, text in wanted]
+        why = (
+            obs.unavailable
+            if obs is not None and obs.unavailable
+            else (f"NVML did not report GPU {g.gpu}" if observed else "the GPU's settings were not read (NVML)")
+        )
+        return out + [
+            Action(op, "", g.gpu, text, why="desired", block=Block.NVML, detail=why, value=value)
+            for op, value, text in wanted
+        ]
     for op, value, text in wanted:
         if op is Op.HETERO:
             current = "?" if obs.heterogeneous is None else ("on" if obs.heterogeneous else "off")
@@ -610,8 +757,9 @@ def _gpu_actions(
             hosted = [i.uuid for i in inventory.instances_on_gpu(g.gpu) if i.uuid not in freed]
             busy = list(obs.running) + [u for u in hosted if u not in obs.running]
             block, detail = (Block.IN_USE, "the GPU hosts vGPUs: " + ", ".join(busy)) if busy else (None, "")
-            out.append(Action(op, "", g.gpu, text, why="desired", block=block, detail=detail, value=value,
-                              current=current))
+            out.append(
+                Action(op, "", g.gpu, text, why="desired", block=block, detail=detail, value=value, current=current)
+            )
             continue
         want_us = None if value.timeslice_ms is None else int(round(value.timeslice_ms * 1000))
         if obs.policy == value.policy and (want_us is None or want_us == obs.timeslice_us):
@@ -619,14 +767,34 @@ def _gpu_actions(
         block, detail = None, ""
         if obs.supported and value.policy not in obs.supported:
             block, detail = Block.UNSUPPORTED, f"GPU supports {', '.join(obs.supported)}"
-        elif want_us is not None and obs.min_timeslice_us is not None and obs.max_timeslice_us is not None and not (
-                obs.min_timeslice_us <= want_us <= obs.max_timeslice_us):
-            block, detail = Block.UNSUPPORTED, (f"time slice outside the GPU's range "
-                                                f"{obs.min_timeslice_us / 1000:g}..{obs.max_timeslice_us / 1000:g} ms")
+        elif (
+            want_us is not None
+            and obs.min_timeslice_us is not None
+            and obs.max_timeslice_us is not None
+            and not (obs.min_timeslice_us <= want_us <= obs.max_timeslice_us)
+        ):
+            block, detail = (
+                Block.UNSUPPORTED,
+                (
+                    f"time slice outside the GPU's range "
+                    f"{obs.min_timeslice_us / 1000:g}..{obs.max_timeslice_us / 1000:g} ms"
+                ),
+            )
         elif obs.running:
             block, detail = Block.IN_USE, "vGPUs run on it: " + ", ".join(obs.running)
-        out.append(Action(op, "", g.gpu, text, why="desired", block=block, detail=detail, value=value,
-                          current=obs.scheduler_text()))
+        out.append(
+            Action(
+                op,
+                "",
+                g.gpu,
+                text,
+                why="desired",
+                block=block,
+                detail=detail,
+                value=value,
+                current=obs.scheduler_text(),
+            )
+        )
     return out
 
 
@@ -655,46 +823,109 @@ def _shape_actions(
     from .gpuwide import busy_of, mig_change, mig_text
 
     out: List[Action] = []
-    hosted = [i.uuid for i in inventory.instances if i.uuid not in freed
-              and inventory.parent(i.parent) is not None and inventory.parent(i.parent).gpu == g.gpu]  # type: ignore[union-attr]
+    hosted = [
+        i.uuid
+        for i in inventory.instances
+        if i.uuid not in freed and inventory.parent(i.parent) is not None and inventory.parent(i.parent).gpu == g.gpu  # type: ignore[union-attr]
+    ]
     if g.sriov is not None:
         sr = obs.sriov if obs is not None else None
         want_n = g.sriov.wanted(sr[1] if sr else None)
         text = f"{want_n if want_n is not None else 'all'} VFs"
         if sr is None:
-            out.append(Action(Op.SRIOV, "", g.gpu, text, why="desired", block=Block.CONFIG, value=want_n,
-                              detail=f"GPU {g.gpu} has no SR-IOV (no sriov_totalvfs in sysfs)"))
+            out.append(
+                Action(
+                    Op.SRIOV,
+                    "",
+                    g.gpu,
+                    text,
+                    why="desired",
+                    block=Block.CONFIG,
+                    value=want_n,
+                    detail=f"GPU {g.gpu} has no SR-IOV (no sriov_totalvfs in sysfs)",
+                )
+            )
         elif want_n is not None and want_n > sr[1]:
-            out.append(Action(Op.SRIOV, "", g.gpu, text, why="desired", block=Block.CONFIG, value=want_n,
-                              current=f"{sr[0]} VFs", detail=f"GPU {g.gpu} has at most {sr[1]} VFs (sriov_totalvfs)"))
+            out.append(
+                Action(
+                    Op.SRIOV,
+                    "",
+                    g.gpu,
+                    text,
+                    why="desired",
+                    block=Block.CONFIG,
+                    value=want_n,
+                    current=f"{sr[0]} VFs",
+                    detail=f"GPU {g.gpu} has at most {sr[1]} VFs (sriov_totalvfs)",
+                )
+            )
         elif want_n != sr[0]:
             busy = busy_of(obs.running if obs is not None else (), hosted, ())
             block, detail = (Block.IN_USE, "its VFs hold vGPUs: " + ", ".join(busy)) if busy and sr[0] else (None, "")
             # VFs of a GPU in MIG mode offer no type before its GPU instances exist
-            mig_on = (g.mig is not None and g.mig.mode) or bool(obs is not None and obs.mig is not None
-                                                                and obs.mig.current)
-            out.append(Action(Op.SRIOV, "", g.gpu, text, why="desired (GPU-wide)", block=block, detail=detail,
-                              value=(want_n, not mig_on), current=f"{sr[0]} VFs"))
+            mig_on = (g.mig is not None and g.mig.mode) or bool(
+                obs is not None and obs.mig is not None and obs.mig.current
+            )
+            out.append(
+                Action(
+                    Op.SRIOV,
+                    "",
+                    g.gpu,
+                    text,
+                    why="desired (GPU-wide)",
+                    block=block,
+                    detail=detail,
+                    value=(want_n, not mig_on),
+                    current=f"{sr[0]} VFs",
+                )
+            )
     if g.mig is not None:
         if obs is None or obs.unavailable is not None or obs.mig is None:
-            why = obs.unavailable if obs is not None and obs.unavailable else (
-                f"NVML did not report GPU {g.gpu}" if observed else "the GPU's MIG state was not read (NVML)")
-            out.append(Action(Op.MIG, "", g.gpu, g.mig.text(), why="desired", block=Block.NVML, detail=why,
-                              value=g.mig))
+            why = (
+                obs.unavailable
+                if obs is not None and obs.unavailable
+                else (f"NVML did not report GPU {g.gpu}" if observed else "the GPU's MIG state was not read (NVML)")
+            )
+            out.append(
+                Action(Op.MIG, "", g.gpu, g.mig.text(), why="desired", block=Block.NVML, detail=why, value=g.mig)
+            )
             return out
         change = mig_change(g.mig, obs.mig)
         if change.empty:
             return out
         current = mig_text(obs.mig)
         if change.problem is not None:
-            out.append(Action(Op.MIG, "", g.gpu, g.mig.text(), why="desired", block=Block.CONFIG,
-                              detail=change.problem, value=g.mig, current=current))
+            out.append(
+                Action(
+                    Op.MIG,
+                    "",
+                    g.gpu,
+                    g.mig.text(),
+                    why="desired",
+                    block=Block.CONFIG,
+                    detail=change.problem,
+                    value=g.mig,
+                    current=current,
+                )
+            )
             return out
         busy = busy_of(obs.running, hosted, obs.mig.processes)
-        block, detail = (Block.IN_USE, "GPU-wide: the GPU holds vGPUs or processes: " + ", ".join(busy)) if busy \
-            else (None, "")
-        out.append(Action(Op.MIG, "", g.gpu, g.mig.text(), why="desired (GPU-wide)", block=block, detail=detail,
-                          value=g.mig, current=current))
+        block, detail = (
+            (Block.IN_USE, "GPU-wide: the GPU holds vGPUs or processes: " + ", ".join(busy)) if busy else (None, "")
+        )
+        out.append(
+            Action(
+                Op.MIG,
+                "",
+                g.gpu,
+                g.mig.text(),
+                why="desired (GPU-wide)",
+                block=block,
+                detail=detail,
+                value=g.mig,
+                current=current,
+            )
+        )
     return out
 
 
@@ -703,17 +934,25 @@ def _defines_as(fd: Any, d: DesiredInstance, inventory: Inventory) -> bool:
     (where one is pinned) and the type the desired state resolves to on that parent."""
     if d.parent is not None and (host_parent(inventory, d.parent) or d.parent).lower() != fd.parent.lower():
         return False
-    return fd.type_id is not None and desired_type(inventory, host_parent(inventory, fd.parent) or fd.parent,
-                                                     d) == fd.type_id
+    return (
+        fd.type_id is not None
+        and desired_type(inventory, host_parent(inventory, fd.parent) or fd.parent, d) == fd.type_id
+    )
 
 
 def _foreign_detail(fd: Any, uuid: str, name: Optional[str]) -> str:
     """Why an action over an mdevctl definition is blocked, and the two ways out."""
     boot = "starts it at boot" if fd.auto else "keeps a definition of it"
-    keep = (f"'vgpuctl adopt --from-mdevctl --undefine {uuid}' (vgpuctl keeps it)" if name is not None
-            else f"'vgpuctl destroy --foreign --undefine {uuid}' (neither keeps it)")
-    other = (f"remove instance {name} from the desired state (mdevctl keeps it)" if name is not None
-             else f"'mdevctl undefine --uuid {uuid}' (vgpuctl decides)")
+    keep = (
+        f"'vgpuctl adopt --from-mdevctl --undefine {uuid}' (vgpuctl keeps it)"
+        if name is not None
+        else f"'vgpuctl destroy --foreign --undefine {uuid}' (neither keeps it)"
+    )
+    other = (
+        f"remove instance {name} from the desired state (mdevctl keeps it)"
+        if name is not None
+        else f"'mdevctl undefine --uuid {uuid}' (vgpuctl decides)"
+    )
     return f"mdevctl also defines it ({fd.label}, {fd.path}) and {boot}: let one tool manage it: {keep}, or {other}"
 
 

@@ -30,6 +30,7 @@ Schema (every key optional except ``version``)::
       - name: db
         domains: ["db-*"]        # domain-name globs; domains can also join by a label in their metadata
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -199,7 +200,11 @@ class _Parser(NodeReader):
         top = self.mapping(root, None, ("version", "numa", "default", "gpus", "quotas", "anti_affinity"))
         self.version(top, root)
         numa = self.choice(top["numa"][1], "numa", NumaMode) if "numa" in top else NumaMode.PREFER
-        default = self.rule(top["default"][1], "default", name="default", with_match=False) if "default" in top else DEFAULT_RULE
+        default = (
+            self.rule(top["default"][1], "default", name="default", with_match=False)
+            if "default" in top
+            else DEFAULT_RULE
+        )
         rules: List[GpuRule] = []
         if "gpus" in top:
             gnode = top["gpus"][1]
@@ -233,7 +238,9 @@ class _Parser(NodeReader):
             series = self.strings(m["series"][1], f"{key}.series")
             bad = [s for s in series if s.upper() not in SERIES]
             if bad:
-                raise self.fail(m["series"][1], f"{key}.series", f"unknown series {bad[0]!r}; expected {', '.join(SERIES)}")
+                raise self.fail(
+                    m["series"][1], f"{key}.series", f"unknown series {bad[0]!r}; expected {', '.join(SERIES)}"
+                )
             series = tuple(s.upper() for s in series)
         reserved_for = self.strings(m["reserved_for"][1], f"{key}.reserved_for") if "reserved_for" in m else ()
         reserved = bool(reserved_for)
@@ -266,7 +273,9 @@ class _Parser(NodeReader):
         for v in self.strings(m["vendor"][1], f"{key}.vendor") if "vendor" in m else ():
             vid = _VENDOR_NAMES.get(v.lower(), v.lower())
             if not _HEX_ID_RE.match(vid):
-                raise self.fail(m["vendor"][1], f"{key}.vendor", f"{v!r} is not a PCI vendor id (0x10de) or nvidia/intel")
+                raise self.fail(
+                    m["vendor"][1], f"{key}.vendor", f"{v!r} is not a PCI vendor id (0x10de) or nvidia/intel"
+                )
             vendors.append(vid)
         devices: List[str] = []
         for d in self.strings(m["device"][1], f"{key}.device") if "device" in m else ():

@@ -5,6 +5,7 @@ name, UUID, PCI bus id, virtualization mode, MIG mode and, in MIG mode, its GPU 
 instances that exist.  It calls only NVML's Get/query functions (``READ_ONLY_PREFIXES``; ``probe`` refuses any
 other name), so it can never change a setting, and every failure is one line, never a traceback.
 """
+
 from __future__ import annotations
 
 import sys
@@ -41,8 +42,11 @@ def probe(nv: Any, *, sys_version: Optional[str], out: Callable[[str], None] = p
         out(f"driver (NVML): {_text(drv) if drv else err}")
         out(f"driver (/sys/module/nvidia/version): {sys_version or 'absent'}")
         if drv and sys_version:
-            out("driver versions agree" if _text(drv) == sys_version
-                else "driver versions DIFFER (NVML's user space and the kernel module)")
+            out(
+                "driver versions agree"
+                if _text(drv) == sys_version
+                else "driver versions DIFFER (NVML's user space and the kernel module)"
+            )
         count, err = q("nvmlDeviceGetCount")
         out(f"GPUs: {count if count is not None else err}")
         for i in range(count or 0):
@@ -61,8 +65,11 @@ def _gpu(nv: Any, q: Callable[..., Tuple[Any, Optional[str]]], i: int, out: Call
     pci, perr = q("nvmlDeviceGetPciInfo", h)
     out(f"- GPU {i}: {_text(name)}  {_text(uuid)}  {_text(pci.busId) if pci is not None else perr}")
     mode, err = q("nvmlDeviceGetVirtualizationMode", h)
-    out(f"  virtualization mode: {mode} ({VIRT_MODES.get(mode, '?')})" if err is None
-        else f"  virtualization mode: {err}")
+    out(
+        f"  virtualization mode: {mode} ({VIRT_MODES.get(mode, '?')})"
+        if err is None
+        else f"  virtualization mode: {err}"
+    )
     mig, err = q("nvmlDeviceGetMigMode", h)
     if err:
         out(f"  MIG mode: {err}")
@@ -78,8 +85,10 @@ def _gpu(nv: Any, q: Callable[..., Tuple[Any, Optional[str]]], i: int, out: Call
         if err:
             continue
         label = _text(getattr(info, "name", b"")) or f"profile index {p}"
-        out(f"  GPU instance profile {info.id}: {label}: {info.sliceCount} slice(s), {info.memorySizeMB} MiB, "
-            f"at most {info.instanceCount}")
+        out(
+            f"  GPU instance profile {info.id}: {label}: {info.sliceCount} slice(s), {info.memorySizeMB} MiB, "
+            f"at most {info.instanceCount}"
+        )
         arr = (nv.c_nvmlGpuInstance_t * max(1, int(info.instanceCount)))()
         n = nv.c_uint(0)
         _, err = q("nvmlDeviceGetGpuInstances", h, info.id, arr, nv.byref(n))
@@ -88,8 +97,11 @@ def _gpu(nv: Any, q: Callable[..., Tuple[Any, Optional[str]]], i: int, out: Call
             continue
         for k in range(n.value):
             gi, err = q("nvmlGpuInstanceGetInfo", arr[k])
-            out(f"    GPU instance {gi.id}: placement start {gi.placement.start}, size {gi.placement.size}"
-                if gi is not None else f"    GPU instance: {err}")
+            out(
+                f"    GPU instance {gi.id}: placement start {gi.placement.start}, size {gi.placement.size}"
+                if gi is not None
+                else f"    GPU instance: {err}"
+            )
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -3,6 +3,7 @@
 The holders are what the desired-state files say (``profile:`` with ``placement.tenant``: ``desired_assignments``,
 checked by ``check_desired_limits`` when the files are read) and, for ``create``/``attach --profile``, the records
 in ``var/lib/vgpuctl/profiles.json`` (``AssignmentStore``; ``check_limit`` runs under its lock before the create)."""
+
 from __future__ import annotations
 
 import json
@@ -60,8 +61,11 @@ class AssignmentStore:
         doc = read_json(self.path, error=config_error)
         if doc is None:
             return ()
-        if (not isinstance(doc, dict) or doc.get("schema") != ASSIGNMENTS_SCHEMA
-                or not isinstance(doc.get("instances"), dict)):
+        if (
+            not isinstance(doc, dict)
+            or doc.get("schema") != ASSIGNMENTS_SCHEMA
+            or not isinstance(doc.get("instances"), dict)
+        ):
             raise ConfigError(os.fspath(self.path), f"not a {ASSIGNMENTS_SCHEMA} document")
         keep = set(present) if present is not None else None
         out = []
@@ -76,8 +80,10 @@ class AssignmentStore:
         """Add ``a`` and drop the assignments of instances that no longer exist."""
         keep = {x.uuid: x for x in self.load(present)}
         keep[a.uuid] = a
-        doc = {"schema": ASSIGNMENTS_SCHEMA,
-               "instances": {u: {"profile": x.profile, "tenant": x.tenant} for u, x in sorted(keep.items())}}
+        doc = {
+            "schema": ASSIGNMENTS_SCHEMA,
+            "instances": {u: {"profile": x.profile, "tenant": x.tenant} for u, x in sorted(keep.items())},
+        }
         ensure_dirs(self.path.parent, below=self.root)
         write_atomic(self.path, json.dumps(doc, indent=2) + "\n")
 
@@ -107,8 +113,12 @@ def check_desired_limits(profiles: Profiles, desired: Any) -> None:
         tenant = d.placement.tenant if d.placement is not None else None
         key = f"instances.{d.name}"
         if tenant is None:
-            raise ConfigError(d.mark.path, f"profile {p.name} is limited per tenant: give placement.tenant",
-                              line=d.line_of("profile"), key=f"{key}.placement.tenant")
+            raise ConfigError(
+                d.mark.path,
+                f"profile {p.name} is limited per tenant: give placement.tenant",
+                line=d.line_of("profile"),
+                key=f"{key}.placement.tenant",
+            )
         limit = p.limit_for(tenant)
         held[(p.name, tenant)] = held.get((p.name, tenant), 0) + 1
         if limit is not None and held[(p.name, tenant)] > limit:
@@ -116,5 +126,6 @@ def check_desired_limits(profiles: Profiles, desired: Any) -> None:
                 d.mark.path,
                 f"tenant {tenant} would hold {held[(p.name, tenant)]} vGPUs of profile {p.name}, "
                 f"which allows {limit} ({profiles.where(p)})",
-                line=d.line_of("profile"), key=f"{key}.profile",
+                line=d.line_of("profile"),
+                key=f"{key}.profile",
             )

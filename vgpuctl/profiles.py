@@ -26,6 +26,7 @@ parsed.  Schema::
 
 Which instance belongs to which profile and tenant, and the tenant limits: ``vgpuctl.profile_limits``.
 """
+
 from __future__ import annotations
 
 import os
@@ -151,8 +152,7 @@ def parse_profiles(text: str, *, path: str = "<profiles>") -> Profiles:
     return _Parser(path, yaml).document(root)
 
 
-_PROFILE_KEYS = ("description", "type", "series", "framebuffer", "display", "ramfb", "scheduler", "limits",
-                 "params")
+_PROFILE_KEYS = ("description", "type", "series", "framebuffer", "display", "ramfb", "scheduler", "limits", "params")
 
 
 class _Parser(NodeReader):
@@ -193,16 +193,18 @@ class _Parser(NodeReader):
                     raise self.fail(m[other][0], f"{key}.{need}", f"missing: '{other}' needs '{need}' too")
             series = self.string(m["series"][1], f"{key}.series").upper()
             if series not in SERIES:
-                raise self.fail(m["series"][1], f"{key}.series",
-                                f"unknown series {series!r}; expected {', '.join(SERIES)}")
+                raise self.fail(
+                    m["series"][1], f"{key}.series", f"unknown series {series!r}; expected {', '.join(SERIES)}"
+                )
             fb = self.size(m["framebuffer"][1], f"{key}.framebuffer")
             if fb <= 0:
                 raise self.fail(m["framebuffer"][1], f"{key}.framebuffer", "must be more than 0")
         display = self.boolean(m["display"][1], f"{key}.display") if "display" in m else None
         ramfb = self.boolean(m["ramfb"][1], f"{key}.ramfb") if "ramfb" in m else None
         if ramfb and display is False:
-            raise self.fail(m["ramfb"][1], f"{key}.ramfb",
-                            "contradicts 'display: false': ramfb shows the vGPU's display")
+            raise self.fail(
+                m["ramfb"][1], f"{key}.ramfb", "contradicts 'display: false': ramfb shows the vGPU's display"
+            )
         scheduler = self.choice(m["scheduler"][1], f"{key}.scheduler", SchedulerPolicy) if "scheduler" in m else None
         per_tenant = None
         tenants: List[Tuple[str, int]] = []
@@ -232,9 +234,18 @@ class _Parser(NodeReader):
 
             params = from_node(self, m["params"][1], f"{key}.params")
         return Profile(
-            name=name, types=types, series=series, framebuffer_mib=fb, display=display, ramfb=ramfb,
-            scheduler=scheduler, per_tenant=per_tenant, tenant_limits=tuple(tenants), description=description,
-            line=knode.start_mark.line + 1, params=params,
+            name=name,
+            types=types,
+            series=series,
+            framebuffer_mib=fb,
+            display=display,
+            ramfb=ramfb,
+            scheduler=scheduler,
+            per_tenant=per_tenant,
+            tenant_limits=tuple(tenants),
+            description=description,
+            line=knode.start_mark.line + 1,
+            params=params,
         )
 
 

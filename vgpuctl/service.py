@@ -24,6 +24,7 @@ What it does:
 - one log line per action (``+ create ...``), per reload, per error;
 - optionally Prometheus metrics after every pass (``vgpuctl.metrics``: HTTP endpoint and/or node_exporter textfile).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -268,8 +269,10 @@ class HostWatch:
             props = dev.properties
             subsystem = dev.subsystem or ""
             if any(spec.uevent(subsystem, props) for spec in self.specs):
-                out.append(f"{dev.action} {dev.sys_name}" + (f" MDEV_STATE={props['MDEV_STATE']}"
-                                                             if "MDEV_STATE" in props else ""))
+                out.append(
+                    f"{dev.action} {dev.sys_name}"
+                    + (f" MDEV_STATE={props['MDEV_STATE']}" if "MDEV_STATE" in props else "")
+                )
 
     def poll_changed(self) -> bool:
         sig = self.read_signature()
@@ -281,8 +284,14 @@ class HostWatch:
 
 # --- the service --------------------------------------------------------------------------------------------------
 class Service:
-    def __init__(self, make_reconciler: Callable[[], Any], paths: Any, options: ServiceOptions = ServiceOptions(),
-                 notify: Optional[Notifier] = None, metrics: Any = None) -> None:
+    def __init__(
+        self,
+        make_reconciler: Callable[[], Any],
+        paths: Any,
+        options: ServiceOptions = ServiceOptions(),
+        notify: Optional[Notifier] = None,
+        metrics: Any = None,
+    ) -> None:
         self.make_reconciler = make_reconciler
         self.paths = paths
         self.options = options
@@ -330,8 +339,9 @@ class Service:
                 log.error("%s: invalid configuration, keeping the previous desired state: %s", why, e)
             return
         self.reconciler, self.desired, self.config_problem = reconciler, desired, None
-        log.info("%s: desired state has %d instance(s) from %d file(s)", why, len(desired.instances),
-                 len(desired.files))
+        log.info(
+            "%s: desired state has %d instance(s) from %d file(s)", why, len(desired.instances), len(desired.files)
+        )
 
     # --- converge --------------------------------------------------------------------------------------------------
     def converge(self, why: str) -> None:
@@ -359,8 +369,9 @@ class Service:
 
     def _observed(self, result: Any, started: float, error: Optional[BaseException]) -> None:
         if self.metrics is not None:
-            self.metrics.observe(reconciler=self.reconciler, result=result, duration=time.monotonic() - started,
-                                 error=error)
+            self.metrics.observe(
+                reconciler=self.reconciler, result=result, duration=time.monotonic() - started, error=error
+            )
 
     def _log_step(self, step: Any) -> None:
         if step.ok:
@@ -487,5 +498,3 @@ class Service:
         log.info("stopped")
         signal.set_wakeup_fd(-1)
         return 0
-
-

@@ -9,6 +9,7 @@ the two leaves the intent behind, and the next locked command settles it against
 whose device exists is adopted as owned, one whose device does not is dropped; a removal whose device is gone drops
 the ownership record.  So a crash at any point never leaves a device that vgpuctl made but does not know.
 """
+
 from __future__ import annotations
 
 import json
@@ -78,7 +79,11 @@ class State:
         elif exists:
             prev = owned.get(intent.uuid)
             owned[intent.uuid] = prev or Owned(
-                intent.uuid, intent.parent, intent.type_id, intent.backend, now if now is not None else time.time(),
+                intent.uuid,
+                intent.parent,
+                intent.type_id,
+                intent.backend,
+                now if now is not None else time.time(),
                 intent.origin,
             )
         else:

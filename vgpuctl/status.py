@@ -14,6 +14,7 @@ the held type is at its maximum and the mixing rule forbids the others).  Then t
 (the placement engine's ``headroom``) and the framebuffer that is free but unusable for the GPU's largest allowed
 profile: the host's fragmentation, what ``vgpuctl defrag --plan`` can win back.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -127,8 +128,14 @@ def host_status(
     return HostStatus(tuple(_gpu(inventory, policy, g, domains, defs, lic) for g in gpu_states(inventory, usage)))
 
 
-def _gpu(inv: Inventory, policy: Policy, g: GpuState, domains: Mapping[str, str],
-         defs: Mapping[str, Sequence[str]] = {}, licenses: Mapping[str, Any] = {}) -> GpuStatus:
+def _gpu(
+    inv: Inventory,
+    policy: Policy,
+    g: GpuState,
+    domains: Mapping[str, str],
+    defs: Mapping[str, Sequence[str]] = {},
+    licenses: Mapping[str, Any] = {},
+) -> GpuStatus:
     _, rule = rule_for(policy, g)
     names = {p.name for p in g.parents}
     insts = sorted((i for i in inv.instances if i.parent in names), key=lambda i: (i.parent, i.uuid))
@@ -187,8 +194,17 @@ def _gpu(inv: Inventory, policy: Policy, g: GpuState, domains: Mapping[str, str]
         hidden = room - shown
         slots += [Slot(FREE)] * shown
     status = GpuStatus(
-        gpu=g.gpu, kind=g.kind, mode=str(g.mode), model=g.model, numa_node=g.numa_node, rule=rule.name,
-        slot_unit=unit, slots=tuple(slots), holders=tuple(holders), capacity=capacity, hidden_slots=hidden,
+        gpu=g.gpu,
+        kind=g.kind,
+        mode=str(g.mode),
+        model=g.model,
+        numa_node=g.numa_node,
+        rule=rule.name,
+        slot_unit=unit,
+        slots=tuple(slots),
+        holders=tuple(holders),
+        capacity=capacity,
+        hidden_slots=hidden,
     )
     if known_fb and g.total_fb:
         ranked = sorted(allowed, key=lambda o: (-(o.vtype.framebuffer_mib or 0), o.vtype.profile or o.type_id))
@@ -197,22 +213,38 @@ def _gpu(inv: Inventory, policy: Policy, g: GpuState, domains: Mapping[str, str]
         left = headroom(g, largest.type_id) if largest is not None else 0
         usable = left * (largest.vtype.framebuffer_mib or 0) if largest is not None else 0
         status = replace(
-            status, total_mib=g.total_fb, used_mib=g.used_fb, free_mib=free_mib,
+            status,
+            total_mib=g.total_fb,
+            used_mib=g.used_fb,
+            free_mib=free_mib,
             largest=largest.vtype.profile or largest.type_id if largest is not None else None,
-            largest_left=left, unusable_mib=max(free_mib - usable, 0),
+            largest_left=left,
+            unusable_mib=max(free_mib - usable, 0),
         )
     return status
 
 
-def _holder(inv: Inventory, i: Any, n: int, domains: Mapping[str, str], span: int,
-            defs: Mapping[str, Sequence[str]], licenses: Mapping[str, Any]) -> Holder:
+def _holder(
+    inv: Inventory,
+    i: Any,
+    n: int,
+    domains: Mapping[str, str],
+    span: int,
+    defs: Mapping[str, Sequence[str]],
+    licenses: Mapping[str, Any],
+) -> Holder:
     t = inv.type_on(i.parent, i.type_id)
     p = inv.parent(i.parent)
     lic = licenses.get(i.uuid)
     nvidia = p is not None and p.vendor is Vendor.NVIDIA
     return Holder(
-        label=LETTERS[n % len(LETTERS)], uuid=i.uuid, parent=i.parent, type_id=i.type_id,
-        profile=_profile(t, i.type_id), domain=domains.get(i.uuid), slots=span,
+        label=LETTERS[n % len(LETTERS)],
+        uuid=i.uuid,
+        parent=i.parent,
+        type_id=i.type_id,
+        profile=_profile(t, i.type_id),
+        domain=domains.get(i.uuid),
+        slots=span,
         defined_by=tuple(defs.get(i.uuid, ())),
         license=(lic.state if lic is not None else "unknown") if nvidia else None,
         license_expiry=lic.expiry_text if nvidia and lic is not None else None,
@@ -224,47 +256,60 @@ def records(status: HostStatus) -> List[Dict[str, Any]]:
     """``--json``: one record per GPU, then one for the host."""
     out: List[Dict[str, Any]] = []
     for g in status.gpus:
-        out.append({
-            "schema": GPU_SCHEMA,
-            "gpu": g.gpu,
-            "model": g.model,
-            "kind": str(g.kind),
-            "mode": g.mode,
-            "numa_node": g.numa_node,
-            "rule": g.rule,
-            "slot_unit": g.slot_unit,
-            "picture": picture(g),
-            "slots_used": g.count(USED),
-            "slots_free": g.count(FREE),
-            "slots_restricted": g.count(RESTRICTED),
-            "slots_blocked": g.count(BLOCKED),
-            "slots": [{"state": s.state, "label": s.label, "uuid": s.uuid, "parent": s.parent} for s in g.slots],
-            "instances": [
-                {"label": h.label, "uuid": h.uuid, "parent": h.parent, "type_id": h.type_id, "type_name": h.profile,
-                 "domain": h.domain, "slots": h.slots, "defined_by": list(h.defined_by),
-                 "license": h.license, "license_expiry": h.license_expiry}
-                for h in g.holders
-            ],
-            "capacity": [
-                {"type_id": c.type_id, "type_name": c.profile, "framebuffer_mib": c.framebuffer_mib, "left": c.left}
-                for c in g.capacity
-            ],
-            "framebuffer_total_mib": g.total_mib,
-            "framebuffer_used_mib": g.used_mib,
-            "framebuffer_free_mib": g.free_mib,
-            "largest_allowed": g.largest,
-            "largest_allowed_left": g.largest_left if g.largest else None,
-            "framebuffer_unusable_mib": g.unusable_mib,
-        })
-    out.append({
-        "schema": HOST_SCHEMA,
-        "gpus": len(status.gpus),
-        "gpus_empty": sum(1 for g in status.gpus if not g.holders),
-        "instances": sum(len(g.holders) for g in status.gpus),
-        "framebuffer_free_mib": status.free_mib,
-        "framebuffer_unusable_mib": status.unusable_mib,
-        "fragmentation": status.fragmentation,
-    })
+        out.append(
+            {
+                "schema": GPU_SCHEMA,
+                "gpu": g.gpu,
+                "model": g.model,
+                "kind": str(g.kind),
+                "mode": g.mode,
+                "numa_node": g.numa_node,
+                "rule": g.rule,
+                "slot_unit": g.slot_unit,
+                "picture": picture(g),
+                "slots_used": g.count(USED),
+                "slots_free": g.count(FREE),
+                "slots_restricted": g.count(RESTRICTED),
+                "slots_blocked": g.count(BLOCKED),
+                "slots": [{"state": s.state, "label": s.label, "uuid": s.uuid, "parent": s.parent} for s in g.slots],
+                "instances": [
+                    {
+                        "label": h.label,
+                        "uuid": h.uuid,
+                        "parent": h.parent,
+                        "type_id": h.type_id,
+                        "type_name": h.profile,
+                        "domain": h.domain,
+                        "slots": h.slots,
+                        "defined_by": list(h.defined_by),
+                        "license": h.license,
+                        "license_expiry": h.license_expiry,
+                    }
+                    for h in g.holders
+                ],
+                "capacity": [
+                    {"type_id": c.type_id, "type_name": c.profile, "framebuffer_mib": c.framebuffer_mib, "left": c.left}
+                    for c in g.capacity
+                ],
+                "framebuffer_total_mib": g.total_mib,
+                "framebuffer_used_mib": g.used_mib,
+                "framebuffer_free_mib": g.free_mib,
+                "largest_allowed": g.largest,
+                "largest_allowed_left": g.largest_left if g.largest else None,
+                "framebuffer_unusable_mib": g.unusable_mib,
+            }
+        )
+    out.append(
+        {
+            "schema": HOST_SCHEMA,
+            "gpus": len(status.gpus),
+            "gpus_empty": sum(1 for g in status.gpus if not g.holders),
+            "instances": sum(len(g.holders) for g in status.gpus),
+            "framebuffer_free_mib": status.free_mib,
+            "framebuffer_unusable_mib": status.unusable_mib,
+            "fragmentation": status.fragmentation,
+        }
+    )
     return out
 
 

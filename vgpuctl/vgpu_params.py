@@ -20,6 +20,7 @@ The parameters the guide documents, and the only keys vgpuctl accepts (``KNOWN``
 Values are small non-negative integers (0/1 for the switches).  A parameter file is bounded by sysfs's one page:
 at most ``MAX_TEXT`` bytes in all (the driver documents no smaller limit; an assumption, not measured).
 """
+
 from __future__ import annotations
 
 import errno
@@ -70,8 +71,7 @@ def validate(items: Iterable[Tuple[str, object]]) -> Params:
             raise ParamsError(f"vGPU parameter {k}: the value contains a newline")
         pattern, meaning = KNOWN[k]
         if not re.fullmatch(pattern, v):
-            raise ParamsError(f"vGPU parameter {k}={v!r} is not valid: expected a value matching {pattern} "
-                              f"({meaning})")
+            raise ParamsError(f"vGPU parameter {k}={v!r} is not valid: expected a value matching {pattern} ({meaning})")
         if k in out and out[k] != v:
             raise ParamsError(f"vGPU parameter {k} is given twice ({out[k]} and {v})")
         out[k] = v
@@ -153,12 +153,14 @@ def write(paths: object, instance: Any, params: Params) -> None:
             code = e.errno or errno.EIO
             if code == errno.EBUSY:
                 raise DeviceInUse(uuid, ["the driver refused vgpu_params while the vGPU is open (EBUSY)"]) from None
-            raise HostIOError(os.fspath(path), code, action=f"writing vGPU parameters {text_of(params)!r} to") \
-                from None
+            raise HostIOError(os.fspath(path), code, action=f"writing vGPU parameters {text_of(params)!r} to") from None
     now = read(paths, instance)
     if now is not None and now != params:
-        raise HostIOError(os.fspath(path), errno.EIO,
-                          action=f"vGPU parameters did not stick (reads {text_of(now)!r}, wrote {text_of(params)!r}):")
+        raise HostIOError(
+            os.fspath(path),
+            errno.EIO,
+            action=f"vGPU parameters did not stick (reads {text_of(now)!r}, wrote {text_of(params)!r}):",
+        )
 
 
 def from_node(parser: Any, node: object, key: str) -> Params:

@@ -1,4 +1,5 @@
 """Fixtures for the Ansible collection tests: real ansible-playbook against localhost and the simulated host."""
+
 import json
 import os
 import subprocess
@@ -75,21 +76,31 @@ class Playbook:
             t.setdefault("diff", True)
             body.append(t)
         regs = "{" + ", ".join("'r%d': r%d" % (i, i) for i in range(len(tasks))) + "}"
-        body.append({"name": "results", "ansible.builtin.copy": {"content": "{{ %s | to_json }}" % regs,
-                                                                 "dest": str(out)},
-                     "check_mode": False, "diff": False})
-        play = [{
-            "hosts": "localhost",
-            "gather_facts": False,
-            "module_defaults": {"group/vgpuctl.vgpu.vgpu": {"root": str(self.root), "libvirt_uri": "none"}},
-            "tasks": body,
-        }]
+        body.append(
+            {
+                "name": "results",
+                "ansible.builtin.copy": {"content": "{{ %s | to_json }}" % regs, "dest": str(out)},
+                "check_mode": False,
+                "diff": False,
+            }
+        )
+        play = [
+            {
+                "hosts": "localhost",
+                "gather_facts": False,
+                "module_defaults": {"group/vgpuctl.vgpu.vgpu": {"root": str(self.root), "libvirt_uri": "none"}},
+                "tasks": body,
+            }
+        ]
         path = self.tmp_path / ("play-%d.yml" % n)
         path.write_text(json.dumps(play, indent=1))
         t0 = time.monotonic()
         p = subprocess.run(
             [str(BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", str(path)],
-            env=ansible_env(self.tmp_path), capture_output=True, text=True, timeout=120,
+            env=ansible_env(self.tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         self.seconds += time.monotonic() - t0
         assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
@@ -110,8 +121,9 @@ def host(tmp_path):
 
 
 def vgpuctl(root, *args, check=True):
-    p = subprocess.run([str(BIN / "vgpuctl"), "--root", str(root), "--connect", "none", *args],
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        [str(BIN / "vgpuctl"), "--root", str(root), "--connect", "none", *args], capture_output=True, text=True
+    )
     if check:
         assert p.returncode == 0, p.stderr
     return p

@@ -4,6 +4,7 @@ Every module runs the sequence: check mode (changed, nothing touched), real run 
 run again (neither changed, nothing touched).  Failures (no capacity, unknown type, in use) fail with vgpuctl's
 one-line message and exit code, in check mode too.
 """
+
 import ast
 import json
 import shutil
@@ -42,8 +43,9 @@ def test_ansible_doc_renders_every_module(tmp_path):
         p = subprocess.run([str(BIN / "ansible-doc"), "vgpuctl.vgpu." + m], env=env, capture_output=True, text=True)
         assert p.returncode == 0 and "ERROR" not in p.stderr, p.stderr
         assert "OPTIONS" in p.stdout and "EXAMPLES" in p.stdout and "RETURN VALUES" in p.stdout
-        p = subprocess.run([str(BIN / "ansible-doc"), "--json", "vgpuctl.vgpu." + m], env=env, capture_output=True,
-                           text=True)
+        p = subprocess.run(
+            [str(BIN / "ansible-doc"), "--json", "vgpuctl.vgpu." + m], env=env, capture_output=True, text=True
+        )
         doc = json.loads(p.stdout)["vgpuctl.vgpu." + m]
         assert doc["doc"]["options"]["vgpuctl_path"]["default"] == "vgpuctl"  # the shared doc fragment
         assert doc["return"] and doc["examples"]
@@ -53,8 +55,12 @@ def _blocks(path):
     tree = ast.parse(path.read_text())
     out = {}
     for node in tree.body:
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") in ("DOCUMENTATION", "EXAMPLES",
-                                                                                  "RETURN", "ARGUMENT_SPEC"):
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") in (
+            "DOCUMENTATION",
+            "EXAMPLES",
+            "RETURN",
+            "ARGUMENT_SPEC",
+        ):
             out[node.targets[0].id] = node
     return out
 
@@ -87,8 +93,12 @@ def test_doc_blocks_are_yaml_and_match_the_argument_spec():
 
 
 def test_galaxy_build(tmp_path):
-    p = subprocess.run([str(BIN / "ansible-galaxy"), "collection", "build", str(COLLECTION), "--output-path",
-                        str(tmp_path)], env=ansible_env(tmp_path), capture_output=True, text=True)
+    p = subprocess.run(
+        [str(BIN / "ansible-galaxy"), "collection", "build", str(COLLECTION), "--output-path", str(tmp_path)],
+        env=ansible_env(tmp_path),
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     assert (tmp_path / "vgpuctl-vgpu-0.1.0.tar.gz").is_file()
 
@@ -106,8 +116,14 @@ def test_ansible_test_sanity_offline_subset(tmp_path):
     subprocess.run(["git", "init", "-q", "."], cwd=copy, check=True)
     subprocess.run(["git", "add", "-A"], cwd=copy, check=True)
     skips = [a for t in NEEDS_NETWORK for a in ("--skip-test", t)]
-    p = subprocess.run([str(BIN / "ansible-test"), "sanity", "--local", "--python", "%d.%d" % sys.version_info[:2],
-                        *skips], cwd=copy, env=ansible_env(tmp_path), capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [str(BIN / "ansible-test"), "sanity", "--local", "--python", "%d.%d" % sys.version_info[:2], *skips],
+        cwd=copy,
+        env=ansible_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
     assert 'Running sanity test "compile"' in p.stdout + p.stderr
 
@@ -228,8 +244,8 @@ def test_instance_failures(host):
         failed(rs[4], 5, "already taken by nvidia-231")
         assert not any(r["changed"] for r in rs)
     # a real run's message and exit code are vgpuctl's own, word for word
-    assert (real[0]["msg"], real[0]["rc"]) == (direct["capacity"].stderr.strip()[len("vgpuctl: error: "):], 4)
-    assert (real[1]["msg"], real[1]["rc"]) == (direct["unknown"].stderr.strip()[len("vgpuctl: error: "):], 3)
+    assert (real[0]["msg"], real[0]["rc"]) == (direct["capacity"].stderr.strip()[len("vgpuctl: error: ") :], 4)
+    assert (real[1]["msg"], real[1]["rc"]) == (direct["unknown"].stderr.strip()[len("vgpuctl: error: ") :], 3)
     # check mode predicts the same message where the module can (capacity, unknown type)
     assert checked[0]["msg"] == real[0]["msg"] and checked[1]["msg"] == real[1]["msg"]
 
@@ -260,13 +276,18 @@ def test_config_apply(host):
     assert snapshot(host) == empty
     assert ok(c, True)["file_changed"] is True and c["converged"] is False
     assert [(a["op"], a["uuid"], a["parent"], a["type_id"]) for a in c["actions"]] == [
-        ("create", w1, P1, "nvidia-231"), ("create", w2, P2, "nvidia-231")]
+        ("create", w1, P1, "nvidia-231"),
+        ("create", w2, P2, "nvidia-231"),
+    ]
     assert c["diff"][0]["before"] == "" and '"web-1"' in c["diff"][0]["after"]
     assert c["diff"][1]["after"] == "".join(sorted("%s nvidia-231 on %s\n" % x for x in ((w1, P1), (w2, P2))))
 
     (r,) = host.play(_config(False))
     assert ok(r, True)["converged"] is True and r["diff"] == c["diff"]
-    assert [(a["op"], a["uuid"], a["outcome"]) for a in r["actions"]] == [("create", w1, "done"), ("create", w2, "done")]
+    assert [(a["op"], a["uuid"], a["outcome"]) for a in r["actions"]] == [
+        ("create", w1, "done"),
+        ("create", w2, "done"),
+    ]
     assert sorted(host.instances()) == sorted([w1, w2])
     assert vgpuctl(host.root, "check").returncode == 0  # vgpuctl itself agrees the host converged
     assert dest.read_bytes().startswith(b"# Managed by Ansible")
@@ -274,8 +295,11 @@ def test_config_apply(host):
 
     # again: nothing to write, nothing to do; then a drop-in that adds one instance, in check mode
     dropin = {"version": 1, "instances": {"batch-1": {"type": "T4-2Q", "parent": P2}}}
-    again = host.play(_config(True), _config(False),
-                      {"vgpuctl.vgpu.vgpu_config": {"config": dropin, "dest": "conf.d/batch.yaml"}, "check_mode": True})
+    again = host.play(
+        _config(True),
+        _config(False),
+        {"vgpuctl.vgpu.vgpu_config": {"config": dropin, "dest": "conf.d/batch.yaml"}, "check_mode": True},
+    )
     assert snapshot(host) == converged
     for x in again[:2]:
         assert ok(x, False)["file_changed"] is False and x["converged"] is True and x["actions"] == []
@@ -315,13 +339,14 @@ def test_config_failures(host):
             {"vgpuctl.vgpu.vgpu_config": {"config": too_many}, "check_mode": check},
         ]
     for args in ({"dest": "conf.d/held.yaml", "state": "absent"}, {"config": no_room}):
-        tasks += [{"vgpuctl.vgpu.vgpu_config": args, "check_mode": True},
-                  {"vgpuctl.vgpu.vgpu_config": args}]
+        tasks += [{"vgpuctl.vgpu.vgpu_config": args, "check_mode": True}, {"vgpuctl.vgpu.vgpu_config": args}]
     with host.hold(held):
         rs = host.play(*tasks)
     for r in (rs[0], rs[2]):  # rejected before anything is written: vgpuctl's message, exit 8
         failed(r, 8, "parent %s does not offer type T4-99Q" % P1)
-        assert r["msg"].startswith(str(host.root / "etc" / "vgpuctl" / "vgpuctl.yaml"))  # the real path, not the temporary file
+        assert r["msg"].startswith(
+            str(host.root / "etc" / "vgpuctl" / "vgpuctl.yaml")
+        )  # the real path, not the temporary file
     for r in (rs[1], rs[3]):
         failed(r, 8, "3 instances of nvidia-233 pinned to %s, which holds at most 2" % P2)
     # in use: removing the drop-in would destroy a device a VM holds; check mode predicts apply's exit 13 and message
@@ -360,12 +385,29 @@ def test_example_fleet_files_are_valid_for_vgpuctl(tmp_path):
 @pytest.mark.sim
 def test_example_site_playbook_on_a_t4_host(host):
     """docs/ansible/site.yml for one T4 host of the example inventory, pointed at the simulated t4x2 host."""
+
     def run(*extra):
         return subprocess.run(
-            [str(BIN / "ansible-playbook"), "-i", str(EXAMPLE / "inventory.yml"), str(EXAMPLE / "site.yml"),
-             "--limit", "infer-01.example.net", "-e", "ansible_connection=local",
-             "-e", "vgpuctl_root=%s" % host.root, "-e", "vgpuctl_libvirt_uri=none", *extra],
-            env=ansible_env(host.root.parent), capture_output=True, text=True, timeout=120)
+            [
+                str(BIN / "ansible-playbook"),
+                "-i",
+                str(EXAMPLE / "inventory.yml"),
+                str(EXAMPLE / "site.yml"),
+                "--limit",
+                "infer-01.example.net",
+                "-e",
+                "ansible_connection=local",
+                "-e",
+                "vgpuctl_root=%s" % host.root,
+                "-e",
+                "vgpuctl_libvirt_uri=none",
+                *extra,
+            ],
+            env=ansible_env(host.root.parent),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     check = run("--check", "--diff")
     assert check.returncode == 0, check.stdout[-3000:]
@@ -382,11 +424,13 @@ MIG_UUID = "aaaaaaaa-0000-4000-8000-000000000001"
 
 
 def _migrating_domain(type_id, type_name):
-    return ("<domain type='kvm'><name>render-1</name><uuid>11111111-2222-4333-8444-555555555555</uuid><metadata>"
-            '<vgpuctl:vgpus xmlns:vgpuctl="https://vgpuctl.dev/xmlns/1"><vgpuctl:vgpu uuid="%s" parent="0000:af:00.0"'
-            ' type="%s" backend="mdev" name="%s"/></vgpuctl:vgpus></metadata><devices>'
-            "<hostdev mode='subsystem' type='mdev' model='vfio-pci'><source><address uuid='%s'/></source></hostdev>"
-            "</devices></domain>" % (MIG_UUID, type_id, type_name, MIG_UUID))
+    return (
+        "<domain type='kvm'><name>render-1</name><uuid>11111111-2222-4333-8444-555555555555</uuid><metadata>"
+        '<vgpuctl:vgpus xmlns:vgpuctl="https://vgpuctl.dev/xmlns/1"><vgpuctl:vgpu uuid="%s" parent="0000:af:00.0"'
+        ' type="%s" backend="mdev" name="%s"/></vgpuctl:vgpus></metadata><devices>'
+        "<hostdev mode='subsystem' type='mdev' model='vfio-pci'><source><address uuid='%s'/></source></hostdev>"
+        "</devices></domain>" % (MIG_UUID, type_id, type_name, MIG_UUID)
+    )
 
 
 @pytest.mark.sim
@@ -416,15 +460,39 @@ def test_migration_check_answers_and_never_changes_anything(host):
 def test_example_migrate_playbook_chooses_a_target_in_check_mode(host, tmp_path):
     """docs/ansible/migrate.yml with localhost as the only candidate, the domain XML given, in check mode."""
     inv = tmp_path / "inv.yml"
-    inv.write_text(yaml.safe_dump({"all": {"hosts": {"source": {}},  # the source: this machine too, not a candidate
-                                           "children": {"vgpu_hosts": {"hosts": {"localhost": {}}}}}}))
+    inv.write_text(
+        yaml.safe_dump(
+            {
+                "all": {
+                    "hosts": {"source": {}},  # the source: this machine too, not a candidate
+                    "children": {"vgpu_hosts": {"hosts": {"localhost": {}}}},
+                }
+            }
+        )
+    )
 
     def run(xml):
         return subprocess.run(
-            [str(BIN / "ansible-playbook"), "-i", str(inv), str(EXAMPLE / "migrate.yml"), "--check",
-             "-e", "ansible_connection=local", "-e", "vgpuctl_root=%s" % host.root, "-e", "vgpuctl_libvirt_uri=none",
-             "-e", json.dumps({"migrate_xml": xml, "migrate_domain": "render-1", "migrate_source": "source"})],
-            env=ansible_env(host.root.parent), capture_output=True, text=True, timeout=120)
+            [
+                str(BIN / "ansible-playbook"),
+                "-i",
+                str(inv),
+                str(EXAMPLE / "migrate.yml"),
+                "--check",
+                "-e",
+                "ansible_connection=local",
+                "-e",
+                "vgpuctl_root=%s" % host.root,
+                "-e",
+                "vgpuctl_libvirt_uri=none",
+                "-e",
+                json.dumps({"migrate_xml": xml, "migrate_domain": "render-1", "migrate_source": "source"}),
+            ],
+            env=ansible_env(host.root.parent),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     before = snapshot(host)
     good = run(_migrating_domain("nvidia-232", "GRID T4-4Q"))

@@ -3,6 +3,7 @@
 Every refusal is checked for its exit code, a one-line message on stderr, nothing on stdout, and an unchanged host
 and state file.
 """
+
 from __future__ import annotations
 
 import json
@@ -88,7 +89,12 @@ def test_types_parsed_from_descriptions(sim):
     assert {r["parent"] for r in recs} == {T4}
     q2 = next(r for r in recs if r["name"].endswith("T4-2Q"))
     assert (q2["framebuffer_mib"], q2["max_instance"], q2["available"], q2["series"], q2["num_heads"]) == (
-        2048, 8, 8, "Q", 4)
+        2048,
+        8,
+        8,
+        "Q",
+        4,
+    )
     assert {r["series"] for r in recs} >= {"Q", "B", "A", "C"}
 
 
@@ -104,7 +110,13 @@ def test_create_list_destroy_round_trip(sim):
     assert sim.available(T4, "nvidia-231") == 7
     (rec,) = json.loads(ok(sim, "list", "--json").stdout)
     assert (rec["schema"], rec["uuid"], rec["parent"], rec["type_id"], rec["owned"], rec["used_by"]) == (
-        "vgpuctl.instance/v1", u, T4, "nvidia-231", True, [])
+        "vgpuctl.instance/v1",
+        u,
+        T4,
+        "nvidia-231",
+        True,
+        [],
+    )
     assert rec["iommu_group"] == sim.group_of(u)
     state = json.loads(sim.paths.state_file.read_text())
     assert [o["uuid"] for o in state["owned"]] == [u] and state["pending"] == []
@@ -235,11 +247,18 @@ def test_world_writable_state_file(sim):
 def test_interrupted_create_is_adopted_by_the_next_run(sim):
     """A run killed after its intent was journalled and the kernel made the device: the next run owns it."""
     sim.paths.state_dir.mkdir(parents=True, exist_ok=True)
-    sim.paths.state_file.write_text(json.dumps({
-        "schema": "vgpuctl.state/v1", "owned": [],
-        "pending": [{"op": "create", "uuid": U1, "parent": T4, "type_id": "nvidia-231", "backend": "mdev"},
-                    {"op": "create", "uuid": U2, "parent": T4, "type_id": "nvidia-231", "backend": "mdev"}],
-    }))
+    sim.paths.state_file.write_text(
+        json.dumps(
+            {
+                "schema": "vgpuctl.state/v1",
+                "owned": [],
+                "pending": [
+                    {"op": "create", "uuid": U1, "parent": T4, "type_id": "nvidia-231", "backend": "mdev"},
+                    {"op": "create", "uuid": U2, "parent": T4, "type_id": "nvidia-231", "backend": "mdev"},
+                ],
+            }
+        )
+    )
     sim.create(T4, "nvidia-231", U1)  # U1 reached the kernel, U2 did not
     ok(sim, "destroy", U1)  # no --foreign needed: recovered as owned
     state = json.loads(sim.paths.state_file.read_text())
@@ -252,8 +271,16 @@ def test_racing_creates_for_the_last_slot(sim):
         sim.reboot()
         ok(sim, "create", "-p", T4, "-t", "T4-8Q")
         e = dict(os.environ, VGPUCTL_ROOT=str(sim.root), VGPUCTL_LIBVIRT_URI="none")
-        procs = [subprocess.Popen(VGPUCTL + ["create", "-p", T4, "-t", "T4-8Q"], env=e, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        procs = [
+            subprocess.Popen(
+                VGPUCTL + ["create", "-p", T4, "-t", "T4-8Q"],
+                env=e,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
         codes = sorted(p.wait(timeout=60) for p in procs)
         assert codes == [0, 4], [p.stderr.read() for p in procs]
         assert len(sim.instances()) == 2

@@ -5,6 +5,7 @@ libvirtd, and headless Chromium (through chromedriver and Selenium) drives it.
 Every step saves a screenshot under the test's tmp_path; with VGPUCTL_SCREENSHOT_DIR set, the final ones are also
 copied there (``cockpit-t4x2-created.png``, ``cockpit-mixed.png``).  Select these tests with ``-m browser``.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,12 @@ SKELETON = """<domain type='qemu'><name>{name}</name><memory>131072</memory>
 
 
 def browser_unusable() -> str:
-    for path, pkg in ((COCKPIT_WS, "cockpit-ws"), (BRIDGE, "cockpit-bridge"), (CHROMIUM, "chromium"),
-                      (CHROMEDRIVER, "chromium-driver")):
+    for path, pkg in (
+        (COCKPIT_WS, "cockpit-ws"),
+        (BRIDGE, "cockpit-bridge"),
+        (CHROMIUM, "chromium"),
+        (CHROMEDRIVER, "chromium-driver"),
+    ):
         if not os.path.exists(path):
             return f"{path} is missing (apt-get install {pkg}; scripts/setup.sh does)"
     try:
@@ -90,9 +95,12 @@ class Console:
         (tmp_path / "home").mkdir()
         self.port = free_port()
         self.ws_log = open(tmp_path / "cockpit-ws.log", "w")
-        self.ws = subprocess.Popen([COCKPIT_WS, "--no-tls", f"--local-session={BRIDGE}", "--address", "127.0.0.1",
-                                    "--port", str(self.port)], env=self.env, stdout=self.ws_log,
-                                   stderr=subprocess.STDOUT)
+        self.ws = subprocess.Popen(
+            [COCKPIT_WS, "--no-tls", f"--local-session={BRIDGE}", "--address", "127.0.0.1", "--port", str(self.port)],
+            env=self.env,
+            stdout=self.ws_log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 20
         while True:
             try:
@@ -100,16 +108,28 @@ class Console:
                 break
             except OSError:
                 if self.ws.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"cockpit-ws did not start: {(tmp_path / 'cockpit-ws.log').read_text()}") from None
+                    raise RuntimeError(
+                        f"cockpit-ws did not start: {(tmp_path / 'cockpit-ws.log').read_text()}"
+                    ) from None
                 time.sleep(0.1)
         opts = webdriver.ChromeOptions()
         opts.binary_location = CHROMIUM
-        for a in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--no-first-run", "--window-size=1280,1500", f"--user-data-dir={tmp_path / 'chromium'}"):
+        for a in (
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--window-size=1280,1500",
+            f"--user-data-dir={tmp_path / 'chromium'}",
+        ):
             opts.add_argument(a)
-        self.driver = webdriver.Chrome(service=Service(CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log")),
-                                       options=opts)
+        self.driver = webdriver.Chrome(
+            service=Service(CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log")), options=opts
+        )
         self.driver.set_page_load_timeout(WAIT)
         self.n = 0
 
@@ -158,30 +178,44 @@ class Console:
             shutil.copyfile(path, Path(out) / name)
 
     def slots(self, gpu: str) -> dict:
-        return self.js("""const svg = document.querySelector(`svg[data-picture="${arguments[0]}"]`);
+        return self.js(
+            """const svg = document.querySelector(`svg[data-picture="${arguments[0]}"]`);
             const out = {};
             if (!svg) return null;
             for (const g of svg.querySelectorAll("g[data-state]")) out[g.dataset.state] = (out[g.dataset.state] || 0) + 1;
-            return out;""", gpu)
+            return out;""",
+            gpu,
+        )
 
     def click(self, css: str) -> None:
-        self.until(f"{css} to be clickable", "const b = document.querySelector(arguments[0]);"
-                   " if (!b || b.disabled) return false; b.click(); return true;", css)
+        self.until(
+            f"{css} to be clickable",
+            "const b = document.querySelector(arguments[0]);"
+            " if (!b || b.disabled) return false; b.click(); return true;",
+            css,
+        )
 
     def open_create(self, gpu: str) -> None:
         self.click(f'article[data-gpu="{gpu}"] button[data-action="create"]')
         self.until("the type picker", "return document.querySelectorAll('#dialog ul[data-field=types] li').length")
 
     def dialog_error(self) -> str:
-        return self.until("an error in the dialog", "const e = document.getElementById('dialog-error');"
-                          " return e.hidden ? '' : e.textContent;")
+        return self.until(
+            "an error in the dialog",
+            "const e = document.getElementById('dialog-error'); return e.hidden ? '' : e.textContent;",
+        )
 
     def closed(self) -> None:
         self.until("the dialog to close", "return !document.getElementById('dialog').open")
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([os.path.join(os.path.dirname(sys.executable), "vgpuctl"), *args], env=self.env,
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [os.path.join(os.path.dirname(sys.executable), "vgpuctl"), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
 
 @pytest.fixture
@@ -221,30 +255,40 @@ def row(uuid: str) -> str:
 def test_t4x2_create_type_mix_attach_detach_destroy(console_for, domains, tmp_path):
     c = console_for("t4x2")
     c.load()
-    pictures = c.until("both T4 pictures", "return document.querySelectorAll('svg[data-picture]').length == 2 &&"
-                       " [...document.querySelectorAll('article[data-gpu]')].map(a => a.dataset.gpu)")
+    pictures = c.until(
+        "both T4 pictures",
+        "return document.querySelectorAll('svg[data-picture]').length == 2 &&"
+        " [...document.querySelectorAll('article[data-gpu]')].map(a => a.dataset.gpu)",
+    )
     assert pictures == [T4A, T4B]
     assert c.slots(T4A) == c.slots(T4B) == {"free": 16}
-    timing = c.js("const m = performance.getEntriesByName('vgpuctl-first-picture')[0];"
-                  " return {mark: m && m.startTime, module: Number(document.body.dataset.loadToPictureMs)};")
+    timing = c.js(
+        "const m = performance.getEntriesByName('vgpuctl-first-picture')[0];"
+        " return {mark: m && m.startTime, module: Number(document.body.dataset.loadToPictureMs)};"
+    )
     t0 = time.monotonic()
     assert c.cli("status", "--json").returncode == 0
     timing["cli_status_ms"] = round(1000 * (time.monotonic() - t0))  # the baseline, on this machine, now
     (tmp_path / "timing.json").write_text(json.dumps(timing))
-    print(f"\nload to first GPU picture: {timing['mark']:.0f} ms after navigation start "
-          f"({timing['module']} ms after the page's script started); one 'vgpuctl status --json' alone now: "
-          f"{timing['cli_status_ms']} ms; ratio {timing['mark'] / timing['cli_status_ms']:.2f}")
+    print(
+        f"\nload to first GPU picture: {timing['mark']:.0f} ms after navigation start "
+        f"({timing['module']} ms after the page's script started); one 'vgpuctl status --json' alone now: "
+        f"{timing['cli_status_ms']} ms; ratio {timing['mark'] / timing['cli_status_ms']:.2f}"
+    )
     # what only a peer knows is marked so: no NVML on the simulated host; libvirt is the private daemon
     assert c.js("return document.body.dataset.nvml") == "unreachable"
     assert c.js("return document.body.dataset.libvirt") == "ok"
     assert "NVML" in c.js("return document.querySelector('[data-field=sched]').textContent")
     # the doctor: its summary where this vgpuctl has the command, one line saying it has not otherwise
     has_doctor = c.cli("doctor", "--help").returncode == 0
-    assert c.until("the doctor's part", "const d = document.querySelector('[data-field=doctor]');"
-                   " return d && d.dataset.doctor") == ("present" if has_doctor else "absent")
+    assert c.until(
+        "the doctor's part", "const d = document.querySelector('[data-field=doctor]'); return d && d.dataset.doctor"
+    ) == ("present" if has_doctor else "absent")
     if has_doctor:
-        assert c.until("the doctor's summary", "const p = document.querySelector('[data-field=doctor-summary]');"
-                       " return p && p.textContent")
+        assert c.until(
+            "the doctor's summary",
+            "const p = document.querySelector('[data-field=doctor-summary]'); return p && p.textContent",
+        )
     c.shot("loaded")
 
     # create a T4-4Q on the first T4: the picker lists what place --explain allows there
@@ -253,8 +297,11 @@ def test_t4x2_create_type_mix_attach_detach_destroy(console_for, domains, tmp_pa
     c.click('#dialog input[value="nvidia-232"]')
     c.click("#dialog-ok")
     c.closed()
-    used = c.until("the T4-4Q's slots", "const g = document.querySelector(`svg[data-picture='%s']`);"
-                   " return g && g.querySelectorAll('g[data-state=used]').length == 4" % T4A)
+    used = c.until(
+        "the T4-4Q's slots",
+        "const g = document.querySelector(`svg[data-picture='%s']`);"
+        " return g && g.querySelectorAll('g[data-state=used]').length == 4" % T4A,
+    )
     assert used
     assert c.slots(T4A) == {"used": 4, "restricted": 12} and c.slots(T4B) == {"free": 16}
     (uuid,) = [i["uuid"] for i in json.loads(c.cli("list", "--json").stdout)]
@@ -288,15 +335,20 @@ def test_t4x2_create_type_mix_attach_detach_destroy(console_for, domains, tmp_pa
 
     # attach to the crafted domain: its name is text, never HTML
     c.click(f'{row(uuid)} button[data-action="attach"]')
-    names = c.until("the domain picker", "return [...document.querySelectorAll('#attach-domain option')]"
-                    ".map(o => o.value)")
+    names = c.until(
+        "the domain picker", "return [...document.querySelectorAll('#attach-domain option')].map(o => o.value)"
+    )
     assert sorted(names) == sorted([XSS, "web"])
     c.js("const s = document.getElementById('attach-domain'); s.value = arguments[0];", XSS)
     c.click("#dialog-ok")
     c.closed()
-    cell = c.until("the domain in the vGPU's row",
-                   "const td = document.querySelector(arguments[0] + ' td[data-field=domains]');"
-                   " return td && td.textContent == arguments[1] && td.textContent", row(uuid), XSS)
+    cell = c.until(
+        "the domain in the vGPU's row",
+        "const td = document.querySelector(arguments[0] + ' td[data-field=domains]');"
+        " return td && td.textContent == arguments[1] && td.textContent",
+        row(uuid),
+        XSS,
+    )
     assert cell == XSS
     assert c.js("return document.querySelectorAll('img').length") == 0
     assert c.js("return window.__alerts") == []
@@ -311,16 +363,23 @@ def test_t4x2_create_type_mix_attach_detach_destroy(console_for, domains, tmp_pa
     c.click(f'{row(uuid)} button[data-action="detach"]')
     c.click("#dialog-ok")
     c.closed()
-    c.until("the vGPU detached", "const td = document.querySelector(arguments[0] + ' td[data-field=domains]');"
-            " return td && td.textContent == '—'", row(uuid))
+    c.until(
+        "the vGPU detached",
+        "const td = document.querySelector(arguments[0] + ' td[data-field=domains]');"
+        " return td && td.textContent == '—'",
+        row(uuid),
+    )
     assert uuid not in domains.lookupByName(XSS).XMLDesc(2)
 
     # destroy: the slots are free again
     c.click(f'{row(uuid)} button[data-action="destroy"]')
     c.click("#dialog-ok")
     c.closed()
-    c.until("the first T4 free again", "const g = document.querySelector(`svg[data-picture='%s']`);"
-            " return g && g.querySelectorAll('g[data-state=free]').length == 16" % T4A)
+    c.until(
+        "the first T4 free again",
+        "const g = document.querySelector(`svg[data-picture='%s']`);"
+        " return g && g.querySelectorAll('g[data-state=free]').length == 16" % T4A,
+    )
     c.until("no instance left", "return document.querySelector('[data-empty=instances]')")
     assert c.js("return window.__alerts") == []
     c.shot("destroyed")
@@ -333,7 +392,9 @@ def test_t4x2_create_type_mix_attach_detach_destroy(console_for, domains, tmp_pa
         down.until("libvirt shown unreachable", "return document.body.dataset.libvirt == 'unreachable'")
         # the reason the CLI gives (list/status carry it as libvirt_error; 'domains' fails with it, exit 12)
         line = down.cli("domains", "--json").stderr.strip().splitlines()[-1].replace("vgpuctl: error: ", "", 1)
-        alerts = down.until("the alerts", "return [...document.querySelectorAll('[data-alert]')].map(a => a.textContent)")
+        alerts = down.until(
+            "the alerts", "return [...document.querySelectorAll('[data-alert]')].map(a => a.textContent)"
+        )
         assert any(a.startswith("libvirt unreachable:") and line in a for a in alerts), alerts
         status = down.cli("status", "--json")
         if status.returncode == 0:  # status goes on without libvirt: the pictures are drawn
@@ -341,8 +402,13 @@ def test_t4x2_create_type_mix_attach_detach_destroy(console_for, domains, tmp_pa
         else:  # it needs libvirt: its line is what the page shows
             assert any(status.stderr.strip().splitlines()[-1] in a for a in alerts), alerts
         down.until("a full refresh", "return Number(document.body.dataset.refreshes) >= 1")
-        assert down.js("return document.querySelectorAll('button[data-action=attach], button[data-action=detach],"
-                       " button[data-action=destroy]').length") == 0
+        assert (
+            down.js(
+                "return document.querySelectorAll('button[data-action=attach], button[data-action=detach],"
+                " button[data-action=destroy]').length"
+            )
+            == 0
+        )
         down.shot("libvirt-down")
     finally:
         down.close()
@@ -355,17 +421,23 @@ def test_mixed_host_picture(console_for, domains):
     # (so the page shows them as foreign): every vgpuctl call reads 64 simulated VFs, slow on a loaded machine
     r = c.cli("attach", "web", "--parent", T4A, "--type", "nvidia-231", "--json")
     assert r.returncode == 0, r.stderr
-    for parent, type_id in ((T4A, "nvidia-231"), ("0000:86:00.4", "nvidia-703"), ("0000:86:00.5", "nvidia-703"),
-                            ("0000:87:00.4", "nvidia-699")):
+    for parent, type_id in (
+        (T4A, "nvidia-231"),
+        ("0000:86:00.4", "nvidia-703"),
+        ("0000:86:00.5", "nvidia-703"),
+        ("0000:87:00.4", "nvidia-699"),
+    ):
         c.sim.create(parent, type_id)
     c.load()
     slow = 4 * WAIT  # one status of this host reads 64 VFs' types through the simulator
     c.until("six GPU pictures", "return document.querySelectorAll('svg[data-picture]').length == 6", timeout=slow)
-    c.until("the attached domain", "return [...document.querySelectorAll('td[data-field=domains]')]"
-            ".some(td => td.textContent == 'web')", timeout=slow)
+    c.until(
+        "the attached domain",
+        "return [...document.querySelectorAll('td[data-field=domains]')].some(td => td.textContent == 'web')",
+        timeout=slow,
+    )
     assert c.slots(T4A) == {"used": 4, "restricted": 12}
     assert c.slots("0000:86:00.0")["used"] == 2
     assert c.js("return document.querySelectorAll('#instances tbody tr').length") == 5
     c.js("window.scrollTo(0, 0)")
     c.publish(c.shot("mixed"), "cockpit-mixed.png")
-

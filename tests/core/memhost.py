@@ -1,5 +1,6 @@
 """Building blocks of the fast core tests: a memory host over a simulator machine under a temporary root, and a
 crash injector that stops every later durable step once it fires (as kill -9 would)."""
+
 from __future__ import annotations
 
 import os

@@ -1,5 +1,6 @@
 """``Lifecycle`` over the in-memory host: preconditions before the first write, typed refusals that change nothing,
 the journal settled after a crash at every durable step.  No root, no FUSE: milliseconds per test."""
+
 from __future__ import annotations
 
 import pytest

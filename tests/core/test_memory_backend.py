@@ -1,5 +1,6 @@
 """The in-memory backends (``vgpuctl.host.memory``) read what the sysfs backends read from the tree the same machine
 renders, and refuse what the machine refuses with the sysfs backends' typed errors.  No root, no FUSE."""
+
 from __future__ import annotations
 
 import errno
@@ -7,8 +8,15 @@ import os
 
 import pytest
 
-from vgpuctl.errors import (AlreadyExists, DeviceInUse, HostIOError, NoCapacity, ParentGone, TypeConflict,
-                            UnknownInstance)
+from vgpuctl.errors import (
+    AlreadyExists,
+    DeviceInUse,
+    HostIOError,
+    NoCapacity,
+    ParentGone,
+    TypeConflict,
+    UnknownInstance,
+)
 from vgpuctl.host import Host, TypeScope
 from vgpuctl.host.memory import machine_at, memory_host
 from vgpuctl.model import BackendKind
@@ -107,8 +115,12 @@ def test_vendor_vfio_vf_rules(tmp_path):
     offered = [t for t in inv.types_on(L40S_VF0)]
     assert offered and all(t.available == 1 for t in offered)
     first = offered[0]
-    inst = host.create(parent=L40S_VF0, type_id=first.type_id,
-                       uuid=host.identity(parent=L40S_VF0, requested=None, inventory=inv), inventory=inv)
+    inst = host.create(
+        parent=L40S_VF0,
+        type_id=first.type_id,
+        uuid=host.identity(parent=L40S_VF0, requested=None, inventory=inv),
+        inventory=inv,
+    )
     assert inst.uuid == inst.parent == L40S_VF0 and host.exists(L40S_VF0, BackendKind.NVIDIA_VF)
     after = host.inventory()
     assert [t.type_id for t in after.types_on(L40S_VF0)] == [first.type_id]  # a typed VF lists only its type

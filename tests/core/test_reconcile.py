@@ -2,6 +2,7 @@
 FUSE test ``tests/reconcile/test_sim.py::test_kill9_right_after_every_journal_write`` ported), at seeded random
 steps of a sequence of config edits, and the planner's properties held against the machine's own rules instead of a
 perfect host.  No root, no FUSE."""
+
 from __future__ import annotations
 
 import random
@@ -23,8 +24,10 @@ instances:
   b: {type: Dual port serial, parent: mtty}
   c: {type: mtty-1, parent: mtty, uuid: 83B8F4F2-509F-382F-3C1E-E6BFE0FA1001}
 """
-CONFIG2 = ("version: 1\ninstances:\n  x: {type: mtty-2, parent: mtty}\n  c: {type: mtty-2, parent: mtty,"
-           " uuid: 83b8f4f2-509f-382f-3c1e-e6bfe0fa1001}\n")
+CONFIG2 = (
+    "version: 1\ninstances:\n  x: {type: mtty-2, parent: mtty}\n  c: {type: mtty-2, parent: mtty,"
+    " uuid: 83b8f4f2-509f-382f-3c1e-e6bfe0fa1001}\n"
+)
 
 
 def settled(mh: MemHost) -> Reconciler:
@@ -41,8 +44,7 @@ def test_crash_right_after_every_journal_write(tmp_path):
     """As the FUSE test: crash right after the k-th durable state save or sysfs write, for every k of a full
     converge (a batch journals all its intents in one save, then writes them back to back); here also of the
     re-converge to a second config (destroys and re-types), and no roll-back runs after the crash."""
-    for text, expect in ((CONFIG, ["save", "write", "write", "write", "save"]),
-                         (CONFIG2, None)):
+    for text, expect in ((CONFIG, ["save", "write", "write", "write", "save"]), (CONFIG2, None)):
         k = 0
         while True:
             k += 1
@@ -96,8 +98,10 @@ POOL = [f"00000000-0000-4000-8000-{n:012d}" for n in range(10)]
 def worlds(draw):
     """Existing mdevs (each owned or foreign, some held open by this process), stale ownership records and a
     desired state of instances, some pinned to a parent that does not exist."""
-    existing = {u: draw(st.sampled_from(("mtty-1", "mtty-2")))
-                for u in draw(st.lists(st.sampled_from(POOL), unique=True, max_size=8))}
+    existing = {
+        u: draw(st.sampled_from(("mtty-1", "mtty-2")))
+        for u in draw(st.lists(st.sampled_from(POOL), unique=True, max_size=8))
+    }
     owned = {u for u in existing if draw(st.booleans())}
     stale = draw(st.lists(st.sampled_from(POOL), unique=True, max_size=2))
     held = {u for u in existing if draw(st.integers(0, 3)) == 0}

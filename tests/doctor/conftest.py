@@ -1,5 +1,6 @@
 """Fixtures for ``vgpuctl doctor``: the session's simulated hosts (tests/conftest.py ``sim_pool``, key "doctor"),
 reset before each test with the vGPU manager's units installed."""
+
 from __future__ import annotations
 
 import os

@@ -1,5 +1,6 @@
 """Every doctor check, ok and broken, on the simulated t4x2, h200 and a16 hosts (each break is a simulator control or
 what an operator would do to the root: a disabled unit, a world-writable state file, a broken desired state)."""
+
 from __future__ import annotations
 
 import os
@@ -129,8 +130,10 @@ def systemctl(sim, *args):
     subprocess.run(["systemctl", f"--root={sim.root}", *args], check=True, capture_output=True, timeout=60)
 
 
-needs_systemctl = pytest.mark.skipif(not os.path.exists("/usr/bin/systemctl") and not os.path.exists("/bin/systemctl"),
-                                     reason="systemctl is not installed")
+needs_systemctl = pytest.mark.skipif(
+    not os.path.exists("/usr/bin/systemctl") and not os.path.exists("/bin/systemctl"),
+    reason="systemctl is not installed",
+)
 
 
 @needs_systemctl
@@ -141,7 +144,9 @@ def test_nvidia_daemons_enabled_and_disabled(t4x2, h200):
     assert [r.status for r in results(h200, "nvidia-daemons")] == [OK, NA]  # vGPU 17: no nvidia-vgpud
     systemctl(t4x2, "disable", "nvidia-vgpu-mgr.service")
     r = results(t4x2, "nvidia-daemons")[0]
-    assert r.status is FAIL and r.seen.startswith("disabled") and r.fix == "systemctl enable --now nvidia-vgpu-mgr.service"
+    assert (
+        r.status is FAIL and r.seen.startswith("disabled") and r.fix == "systemctl enable --now nvidia-vgpu-mgr.service"
+    )
     systemctl(t4x2, "disable", "nvidia-vgpud.service")
     assert results(t4x2, "nvidia-daemons")[1].status is WARN
     (t4x2.root / "usr/lib/systemd/system/nvidia-vgpu-mgr.service").unlink()
@@ -187,8 +192,13 @@ def test_state_unsafe_or_corrupt(t4x2, breakage):
         os.chmod(f.parent, 0o777)
     r = one(t4x2, "state")
     assert r.status is FAIL and r.fix, r
-    assert {"symlink": "symlink", "world-writable": "world-writable", "corrupt": "corrupt",
-            "directory": "not a regular file", "dir-world-writable": "world-writable"}[breakage] in r.seen
+    assert {
+        "symlink": "symlink",
+        "world-writable": "world-writable",
+        "corrupt": "corrupt",
+        "directory": "not a regular file",
+        "dir-world-writable": "world-writable",
+    }[breakage] in r.seen
 
 
 def test_journal(t4x2):
@@ -275,7 +285,9 @@ def test_desired_state_absent_ok_and_unplaceable(t4x2):
     _desired(t4x2)
     r = one(t4x2, "desired-state")
     assert r.status is OK and "1 instance(s)" in r.seen and "1 action(s) for vgpuctl apply" in r.seen
-    _desired(t4x2, "version: 1\ninstances:\n" + "".join(f"  big-{i}: {{type: T4-16Q, placement: {{}}}}\n" for i in range(3)))
+    _desired(
+        t4x2, "version: 1\ninstances:\n" + "".join(f"  big-{i}: {{type: T4-16Q, placement: {{}}}}\n" for i in range(3))
+    )
     rs = results(t4x2, "desired-state")
     assert [r.status for r in rs] == [FAIL] and "no-placement" in rs[0].seen and rs[0].subject == "big-2"
     assert rs[0].fix == "see why every GPU refuses: vgpuctl place --type T4-16Q --explain"
@@ -292,6 +304,9 @@ def test_desired_state_that_does_not_parse(t4x2):
 def test_desired_state_on_vendor_vfio(h200):
     _desired(h200, 'version: 1\ninstances:\n  c-1: {type: H200X-8C, parent: "0000:4a:00.4"}\n')
     assert one(h200, "desired-state").status is OK
-    _desired(h200, 'version: 1\ninstances:\n  c-1: {type: H200X-8C, parent: "0000:4a:00.4", uuid: '
-             '"aaaaaaaa-0000-4000-8000-000000000001"}\n')
+    _desired(
+        h200,
+        'version: 1\ninstances:\n  c-1: {type: H200X-8C, parent: "0000:4a:00.4", uuid: '
+        '"aaaaaaaa-0000-4000-8000-000000000001"}\n',
+    )
     assert one(h200, "desired-state").status is FAIL  # a uuid on a VF instance: exit 8 in plan, fail here

@@ -1,4 +1,5 @@
 """``vgpuctl doctor`` as a command: lines and JSON, exit codes, bad input, and a host left byte-identical."""
+
 from __future__ import annotations
 
 import hashlib
@@ -42,8 +43,9 @@ def test_text_lines_and_exit_16_when_a_check_fails(t4x2):
     assert lines[0].split() == ["STATUS", "CHECK", "SUBJECT", "SEEN", "FIX"]
     fail = next(ln for ln in lines if ln.startswith("fail"))
     assert "vfio-modules" in fail and "modprobe -a vfio_iommu_type1" in fail
-    assert p.stderr.strip().splitlines() == ["vgpuctl: error: 1 check(s) failed: vfio-modules; each line above says "
-                                             "what to fix"]
+    assert p.stderr.strip().splitlines() == [
+        "vgpuctl: error: 1 check(s) failed: vfio-modules; each line above says what to fix"
+    ]
 
 
 def test_check_option_and_bad_name(t4x2):
@@ -60,8 +62,15 @@ def test_root_that_is_not_a_directory(tmp_path):
     assert p.returncode == 2 and p.stdout == "" and len(p.stderr.splitlines()) == 1 and "not a directory" in p.stderr
 
 
-@pytest.mark.parametrize("text", ["version: 1\ninstances: [\n", "version: 7\n", "\x00\xff garbage", "version: 1\n"
-                                  "instances:\n  a: {type: T4-2Q, parent: ../../etc}\n"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "version: 1\ninstances: [\n",
+        "version: 7\n",
+        "\x00\xff garbage",
+        "version: 1\ninstances:\n  a: {type: T4-2Q, parent: ../../etc}\n",
+    ],
+)
 def test_broken_desired_state_is_a_fail_line_not_a_traceback(t4x2, text):
     _desired(t4x2, text)
     p = run(t4x2, "--check", "desired-state")

@@ -1,4 +1,5 @@
 """docs/doctor.md and ``vgpuctl doctor --help`` (hence docs/commands/doctor.md) list every registered check."""
+
 from pathlib import Path
 
 from vgpuctl.doctor import checks

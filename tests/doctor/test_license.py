@@ -1,5 +1,6 @@
 """The vgpu-license check: running unlicensed vGPUs are a warning, licensed ones ok, unknown (no VM, NVML not
 usable) n/a; the fake NVML over the h200 simulator, and the real pynvml of this machine (no libnvidia-ml)."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,6 +1,7 @@
 """The nvml check: the fake NVML (tests/nvidia/fake_nvml.py, the real pynvml wrappers over the h200 simulator) for
 ok, a driver reloaded to another release, a library/module mismatch at init and a GPU not in vGPU host mode; the
 real pynvml of this machine (no libnvidia-ml: error 12) for the degraded warning."""
+
 from __future__ import annotations
 
 import ctypes

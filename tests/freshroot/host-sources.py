@@ -7,6 +7,7 @@ Reads /etc/apt/sources.list, /etc/apt/sources.list.d/*.list and *.sources (deb82
 
 Usage: host-sources.py SUITE [ROOT]   (ROOT: read ROOT/etc/apt instead of /etc/apt)
 """
+
 import glob
 import os
 import re
@@ -44,8 +45,13 @@ def deb822_entries(text: str):
         signed = fields.get("signed-by", "")
         if not signed.startswith("/"):
             signed = ""
-        yield (fields.get("types", "").split(), fields.get("uris", "").split(), fields.get("suites", "").split(),
-               fields.get("components", "").split(), signed)
+        yield (
+            fields.get("types", "").split(),
+            fields.get("uris", "").split(),
+            fields.get("suites", "").split(),
+            fields.get("components", "").split(),
+            signed,
+        )
 
 
 def sources(suite: str, root: str = "/") -> List[str]:

@@ -5,6 +5,7 @@ The contract: a documented exit status of 2 or more (2..14 when the campaign beg
 traceback (the in-process run ends in ``SystemExit``, never another exception), and the host (every file, link and
 mode under the root) byte-identical afterwards.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -94,8 +95,9 @@ def invoke(root: Optional[Path], *args: str, env: Optional[Dict[str, str]] = Non
     head = ["--root", str(root)] if root is not None else []
     full_env = {"VGPUCTL_LOCK_TIMEOUT": "1"}
     full_env.update(env or {})
-    result = CliRunner().invoke(cli, [*head, "--connect", "none", "--nvml", "off", *args], env=full_env,
-                                input=input, catch_exceptions=True)
+    result = CliRunner().invoke(
+        cli, [*head, "--connect", "none", "--nvml", "off", *args], env=full_env, input=input, catch_exceptions=True
+    )
     return Run(result)
 
 

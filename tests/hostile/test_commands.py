@@ -1,6 +1,7 @@
 """The command families of issue 19 on a static host tree, in process: every refusal is one line, a documented exit
 code, no traceback, and no change to the host (``conftest.refused``).  Generated argument vectors cover usage errors
 and option values for every command."""
+
 from __future__ import annotations
 
 import json
@@ -45,8 +46,15 @@ def _break_conf_d(root: Path, how: str) -> None:
         keep.chmod(0o666)
 
 
-BREAKS = ["symlink-loop", "main-is-dir", "dropin-is-fifo", "dropin-unreadable-dir", "conf.d-is-file",
-          "dangling-symlink", "world-writable"]
+BREAKS = [
+    "symlink-loop",
+    "main-is-dir",
+    "dropin-is-fifo",
+    "dropin-unreadable-dir",
+    "conf.d-is-file",
+    "dangling-symlink",
+    "world-writable",
+]
 
 
 @pytest.mark.parametrize("how", BREAKS)
@@ -89,8 +97,18 @@ def _own(root: Path, how: str) -> None:
         os.mkfifo(run / "lock")
 
 
-OWN = ["state-dir", "state-fifo", "state-symlink", "state-world-writable", "state-nan", "state-deep", "lock-dir",
-       "run-is-file", "lock-symlink", "lock-fifo"]
+OWN = [
+    "state-dir",
+    "state-fifo",
+    "state-symlink",
+    "state-world-writable",
+    "state-nan",
+    "state-deep",
+    "lock-dir",
+    "run-is-file",
+    "lock-symlink",
+    "lock-fifo",
+]
 
 
 @pytest.mark.parametrize("how", OWN)
@@ -134,8 +152,10 @@ def test_ambiguous_type_name_is_exit_2_with_and_without_parent(tree):
 # --- family 10: the message names the rule and its holder -----------------------------------------------------------
 def test_second_type_on_a_time_sliced_t4_names_the_rule_and_its_holder(host):
     line = refused(host, "create", "-p", T4, "-t", "T4-8Q", code=4)
-    assert line == (f"vgpuctl: error: GPU {T4} runs T4-2Q; NVIDIA time-sliced GPUs run one type at a time; "
-                    "free it or choose another GPU")
+    assert line == (
+        f"vgpuctl: error: GPU {T4} runs T4-2Q; NVIDIA time-sliced GPUs run one type at a time; "
+        "free it or choose another GPU"
+    )
 
 
 # --- family 7: every float option is finite --------------------------------------------------------------------------
@@ -152,8 +172,12 @@ def _all_commands():
 def test_every_float_option_is_a_finite_float():
     from vgpuctl.options import FiniteFloat
 
-    floats = [(path, p.name) for path, cmd in [([], cli)] + list(_all_commands()) for p in cmd.params
-              if isinstance(p.type, click.types.FloatParamType) and not isinstance(p.type, FiniteFloat)]
+    floats = [
+        (path, p.name)
+        for path, cmd in [([], cli)] + list(_all_commands())
+        for p in cmd.params
+        if isinstance(p.type, click.types.FloatParamType) and not isinstance(p.type, FiniteFloat)
+    ]
     assert floats == []
 
 
@@ -221,7 +245,9 @@ def _usage_error_argv():
         path, typed, flags, cmd = draw(st.sampled_from(cases))
         head = list(path) + draw(st.lists(st.sampled_from(flags), max_size=2, unique=True)) if flags else list(path)
         # the hook takes whatever libvirt passes, so an unknown option is no error there
-        kinds = ([] if cmd.context_settings.get("ignore_unknown_options") else ["unknown"]) + (["value", "no-value"] if typed else [])
+        kinds = ([] if cmd.context_settings.get("ignore_unknown_options") else ["unknown"]) + (
+            ["value", "no-value"] if typed else []
+        )
         kind = draw(st.sampled_from(kinds))
         if kind == "unknown":
             bad = ["--" + draw(st.text(alphabet="abcdefghijklmnopqrstuvwxyz-", min_size=3, max_size=12)) + "-zz"]
@@ -231,13 +257,14 @@ def _usage_error_argv():
         else:
             p, _ = draw(st.sampled_from(typed))
             bad = [p.opts[0]]
-        return path[0] if len(path) == 1 else " ".join(path), head[: len(path)] + bad + head[len(path):]
+        return path[0] if len(path) == 1 else " ".join(path), head[: len(path)] + bad + head[len(path) :]
 
     return argv()
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                   HealthCheck.too_slow])
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(case=_usage_error_argv())
 def test_generated_usage_errors_are_one_line_exit_2_and_change_nothing(host, case):
     name, argv = case
@@ -248,11 +275,42 @@ def test_generated_usage_errors_are_one_line_exit_2_and_change_nothing(host, cas
     assert snapshot(host) == before
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                  HealthCheck.too_slow])
-@given(args=st.lists(st.sampled_from(["list", "parents", "types", "status", "plan", "check", "profiles", "--json",
-                                      "-p", T4, "mtty", "-t", "T4-2Q", "nvidia-231", U1, "--", "-", "x" * 300,
-                                      "\x00", "é", "../..", "--root", "/"]), min_size=1, max_size=5))
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+@given(
+    args=st.lists(
+        st.sampled_from(
+            [
+                "list",
+                "parents",
+                "types",
+                "status",
+                "plan",
+                "check",
+                "profiles",
+                "--json",
+                "-p",
+                T4,
+                "mtty",
+                "-t",
+                "T4-2Q",
+                "nvidia-231",
+                U1,
+                "--",
+                "-",
+                "x" * 300,
+                "\x00",
+                "é",
+                "../..",
+                "--root",
+                "/",
+            ]
+        ),
+        min_size=1,
+        max_size=5,
+    )
+)
 def test_generated_read_only_command_lines_keep_the_contract(host, args):
     """Read-only commands with arbitrary words after them: success, or a refusal by the contract; never a
     traceback, never a change to the host."""

@@ -1,5 +1,6 @@
 """Family 1 (YAML) and the JSON records: the one strict reader refuses hostile content with a ``ConfigError`` or
 ``StateError`` naming the file (and the line, where there is one), never a traceback, a hang or a guess."""
+
 from __future__ import annotations
 
 import os
@@ -20,12 +21,25 @@ PARSERS = {
     "profiles": lambda text: parse_profiles(text, path="f.yaml"),
 }
 VALID = {
-    "spec": "version: 1\ninstances:\n  a:\n    type: T4-2Q\n    parent: \"0000:3b:00.0\"\n",
+    "spec": 'version: 1\ninstances:\n  a:\n    type: T4-2Q\n    parent: "0000:3b:00.0"\n',
     "policy": "version: 1\nnuma: prefer\ndefault:\n  strategy: pack\n  types: [T4-2Q]\n",
     "profiles": "version: 1\nprofiles:\n  gold:\n    type: T4-2Q\n    limits: {per_tenant: 2}\n",
 }
-TAGS = ["!!python/object:os.system", "!!python/object/apply:os.system", "!!int", "!!timestamp", "!custom",
-        "!", "!!binary", "!!float", "!!str", "!!map", "!!seq", "!<tag:yaml.org,2002:int>", "!!set"]
+TAGS = [
+    "!!python/object:os.system",
+    "!!python/object/apply:os.system",
+    "!!int",
+    "!!timestamp",
+    "!custom",
+    "!",
+    "!!binary",
+    "!!float",
+    "!!str",
+    "!!map",
+    "!!seq",
+    "!<tag:yaml.org,2002:int>",
+    "!!set",
+]
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -39,21 +53,21 @@ def refuses(kind: str, text: str) -> ConfigError:
 @pytest.mark.parametrize("kind", PARSERS)
 @pytest.mark.parametrize("tag", TAGS)
 def test_every_explicit_tag_is_refused_at_its_line(kind, tag):
-    text = VALID[kind] + f"extra: {tag} \"abc\"\n"
+    text = VALID[kind] + f'extra: {tag} "abc"\n'
     e = refuses(kind, text)
     assert e.line == text.count("\n") and "tag" in e.problem
 
 
 @pytest.mark.parametrize("kind", PARSERS)
 def test_a_tag_on_the_version_or_deep_inside_is_refused(kind):
-    e = refuses(kind, "version: !!int \"abc\"\n")
+    e = refuses(kind, 'version: !!int "abc"\n')
     assert e.line == 1
     e = refuses(kind, VALID[kind].replace("T4-2Q", "!!timestamp 2001-12-14"))
     assert "tag" in e.problem and e.line is not None
 
 
 @pytest.mark.parametrize("kind", PARSERS)
-@pytest.mark.parametrize("version", ["true", "false", "\"1\"", "v1", "1.0", "0x1", "2", "null", "[1]", "2001-12-14"])
+@pytest.mark.parametrize("version", ["true", "false", '"1"', "v1", "1.0", "0x1", "2", "null", "[1]", "2001-12-14"])
 def test_version_is_the_integer_1(kind, version):
     e = refuses(kind, VALID[kind].replace("version: 1", f"version: {version}"))
     assert e.key == "version" and e.line == 1
@@ -80,20 +94,72 @@ def test_an_implicit_value_the_constructor_cannot_build_is_an_error_at_its_line(
 
 # --- generated documents: every parser, random structure and random text --------------------------------------------
 _scalar = st.one_of(
-    st.integers(min_value=-(10 ** 30), max_value=10 ** 30).map(str),
-    st.sampled_from(["true", "no", "~", "null", ".inf", ".nan", "0x1f", "0o7", "1_000", "2001-13-45", "2001-12-14",
-                     "12:30:00", "1e400", "'q'", '"\\u0000"', "<<", "&a x", "*a", "|", ">", "!!int x", "!x y"]),
-    st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12).map(lambda t: '"' + t.replace("\\", "\\\\").replace('"', '\\"') + '"'),
+    st.integers(min_value=-(10**30), max_value=10**30).map(str),
+    st.sampled_from(
+        [
+            "true",
+            "no",
+            "~",
+            "null",
+            ".inf",
+            ".nan",
+            "0x1f",
+            "0o7",
+            "1_000",
+            "2001-13-45",
+            "2001-12-14",
+            "12:30:00",
+            "1e400",
+            "'q'",
+            '"\\u0000"',
+            "<<",
+            "&a x",
+            "*a",
+            "|",
+            ">",
+            "!!int x",
+            "!x y",
+        ]
+    ),
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12).map(
+        lambda t: '"' + t.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    ),
 )
-_keys = st.sampled_from(["version", "instances", "gpus", "profiles", "default", "numa", "quotas", "anti_affinity",
-                         "type", "parent", "uuid", "placement", "limits", "per_tenant", "tenants", "scheduler",
-                         "policy", "timeslice_ms", "heterogeneous", "a", "0000:3b:00.0", "<<", "gold"])
+_keys = st.sampled_from(
+    [
+        "version",
+        "instances",
+        "gpus",
+        "profiles",
+        "default",
+        "numa",
+        "quotas",
+        "anti_affinity",
+        "type",
+        "parent",
+        "uuid",
+        "placement",
+        "limits",
+        "per_tenant",
+        "tenants",
+        "scheduler",
+        "policy",
+        "timeslice_ms",
+        "heterogeneous",
+        "a",
+        "0000:3b:00.0",
+        "<<",
+        "gold",
+    ]
+)
 
 
 def _flow(children):
     return st.one_of(
         st.lists(children, max_size=4).map(lambda xs: "[" + ", ".join(xs) + "]"),
-        st.lists(st.tuples(_keys, children), max_size=4).map(lambda kv: "{" + ", ".join(f"{k}: {v}" for k, v in kv) + "}"),
+        st.lists(st.tuples(_keys, children), max_size=4).map(
+            lambda kv: "{" + ", ".join(f"{k}: {v}" for k, v in kv) + "}"
+        ),
     )
 
 
@@ -175,8 +241,10 @@ def test_world_writable_refused(tmp_path):
 
 
 # --- JSON: vgpuctl's own records, and mdevctl's definitions ---------------------------------------------------------
-@pytest.mark.parametrize("text", ["[" * 100000, '{"a": NaN}', '{"a": Infinity}', '{"a": 1, "a": 2}', "\ud800",
-                                  '{"a": "\\ud800"', "", "nul\x00l"])
+@pytest.mark.parametrize(
+    "text",
+    ["[" * 100000, '{"a": NaN}', '{"a": Infinity}', '{"a": 1, "a": 2}', "\ud800", '{"a": "\\ud800"', "", "nul\x00l"],
+)
 def test_strict_json(text):
     with pytest.raises(StateError) as e:
         configfile.parse_json(text, "s.json")
@@ -184,9 +252,14 @@ def test_strict_json(text):
 
 
 @FAST
-@given(raw=st.binary(max_size=300) | st.recursive(st.none() | st.booleans() | st.floats() | st.text(max_size=5),
-                                                    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=3), c, max_size=3),
-                                                    max_leaves=30).map(lambda v: repr(v).encode()))
+@given(
+    raw=st.binary(max_size=300)
+    | st.recursive(
+        st.none() | st.booleans() | st.floats() | st.text(max_size=5),
+        lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=3), c, max_size=3),
+        max_leaves=30,
+    ).map(lambda v: repr(v).encode())
+)
 def test_generated_json_loads_or_fails_with_the_callers_error(raw):
     try:
         configfile.parse_json(raw, "d.json", error=ConfigError)

@@ -4,6 +4,7 @@ domain XML and argument vectors (it must check before its first write and record
 
 Runs on the FUSE simulated host (marked ``sim``), in process.
 """
+
 from __future__ import annotations
 
 import io
@@ -72,12 +73,16 @@ def hook_of(sim):
 
 
 def domain_xml(vgpus, *, name="guest", uuid=DOM_UUID, extra=""):
-    devs = "".join(f"<hostdev mode='subsystem' type='mdev' model='vfio-pci'><source><address uuid='{u}'/>"
-                   "</source></hostdev>" for u, _, _ in vgpus)
+    devs = "".join(
+        f"<hostdev mode='subsystem' type='mdev' model='vfio-pci'><source><address uuid='{u}'/></source></hostdev>"
+        for u, _, _ in vgpus
+    )
     md = "".join(f"<vgpuctl:vgpu uuid='{u}' parent='{p}' type='{t}' backend='mdev'/>" for u, p, t in vgpus)
-    return (f"<domain type='kvm'><name>{name}</name><uuid>{uuid}</uuid>{extra}<metadata>"
-            f"<vgpuctl:vgpus xmlns:vgpuctl='https://vgpuctl.dev/xmlns/1'>{md}</vgpuctl:vgpus></metadata>"
-            f"<devices>{devs}</devices></domain>")
+    return (
+        f"<domain type='kvm'><name>{name}</name><uuid>{uuid}</uuid>{extra}<metadata>"
+        f"<vgpuctl:vgpus xmlns:vgpuctl='https://vgpuctl.dev/xmlns/1'>{md}</vgpuctl:vgpus></metadata>"
+        f"<devices>{devs}</devices></domain>"
+    )
 
 
 NEW = "bbbbbbbb-0000-4000-8000-000000000001"
@@ -119,14 +124,40 @@ def test_an_unusable_hook_state_dir_creates_nothing(sim, how):
             d.rmdir()
 
 
-_uuids = st.one_of(st.sampled_from([NEW, NEW.upper(), "bbbbbbbb-0000-4000-8000-000000000002", "", "x", "../../etc",
-                                    "0000:3b:00.0", "'", "&amp;", "\u00e9"]), st.uuids().map(str))
-_vgpu = st.tuples(_uuids, st.sampled_from(["mtty", "", "nope", "../mtty", "mtty/x"]),
-                  st.sampled_from(["mtty-1", "mtty-2", "", "nope", "../x"]))
+_uuids = st.one_of(
+    st.sampled_from(
+        [
+            NEW,
+            NEW.upper(),
+            "bbbbbbbb-0000-4000-8000-000000000002",
+            "",
+            "x",
+            "../../etc",
+            "0000:3b:00.0",
+            "'",
+            "&amp;",
+            "\u00e9",
+        ]
+    ),
+    st.uuids().map(str),
+)
+_vgpu = st.tuples(
+    _uuids,
+    st.sampled_from(["mtty", "", "nope", "../mtty", "mtty/x"]),
+    st.sampled_from(["mtty-1", "mtty-2", "", "nope", "../x"]),
+)
 _dom_uuid = st.one_of(st.just(DOM_UUID), st.uuids().map(str), st.sampled_from(["", "x", "../../x", DOM_UUID.upper()]))
 _extra = st.sampled_from(["", "<title>x</title>", "<metadata/>", "<devices/>", "<!-- c -->", "<uuid>2</uuid>"])
-_ops = st.sampled_from([("prepare", "begin"), ("release", "end"), ("start", "begin"), ("stopped", "end"),
-                        ("migrate", "begin"), ("prepare", "end")])
+_ops = st.sampled_from(
+    [
+        ("prepare", "begin"),
+        ("release", "end"),
+        ("start", "begin"),
+        ("stopped", "end"),
+        ("migrate", "begin"),
+        ("prepare", "end"),
+    ]
+)
 
 
 def _xml_text(vgpus, dom_uuid, extra, junk):
@@ -134,11 +165,18 @@ def _xml_text(vgpus, dom_uuid, extra, junk):
     return x if not junk else x[: len(x) // 2] + junk
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                  HealthCheck.too_slow])
-@given(vgpus=st.lists(_vgpu, max_size=3), dom_uuid=_dom_uuid, extra=_extra,
-       junk=st.sampled_from(["", "<", "&x;", "<!DOCTYPE d [<!ENTITY e 'x'>]>", "\x00"]),
-       op=_ops, argv_tail=st.lists(st.text(max_size=5), max_size=3), fail=st.sampled_from(["", "ENOSPC", "EIO"]))
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+@given(
+    vgpus=st.lists(_vgpu, max_size=3),
+    dom_uuid=_dom_uuid,
+    extra=_extra,
+    junk=st.sampled_from(["", "<", "&x;", "<!DOCTYPE d [<!ENTITY e 'x'>]>", "\x00"]),
+    op=_ops,
+    argv_tail=st.lists(st.text(max_size=5), max_size=3),
+    fail=st.sampled_from(["", "ENOSPC", "EIO"]),
+)
 def test_fuzzed_hook_calls_never_leak_a_vgpu(sim, vgpus, dom_uuid, extra, junk, op, argv_tail, fail):
     """Whatever libvirt (or someone) hands the hook, a start either records every vGPU it made or rolls them back,
     and the matching stop frees what the start recorded: prepare then release leaves the host as it was."""

@@ -2,6 +2,7 @@
 (``unshare -m``) where the simulated ``ROOT/sys`` is bind-mounted over ``/sys`` and ``ROOT/etc/mdevctl.d`` over
 ``/etc/mdevctl.d`` (mdevctl 1.2 has no root option), so mdevctl and vgpuctl (``--root ROOT``) see one host and one
 set of definitions, and the machine's own ``/etc`` is never touched.  The approach of bench/list_vs_mdevctl.py."""
+
 from __future__ import annotations
 
 import json
@@ -34,10 +35,16 @@ class Mdevctl:
             (self.etc / d).mkdir(parents=True, exist_ok=True)
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        script = (f"mount --bind {shlex.quote(str(self.root / 'sys'))} /sys && "
-                  f"mount --bind {shlex.quote(str(self.etc))} /etc/mdevctl.d && exec mdevctl \"$@\"")
-        r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", *args],
-                           capture_output=True, text=True, timeout=60)
+        script = (
+            f"mount --bind {shlex.quote(str(self.root / 'sys'))} /sys && "
+            f'mount --bind {shlex.quote(str(self.etc))} /etc/mdevctl.d && exec mdevctl "$@"'
+        )
+        r = subprocess.run(
+            ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if check:
             assert r.returncode == 0, (args, r.returncode, r.stdout, r.stderr)
         return r

@@ -2,6 +2,7 @@
 
 The file format is the one Debian's mdevctl 1.2.0 writes (``test_real_mdevctl.py`` checks the reader against the real
 tool's files)."""
+
 from __future__ import annotations
 
 import json
@@ -33,21 +34,40 @@ def write(root, parent, uuid, doc):
 
 # --- parser -------------------------------------------------------------------------------------------------------
 def test_parse_mdevctl_1x_layout():
-    d = mdevctl.parse_definition(b'{"mdev_type": "nvidia-231", "start": "auto", "attrs": [{"a": "1"}, {"b": "2"}]}',
-                                 uuid=U1, parent=GPU, path="/x")
-    assert (d.type_id, d.start, d.attrs, d.auto, d.label) == ("nvidia-231", "auto", (("a", "1"), ("b", "2")), True,
-                                                              "mdevctl:auto")
+    d = mdevctl.parse_definition(
+        b'{"mdev_type": "nvidia-231", "start": "auto", "attrs": [{"a": "1"}, {"b": "2"}]}',
+        uuid=U1,
+        parent=GPU,
+        path="/x",
+    )
+    assert (d.type_id, d.start, d.attrs, d.auto, d.label) == (
+        "nvidia-231",
+        "auto",
+        (("a", "1"), ("b", "2")),
+        True,
+        "mdevctl:auto",
+    )
     m = mdevctl.parse_definition(b'{"mdev_type": "mtty-1", "start": "manual"}', uuid=U1, parent="mtty")
     assert (m.auto, m.label, m.attrs) == (False, "mdevctl:manual", ())
 
 
-@pytest.mark.parametrize("data", [
-    b"", b'{"mdev_type": "nvidia-231", "start": "au', b"[]", b'{"start": "auto"}', b'{"mdev_type": "x"}',
-    b'{"mdev_type": "x", "start": "sometimes"}', b'{"mdev_type": "../x", "start": "auto"}',
-    b'{"mdev_type": "x", "start": "auto", "attrs": {"a": "b"}}',
-    b'{"mdev_type": "x", "start": "auto", "attrs": [{"a": 1}]}', b'{"mdev_type": "x", "start": "auto", "attrs": [{}]}',
-    b"\xff\xfe", b"[" * 100000,
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b'{"mdev_type": "nvidia-231", "start": "au',
+        b"[]",
+        b'{"start": "auto"}',
+        b'{"mdev_type": "x"}',
+        b'{"mdev_type": "x", "start": "sometimes"}',
+        b'{"mdev_type": "../x", "start": "auto"}',
+        b'{"mdev_type": "x", "start": "auto", "attrs": {"a": "b"}}',
+        b'{"mdev_type": "x", "start": "auto", "attrs": [{"a": 1}]}',
+        b'{"mdev_type": "x", "start": "auto", "attrs": [{}]}',
+        b"\xff\xfe",
+        b"[" * 100000,
+    ],
+)
 def test_parse_refuses_what_is_no_definition(data):
     with pytest.raises(mdevctl.DefinitionError):
         mdevctl.parse_definition(data, uuid=U1, parent=GPU)
@@ -120,8 +140,10 @@ def test_check_names_missing_parent_and_unknown_type(tmp_path):
     write(tmp_path, GPU, U2, {"mdev_type": "nvidia-999", "start": "auto"})
     defs = mdevctl.read_definitions(HostPaths.from_root(tmp_path))
     problems = mdevctl.check(defs, [GPU], lambda p, t: t == "nvidia-231")
-    assert [(os.path.basename(os.path.dirname(p.path)), "not registered" in p.problem, "does not offer" in p.problem)
-            for p in problems] == [(GPU, False, True), ("0000:99:00.0", True, False)]
+    assert [
+        (os.path.basename(os.path.dirname(p.path)), "not registered" in p.problem, "does not offer" in p.problem)
+        for p in problems
+    ] == [(GPU, False, True), ("0000:99:00.0", True, False)]
 
 
 def test_remove_and_restore_are_exact(tmp_path):

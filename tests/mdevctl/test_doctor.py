@@ -1,5 +1,6 @@
 """``vgpuctl doctor``'s mdevctl checks on the simulated host, with definitions written by Debian's real mdevctl and
 its real udev rule (whose /usr/sbin/mdevctl does not exist on Debian 12)."""
+
 from __future__ import annotations
 
 import shutil

@@ -1,5 +1,6 @@
 """libvirt's node device names in ``vgpuctl list``: read from a real libvirt (its test driver, with an mdev node
 device as libvirt 9.0 names it), bounded when libvirtd does not answer, unknown when it cannot be reached."""
+
 from __future__ import annotations
 
 import json
@@ -75,15 +76,22 @@ def test_list_shows_the_nodedev_libvirt_knows(sim_factory, tmp_path):
     xml = tmp_path / "node.xml"
     xml.write_text(NODE_XML.format(name=nodedev_name(UA, GPU), uuid=UA))
     env = dict(os.environ, VGPUCTL_ROOT=str(sim.root), VGPUCTL_LIBVIRT_URI=f"test://{xml}", VGPUCTL_NVML="off")
-    r = subprocess.run([sys.executable, "-m", "vgpuctl.cli", "list", "--json"], capture_output=True, text=True,
-                       env=env, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "vgpuctl.cli", "list", "--json"], capture_output=True, text=True, env=env, timeout=60
+    )
     assert r.returncode == 0, r.stderr
     recs = {x["uuid"]: x for x in json.loads(r.stdout)}
     assert (recs[UA]["nodedev"], recs[UA]["nodedev_known"]) == (nodedev_name(UA, GPU), True)
     assert (recs[other]["nodedev"], recs[other]["nodedev_known"]) == (None, False)
-    table = subprocess.run([sys.executable, "-m", "vgpuctl.cli", "list"], capture_output=True, text=True, env=env,
-                           timeout=60).stdout
+    table = subprocess.run(
+        [sys.executable, "-m", "vgpuctl.cli", "list"], capture_output=True, text=True, env=env, timeout=60
+    ).stdout
     assert "NODEDEV" in table and nodedev_name(UA, GPU) in table
-    off = subprocess.run([sys.executable, "-m", "vgpuctl.cli", "--connect", "none", "list", "--json"],
-                         capture_output=True, text=True, env=env, timeout=60)
+    off = subprocess.run(
+        [sys.executable, "-m", "vgpuctl.cli", "--connect", "none", "list", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert all(x["nodedev_known"] is None for x in json.loads(off.stdout))

@@ -1,6 +1,7 @@
 """Debian's real mdevctl and vgpuctl on one simulated host: define/start/list -d/undefine/modify interleaved with
 vgpuctl list, adopt, plan, apply, destroy --foreign/--undefine and the service.  Nothing is fought, lost or
 duplicated."""
+
 from __future__ import annotations
 
 import json
@@ -102,7 +103,9 @@ def test_adopt_moves_an_mdevctl_host_to_vgpuctl(host, md):
     vgpuctl(host.root, "adopt", "--from-mdevctl", check=0)
     plan = json.loads(vgpuctl(host.root, "plan", "--json", check=0).stdout)
     assert sorted((a["op"], a["uuid"], a["blocked"]) for a in plan["actions"]) == [
-        ("manage", UA, "foreign-managed"), ("manage", UB, "foreign-managed")]
+        ("manage", UA, "foreign-managed"),
+        ("manage", UB, "foreign-managed"),
+    ]
     assert vgpuctl(host.root, "check").returncode == 13
     r = vgpuctl(host.root, "apply")
     assert r.returncode == 13 and set(host.instances()) == {UA, UB, UC}
@@ -147,16 +150,23 @@ def test_adopt_refuses_bad_definitions_and_changes_nothing(host, md):
 
 
 def test_apply_and_service_never_fight_mdevctl(host, md, tmp_path):
-    configure(host.root, f"version: 1\ninstances:\n  a: {{uuid: {UA}, type: mtty-1, parent: mtty}}\n"
-                         f"  b: {{uuid: {UB}, type: mtty-1, parent: mtty}}\n")
+    configure(
+        host.root,
+        f"version: 1\ninstances:\n  a: {{uuid: {UA}, type: mtty-1, parent: mtty}}\n"
+        f"  b: {{uuid: {UB}, type: mtty-1, parent: mtty}}\n",
+    )
     vgpuctl(host.root, "apply", check=0)
     assert set(host.instances()) == {UA, UB}
     md.run("define", "-u", UA, "--auto")  # mdevctl takes over the running device's definition
     assert md.defined()[UA]["mdev_type"] == "mtty-1"
     log = open(tmp_path / "service.log", "w+")
     env = dict(os.environ, VGPUCTL_ROOT=str(host.root), VGPUCTL_LIBVIRT_URI="none", VGPUCTL_NVML="off")
-    svc = subprocess.Popen(VGPUCTL + ["service", "--watch", "poll", "--poll-interval", "0.05",
-                                      "--resync-interval", "600"], env=env, stdout=log, stderr=log)
+    svc = subprocess.Popen(
+        VGPUCTL + ["service", "--watch", "poll", "--poll-interval", "0.05", "--resync-interval", "600"],
+        env=env,
+        stdout=log,
+        stderr=log,
+    )
     try:
         assert wait_for(lambda: "foreign-managed" in open(log.name).read() or "blocked" in open(log.name).read())
         # mdevctl stops it: the service does not create it again over mdevctl's definition
@@ -213,8 +223,11 @@ def test_bad_mdevctl_files_warn_once_and_change_nothing(host, md, case, tmp_path
     else:
         (tmp_path / "target").write_text(json.dumps({"mdev_type": "mtty-1", "start": "auto", "attrs": []}))
         path.symlink_to(tmp_path / "target")
-    configure(host.root, f"version: 1\ninstances:\n  a: {{uuid: {UA}, type: mtty-1, parent: mtty}}\n"
-                         f"  b: {{uuid: {UB}, type: mtty-1, parent: mtty}}\n")
+    configure(
+        host.root,
+        f"version: 1\ninstances:\n  a: {{uuid: {UA}, type: mtty-1, parent: mtty}}\n"
+        f"  b: {{uuid: {UB}, type: mtty-1, parent: mtty}}\n",
+    )
     before, devices = tree(host.root), host.instances()
     for args in (("list",), ("list", "--defined"), ("plan",), ("check",), ("apply",), ("status",)):
         r = vgpuctl(host.root, *args)

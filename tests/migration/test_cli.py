@@ -1,5 +1,6 @@
 """``vgpuctl migrate check`` as an operator runs it on a candidate target: the simulated t4x2 host, the domain XML
 from a file, stdin or a source libvirt (the test driver), and the bad input it must refuse without a change."""
+
 import json
 import os
 import subprocess
@@ -19,14 +20,21 @@ def domain_xml(*vgpus, name="render-1", test_driver=False):
     """Domain XML whose hostdevs reference ``vgpus`` ((uuid, type id, type name or None)) from the source host."""
     entries = "".join(
         f'<vgpuctl:vgpu uuid="{u}" parent="0000:af:00.0" type="{t}" backend="mdev"'
-        + (f' name="{n}"' if n else "") + "/>" for u, t, n in vgpus)
-    devs = "".join(f"<hostdev mode='subsystem' type='mdev' model='vfio-pci'><source><address uuid='{u}'/></source>"
-                   "</hostdev>" for u, _, _ in vgpus)
-    head = ("<domain type='test'>" if test_driver else "<domain type='kvm'>")
-    return (f"{head}<name>{name}</name><uuid>11111111-2222-4333-8444-555555555555</uuid>"
-            f'<metadata><vgpuctl:vgpus xmlns:vgpuctl="https://vgpuctl.dev/xmlns/1">{entries}</vgpuctl:vgpus>'
-            f"</metadata><memory>1048576</memory><os><type arch='x86_64'>hvm</type></os><devices>{devs}</devices>"
-            "</domain>")
+        + (f' name="{n}"' if n else "")
+        + "/>"
+        for u, t, n in vgpus
+    )
+    devs = "".join(
+        f"<hostdev mode='subsystem' type='mdev' model='vfio-pci'><source><address uuid='{u}'/></source></hostdev>"
+        for u, _, _ in vgpus
+    )
+    head = "<domain type='test'>" if test_driver else "<domain type='kvm'>"
+    return (
+        f"{head}<name>{name}</name><uuid>11111111-2222-4333-8444-555555555555</uuid>"
+        f'<metadata><vgpuctl:vgpus xmlns:vgpuctl="https://vgpuctl.dev/xmlns/1">{entries}</vgpuctl:vgpus>'
+        f"</metadata><memory>1048576</memory><os><type arch='x86_64'>hvm</type></os><devices>{devs}</devices>"
+        "</domain>"
+    )
 
 
 @pytest.fixture
@@ -57,7 +65,12 @@ def test_a_fitting_domain_says_where_and_keeps_its_uuid(sim, tmp_path):
     (rec,) = json.loads(p.stdout)
     assert rec["schema"] == "vgpuctl.migration-check/v1"
     assert (rec["fit"], rec["type_id"], rec["type_name"], rec["target_uuid"], rec["keeps_uuid"]) == (
-        "fits", "nvidia-232", "GRID T4-4Q", U1, True)
+        "fits",
+        "nvidia-232",
+        "GRID T4-4Q",
+        U1,
+        True,
+    )
     assert rec["parent"] in (T4, "0000:af:00.0".replace("af", "d8"))
     assert "all 1 vGPU(s) fit" in p.stderr and "--source-driver" in p.stderr
     assert host_state(sim) == before  # a pre-flight creates nothing
@@ -125,16 +138,23 @@ def test_domain_read_from_the_source_libvirt(sim, tmp_path):
     assert missing.returncode == 12 and "nope" in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("args,stdin,code,words", [
-    (["--xml", "-"], "this is not XML", 2, "unusable"),
-    (["--xml", "-"], "<domain><name>x</name><uuid>11111111-2222-4333-8444-555555555555</uuid></domain>", 2,
-     "no vGPU"),
-    (["--xml", "-"], domain_xml(("not-a-uuid", "nvidia-231", None)), 2, "no vGPU"),
-    (["--xml", "/nonexistent/dom.xml"], None, 2, "cannot read"),
-    ([], None, 2, "exactly one of"),
-    (["--xml", "-", "--domain", "x"], "", 2, "exactly one of"),
-    (["--domain", "x"], None, 2, "needs --source"),
-])
+@pytest.mark.parametrize(
+    "args,stdin,code,words",
+    [
+        (["--xml", "-"], "this is not XML", 2, "unusable"),
+        (
+            ["--xml", "-"],
+            "<domain><name>x</name><uuid>11111111-2222-4333-8444-555555555555</uuid></domain>",
+            2,
+            "no vGPU",
+        ),
+        (["--xml", "-"], domain_xml(("not-a-uuid", "nvidia-231", None)), 2, "no vGPU"),
+        (["--xml", "/nonexistent/dom.xml"], None, 2, "cannot read"),
+        ([], None, 2, "exactly one of"),
+        (["--xml", "-", "--domain", "x"], "", 2, "exactly one of"),
+        (["--domain", "x"], None, 2, "needs --source"),
+    ],
+)
 def test_bad_input_is_one_line_and_changes_nothing(sim, args, stdin, code, words):
     before = host_state(sim)
     p = run(sim, "migrate", "check", *args, stdin=stdin)

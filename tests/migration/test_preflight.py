@@ -1,4 +1,5 @@
 """The migration pre-flight's rules on in-memory hosts shaped like the simulator's (no host, no FUSE)."""
+
 import os
 import sys
 
@@ -17,9 +18,13 @@ SRC = "0000:af:00.0"  # the source's GPU: another address than any GPU here
 
 def domain(*vgpus, tenant=None):
     """A domain whose hostdevs reference ``vgpus`` ((uuid, type id, type name)), described by vgpuctl metadata."""
-    return DomainXml(name="render-1", uuid="11111111-2222-4333-8444-555555555555",
-                     devices=tuple(u for u, _, _ in vgpus),
-                     managed=tuple(ManagedVgpu(u, SRC, t, "mdev", n) for u, t, n in vgpus if t), tenant=tenant)
+    return DomainXml(
+        name="render-1",
+        uuid="11111111-2222-4333-8444-555555555555",
+        devices=tuple(u for u, _, _ in vgpus),
+        managed=tuple(ManagedVgpu(u, SRC, t, "mdev", n) for u, t, n in vgpus if t),
+        tenant=tenant,
+    )
 
 
 def test_fits_keeps_the_uuid_and_says_where():
@@ -99,7 +104,11 @@ def test_incompatible_outranks_no_capacity():
 
 @pytest.mark.parametrize("backend", ["nvidia-vf"])
 def test_per_vf_vgpus_are_refused_with_the_reason(backend):
-    d = DomainXml(name="x", uuid="11111111-2222-4333-8444-555555555555", devices=("0000:af:00.4",),
-                  managed=(ManagedVgpu("0000:af:00.4", "0000:af:00.4", "nvidia-232", backend, "NVIDIA T4-4Q"),))
+    d = DomainXml(
+        name="x",
+        uuid="11111111-2222-4333-8444-555555555555",
+        devices=("0000:af:00.4",),
+        managed=(ManagedVgpu("0000:af:00.4", "0000:af:00.4", "nvidia-232", backend, "NVIDIA T4-4Q"),),
+    )
     (f,) = check(d, t4_host(1), Policy())
     assert f.fit is Fit.INCOMPATIBLE and "VF" in f.reason

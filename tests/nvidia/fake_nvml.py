@@ -5,6 +5,7 @@ its profile, so NVML and sysfs tell one story: the same GPUs, types and typed VF
 Test-only.  ``FakeNvml(sim).install(monkeypatch)``; ``start_vm(vf, vm_id)`` makes a typed VF an active vGPU (NVML
 lists only vGPUs a VM runs); ``missing`` names C functions the "driver" lacks (-> NVML error 13).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -19,8 +20,13 @@ OK, INVALID, NOT_SUPPORTED, NOT_FOUND, INSUFFICIENT, IN_USE, NO_RESOURCES, VERSI
 HANDLE_BASE = 0x1000
 GI_HANDLE_BASE = 0x100000  #: a GPU instance handle: base + device index * 1000 + the instance's id
 #: what a refused write to the simulator's MIG controls means in NVML's words (the driver's answer)
-MIG_ERRORS = {errno.EBUSY: IN_USE, errno.ENOSPC: NO_RESOURCES, errno.EINVAL: INVALID,
-              errno.EOPNOTSUPP: NOT_SUPPORTED, errno.ENOENT: NOT_FOUND}
+MIG_ERRORS = {
+    errno.EBUSY: IN_USE,
+    errno.ENOSPC: NO_RESOURCES,
+    errno.EINVAL: INVALID,
+    errno.EOPNOTSUPP: NOT_SUPPORTED,
+    errno.ENOENT: NOT_FOUND,
+}
 
 
 def _obj(arg: Any) -> Any:
@@ -40,8 +46,9 @@ def _int(v: Any) -> int:
 
 
 class FakeNvml:
-    def __init__(self, sim: Any, *, virt_mode: int = 3, missing: Iterable[str] = (),
-                 init_error: Optional[int] = None) -> None:
+    def __init__(
+        self, sim: Any, *, virt_mode: int = 3, missing: Iterable[str] = (), init_error: Optional[int] = None
+    ) -> None:
         self.sim = sim
         prof = load_profile(sim.profile)
         self.devices = [d for d in prof.devices if d.model.vgpu == "vendor-vfio"]
@@ -52,7 +59,7 @@ class FakeNvml:
         self.virt_mode = virt_mode
         self.missing = set(missing)
         self.vms: Dict[str, str] = {}  #: VF -> VM id (an active vGPU)
-        self.fb_used = 5 * 1024 ** 3  #: bytes each active vGPU uses (more than 32 bits can hold)
+        self.fb_used = 5 * 1024**3  #: bytes each active vGPU uses (more than 32 bits can hold)
         self.sched: Dict[int, Dict[str, int]] = {i: {"policy": 1, "timeslice": 0} for i in range(len(self.devices))}
         self.calls: List[str] = []
         #: VF -> (isLicensed, currentState, expiry status, (year, month, day, hour, min, sec)); default: licensed,
@@ -88,8 +95,15 @@ class FakeNvml:
     def start_vm(self, vf: str, vm_id: str) -> None:
         self.vms[vf] = vm_id
 
-    def set_license(self, vf: str, *, licensed: bool, state: int, expiry: Optional[tuple] = None,
-                    expiry_status: Optional[int] = None) -> None:
+    def set_license(
+        self,
+        vf: str,
+        *,
+        licensed: bool,
+        state: int,
+        expiry: Optional[tuple] = None,
+        expiry_status: Optional[int] = None,
+    ) -> None:
         """What nvmlVgpuInstanceGetLicenseInfo_v2 reports for the vGPU on ``vf`` (NVML_GRID_LICENSE_STATE_* and
         NVML_GRID_LICENSE_EXPIRY_*: 2 valid, 4 permanent, 0 not available)."""
         status = expiry_status if expiry_status is not None else (2 if expiry else 0)
@@ -252,8 +266,9 @@ class FakeNvml:
         pf = self.devices[idx].name
         return [(int(f[1]), f[2], int(f[3]), int(f[4])) for f in self._ctl_lines("gpu_instances") if f[0] == pf]
 
-    def _profile(self, idx: int, *, index: Optional[int] = None, pid: Optional[int] = None,
-                 name: Optional[str] = None) -> Any:
+    def _profile(
+        self, idx: int, *, index: Optional[int] = None, pid: Optional[int] = None, name: Optional[str] = None
+    ) -> Any:
         for p in self.devices[idx].model.mig_profiles:
             if (index is not None and p.index == index) or (pid is not None and p.id == pid) or p.name == name:
                 return p

@@ -1,4 +1,5 @@
 """Degradation against the real pynvml on this machine: no libnvidia-ml here, so nvmlInit fails with error 12."""
+
 from __future__ import annotations
 
 import json
@@ -65,10 +66,17 @@ def test_non_nvidia_host_never_imports_pynvml(tmp_path):
     from vgpuctl.sim import materialize
 
     materialize("gvtg", tmp_path)
-    code = ("import sys; from vgpuctl.cli import main; sys.argv=['vgpuctl','list']\n"
-            "try:\n    main()\nexcept SystemExit:\n    pass\n"
-            "assert 'pynvml' not in sys.modules, 'pynvml imported'\nprint('clean')")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                       env=dict(os.environ, VGPUCTL_ROOT=str(tmp_path), VGPUCTL_LIBVIRT_URI="none"))
+    code = (
+        "import sys; from vgpuctl.cli import main; sys.argv=['vgpuctl','list']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "assert 'pynvml' not in sys.modules, 'pynvml imported'\nprint('clean')"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, VGPUCTL_ROOT=str(tmp_path), VGPUCTL_LIBVIRT_URI="none"),
+    )
     assert "clean" in p.stdout, p.stderr
     assert p.stderr == "" or "NVML" not in p.stderr

@@ -1,5 +1,6 @@
 """The desired state's ``gpus:`` (vGPU scheduler, heterogeneous mode) and pinned-capacity prediction, through the CLI
 against the h200 simulator and the fake NVML."""
+
 from __future__ import annotations
 
 import json
@@ -26,10 +27,13 @@ gpus:
   "{GPU}":
     scheduler: {{policy: equal-share, timeslice_ms: 2}}
 """
-TWO = SCHED + f"""\
+TWO = (
+    SCHED
+    + f"""\
   "{MIG}":
     scheduler: {{policy: fixed-share}}
 """
+)
 
 
 @pytest.fixture
@@ -76,8 +80,9 @@ def test_scheduler_blocked_while_a_vgpu_runs(host, nvml):
 
 def test_nvml_refusal_is_a_failed_action_and_the_rest_converges(host, nvml, monkeypatch):
     real = nvml.nvmlDeviceSetVgpuSchedulerState
-    monkeypatch.setattr(nvml, "nvmlDeviceSetVgpuSchedulerState",
-                        lambda h, s: NOT_SUPPORTED if nvml._dev(h) == 0 else real(h, s))
+    monkeypatch.setattr(
+        nvml, "nvmlDeviceSetVgpuSchedulerState", lambda h, s: NOT_SUPPORTED if nvml._dev(h) == 0 else real(h, s)
+    )
     configure(host, TWO)
     r = run(host, "apply", "--json")
     assert r.exit_code == 13, r.stderr
@@ -106,7 +111,7 @@ def test_without_the_nvml_library_too(host):
 
 
 def test_heterogeneous_mode_needs_an_empty_gpu(host, nvml):
-    configure(host, f"version: 1\ngpus:\n  \"{GPU}\": {{heterogeneous: true}}\n")
+    configure(host, f'version: 1\ngpus:\n  "{GPU}": {{heterogeneous: true}}\n')
     vf = ok(host, "create", "-p", VF0, "-t", "H200X-8C").stdout.strip()
     r = run(host, "plan")
     assert f"~ hetero GPU {GPU} off -> on (desired) [blocked: in-use: the GPU hosts vGPUs: {vf}]" in r.stdout

@@ -1,5 +1,6 @@
 """Desired instances on NVIDIA vendor-VFIO parents: named by their VF (no uuid), through the CLI against the l40s
 simulator (``--connect none --nvml off``: NVML plays no part in naming)."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,9 @@ def host(sim_pool):
 
 
 def run(sim, *args):
-    return CliRunner().invoke(cli, ["--root", str(sim.root), "--connect", "none", "--nvml", "off",
-                                    "--lock-timeout", "2", *args])
+    return CliRunner().invoke(
+        cli, ["--root", str(sim.root), "--connect", "none", "--nvml", "off", "--lock-timeout", "2", *args]
+    )
 
 
 def ok(sim, *args):
@@ -41,7 +43,7 @@ def configure(sim, body):
 
 
 def one(name, type_, parent, extra=""):
-    return f"  {name}:\n{extra}    type: {type_}\n    parent: \"{parent}\"\n"
+    return f'  {name}:\n{extra}    type: {type_}\n    parent: "{parent}"\n'
 
 
 def listed(sim):
@@ -68,11 +70,15 @@ def test_changing_the_type_retypes_the_vf(host):
     configure(host, one("a", "L40S-8Q", VF0))
     ok(host, "apply")
     configure(host, one("a", "L40S-8C", VF0))
-    assert ok(host, "plan").stdout == (f"- destroy {VF0} {Q8} on {VF0} (a; desired with another type or parent)\n"
-                                       f"+ create {VF0} {C8} on {VF0} (a; desired)\n")
+    assert ok(host, "plan").stdout == (
+        f"- destroy {VF0} {Q8} on {VF0} (a; desired with another type or parent)\n"
+        f"+ create {VF0} {C8} on {VF0} (a; desired)\n"
+    )
     doc = json.loads(ok(host, "apply", "--json").stdout)
     assert [(x["op"], x["type_id"], x["outcome"]) for x in doc["actions"]] == [
-        ("destroy", Q8, "done"), ("create", C8, "done")]
+        ("destroy", Q8, "done"),
+        ("create", C8, "done"),
+    ]
     assert doc["converged"] and listed(host) == {VF0: C8}
     assert run(host, "check").exit_code == 0
 
@@ -114,8 +120,10 @@ def test_uuid_on_a_vf_instance_is_a_config_error(host):
     for cmd in ("plan", "apply"):
         r = run(host, cmd)
         assert r.exit_code == 8
-        assert f"{config_path(host)}:4: instances.a.uuid: a vGPU on NVIDIA vendor-VFIO VF {VF0} is named by the " \
-               "VF's address" in r.stderr
+        assert (
+            f"{config_path(host)}:4: instances.a.uuid: a vGPU on NVIDIA vendor-VFIO VF {VF0} is named by the "
+            "VF's address" in r.stderr
+        )
     assert listed(host) == {}
     r = run(host, "check")
     assert r.exit_code == 13 and "[blocked: config: " in r.stdout

@@ -1,5 +1,6 @@
 """License state per vGPU (NVML nvmlVgpuInstanceGetLicenseInfo_v2) in ``list``, ``status`` and the Prometheus
 series, against the h200 simulator and the fake NVML; "unknown" where NVML cannot tell."""
+
 from __future__ import annotations
 
 import calendar
@@ -43,11 +44,13 @@ def three(host, nvml):
 def test_list_shows_license_per_vgpu(host, three):
     a, b, c = three
     recs = {r["uuid"]: r for r in json.loads(ok(host, "list", "--json").stdout)}
-    assert (recs[a]["license"], recs[a]["licensed"], recs[a]["license_expiry_seconds"]) == ("licensed", True,
-                                                                                            EXPIRY_S)
+    assert (recs[a]["license"], recs[a]["licensed"], recs[a]["license_expiry_seconds"]) == ("licensed", True, EXPIRY_S)
     assert recs[a]["license_expiry"] == "2027-01-31T12:30:05Z"
-    assert (recs[b]["license"], recs[b]["licensed"], recs[b]["license_expiry"]) == ("unlicensed-restricted",
-                                                                                    False, None)
+    assert (recs[b]["license"], recs[b]["licensed"], recs[b]["license_expiry"]) == (
+        "unlicensed-restricted",
+        False,
+        None,
+    )
     # no VM runs c: NVML does not list it, so it cannot tell
     assert (recs[c]["license"], recs[c]["licensed"], recs[c]["license_expiry"]) == ("unknown", None, None)
     lines = ok(host, "list").stdout.splitlines()
@@ -108,8 +111,10 @@ def test_license_metrics(host, three):
         for s in fam.samples:
             got.setdefault(s.name, {})[s.labels.get("uuid")] = (s.labels, s.value)
     assert got["vgpuctl_vgpu_licensed"][a] == ({"uuid": a, "gpu": GPU, "state": "licensed"}, 1.0)
-    assert got["vgpuctl_vgpu_licensed"][b][1] == 0.0 and got["vgpuctl_vgpu_licensed"][b][0]["state"] == \
-        "unlicensed-restricted"
+    assert (
+        got["vgpuctl_vgpu_licensed"][b][1] == 0.0
+        and got["vgpuctl_vgpu_licensed"][b][0]["state"] == "unlicensed-restricted"
+    )
     assert c not in got["vgpuctl_vgpu_licensed"]  # unknown: no series rather than a guess
     assert got["vgpuctl_vgpu_license_expiry_seconds"] == {a: ({"uuid": a, "gpu": GPU}, float(EXPIRY_S))}
 

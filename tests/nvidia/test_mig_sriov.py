@@ -1,5 +1,6 @@
 """MIG-backed vGPUs and SR-IOV at boot in the desired state (``gpus: <addr>: mig:`` / ``sriov:``), through the CLI
 and the reconciler the service runs, against the h200 (and l40s) simulator and the fake NVML."""
+
 from __future__ import annotations
 
 import json
@@ -52,8 +53,10 @@ def test_mig_instances_then_the_vgpus_inside_them_in_one_apply(host, nvml):
     assert host.gpu_instances(MIG) == [] and nvml.mig_calls == []  # plan changes nothing
     r = run(host, "apply")
     assert r.exit_code == 0, r.stdout + r.stderr
-    assert r.stdout.splitlines()[1:] == [f"+ create {MVF0} nvidia-1418 on {MVF0} (big; desired)",
-                                         f"+ create {MVF1} nvidia-1417 on {MVF1} (mid; desired)"], r.stdout
+    assert r.stdout.splitlines()[1:] == [
+        f"+ create {MVF0} nvidia-1418 on {MVF0} (big; desired)",
+        f"+ create {MVF1} nvidia-1417 on {MVF1} (mid; desired)",
+    ], r.stdout
     # placed by vgpuctl: the 4g fits only at 0, so the 3g goes to 4 (NVML's first free placement would fail)
     assert sorted((p, st) for _, p, st, _ in host.gpu_instances(MIG)) == [("3g.71gb", 4), ("4g.71gb", 0)]
     assert (host.vgpu_type(MVF0), host.vgpu_type(MVF1)) == (1418, 1417)
@@ -101,11 +104,14 @@ def test_mig_change_blocked_while_the_gpu_holds_vgpus_or_processes(host, nvml):
     assert r.exit_code == 13 and "process 4242 (cuda-app)" in r.stdout and not host.mig_mode(GPU)
 
 
-@pytest.mark.parametrize("instances,problem", [
-    ("[5g.99gb]", "has no GPU instance profile 5g.99gb"),
-    ("[7g.141gb, 1g.18gb]", "overlap on GPU"),
-    ("[1g.18gb, 1g.18gb, 1g.18gb, 1g.18gb, 1g.18gb, 1g.18gb, 1g.18gb, 1g.18gb]", "overlap on GPU"),
-])
+@pytest.mark.parametrize(
+    "instances,problem",
+    [
+        ("[5g.99gb]", "has no GPU instance profile 5g.99gb"),
+        ("[7g.141gb, 1g.18gb]", "overlap on GPU"),
+        ("[1g.18gb, 1g.18gb, 1g.18gb, 1g.18gb, 1g.18gb, 1g.18gb, 1g.18gb, 1g.18gb]", "overlap on GPU"),
+    ],
+)
 def test_bad_mig_profiles_are_exit_8_and_change_nothing(host, nvml, instances, problem):
     configure(host, f'version: 1\ngpus:\n  "{MIG}":\n    mig: {{mode: on, instances: {instances}}}\n')
     for cmd in ("plan", "apply"):
@@ -123,14 +129,17 @@ def test_unknown_profile_on_a_gpu_whose_mig_mode_is_off_is_checked_once_on_and_r
     assert nvml.mig_calls == [f"mig {GPU} 1", f"mig {GPU} 0"]
 
 
-@pytest.mark.parametrize("text,problem", [
-    ("mig: {mode: on, instances: [big]}", "'big' is not a GPU instance profile name"),
-    ("mig: {mode: off, instances: [1g.18gb]}", "GPU instances need mode: on"),
-    ("mig: {mode: maybe}", "must be on or off"),
-    ("mig: {instances: [1g.18gb]}", "mode: is required"),
-    ("sriov: {vfs: 0}", "must be an integer >= 1"),
-    ("sriov: {vfs: 4, enabled: false}", "drop one of them"),
-])
+@pytest.mark.parametrize(
+    "text,problem",
+    [
+        ("mig: {mode: on, instances: [big]}", "'big' is not a GPU instance profile name"),
+        ("mig: {mode: off, instances: [1g.18gb]}", "GPU instances need mode: on"),
+        ("mig: {mode: maybe}", "must be on or off"),
+        ("mig: {instances: [1g.18gb]}", "mode: is required"),
+        ("sriov: {vfs: 0}", "must be an integer >= 1"),
+        ("sriov: {vfs: 4, enabled: false}", "drop one of them"),
+    ],
+)
 def test_malformed_mig_and_sriov_are_config_errors(host, text, problem):
     configure(host, f'version: 1\ngpus:\n  "{GPU}":\n    {text}\n')
     r = run(host, "plan")
@@ -139,8 +148,11 @@ def test_malformed_mig_and_sriov_are_config_errors(host, text, problem):
 
 def test_sriov_at_boot_enables_vfs_before_typing_them(host, nvml):
     host.set_numvfs(GPU, 0)  # as after a boot without sriov-manage
-    configure(host, f'version: 1\ngpus:\n  "{GPU}":\n    sriov: {{enabled: true}}\n'
-                    f'instances:\n  a: {{type: H200X-8C, parent: "{VF0}"}}\n')
+    configure(
+        host,
+        f'version: 1\ngpus:\n  "{GPU}":\n    sriov: {{enabled: true}}\n'
+        f'instances:\n  a: {{type: H200X-8C, parent: "{VF0}"}}\n',
+    )
     lines = ok(host, "plan").stdout.splitlines()
     assert lines[0] == f"~ sriov GPU {GPU} 0 VFs -> 32 VFs (desired (GPU-wide))"
     doc = json.loads(ok(host, "apply", "--json").stdout)
@@ -182,8 +194,10 @@ def test_without_nvml_the_mig_change_waits_and_changes_nothing(host):
 def test_without_nvml_sriov_still_converges_from_sysfs(host):
     """SR-IOV needs no NVML: with the real pynvml and no NVIDIA library the VFs are enabled and typed."""
     host.set_numvfs(GPU, 0)
-    configure(host, f'version: 1\ngpus:\n  "{GPU}":\n    sriov: {{vfs: 4}}\n'
-                    f'instances:\n  a: {{type: H200X-8C, parent: "{VF0}"}}\n')
+    configure(
+        host,
+        f'version: 1\ngpus:\n  "{GPU}":\n    sriov: {{vfs: 4}}\ninstances:\n  a: {{type: H200X-8C, parent: "{VF0}"}}\n',
+    )
     r = run(host, "apply")
     assert r.exit_code == 0, r.stdout + r.stderr
     assert len(list((host.paths.pci_devices / GPU).glob("virtfn*"))) == 4 and host.vgpu_type(VF0) == 1402
@@ -192,12 +206,17 @@ def test_without_nvml_sriov_still_converges_from_sysfs(host):
 def test_every_reboot_loses_the_vfs_and_the_service_enables_them_before_typing(sim_factory, tmp_path):
     """A host whose GPU boots without VFs (profile ``numvfs: 0``, as without sriov-manage at boot)."""
     prof = tmp_path / "h200-novfs.yaml"
-    prof.write_text('version: 1\nsummary: an H200 whose VFs are off at boot\ninclude: [h200]\n'
-                    f'devices:\n  - {{pci: "{GPU}", model: h200, numvfs: 0}}\n')
+    prof.write_text(
+        "version: 1\nsummary: an H200 whose VFs are off at boot\ninclude: [h200]\n"
+        f'devices:\n  - {{pci: "{GPU}", model: h200, numvfs: 0}}\n'
+    )
     sim = sim_factory(str(prof))
     assert sim.control_dir.joinpath("mig").exists() and not list((sim.paths.pci_devices / GPU).glob("virtfn*"))
-    configure(sim, f'version: 1\ngpus:\n  "{GPU}":\n    sriov: {{enabled: true}}\n'
-                   f'instances:\n  a: {{type: H200X-8C, parent: "{VF0}"}}\n')
+    configure(
+        sim,
+        f'version: 1\ngpus:\n  "{GPU}":\n    sriov: {{enabled: true}}\n'
+        f'instances:\n  a: {{type: H200X-8C, parent: "{VF0}"}}\n',
+    )
     for _boot in range(2):
         result = service_pass(sim)
         assert [str(s.action.op) for s in result.steps] == ["sriov", "create"] and result.converged

@@ -1,5 +1,6 @@
 """NVML enrichment, scheduler and heterogeneous-mode commands end to end, against the h200 simulator and the fake
 NVML (tests/nvidia/fake_nvml.py) that serves the same host through the real pynvml wrappers."""
+
 from __future__ import annotations
 
 import json
@@ -88,7 +89,13 @@ def test_nvml_reads_and_changes_mig_through_the_real_wrappers(host, nvml):
         nv.set_mig_mode(GPU, True)
         st = nv.mig(GPU)
         assert st.current and [p.name for p in st.profiles] == [
-            "1g.18gb", "2g.35gb", "3g.71gb", "4g.71gb", "7g.141gb", "1g.35gb"]  # NVML's profile-index order
+            "1g.18gb",
+            "2g.35gb",
+            "3g.71gb",
+            "4g.71gb",
+            "7g.141gb",
+            "1g.35gb",
+        ]  # NVML's profile-index order
         p3 = st.profile("3g.71gb")
         assert (p3.id, p3.slices, p3.count, p3.size, p3.placements) == (9, 3, 2, 4, (0, 4))
         nv.create_gpu_instance(GPU, p3, 4)
@@ -113,11 +120,15 @@ def test_nvml_reads_and_changes_mig_through_the_real_wrappers(host, nvml):
 def test_place_instances_backtracks_and_refuses_overlap():
     from vgpuctl.nvml import MigProfile, place_instances
 
-    h200 = [MigProfile("1g.18gb", 19, 1, 18432, 7, 1, (0, 1, 2, 3, 4, 5, 6)),
-            MigProfile("3g.71gb", 9, 3, 72704, 2, 4, (0, 4)), MigProfile("4g.71gb", 5, 4, 72704, 1, 4, (0,)),
-            MigProfile("7g.141gb", 0, 7, 144384, 1, 8, (0,))]
-    assert place_instances(h200, ["3g.71gb", "4g.71gb"]) == [("3g.71gb", 4), ("4g.71gb", 0)] or \
-        sorted(place_instances(h200, ["3g.71gb", "4g.71gb"])) == [("3g.71gb", 4), ("4g.71gb", 0)]
+    h200 = [
+        MigProfile("1g.18gb", 19, 1, 18432, 7, 1, (0, 1, 2, 3, 4, 5, 6)),
+        MigProfile("3g.71gb", 9, 3, 72704, 2, 4, (0, 4)),
+        MigProfile("4g.71gb", 5, 4, 72704, 1, 4, (0,)),
+        MigProfile("7g.141gb", 0, 7, 144384, 1, 8, (0,)),
+    ]
+    assert place_instances(h200, ["3g.71gb", "4g.71gb"]) == [("3g.71gb", 4), ("4g.71gb", 0)] or sorted(
+        place_instances(h200, ["3g.71gb", "4g.71gb"])
+    ) == [("3g.71gb", 4), ("4g.71gb", 0)]
     assert place_instances(h200, ["7g.141gb", "1g.18gb"]) is None
     assert place_instances(h200, ["1g.18gb"] * 8) is None  # 7 placements
     assert place_instances(h200, ["1g.18gb"], taken=[(0, 4)]) == [("1g.18gb", 4)]

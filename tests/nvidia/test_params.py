@@ -1,6 +1,7 @@
 """NVIDIA vGPU plugin parameters (nvidia/vgpu_params): validation, the simulator's driver semantics, create --param,
 the desired state (params: and service profiles), plan/apply, and the libvirt hook at prepare; on the l40s and h200
 simulators (vendor VFIO) and the t4x2 one (NVIDIA mdev)."""
+
 from __future__ import annotations
 
 import errno
@@ -27,8 +28,9 @@ def host(sim_pool):
 
 
 def run(sim, *args):
-    return CliRunner().invoke(cli, ["--root", str(sim.root), "--connect", "none", "--nvml", "off",
-                                    "--lock-timeout", "2", *args])
+    return CliRunner().invoke(
+        cli, ["--root", str(sim.root), "--connect", "none", "--nvml", "off", "--lock-timeout", "2", *args]
+    )
 
 
 def ok(sim, *args):
@@ -58,19 +60,25 @@ def typed(sim):
 # --- validation (pure) ------------------------------------------------------------------------------------------
 def test_validate_known_keys_and_canonical_order():
     assert vgpu_params.parse_option(["frame_rate_limiter=0", "disable_vnc=1"]) == (
-        ("disable_vnc", "1"), ("frame_rate_limiter", "0"))
-    assert vgpu_params.render((("disable_vnc", "1"), ("frame_rate_limiter", "0"))) == \
-        "disable_vnc=1, frame_rate_limiter=0"
+        ("disable_vnc", "1"),
+        ("frame_rate_limiter", "0"),
+    )
+    assert (
+        vgpu_params.render((("disable_vnc", "1"), ("frame_rate_limiter", "0"))) == "disable_vnc=1, frame_rate_limiter=0"
+    )
 
 
-@pytest.mark.parametrize("given, needle", [
-    (["bogus=1"], "unknown vGPU parameter 'bogus'; NVIDIA documents: disable_vnc, enable_debugging"),
-    (["disable_vnc=2"], "disable_vnc='2' is not valid"),
-    (["disable_vnc"], "expected KEY=VALUE"),
-    (["disable_vnc=1\nenable_uvm=1"], "newline"),
-    (["frame_rate_limiter=99999"], "is not valid"),
-    (["disable_vnc=1", "disable_vnc=0"], "given twice"),
-])
+@pytest.mark.parametrize(
+    "given, needle",
+    [
+        (["bogus=1"], "unknown vGPU parameter 'bogus'; NVIDIA documents: disable_vnc, enable_debugging"),
+        (["disable_vnc=2"], "disable_vnc='2' is not valid"),
+        (["disable_vnc"], "expected KEY=VALUE"),
+        (["disable_vnc=1\nenable_uvm=1"], "newline"),
+        (["frame_rate_limiter=99999"], "is not valid"),
+        (["disable_vnc=1", "disable_vnc=0"], "given twice"),
+    ],
+)
 def test_validate_refuses_with_one_line(given, needle):
     with pytest.raises(ParamsError) as ei:
         vgpu_params.parse_option(given)
@@ -87,7 +95,9 @@ def test_validate_refuses_over_the_length(monkeypatch):
 def test_parse_text_tolerates_the_driver_forms():
     assert vgpu_params.parse_text("") == ()
     assert vgpu_params.parse_text("frame_rate_limiter=0, disable_vnc=1\n") == (
-        ("disable_vnc", "1"), ("frame_rate_limiter", "0"))
+        ("disable_vnc", "1"),
+        ("frame_rate_limiter", "0"),
+    )
     assert vgpu_params.parse_text(None) is None
 
 
@@ -114,10 +124,10 @@ def test_sim_adds_on_write_clears_on_space_and_refuses_under_a_running_vm(host):
 
 # --- create --param ------------------------------------------------------------------------------------------------
 def test_create_param_writes_before_any_vm(host):
-    vf = ok(host, "create", "-p", GPU, "-t", "L40S-8Q", "--param", "frame_rate_limiter=0",
-            "--param", "disable_vnc=1").stdout.strip()
-    assert vf == VF0 and vgpu_params.parse_text(read(host, VF0)) == (("disable_vnc", "1"),
-                                                                     ("frame_rate_limiter", "0"))
+    vf = ok(
+        host, "create", "-p", GPU, "-t", "L40S-8Q", "--param", "frame_rate_limiter=0", "--param", "disable_vnc=1"
+    ).stdout.strip()
+    assert vf == VF0 and vgpu_params.parse_text(read(host, VF0)) == (("disable_vnc", "1"), ("frame_rate_limiter", "0"))
 
 
 @pytest.mark.parametrize("param", ["bogus=1", "disable_vnc=yes", "frame_rate_limiter", "disable_vnc=1\n"])
@@ -204,10 +214,12 @@ def test_plan_never_writes_under_a_running_vm_and_the_hook_does_at_prepare(host)
         assert r.exit_code == 13
         assert read(host, VF0) == "frame_rate_limiter=0"  # untouched under the running VM
     # the VM stopped; libvirt starts it again: the hook writes the parameters at prepare, before QEMU opens the VF
-    xml = (f"<domain type='kvm'><name>guest</name><uuid>{DOM_UUID}</uuid><devices>"
-           "<hostdev mode='subsystem' type='pci' managed='no'><source>"
-           "<address domain='0x0000' bus='0x41' slot='0x00' function='0x4'/></source></hostdev>"
-           "</devices></domain>")
+    xml = (
+        f"<domain type='kvm'><name>guest</name><uuid>{DOM_UUID}</uuid><devices>"
+        "<hostdev mode='subsystem' type='pci' managed='no'><source>"
+        "<address domain='0x0000' bus='0x41' slot='0x00' function='0x4'/></source></hostdev>"
+        "</devices></domain>"
+    )
     h = Host(host.paths)
     err = io.StringIO()
     hook = Hook(Lifecycle(h, lock_timeout=1, usage_checks=[ProcessHolders(h)]), host.paths, err=err)
@@ -218,10 +230,16 @@ def test_plan_never_writes_under_a_running_vm_and_the_hook_does_at_prepare(host)
 
 
 def test_service_profile_sets_the_tier_params(host):
-    write_config(host, "version: 1\nprofiles:\n  gold:\n    type: L40S-8Q\n    params: {frame_rate_limiter: 0}\n",
-                 name="profiles.yaml")
-    write_config(host, f'version: 1\ninstances:\n  a: {{profile: gold, parent: "{VF0}"}}\n'
-                       f'  b: {{profile: gold, parent: "{VF1}", params: {{disable_vnc: 1}}}}\n')
+    write_config(
+        host,
+        "version: 1\nprofiles:\n  gold:\n    type: L40S-8Q\n    params: {frame_rate_limiter: 0}\n",
+        name="profiles.yaml",
+    )
+    write_config(
+        host,
+        f'version: 1\ninstances:\n  a: {{profile: gold, parent: "{VF0}"}}\n'
+        f'  b: {{profile: gold, parent: "{VF1}", params: {{disable_vnc: 1}}}}\n',
+    )
     ok(host, "apply")
     assert read(host, VF0) == "frame_rate_limiter=0"
     assert read(host, VF1) == "disable_vnc=1"  # the instance's own params replace the profile's
@@ -229,12 +247,15 @@ def test_service_profile_sets_the_tier_params(host):
     assert read(host, u) == "frame_rate_limiter=0"
 
 
-@pytest.mark.parametrize("params, needle", [
-    ("{bogus: 1}", "unknown vGPU parameter 'bogus'; NVIDIA documents:"),
-    ("{disable_vnc: 7}", "disable_vnc='7' is not valid"),
-    ("[disable_vnc]", "expected a mapping of vGPU parameter to value"),
-    ('{disable_vnc: "1\\n"}', "newline"),
-])
+@pytest.mark.parametrize(
+    "params, needle",
+    [
+        ("{bogus: 1}", "unknown vGPU parameter 'bogus'; NVIDIA documents:"),
+        ("{disable_vnc: 7}", "disable_vnc='7' is not valid"),
+        ("[disable_vnc]", "expected a mapping of vGPU parameter to value"),
+        ('{disable_vnc: "1\\n"}', "newline"),
+    ],
+)
 def test_bad_params_in_the_desired_state_are_config_errors(host, params, needle):
     write_config(host, SPEC.format(vf=VF0, params=params))
     r = run(host, "apply")
@@ -245,8 +266,9 @@ def test_bad_params_in_the_desired_state_are_config_errors(host, params, needle)
 
 
 def test_bad_params_in_a_profile_are_config_errors(host):
-    write_config(host, "version: 1\nprofiles:\n  gold:\n    type: L40S-8Q\n    params: {frl: 0}\n",
-                 name="profiles.yaml")
+    write_config(
+        host, "version: 1\nprofiles:\n  gold:\n    type: L40S-8Q\n    params: {frl: 0}\n", name="profiles.yaml"
+    )
     r = run(host, "create", "--profile", "gold", "-p", GPU)
     assert r.exit_code == ConfigError.exit_code and "profiles.gold.params.frl" in r.stderr
     assert typed(host) == []
@@ -254,7 +276,7 @@ def test_bad_params_in_a_profile_are_config_errors(host):
 
 def test_params_on_a_non_nvidia_instance_are_blocked(sim_pool):
     sim = sim_pool.fresh("mtty")
-    write_config(sim, 'version: 1\ninstances:\n  a: {type: mtty-1, parent: mtty, params: {disable_vnc: 1}}\n')
+    write_config(sim, "version: 1\ninstances:\n  a: {type: mtty-1, parent: mtty, params: {disable_vnc: 1}}\n")
     r = run(sim, "apply")
     assert r.exit_code == 13
     assert "[blocked: config: mtty is not an NVIDIA GPU" in r.stdout and sim.instances() == []

@@ -1,5 +1,6 @@
 """scripts/device-probe.sh and its NVML part (vgpuctl.probe): read only, never crashing; against the fake NVML on
 the h200 simulator, and for real on this machine (no NVIDIA: every NVML path degrades to one line)."""
+
 from __future__ import annotations
 
 import os
@@ -76,8 +77,9 @@ def test_probe_calls_only_queries_and_survives_a_gpu_it_cannot_open():
 
     import vgpuctl.probe as mod
 
-    assert all(p.startswith("nvml") and ("Get" in p or p in ("nvmlInit", "nvmlShutdown"))
-               for p in mod.READ_ONLY_PREFIXES)
+    assert all(
+        p.startswith("nvml") and ("Get" in p or p in ("nvmlInit", "nvmlShutdown")) for p in mod.READ_ONLY_PREFIXES
+    )
     out = []
     probe(Nv(), sys_version=None, out=out.append)  # a GPU NVML cannot open: one line
     assert out[-1].startswith("- GPU 0:")
@@ -93,8 +95,16 @@ def _run(root=None):
 
 def test_script_never_writes():
     text = SCRIPT.read_text()
-    for bad in ("nvmlDeviceSet", "SetMigMode", "sriov_numvfs", "sriov-manage", "> /sys", "nvidia-smi -mig",
-                "nvidia-smi -r", "--reset"):
+    for bad in (
+        "nvmlDeviceSet",
+        "SetMigMode",
+        "sriov_numvfs",
+        "sriov-manage",
+        "> /sys",
+        "nvidia-smi -mig",
+        "nvidia-smi -r",
+        "--reset",
+    ):
         assert bad not in text
 
 
@@ -103,8 +113,15 @@ def test_script_runs_cleanly_on_this_machine(tmp_path):
     out = p.stdout + p.stderr
     assert p.returncode == 0, out
     assert "Traceback" not in out
-    for section in ("=== host", "=== NVML (read-only queries)", "=== vgpuctl doctor", "=== vgpuctl parents",
-                    "=== vgpuctl sched show", "=== vgpuctl hetero show", "=== done (read only"):
+    for section in (
+        "=== host",
+        "=== NVML (read-only queries)",
+        "=== vgpuctl doctor",
+        "=== vgpuctl parents",
+        "=== vgpuctl sched show",
+        "=== vgpuctl hetero show",
+        "=== done (read only",
+    ):
         assert section in out
 
 

@@ -1,6 +1,7 @@
 """The service on a vendor-VFIO host (the l40s simulator): a VF's vGPU lost without any mdev change (a driver
 reload, ``sriov-manage``) starts a pass within a poll interval, because the NVIDIA per-VF backend declares what
 it depends on (``Backend.watch``), not only the mdev directories."""
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,24 @@ def test_service_retypes_a_vf_after_its_vgpu_is_lost(l40s, tmp_path):
     env = dict(os.environ, VGPUCTL_ROOT=str(l40s.root), VGPUCTL_LIBVIRT_URI="none", VGPUCTL_NVML="off")
     log = open(tmp_path / "service.log", "w+")
     # a resync far beyond the test's waits: only the watch can start the second pass
-    proc = subprocess.Popen([sys.executable, "-m", "vgpuctl.cli", "-vv", "service", "--watch", "poll", "--poll-interval",
-                             "0.05", "--resync-interval", "3600"], stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vgpuctl.cli",
+            "-vv",
+            "service",
+            "--watch",
+            "poll",
+            "--poll-interval",
+            "0.05",
+            "--resync-interval",
+            "3600",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
 
     def typed(timeout):
         end = time.monotonic() + timeout

@@ -2,6 +2,7 @@
 
 Used by the placement tests and by ``bench/placement_churn.py``; no host, no FUSE.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
@@ -33,30 +34,54 @@ A16_TYPES: Tuple[Tuple[str, str, int, int], ...] = (
 )
 
 
-def nv_type(parent: str, type_id: str, profile: str, fb: int, max_instance: int, *, available: int,
-            prefix: str = "NVIDIA ") -> VgpuType:
+def nv_type(
+    parent: str, type_id: str, profile: str, fb: int, max_instance: int, *, available: int, prefix: str = "NVIDIA "
+) -> VgpuType:
     name = prefix + profile
     desc = f"num_heads=4, frl_config=60, framebuffer={fb}M, max_resolution=5120x2880, max_instance={max_instance}"
-    return VgpuType(parent=parent, type_id=type_id, name=name, device_api="vfio-pci", available=available,
-                    description=desc, **typed_fields(desc, name))  # type: ignore[arg-type]
+    return VgpuType(
+        parent=parent,
+        type_id=type_id,
+        name=name,
+        device_api="vfio-pci",
+        available=available,
+        description=desc,
+        **typed_fields(desc, name),
+    )  # type: ignore[arg-type]
 
 
-def t4(addr: str, *, numa: Optional[int] = 0, types: Sequence[Tuple[str, str, int, int]] = T4_TYPES,
-       prefix: str = "NVIDIA ") -> Tuple[List[Parent], List[VgpuType]]:
+def t4(
+    addr: str,
+    *,
+    numa: Optional[int] = 0,
+    types: Sequence[Tuple[str, str, int, int]] = T4_TYPES,
+    prefix: str = "NVIDIA ",
+) -> Tuple[List[Parent], List[VgpuType]]:
     p = Parent(name=addr, pci=True, vendor_id="0x10de", device_id="0x1eb8", numa_node=numa, driver="nvidia")
     return [p], [nv_type(addr, i, n, fb, mx, available=mx, prefix=prefix) for i, n, fb, mx in types]
 
 
-def a16_gpu(pf: str, *, numa: Optional[int] = 1, vfs: int = 16,
-            types: Sequence[Tuple[str, str, int, int]] = A16_TYPES) -> Tuple[List[Parent], List[VgpuType]]:
+def a16_gpu(
+    pf: str, *, numa: Optional[int] = 1, vfs: int = 16, types: Sequence[Tuple[str, str, int, int]] = A16_TYPES
+) -> Tuple[List[Parent], List[VgpuType]]:
     """One A16 GPU (a PF) with ``vfs`` VFs at function 4.. of the same bus, the mdev types on each VF."""
     dom, bus, _ = pf.split(":")
     parents, out = [], []
     for k in range(vfs):
         fn = 4 + k
         vf = f"{dom}:{bus}:{fn // 8:02x}.{fn % 8}"
-        parents.append(Parent(name=vf, pci=True, vendor_id="0x10de", device_id="0x25b6", numa_node=numa,
-                              driver="nvidia", physical_gpu=pf, is_vf=True))
+        parents.append(
+            Parent(
+                name=vf,
+                pci=True,
+                vendor_id="0x10de",
+                device_id="0x25b6",
+                numa_node=numa,
+                driver="nvidia",
+                physical_gpu=pf,
+                is_vf=True,
+            )
+        )
         out += [nv_type(vf, i, n, fb, mx, available=1) for i, n, fb, mx in types]
     return parents, out
 
@@ -89,8 +114,11 @@ def uid(n: int) -> str:
 
 def mixed_host() -> Inventory:
     """Like the simulator's ``mixed`` profile: two T4 (NUMA 0, 1) and one A16 board (4 GPUs, NUMA 1)."""
-    return host(t4("0000:3b:00.0", numa=0), t4("0000:d8:00.0", numa=1),
-                *(a16_gpu(f"0000:{b}:00.0", numa=1) for b in ("86", "87", "88", "89")))
+    return host(
+        t4("0000:3b:00.0", numa=0),
+        t4("0000:d8:00.0", numa=1),
+        *(a16_gpu(f"0000:{b}:00.0", numa=1) for b in ("86", "87", "88", "89")),
+    )
 
 
 def t4_host(n: int, *, numa_split: bool = True) -> Inventory:

@@ -1,5 +1,6 @@
 """``vgpuctl place`` and ``defrag --plan`` through the CLI: on a static tree of the simulator's ``mixed`` profile,
 and (FUSE) filling the live simulated host in the policy's order."""
+
 import json
 
 import pytest
@@ -19,8 +20,14 @@ def run(root, *args, policy=None):
 def mixed(tmp_path):
     from vgpuctl.sim import materialize
 
-    materialize("mixed", tmp_path, instances=[(T4A, "nvidia-231", "11111111-0000-0000-0000-000000000001"),
-                                              ("0000:86:00.4", "nvidia-701", "11111111-0000-0000-0000-000000000002")])
+    materialize(
+        "mixed",
+        tmp_path,
+        instances=[
+            (T4A, "nvidia-231", "11111111-0000-0000-0000-000000000001"),
+            ("0000:86:00.4", "nvidia-701", "11111111-0000-0000-0000-000000000002"),
+        ],
+    )
     return tmp_path
 
 
@@ -59,9 +66,15 @@ def test_policy_from_config_dir_and_errors(mixed):
 def test_defrag_plan_prints_moves(tmp_path):
     from vgpuctl.sim import materialize
 
-    materialize("mixed", tmp_path, instances=[(T4A, "nvidia-231", "11111111-0000-0000-0000-000000000001"),
-                                              (T4B, "nvidia-231", "11111111-0000-0000-0000-000000000002"),
-                                              (T4B, "nvidia-231", "11111111-0000-0000-0000-000000000003")])
+    materialize(
+        "mixed",
+        tmp_path,
+        instances=[
+            (T4A, "nvidia-231", "11111111-0000-0000-0000-000000000001"),
+            (T4B, "nvidia-231", "11111111-0000-0000-0000-000000000002"),
+            (T4B, "nvidia-231", "11111111-0000-0000-0000-000000000003"),
+        ],
+    )
     r = run(tmp_path, "defrag", "--plan", "--json")
     assert r.exit_code == 0, r.output
     recs = json.loads(r.stdout)
@@ -95,7 +108,10 @@ def test_simulated_mixed_host_fills_in_policy_order(tmp_path):
     with SimHost("mixed", root):
         (root / "etc" / "vgpuctl").mkdir(parents=True, exist_ok=True)
         (root / "etc" / "vgpuctl" / "policy.yaml").write_text(POLICY)
-        for profile, want in (("A16-16Q", ["0000:88", "0000:86", "0000:87", "0000:89"]), ("T4-16Q", ["0000:d8", "0000:3b"])):
+        for profile, want in (
+            ("A16-16Q", ["0000:88", "0000:86", "0000:87", "0000:89"]),
+            ("T4-16Q", ["0000:d8", "0000:3b"]),
+        ):
             got = []
             for _ in range(len(want) + 1):
                 r = run(root, "create", "--type", profile, "--json")
@@ -108,21 +124,23 @@ def test_simulated_mixed_host_fills_in_policy_order(tmp_path):
 
 def test_place_several_types_in_one_call(mixed):
     """Repeated --type: each type's decision and verdicts, in the order given (the web console's type picker)."""
-    r = run(mixed, "place", "--type", "nvidia-232", "--type", "nvidia-231", "--type", "nvidia-232", "--explain",
-            "--json")
+    r = run(
+        mixed, "place", "--type", "nvidia-232", "--type", "nvidia-231", "--type", "nvidia-232", "--explain", "--json"
+    )
     assert r.exit_code == 0, r.output
     recs = json.loads(r.stdout)
     decisions = [x for x in recs if x["schema"] == "vgpuctl.placement/v1"]
     assert [d["type"] for d in decisions] == ["nvidia-232", "nvidia-231"]  # a repeated type is asked once
     i = recs.index(decisions[1])
     first = {v["gpu"]: v["verdict"] for v in recs[1:i]}
-    second = {v["gpu"]: (v["verdict"], v["parent"]) for v in recs[i + 1:]}
+    second = {v["gpu"]: (v["verdict"], v["parent"]) for v in recs[i + 1 :]}
     assert first[T4A] == "type-mix" and first[T4B] == "ok"
     assert second[T4A] == ("ok", T4A) and second[T4B] == ("ok", T4B)
     assert len(first) == len(second) == 6
     # as for one type: exit 4 when one of them has no GPU, after every record was printed
-    r = run(mixed, "place", "--type", "A16-2Q", "--type", "nvidia-231", "--numa-node", "0", "--numa", "require",
-            "--json")
+    r = run(
+        mixed, "place", "--type", "A16-2Q", "--type", "nvidia-231", "--numa-node", "0", "--numa", "require", "--json"
+    )
     assert r.exit_code == 4 and "no GPU can take a A16-2Q" in r.stderr
     assert [(d["type"], d["placed"]) for d in json.loads(r.stdout)] == [("A16-2Q", False), ("nvidia-231", True)]
 

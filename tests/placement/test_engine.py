@@ -1,10 +1,21 @@
 """The placement engine, rule by rule and refusal by refusal, on in-memory inventories."""
+
 import pytest
 
 from placement_hosts import a16_gpu, host, mdev_other, mixed_host, t4, t4_host, uid, with_instances
 from vgpuctl.errors import AmbiguousType, UnknownType
 from vgpuctl.placement import (
-    Consumer, GpuKind, MixMode, Refusal, Request, Usage, apply, gpu_states, place, release, resolve_type,
+    Consumer,
+    GpuKind,
+    MixMode,
+    Refusal,
+    Request,
+    Usage,
+    apply,
+    gpu_states,
+    place,
+    release,
+    resolve_type,
 )
 from vgpuctl.policy import AntiAffinityGroup, GpuRule, NumaMode, Policy, Quota, Selector, Strategy
 
@@ -154,14 +165,18 @@ def test_tie_break_keeps_capacity_for_other_profiles():
 
 
 def test_policy_order_is_fill_order():
-    pol = Policy(rules=(GpuRule(name="second", match=Selector(pci=(T4B,))), GpuRule(name="first", match=Selector(pci=(T4A,)))))
+    pol = Policy(
+        rules=(GpuRule(name="second", match=Selector(pci=(T4B,))), GpuRule(name="first", match=Selector(pci=(T4A,))))
+    )
     inv = t4_host(2, numa_split=False)
     assert place(inv, pol, Request(type="T4-2Q")).gpu == T4B
 
 
 def test_deterministic():
     def build():
-        return with_instances(mixed_host(), [("0000:3b:00.0", "nvidia-231", uid(1)), ("0000:86:00.4", "nvidia-701", uid(2))])
+        return with_instances(
+            mixed_host(), [("0000:3b:00.0", "nvidia-231", uid(1)), ("0000:86:00.4", "nvidia-701", uid(2))]
+        )
 
     a = place(build(), DEFAULT, Request(type="A16-1Q", numa_nodes=(1,)))
     b = place(build(), DEFAULT, Request(type="A16-1Q", numa_nodes=(1,)))
@@ -170,16 +185,24 @@ def test_deterministic():
 
 # --- policy refusals -------------------------------------------------------------------------------------------
 def test_not_allowed_by_types_or_series():
-    pol = Policy(rules=(GpuRule(name="vdi", match=Selector(pci=(T4A,)), series=("Q",)),
-                        GpuRule(name="c", match=Selector(pci=(T4B,)), types=("t4-4c",))))
+    pol = Policy(
+        rules=(
+            GpuRule(name="vdi", match=Selector(pci=(T4A,)), series=("Q",)),
+            GpuRule(name="c", match=Selector(pci=(T4B,)), types=("t4-4c",)),
+        )
+    )
     inv = t4_host(2, numa_split=False)
     assert reasons(place(inv, pol, Request(type="T4-4C"))) == {T4A: "not-allowed"}
     assert reasons(place(inv, pol, Request(type="T4-2Q"))) == {T4B: "not-allowed"}
 
 
 def test_reserved_and_reserved_for():
-    pol = Policy(rules=(GpuRule(name="gold", match=Selector(pci=(T4A,)), reserved=True, reserved_for=("gold",)),
-                        GpuRule(name="off", match=Selector(pci=(T4B,)), reserved=True)))
+    pol = Policy(
+        rules=(
+            GpuRule(name="gold", match=Selector(pci=(T4A,)), reserved=True, reserved_for=("gold",)),
+            GpuRule(name="off", match=Selector(pci=(T4B,)), reserved=True),
+        )
+    )
     inv = t4_host(2, numa_split=False)
     assert set(reasons(place(inv, pol, Request(type="T4-2Q"))).values()) == {"reserved"}
     d = place(inv, pol, Request(type="T4-2Q", tenant="gold"))
@@ -230,4 +253,12 @@ def test_anti_affinity_by_policy_glob_and_label():
 
 def test_refusal_values_are_the_documented_set():
     assert {r.value for r in Refusal} == {
-        "full", "type-mix", "not-allowed", "not-offered", "numa", "quota", "reserved", "anti-affinity"}
+        "full",
+        "type-mix",
+        "not-allowed",
+        "not-offered",
+        "numa",
+        "quota",
+        "reserved",
+        "anti-affinity",
+    }

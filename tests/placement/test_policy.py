@@ -1,4 +1,5 @@
 """The policy file: schema, strictness, and errors with file, line and key."""
+
 import subprocess
 import sys
 

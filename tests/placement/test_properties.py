@@ -1,4 +1,5 @@
 """Property tests: random hosts, policies and request sequences never break the rules, and decide deterministically."""
+
 from typing import Dict, List
 
 import pytest
@@ -32,13 +33,21 @@ def policies(draw) -> Policy:
     rules = ()
     if draw(st.booleans()):
         rules = (GpuRule(name="a16", match=Selector(models=("a16",)), strategy=draw(st.sampled_from(list(Strategy)))),)
-    quotas = (("t0", Quota(max_instances=draw(st.integers(0, 6)))), ("*", Quota(max_framebuffer_mib=draw(st.sampled_from([4096, 16384, 65536])))))
+    quotas = (
+        ("t0", Quota(max_instances=draw(st.integers(0, 6)))),
+        ("*", Quota(max_framebuffer_mib=draw(st.sampled_from([4096, 16384, 65536])))),
+    )
     return Policy(rules=rules, default=GpuRule(name="default", strategy=strat, series=series), quotas=quotas)
 
 
 events = st.lists(
     st.one_of(
-        st.tuples(st.just("add"), st.sampled_from(PROFILES), st.sampled_from([None, "t0", "t1"]), st.sampled_from([(), (0,), (1,)])),
+        st.tuples(
+            st.just("add"),
+            st.sampled_from(PROFILES),
+            st.sampled_from([None, "t0", "t1"]),
+            st.sampled_from([(), (0,), (1,)]),
+        ),
         st.tuples(st.just("del"), st.integers(0, 1000)),
     ),
     max_size=40,
@@ -155,7 +164,12 @@ def test_tables_handed_on_by_apply_and_release_equal_fresh_ones(inv, policy, evs
             except Exception:
                 continue
             fresh = place(_fresh(inv), policy, req, usage=usage)
-            assert (d.placed, d.parent, d.type_id, d.strategy) == (fresh.placed, fresh.parent, fresh.type_id, fresh.strategy)
+            assert (d.placed, d.parent, d.type_id, d.strategy) == (
+                fresh.placed,
+                fresh.parent,
+                fresh.type_id,
+                fresh.strategy,
+            )
             assert d.verdicts == fresh.verdicts and d == fresh
             assert gpu_states(inv, usage) == gpu_states(_fresh(inv), usage)
             if d.placed:

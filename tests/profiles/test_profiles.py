@@ -1,5 +1,6 @@
 """Service profiles as data: strict parsing, resolution per GPU model, placement over models, tenant limits, and
 ``profile:`` in the desired state.  No host: inventories shaped like the simulator's T4 and A16 profiles."""
+
 from __future__ import annotations
 
 import os
@@ -61,20 +62,23 @@ def test_parse_good():
     assert e.value.known == ("gold", "silver", "bronze")
 
 
-@pytest.mark.parametrize("body,line,key", [
-    ("  x:\n    type: T4-2Q\n    series: Q\n", 6, "profiles.x.series"),
-    ("  x:\n    series: Q\n", 5, "profiles.x.framebuffer"),
-    ("  x:\n    framebuffer: 4G\n", 5, "profiles.x.series"),
-    ("  x:\n    description: nothing\n", 5, "profiles.x"),
-    ("  x:\n    type: T4-2Q\n    display: false\n    ramfb: true\n", 7, "profiles.x.ramfb"),
-    ("  x:\n    type: T4-2Q\n    colour: red\n", 6, "profiles.x.colour"),
-    ("  x:\n    series: Z\n    framebuffer: 1G\n", 5, "profiles.x.series"),
-    ("  x:\n    type: T4-2Q\n    scheduler: fastest\n", 6, "profiles.x.scheduler"),
-    ("  x:\n    type: T4-2Q\n    limits: {per_tenant: 0}\n", 6, "profiles.x.limits.per_tenant"),
-    ("  x:\n    type: T4-2Q\n    limits: {per_tenant: 1, tenants: {'*': 2}}\n", 6, "profiles.x.limits.tenants.*"),
-    ("  x:\n    type: T4-2Q\n  x:\n    type: T4-1Q\n", 6, "profiles.x"),
-    ("  -bad:\n    type: T4-2Q\n", 4, "profiles.-bad"),
-])
+@pytest.mark.parametrize(
+    "body,line,key",
+    [
+        ("  x:\n    type: T4-2Q\n    series: Q\n", 6, "profiles.x.series"),
+        ("  x:\n    series: Q\n", 5, "profiles.x.framebuffer"),
+        ("  x:\n    framebuffer: 4G\n", 5, "profiles.x.series"),
+        ("  x:\n    description: nothing\n", 5, "profiles.x"),
+        ("  x:\n    type: T4-2Q\n    display: false\n    ramfb: true\n", 7, "profiles.x.ramfb"),
+        ("  x:\n    type: T4-2Q\n    colour: red\n", 6, "profiles.x.colour"),
+        ("  x:\n    series: Z\n    framebuffer: 1G\n", 5, "profiles.x.series"),
+        ("  x:\n    type: T4-2Q\n    scheduler: fastest\n", 6, "profiles.x.scheduler"),
+        ("  x:\n    type: T4-2Q\n    limits: {per_tenant: 0}\n", 6, "profiles.x.limits.per_tenant"),
+        ("  x:\n    type: T4-2Q\n    limits: {per_tenant: 1, tenants: {'*': 2}}\n", 6, "profiles.x.limits.tenants.*"),
+        ("  x:\n    type: T4-2Q\n  x:\n    type: T4-1Q\n", 6, "profiles.x"),
+        ("  -bad:\n    type: T4-2Q\n", 4, "profiles.-bad"),
+    ],
+)
 def test_contradictory_or_unknown_is_a_config_error_with_line_and_key(body, line, key):
     text = "version: 1\n# comment\nprofiles:\n" + body
     with pytest.raises(ConfigError) as e:
@@ -140,8 +144,11 @@ def _config(tmp_path, spec: str):
 def test_desired_state_profile(tmp_path):
     from vgpuctl.spec import desired_type, load, validate
 
-    d = _config(tmp_path, "version: 1\ninstances:\n  vdi-1: {profile: gold, placement: {tenant: t1}}\n"
-                          "  vdi-2: {profile: silver, parent: '0000:86:00.4'}\n")
+    d = _config(
+        tmp_path,
+        "version: 1\ninstances:\n  vdi-1: {profile: gold, placement: {tenant: t1}}\n"
+        "  vdi-2: {profile: silver, parent: '0000:86:00.4'}\n",
+    )
     ds = load(d)
     one, two = ds.instances
     assert one.profile == "gold" and one.profile_def.framebuffer_mib == 4096
@@ -151,13 +158,24 @@ def test_desired_state_profile(tmp_path):
     assert desired_type(inv, "0000:86:00.4", two) == "nvidia-702"
 
 
-@pytest.mark.parametrize("spec,line,key", [
-    ("version: 1\ninstances:\n  a:\n    profile: platinum\n    parent: mtty\n", 4, "instances.a.profile"),
-    ("version: 1\ninstances:\n  a:\n    type: T4-2Q\n    profile: gold\n    parent: mtty\n", 5, "instances.a.profile"),
-    ("version: 1\ninstances:\n  a: {profile: gold, parent: mtty}\n", 3, "instances.a.placement.tenant"),
-    ("version: 1\ninstances:\n" + "".join(f"  v{i}: {{profile: gold, placement: {{tenant: t}}}}\n" for i in range(3)),
-     5, "instances.v2.profile"),
-])
+@pytest.mark.parametrize(
+    "spec,line,key",
+    [
+        ("version: 1\ninstances:\n  a:\n    profile: platinum\n    parent: mtty\n", 4, "instances.a.profile"),
+        (
+            "version: 1\ninstances:\n  a:\n    type: T4-2Q\n    profile: gold\n    parent: mtty\n",
+            5,
+            "instances.a.profile",
+        ),
+        ("version: 1\ninstances:\n  a: {profile: gold, parent: mtty}\n", 3, "instances.a.placement.tenant"),
+        (
+            "version: 1\ninstances:\n"
+            + "".join(f"  v{i}: {{profile: gold, placement: {{tenant: t}}}}\n" for i in range(3)),
+            5,
+            "instances.v2.profile",
+        ),
+    ],
+)
 def test_desired_state_profile_errors(tmp_path, spec, line, key):
     from vgpuctl.spec import load
 

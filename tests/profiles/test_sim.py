@@ -1,5 +1,6 @@
 """Profiles through the CLI on the simulated T4 and A16 hosts: the right type per model, tenant limits, profiles'
 listing, and ``profile:`` in the desired state applied."""
+
 from __future__ import annotations
 
 import json
@@ -69,9 +70,13 @@ def test_profiles_resolve_per_model_and_limits_refuse(sim_factory, profile, gold
 def test_desired_state_profile_applies(sim_factory):
     sim = sim_factory("t4x2")
     configure(sim.root, "profiles.yaml", PROFILES)
-    configure(sim.root, "vgpuctl.yaml", "version: 1\ninstances:\n"
-              "  vdi-1: {profile: gold, placement: {tenant: acme}}\n"
-              "  vdi-2: {profile: silver, parent: '0000:d8:00.0'}\n")
+    configure(
+        sim.root,
+        "vgpuctl.yaml",
+        "version: 1\ninstances:\n"
+        "  vdi-1: {profile: gold, placement: {tenant: acme}}\n"
+        "  vdi-2: {profile: silver, parent: '0000:d8:00.0'}\n",
+    )
     doc = json.loads(run(sim.root, "apply", "--json", check=0).stdout)
     assert doc["converged"] and {a["type_id"] for a in doc["actions"]} == {"nvidia-232", "nvidia-231"}
     run(sim.root, "check", check=0)

@@ -4,6 +4,7 @@ On the host every test in this directory (and any test marked ``realkernel``) is
 ``VGPUCTL_REALKERNEL=1`` is set, the sample parents mtty/mdpy/mbochs are loaded, and the fixtures below give tests a
 clean mdev state, a real libvirtd and running QEMU domains holding mdevs.
 """
+
 from __future__ import annotations
 
 import re
@@ -27,10 +28,12 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.realkernel)
         if not g.IN_GUEST and (here or item.get_closest_marker("realkernel")):
             item.add_marker(pytest.mark.skip(reason=SKIP_REASON))
+
     # Tests that need libvirtd run last: once the (session-wide) daemon is up, its udev-driven node-device
     # handling of every mdev event costs guest CPU that the raw-sysfs tests need not pay.
     def libvirt_last(item):
         return HERE in Path(str(item.path)).resolve().parents and "libvirtd" in getattr(item, "fixturenames", ())
+
     items.sort(key=libvirt_last)
 
 

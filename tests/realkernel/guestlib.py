@@ -3,6 +3,7 @@
 Everything here talks to the real kernel and the real libvirtd with raw sysfs writes, /proc scans and ``virsh``;
 none of it uses vgpuctl, so the facts it pins stay independent of the code under test.
 """
+
 from __future__ import annotations
 
 import errno
@@ -184,6 +185,7 @@ class KernelUevents:
 
     def __init__(self):
         import socket
+
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 15)  # NETLINK_KOBJECT_UEVENT
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self.sock.bind((0, 1))
@@ -191,6 +193,7 @@ class KernelUevents:
     def collect(self, quiet: float = 0.5, limit: float = 10.0) -> List[Dict[str, str]]:
         """Events until none arrives for ``quiet`` seconds; each a dict of the uevent's keys (ACTION, DEVPATH...)."""
         import select
+
         events = []
         deadline = time.monotonic() + limit
         while time.monotonic() < deadline:
@@ -291,8 +294,9 @@ class Libvirtd:
 
     def _spawn(self, name: str, argv: List[str], env: Dict[str, str]) -> None:
         log = open(LOG_DIR / f"{name}.log", "ab")
-        self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
+        self.procs[name] = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL, start_new_session=True
+        )
         log.close()
 
     def log_tail(self, name: str, n: int = 4000) -> str:
@@ -322,8 +326,7 @@ class Libvirtd:
 
 
 def hostdev_xml(uuid: str) -> str:
-    return ("<hostdev mode='subsystem' type='mdev' model='vfio-pci'>"
-            f"<source><address uuid='{uuid}'/></source></hostdev>")
+    return f"<hostdev mode='subsystem' type='mdev' model='vfio-pci'><source><address uuid='{uuid}'/></source></hostdev>"
 
 
 def domain_xml(name: str, mdev_uuids: Sequence[str], memory_mib: int = 32) -> str:
@@ -378,6 +381,7 @@ class Domain:
 def live_mdevs(dom: "Domain") -> List[str]:
     """uuids of the mdev hostdevs in the domain's live XML."""
     import re
+
     xml = virsh("dumpxml", dom.name, uri=dom.uri).stdout
     return re.findall(r"<hostdev[^>]*type='mdev'.*?<address uuid='([0-9a-f-]+)'", xml, re.S)
 

@@ -12,6 +12,7 @@ Issue 18's real-kernel table, in one run with systemd-udevd running (started her
 The guest's CPU is slow (QEMU/TCG: a process start costs about 45x the host's), so compare only the ratios printed
 here, within this run.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,7 +37,7 @@ DEFS = Path("/etc/mdevctl.d")
 CFG = Path("/etc/vgpuctl/vgpuctl.yaml")
 ENV = dict(os.environ, VGPUCTL_LIBVIRT_URI="none")
 
-LISTENER = r'''
+LISTENER = r"""
 import os, sys
 import pyudev
 parent, type_id, uuids = sys.argv[1], sys.argv[2], sys.argv[3:]
@@ -55,7 +56,7 @@ for dev in iter(mon.poll, None):
                     os.close(fd)
             except OSError as e:
                 print(u, e, flush=True)
-'''
+"""
 
 
 def uuids(n):
@@ -83,8 +84,10 @@ def run(cmd):
 
 def write_config(us):
     CFG.parent.mkdir(parents=True, exist_ok=True)
-    CFG.write_text("version: 1\ninstances:\n" + "".join(
-        f"  b{i:02d}: {{uuid: {u}, type: mtty-1, parent: mtty}}\n" for i, u in enumerate(us)))
+    CFG.write_text(
+        "version: 1\ninstances:\n"
+        + "".join(f"  b{i:02d}: {{uuid: {u}, type: mtty-1, parent: mtty}}\n" for i, u in enumerate(us))
+    )
 
 
 def reload_mtty(us, what):
@@ -147,8 +150,9 @@ def reload_listener(us, tmp_path):
     script.write_text(LISTENER)
     log_path = tmp_path / "listener.log"
     with open(log_path, "w") as log:
-        proc = resident([sys.executable, str(script), "mtty", "mtty-1", *us], log,
-                        lambda: "ready" in log_path.read_text())
+        proc = resident(
+            [sys.executable, str(script), "mtty", "mtty-1", *us], log, lambda: "ready" in log_path.read_text()
+        )
         try:
             times = [reload_mtty(us, "pyudev listener") for _ in range(REPS)]
         finally:
@@ -161,8 +165,9 @@ def reload_service(us, tmp_path):
     write_config(us)
     try:
         with open(tmp_path / "service.log", "w") as log:
-            proc = resident(["vgpuctl", "service", "--watch", "udev", "--resync-interval", "600"], log,
-                            lambda: all_ready(us))
+            proc = resident(
+                ["vgpuctl", "service", "--watch", "udev", "--resync-interval", "600"], log, lambda: all_ready(us)
+            )
             try:
                 times = []
                 for _ in range(REPS):
@@ -217,9 +222,14 @@ def udevd():
     if udevd_running():
         yield
         return
-    proc = subprocess.Popen(["/lib/systemd/systemd-udevd"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            stdin=subprocess.DEVNULL, start_new_session=True,
-                            env=dict(os.environ, SYSTEMD_IGNORE_CHROOT="1"))
+    proc = subprocess.Popen(
+        ["/lib/systemd/systemd-udevd"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        env=dict(os.environ, SYSTEMD_IGNORE_CHROOT="1"),
+    )
     try:
         g.wait_until(lambda: proc.poll() is not None or os.path.exists("/run/udev/control"), 60, what="udevd")
         assert proc.poll() is None, f"systemd-udevd exited {proc.returncode}"
@@ -241,8 +251,10 @@ def test_benchmark_pass(udevd, tmp_path, capsys):
     say("converge 24 mtty instances from empty:")
     say(f"  raw create loop, in-process   {conv['raw']:7.3f} s")
     say(f"  vgpuctl apply (one process)   {conv['apply']:7.3f} s = {conv['apply'] / conv['raw']:6.1f}x raw")
-    say(f"  24 x mdevctl start            {conv['mdevctl']:7.3f} s = {conv['mdevctl'] / conv['raw']:6.1f}x raw;"
-        f" apply / mdevctl start = {conv['apply'] / conv['mdevctl']:.2f}")
+    say(
+        f"  24 x mdevctl start            {conv['mdevctl']:7.3f} s = {conv['mdevctl'] / conv['raw']:6.1f}x raw;"
+        f" apply / mdevctl start = {conv['apply'] / conv['mdevctl']:.2f}"
+    )
     say("rmmod mtty; insmod mtty.ko -> all N back:")
     for n in (8, 24):
         us = uuids(n)
@@ -252,7 +264,9 @@ def test_benchmark_pass(udevd, tmp_path, capsys):
         r["service"] = reload_service(us, tmp_path)
         say(f"  (N={n}: mdevctl's udev rule...)")
         r["mdevctl"] = reload_mdevctl(us)
-        say(f"  N={n:2d}: pyudev listener {r['listener']:6.3f} s, vgpuctl service {r['service']:6.3f} s"
+        say(
+            f"  N={n:2d}: pyudev listener {r['listener']:6.3f} s, vgpuctl service {r['service']:6.3f} s"
             f" = {r['service'] / r['listener']:.2f}x the listener, mdevctl's udev rule {r['mdevctl']:6.3f} s"
-            f" = {r['mdevctl'] / r['service']:.2f}x the service")
+            f" = {r['mdevctl'] / r['service']:.2f}x the service"
+        )
     say(f"(benchmark pass: {time.monotonic() - t_start:.0f} s)")

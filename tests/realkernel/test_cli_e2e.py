@@ -2,6 +2,7 @@
 
 The same commands the simulated-host tests run (tests/cli/test_core.py), with the root at ``/``.
 """
+
 from __future__ import annotations
 
 import json
@@ -107,13 +108,19 @@ def test_service_rebuilds_after_a_driver_reload(tmp_path):
     cfg = Path("/etc/vgpuctl/vgpuctl.yaml")
     cfg.parent.mkdir(parents=True, exist_ok=True)
     u1, u2 = "5d1c7d3e-0b7f-4c7e-8f1a-3c2d1e0f9a01", "5d1c7d3e-0b7f-4c7e-8f1a-3c2d1e0f9a02"
-    cfg.write_text("version: 1\ninstances:\n"
-                   f"  a: {{uuid: {u1}, type: mtty-1, parent: mtty}}\n"
-                   f"  b: {{uuid: {u2}, type: mtty-2, parent: mtty}}\n")
+    cfg.write_text(
+        "version: 1\ninstances:\n"
+        f"  a: {{uuid: {u1}, type: mtty-1, parent: mtty}}\n"
+        f"  b: {{uuid: {u2}, type: mtty-2, parent: mtty}}\n"
+    )
     env = dict(os.environ, VGPUCTL_LIBVIRT_URI="none")
     log = open(tmp_path / "service.log", "w")
-    svc = subprocess.Popen(["vgpuctl", "-v", "service", "--watch", "udev", "--resync-interval", "600"],
-                           stdout=log, stderr=subprocess.STDOUT, env=env)
+    svc = subprocess.Popen(
+        ["vgpuctl", "-v", "service", "--watch", "udev", "--resync-interval", "600"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     try:
         g.wait_until(lambda: g.mdev_ready(u1) and g.mdev_ready(u2), 60, what="the service's first converge")
         g.rmmod("mtty")

@@ -1,6 +1,7 @@
 """``vgpuctl doctor`` on a true 6.1 sysfs (the mtty/mdpy/mbochs samples, no GPU, no hardware IOMMU under TCG) and a
 real libvirtd with QEMU: what it says there is pinned here.  The output of each run is also written to
 ``tests/realkernel/.cache/doctor-*.txt`` for the closing note."""
+
 from __future__ import annotations
 
 import json

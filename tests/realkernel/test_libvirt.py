@@ -3,6 +3,7 @@
 Pins what "in use" means on a real host: QEMU holds /dev/vfio/<group> open, libvirt refuses a second domain on the
 same mdev, and a write to the held mdev's ``remove`` blocks (even when the writer is killed) until the VM lets go.
 """
+
 from __future__ import annotations
 
 import errno
@@ -80,7 +81,7 @@ def test_remove_of_a_held_mdev_blocks_until_the_domain_is_destroyed(running_doma
         assert dom.state() == "running"
     finally:
         dom.destroy()  # QEMU exits and closes the vfio group ...
-    writer.wait(30)    # ... so the blocked write completes (then the pending SIGKILL lands)
+    writer.wait(30)  # ... so the blocked write completes (then the pending SIGKILL lands)
     assert writer.returncode == -signal.SIGKILL
     g.wait_until(lambda: not os.path.exists(devdir), 10, what="the device directory to go")
     assert not os.path.exists(f"/dev/vfio/{group}")
@@ -107,9 +108,10 @@ def test_live_attach_works_but_live_detach_waits_for_the_guest(running_domain_wi
 
 def test_libvirt_node_device_view_of_an_mdev(libvirtd):
     uuid = g.create_mdev("mtty", "mtty-1")
-    name = f"mdev_{uuid.replace('-', '_')}_mtty"       # libvirt >= 7.7 names: mdev_<uuid>_<parent>
-    g.wait_until(lambda: name in g.virsh("nodedev-list", "--cap", "mdev").stdout.split(), 30,
-                 what="libvirt to see the new mdev")
+    name = f"mdev_{uuid.replace('-', '_')}_mtty"  # libvirt >= 7.7 names: mdev_<uuid>_<parent>
+    g.wait_until(
+        lambda: name in g.virsh("nodedev-list", "--cap", "mdev").stdout.split(), 30, what="libvirt to see the new mdev"
+    )
     xml = g.virsh("nodedev-dumpxml", name).stdout
     assert f"<path>/sys/devices/virtual/mtty/mtty/{uuid}</path>" in xml
     assert "<parent>mtty_mtty</parent>" in xml
@@ -117,5 +119,8 @@ def test_libvirt_node_device_view_of_an_mdev(libvirtd):
     assert f"<uuid>{uuid}</uuid>" in xml
     assert f"<iommuGroup number='{g.iommu_group(uuid)}'/>" in xml
     g.remove_mdev(uuid)
-    g.wait_until(lambda: name not in g.virsh("nodedev-list", "--cap", "mdev").stdout.split(), 30,
-                 what="libvirt to drop the removed mdev")
+    g.wait_until(
+        lambda: name not in g.virsh("nodedev-list", "--cap", "mdev").stdout.split(),
+        30,
+        what="libvirt to drop the removed mdev",
+    )

@@ -6,6 +6,7 @@
 * ``virsh nodedev-define`` / ``nodedev-start`` of an mdev with libvirt 9.0: vgpuctl sees the device as libvirt's
   node device (``mdev_<uuid>_<parent>``) and as mdevctl-defined.
 """
+
 from __future__ import annotations
 
 import json
@@ -75,11 +76,17 @@ def test_mdevctl_autostart_after_reload_and_the_service_does_not_race_it(mdevctl
     mdevctl("start", "-u", ua)
     # vgpuctl wants ua too (double-managed: it must leave it to mdevctl) and ub alone
     CFG.parent.mkdir(parents=True, exist_ok=True)
-    CFG.write_text(f"version: 1\ninstances:\n  a: {{uuid: {ua}, type: mtty-1, parent: mtty}}\n"
-                   f"  b: {{uuid: {ub}, type: mtty-2, parent: mtty}}\n")
+    CFG.write_text(
+        f"version: 1\ninstances:\n  a: {{uuid: {ua}, type: mtty-1, parent: mtty}}\n"
+        f"  b: {{uuid: {ub}, type: mtty-2, parent: mtty}}\n"
+    )
     log = open(tmp_path / "service.log", "w")
-    svc = subprocess.Popen(["vgpuctl", "-v", "service", "--watch", "udev", "--resync-interval", "600"],
-                           stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, VGPUCTL_LIBVIRT_URI="none"))
+    svc = subprocess.Popen(
+        ["vgpuctl", "-v", "service", "--watch", "udev", "--resync-interval", "600"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, VGPUCTL_LIBVIRT_URI="none"),
+    )
     try:
         g.wait_until(lambda: g.mdev_ready(ub), 60, what="the service's first converge")
         rec = listed()
@@ -91,8 +98,10 @@ def test_mdevctl_autostart_after_reload_and_the_service_does_not_race_it(mdevctl
             t0 = time.monotonic()
             g.insmod("mtty")
             g.wait_until(lambda: g.mdev_ready(ua) and g.mdev_ready(ub), 60, what="both devices back")
-            print(f"driver reload -> mdevctl's ...{ua[-2:]} and vgpuctl's ...{ub[-2:]} back in "
-                  f"{time.monotonic() - t0:.2f} s (udevd, mdevctl's rule, the service)")
+            print(
+                f"driver reload -> mdevctl's ...{ua[-2:]} and vgpuctl's ...{ub[-2:]} back in "
+                f"{time.monotonic() - t0:.2f} s (udevd, mdevctl's rule, the service)"
+            )
             udevadm("settle", "--timeout=30")
             time.sleep(1.0)
             assert sorted(g.list_mdevs()) == sorted([ua, ub])
@@ -124,8 +133,10 @@ def test_virsh_nodedev_define_is_seen_as_libvirt_and_mdevctl_defined(libvirtd, t
     assert parent is not None, f"libvirt lists no mtty parent: {parents}"
     u = "7f3e9f50-2d91-4e90-8b3c-5e4f3a2b1c01"
     xml = tmp_path / "mdev.xml"
-    xml.write_text(f"<device><parent>{parent}</parent><capability type='mdev'><type id='mtty-1'/>"
-                   f"<uuid>{u}</uuid></capability></device>")
+    xml.write_text(
+        f"<device><parent>{parent}</parent><capability type='mdev'><type id='mtty-1'/>"
+        f"<uuid>{u}</uuid></capability></device>"
+    )
     g.virsh("nodedev-define", str(xml), uri=libvirtd)
     prefix = "mdev_" + u.replace("-", "_")
     names = g.virsh("nodedev-list", "--cap", "mdev", "--all", uri=libvirtd).stdout.split()

@@ -6,6 +6,7 @@ sysfs itself never changes the kind, mode or size of a path that stays: these te
 6.1 kernel across a create, a remove, a re-create with another type and a driver reload, and compare every path that
 is present on both sides of each step.
 """
+
 from __future__ import annotations
 
 import os

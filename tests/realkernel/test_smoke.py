@@ -3,6 +3,7 @@
 These pin the kernel behaviour the simulator and vgpuctl's host layer must match.  Each test leaves the guest clean
 (conftest._realkernel_clean_state).
 """
+
 from __future__ import annotations
 
 import errno
@@ -18,8 +19,11 @@ EXPECTED_TYPES = {
     # parent: {type-id: (name, available_instances on an empty parent)}
     "mtty": {"mtty-1": ("Single port serial", 24), "mtty-2": ("Dual port serial", 12)},
     "mdpy": {"mdpy-vga": ("mdpy-vga", 4), "mdpy-xga": ("mdpy-xga", 4), "mdpy-hd": ("mdpy-hd", 4)},
-    "mbochs": {"mbochs-small": ("mbochs-small", 64), "mbochs-medium": ("mbochs-medium", 16),
-               "mbochs-large": ("mbochs-large", 4)},
+    "mbochs": {
+        "mbochs-small": ("mbochs-small", 64),
+        "mbochs-medium": ("mbochs-medium", 16),
+        "mbochs-large": ("mbochs-large", 4),
+    },
 }
 DESCRIPTIONS = {
     "mdpy-vga": "virtual display, 640x480 framebuffer",
@@ -90,13 +94,16 @@ def test_uppercase_uuid_is_accepted_and_stored_lowercase():
     assert g.sysfs_write(g.type_dir("mtty", "mtty-1") / "create", uuid) == errno.EEXIST
 
 
-@pytest.mark.parametrize("bad", [
-    "not-a-uuid",
-    "1234",
-    "0123456789abcdef0123456789abcdef",          # 32 hex digits, no dashes
-    "g0000000-0000-0000-0000-000000000000",      # right length, bad digit
-    "00000000-0000-0000-0000-0000000000000",     # 37 characters, no newline: uuid + 1 digit
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "not-a-uuid",
+        "1234",
+        "0123456789abcdef0123456789abcdef",  # 32 hex digits, no dashes
+        "g0000000-0000-0000-0000-000000000000",  # right length, bad digit
+        "00000000-0000-0000-0000-0000000000000",  # 37 characters, no newline: uuid + 1 digit
+    ],
+)
 def test_create_bad_uuid_is_einval(bad):
     before = g.available("mtty", "mtty-1")
     rc = g.sysfs_write(g.type_dir("mtty", "mtty-1") / "create", bad)
@@ -128,9 +135,9 @@ def test_duplicate_uuid_is_eexist_on_any_parent():
 
 
 def test_mtty_shared_port_pool_counts_down_together_and_ends_in_enospc():
-    g.create_mdev("mtty", "mtty-2")            # 2 of 24 ports
+    g.create_mdev("mtty", "mtty-2")  # 2 of 24 ports
     assert (g.available("mtty", "mtty-1"), g.available("mtty", "mtty-2")) == (22, 11)
-    g.create_mdev("mtty", "mtty-1")            # 1 port
+    g.create_mdev("mtty", "mtty-1")  # 1 port
     assert (g.available("mtty", "mtty-1"), g.available("mtty", "mtty-2")) == (21, 10)
     for _ in range(10):
         g.create_mdev("mtty", "mtty-2")
@@ -146,9 +153,9 @@ def test_mtty_shared_port_pool_counts_down_together_and_ends_in_enospc():
 
 
 def test_mbochs_shared_memory_pool_and_enospc():
-    g.create_mdev("mbochs", "mbochs-large")    # 64 of 256 MB
+    g.create_mdev("mbochs", "mbochs-large")  # 64 of 256 MB
     assert [g.available("mbochs", t) for t in ("mbochs-small", "mbochs-medium", "mbochs-large")] == [48, 12, 3]
-    g.create_mdev("mbochs", "mbochs-medium")   # 16 MB
+    g.create_mdev("mbochs", "mbochs-medium")  # 16 MB
     assert [g.available("mbochs", t) for t in ("mbochs-small", "mbochs-medium", "mbochs-large")] == [44, 11, 2]
     for _ in range(2):
         g.create_mdev("mbochs", "mbochs-large")
@@ -170,11 +177,11 @@ def test_mdpy_core_instance_limit_is_eusers():
 def test_remove_input_handling():
     uuid = g.create_mdev("mtty", "mtty-1")
     remove = g.MDEV_DEVICES / uuid / "remove"
-    assert g.sysfs_write(remove, "0") == 0         # "0" is accepted and does nothing
+    assert g.sysfs_write(remove, "0") == 0  # "0" is accepted and does nothing
     assert g.mdev_exists(uuid)
     assert g.sysfs_write(remove, "yes") == errno.EINVAL
     assert g.mdev_exists(uuid)
-    assert g.sysfs_write(remove, "2") == 0         # any non-zero number removes
+    assert g.sysfs_write(remove, "2") == 0  # any non-zero number removes
     assert not g.mdev_exists(uuid)
 
 
@@ -185,22 +192,22 @@ def test_driver_reload_unregisters_and_reregisters_the_parent_empty():
 
     g.rmmod("mtty")
     assert not (g.MDEV_BUS / "mtty").exists()
-    assert not g.mdev_exists(uuid)               # unregistering the parent removed its (unused) mdevs
+    assert not g.mdev_exists(uuid)  # unregistering the parent removed its (unused) mdevs
     assert g.list_mdevs() == []
     assert sorted(os.listdir(g.MDEV_BUS)) == ["mbochs", "mdpy"]
 
     g.insmod("mtty")
     assert sorted(os.listdir(g.MDEV_BUS)) == ["mbochs", "mdpy", "mtty"]
-    assert g.list_mdevs() == []                   # comes back empty: nothing recreates mdevs by itself
+    assert g.list_mdevs() == []  # comes back empty: nothing recreates mdevs by itself
     assert g.available("mtty", "mtty-1") == 24
     assert g.available("mtty", "mtty-2") == 12
 
 
 def test_uevents_of_create_remove_and_driver_reload():
     """The kernel-source uevents a listener (pyudev's kernel monitor, udevd) gets, in order."""
+
     def summary(events):
-        return [(e["ACTION"], e["DEVPATH"], e.get("SUBSYSTEM"), e.get("DRIVER") or e.get("MDEV_STATE"))
-                for e in events]
+        return [(e["ACTION"], e["DEVPATH"], e.get("SUBSYSTEM"), e.get("DRIVER") or e.get("MDEV_STATE")) for e in events]
 
     mon = g.KernelUevents()
     try:

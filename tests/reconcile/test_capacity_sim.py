@@ -1,4 +1,5 @@
 """Capacity of pinned instances predicted by ``plan`` on the simulated T4 host (time-sliced: one type per GPU)."""
+
 import json
 import os
 import subprocess

@@ -1,4 +1,5 @@
 """``plan``/``apply``/``check --config FILE``: a desired state read from files outside etc/vgpuctl, through the CLI."""
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,9 @@ def test_plan_apply_check_a_file_outside_etc(host):
     before = snapshot(sim)
     doc = json.loads(run("plan", "--config", str(f), "--json").stdout)
     assert [(a["op"], a["uuid"], a["name"]) for a in doc["actions"]] == [("create", derive_uuid("a"), "a")]
-    assert doc["changed"] is True and doc["after"] == [{"uuid": derive_uuid("a"), "parent": "mtty",
-                                                        "type_id": "mtty-1"}]
+    assert doc["changed"] is True and doc["after"] == [
+        {"uuid": derive_uuid("a"), "parent": "mtty", "type_id": "mtty-1"}
+    ]
     assert snapshot(sim) == before  # plan changes nothing
     assert not (sim.paths.config_dir / "vgpuctl.yaml").exists()
     assert "+ create" in run("check", "--config", str(f), rc=13).stdout
@@ -68,8 +70,9 @@ def test_two_configs_merge_in_order(host):
     cfg = sim.paths.config_dir / "vgpuctl.yaml"
     cfg.parent.mkdir(parents=True, exist_ok=True)
     cfg.write_text("version: 1\ninstances:\n  c:\n    type: mtty-2\n    parent: mtty\n")
-    doc = json.loads(run("plan", "--config", str(outside / "two.yaml"), "--config", str(outside / "one.yaml"),
-                         "--json").stdout)
+    doc = json.loads(
+        run("plan", "--config", str(outside / "two.yaml"), "--config", str(outside / "one.yaml"), "--json").stdout
+    )
     assert sorted((a["op"], a["name"]) for a in doc["actions"]) == [("create", "a"), ("create", "b")]
     run("apply", "--config", str(outside / "one.yaml"), "--config", str(outside / "two.yaml"))
     assert sim.instances() == sorted([derive_uuid("a"), derive_uuid("b")])

@@ -1,4 +1,5 @@
 """The desired state never destroys what ``vgpuctl create`` made, until an apply has claimed it (export, apply)."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """The planner: unit cases and property tests of its safety rules and of convergence."""
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,8 +23,10 @@ def ops(p):
 def test_empty_host_creates_in_file_order():
     d = desired(want("a", "mtty-1"), want("b", "T4-2Q", parent="0000:3b:00.0"))
     p = plan(inventory(), state(), d)
-    assert ops(p) == [("create", d.instances[0].uuid, "mtty", "mtty-1", None),
-                      ("create", d.instances[1].uuid, "0000:3b:00.0", "nvidia-231", None)]
+    assert ops(p) == [
+        ("create", d.instances[0].uuid, "mtty", "mtty-1", None),
+        ("create", d.instances[1].uuid, "0000:3b:00.0", "nvidia-231", None),
+    ]
 
 
 def test_converged_is_empty():
@@ -48,9 +51,13 @@ def test_retype_owned_and_foreign_conflict():
     inv = inventory([(U1, "mtty", "mtty-1")])
     d = desired(want("a", "mtty-2", uuid=U1))
     assert ops(plan(inv, state([(U1, "mtty", "mtty-1")]), d)) == [
-        ("destroy", U1, "mtty", "mtty-1", None), ("create", U1, "mtty", "mtty-2", None)]
+        ("destroy", U1, "mtty", "mtty-1", None),
+        ("create", U1, "mtty", "mtty-2", None),
+    ]
     assert ops(plan(inv, state([(U1, "mtty", "mtty-1")]), d, users={U1: ["x"]})) == [
-        ("destroy", U1, "mtty", "mtty-1", "in-use"), ("create", U1, "mtty", "mtty-2", "depends")]
+        ("destroy", U1, "mtty", "mtty-1", "in-use"),
+        ("create", U1, "mtty", "mtty-2", "depends"),
+    ]
     assert ops(plan(inv, state(), d)) == [("create", U1, "mtty", "mtty-2", "foreign")]
 
 
@@ -88,8 +95,9 @@ def test_attach_without_libvirt_is_blocked_and_with_it_planned_once():
 
 
 def recorded(domain, live=False, config=True, running=False):
-    return DomainAttachment(domain, running=running, live=live, config=config, recorded_live=live,
-                            recorded_config=config)
+    return DomainAttachment(
+        domain, running=running, live=live, config=config, recorded_live=live, recorded_config=config
+    )
 
 
 def test_attach_modes_need_the_device_and_vgpuctl_record_in_each_definition():
@@ -114,7 +122,9 @@ def test_detach_only_what_vgpuctl_attached_and_before_the_attach_elsewhere():
     old = recorded("old", live=True, running=True)
     p = plan(inv, st_, desired(want("a", "mtty-1", uuid=U1, domain="new")), attachments={U1: frozenset({old})})
     assert [(str(a.op), a.domain, str(a.mode), a.block) for a in p.actions] == [
-        ("detach", "old", "both", None), ("attach", "new", "config", None)]
+        ("detach", "old", "both", None),
+        ("attach", "new", "config", None),
+    ]
     assert p.actions[0].line() == f"~ detach {U1} from old (both) (a; desired in domain new)"
     # the domain dropped: detach, nothing attached
     p = plan(inv, st_, desired(want("a", "mtty-1", uuid=U1)), attachments={U1: frozenset({old})})
@@ -156,8 +166,12 @@ def worlds(draw):
         t = draw(st.sampled_from(PARENTS.get(parent, ("mtty-1",)) + ("T4-1Q", "Dual port serial")))
         wanted.append(want(f"i{n}", t, parent=parent, uuid=u))
     inv = inventory([(u, p, t) for u, (p, t) in existing.items()])
-    st_ = State(owned={u: Owned(u, *existing.get(u, ("mtty", "mtty-1")), origin=draw(st.sampled_from(ORIGINS)))
-                       for u in sorted(owned | set(stale))})
+    st_ = State(
+        owned={
+            u: Owned(u, *existing.get(u, ("mtty", "mtty-1")), origin=draw(st.sampled_from(ORIGINS)))
+            for u in sorted(owned | set(stale))
+        }
+    )
     return inv, st_, desired(*wanted), {u: ["pid 1 (qemu)"] for u in used}
 
 
@@ -207,11 +221,14 @@ def test_devices_from_create_or_the_hook_are_not_the_desired_states_to_destroy()
     for origin in (ORIGIN_CREATE, ORIGIN_HOOK):
         assert plan(inv, state([(U1, "mtty", "mtty-1")], origin=origin), desired()).empty
     assert ops(plan(inv, state([(U1, "mtty", "mtty-1")], origin=ORIGIN_APPLY), desired())) == [
-        ("destroy", U1, "mtty", "mtty-1", None)]
+        ("destroy", U1, "mtty", "mtty-1", None)
+    ]
     # declared with another type: the desired state claims that uuid, whoever made it
     d = desired(want("a", "mtty-2", uuid=U1))
     assert [a.op for a in plan(inv, state([(U1, "mtty", "mtty-1")], origin=ORIGIN_CREATE), d).actions] == [
-        Op.DESTROY, Op.CREATE]
+        Op.DESTROY,
+        Op.CREATE,
+    ]
 
 
 def test_what_the_hook_made_is_left_to_the_hook_unless_declared():

@@ -1,4 +1,5 @@
 """The planner's capacity prediction for pinned creates and its GPU-wide settings (``gpus:``): pure unit tests."""
+
 from vgpuctl.model import BackendKind, Instance, Parent, VgpuType, sorted_inventory
 from vgpuctl.placement import MixMode
 from vgpuctl.plan import Block, GpuObservation, Op, plan
@@ -13,27 +14,50 @@ NV = "0x10de"
 def t4(instances=()):
     """One NVIDIA T4, time-sliced on the physical function: T4-1Q (max 16) and T4-2Q (max 8), one type per GPU."""
     p = Parent(name=GPU, vendor_id=NV)
-    ts = [VgpuType(parent=GPU, type_id="nvidia-230", name="GRID T4-1Q", available=16, max_instance=16,
-                   framebuffer_mib=1024),
-          VgpuType(parent=GPU, type_id="nvidia-231", name="GRID T4-2Q", available=8, max_instance=8,
-                   framebuffer_mib=2048)]
+    ts = [
+        VgpuType(
+            parent=GPU, type_id="nvidia-230", name="GRID T4-1Q", available=16, max_instance=16, framebuffer_mib=1024
+        ),
+        VgpuType(
+            parent=GPU, type_id="nvidia-231", name="GRID T4-2Q", available=8, max_instance=8, framebuffer_mib=2048
+        ),
+    ]
     insts = [Instance(uuid=u, parent=GPU, type_id=t) for u, t in instances]
     if insts:  # the host's counts as the kernel would report them
         n = {t: sum(1 for _, x in instances if x == t) for _, t in instances}
-        ts = [VgpuType(parent=GPU, type_id=x.type_id, name=x.name, max_instance=x.max_instance,
-                       framebuffer_mib=x.framebuffer_mib,
-                       available=(x.max_instance - n.get(x.type_id, 0)) if x.type_id in n else 0) for x in ts]
+        ts = [
+            VgpuType(
+                parent=GPU,
+                type_id=x.type_id,
+                name=x.name,
+                max_instance=x.max_instance,
+                framebuffer_mib=x.framebuffer_mib,
+                available=(x.max_instance - n.get(x.type_id, 0)) if x.type_id in n else 0,
+            )
+            for x in ts
+        ]
     return sorted_inventory([p], ts, insts)
 
 
 def vf_host(instances=()):
     """One vendor-VFIO GPU (two VFs) with 8C (max 2) and 4C (max 4)."""
     pf = "0000:4a:00.0"
-    vfs = [Parent(name=f"0000:4a:00.{n}", vendor_id=NV, physical_gpu=pf, is_vf=True, backend=BackendKind.NVIDIA_VF)
-           for n in (4, 5)]
-    ts = [VgpuType(parent=v.name, type_id=t, name=name, available=0 if any(p == v.name for _, p, _ in instances)
-                   else 1, max_instance=m, framebuffer_mib=fb)
-          for v in vfs for t, name, m, fb in (("nvidia-1", "H-8C", 2, 8192), ("nvidia-2", "H-4C", 4, 4096))]
+    vfs = [
+        Parent(name=f"0000:4a:00.{n}", vendor_id=NV, physical_gpu=pf, is_vf=True, backend=BackendKind.NVIDIA_VF)
+        for n in (4, 5)
+    ]
+    ts = [
+        VgpuType(
+            parent=v.name,
+            type_id=t,
+            name=name,
+            available=0 if any(p == v.name for _, p, _ in instances) else 1,
+            max_instance=m,
+            framebuffer_mib=fb,
+        )
+        for v in vfs
+        for t, name, m, fb in (("nvidia-1", "H-8C", 2, 8192), ("nvidia-2", "H-4C", 4, 4096))
+    ]
     insts = [Instance(uuid=u, parent=p, type_id=t, backend=BackendKind.NVIDIA_VF) for u, p, t in instances]
     return sorted_inventory(vfs, ts, insts)
 
@@ -112,13 +136,23 @@ PF = "0000:4a:00.0"
 
 
 def sched_gpu(policy="equal-share", ms=2.0, hetero=None):
-    return DesiredGpu(gpu=PF, scheduler=DesiredScheduler(policy, ms) if policy else None, heterogeneous=hetero,
-                      mark=Mark("test.yaml", 3))
+    return DesiredGpu(
+        gpu=PF,
+        scheduler=DesiredScheduler(policy, ms) if policy else None,
+        heterogeneous=hetero,
+        mark=Mark("test.yaml", 3),
+    )
 
 
 def seen(**kw):
-    base = dict(policy="best-effort", timeslice_us=None, supported=("best-effort", "equal-share", "fixed-share"),
-                min_timeslice_us=1000, max_timeslice_us=30000, heterogeneous=False)
+    base = dict(
+        policy="best-effort",
+        timeslice_us=None,
+        supported=("best-effort", "equal-share", "fixed-share"),
+        min_timeslice_us=1000,
+        max_timeslice_us=30000,
+        heterogeneous=False,
+    )
     base.update(kw)
     return {PF: GpuObservation(PF, **base)}
 
@@ -149,8 +183,12 @@ def test_sched_blocked_while_a_vgpu_runs_and_when_nvml_cannot_tell():
 def test_sched_checked_against_capabilities():
     (a,) = plan(vf_host(), state(), desired(gpus=[sched_gpu(ms=50)]), gpus=seen()).actions
     assert a.block is Block.UNSUPPORTED and "1..30 ms" in a.detail
-    (a,) = plan(vf_host(), state(), desired(gpus=[sched_gpu("fixed-share")]),
-                gpus=seen(supported=("best-effort", "equal-share"))).actions
+    (a,) = plan(
+        vf_host(),
+        state(),
+        desired(gpus=[sched_gpu("fixed-share")]),
+        gpus=seen(supported=("best-effort", "equal-share")),
+    ).actions
     assert a.block is Block.UNSUPPORTED
 
 
@@ -159,7 +197,9 @@ def test_hetero_needs_an_empty_gpu_and_goes_before_the_creates():
     d = desired(want("x", "H-4C", parent="0000:4a:00.5"), gpus=[sched_gpu(policy=None, hetero=True)])
     p = plan(vf_host(inst), state(), d, gpus=seen())
     assert [(str(a.op), str(a.block) if a.block else None) for a in p.actions] == [
-        ("hetero", "in-use"), ("create", "type-mix")]
+        ("hetero", "in-use"),
+        ("create", "type-mix"),
+    ]
     assert U[0] in p.actions[0].detail
     # owned and undesired: destroyed first, then the mode, then the create under the new mode
     p = plan(vf_host(inst), state([inst[0]]), d, gpus=seen())

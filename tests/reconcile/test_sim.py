@@ -1,5 +1,6 @@
 """The desired state on the simulated host, through the CLI: apply/plan/check/export, reboot, driver reload,
 config edits, crash safety (kill -9 of apply at seeded random points), and the service under a real NOTIFY_SOCKET."""
+
 from __future__ import annotations
 
 import json
@@ -116,8 +117,11 @@ def test_kill9_apply_at_random_points_never_leaks(host):
     """Kill apply at >= 100 seeded random moments; each next run converges and every device is known."""
     root = host.root
     rng = random.Random(20240611)
-    configs = [CONFIG, "version: 1\ninstances:\n  x: {type: mtty-2, parent: mtty}\n  c: {type: mtty-2, parent: mtty,"
-               " uuid: 83b8f4f2-509f-382f-3c1e-e6bfe0fa1001}\n"]
+    configs = [
+        CONFIG,
+        "version: 1\ninstances:\n  x: {type: mtty-2, parent: mtty}\n  c: {type: mtty-2, parent: mtty,"
+        " uuid: 83b8f4f2-509f-382f-3c1e-e6bfe0fa1001}\n",
+    ]
     from vgpuctl.commands._common import Settings
     from vgpuctl.commands.reconcile import build_reconciler
 
@@ -188,6 +192,7 @@ def test_kill9_right_after_every_journal_write(host):
                 out = fn(*a, **kw)
                 after(kind)
                 return out
+
             return inner
 
         lc.store.save = wrap(lc.store.save, "save")
@@ -226,11 +231,16 @@ def service(host, tmp_path):
     addr = str(tmp_path / "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(addr)
-    env = dict(os.environ, VGPUCTL_ROOT=str(host.root), VGPUCTL_LIBVIRT_URI="none", NOTIFY_SOCKET=addr,
-               WATCHDOG_USEC="400000")
+    env = dict(
+        os.environ, VGPUCTL_ROOT=str(host.root), VGPUCTL_LIBVIRT_URI="none", NOTIFY_SOCKET=addr, WATCHDOG_USEC="400000"
+    )
     log = open(tmp_path / "service.log", "w+")
-    proc = subprocess.Popen(VGPUCTL + ["service", "--watch", "poll", "--poll-interval", "0.05"],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        VGPUCTL + ["service", "--watch", "poll", "--poll-interval", "0.05"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     messages = []
 
     def until(pred, timeout=60.0):
@@ -293,11 +303,16 @@ def test_service_never_waits_on_a_notify_socket_nobody_reads(host, tmp_path):
     addr = str(tmp_path / "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(addr)  # never read: the queue holds net.unix.max_dgram_qlen datagrams, then fills
-    env = dict(os.environ, VGPUCTL_ROOT=str(host.root), VGPUCTL_LIBVIRT_URI="none", NOTIFY_SOCKET=addr,
-               WATCHDOG_USEC="100000")  # WATCHDOG=1 every 50 ms
+    env = dict(
+        os.environ, VGPUCTL_ROOT=str(host.root), VGPUCTL_LIBVIRT_URI="none", NOTIFY_SOCKET=addr, WATCHDOG_USEC="100000"
+    )  # WATCHDOG=1 every 50 ms
     log = open(tmp_path / "service.log", "w+")
-    proc = subprocess.Popen(VGPUCTL + ["service", "--watch", "poll", "--poll-interval", "0.05"],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        VGPUCTL + ["service", "--watch", "poll", "--poll-interval", "0.05"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     try:
         assert wait_for(lambda: len(host.instances()) == 3, timeout=30), open(log.name).read()
         time.sleep(2.0)  # far more datagrams than the queue holds

@@ -1,4 +1,5 @@
 """Desired-state files: strict parsing, merging in name order, errors with file, line and key."""
+
 import subprocess
 import sys
 import textwrap
@@ -47,22 +48,37 @@ def test_derived_uuid_is_stable():
     assert derive_uuid("web-1") == "a7005217-970f-5b0f-813a-4a3ddc82ee01"  # pinned: derived uuids must never change
 
 
-@pytest.mark.parametrize("text,line,key", [
-    ("version: 1\nbogus: 1\n", 2, "bogus"),
-    ("version: 2\n", 1, "version"),
-    ("instances: {}\n", 1, "version"),
-    ("version: 1\ninstances:\n  a:\n    type: mtty-1\n    parent: mtty\n    colour: red\n", 6, "instances.a.colour"),
-    ("version: 1\ninstances:\n  a:\n    parent: mtty\n", 4, "instances.a.type"),
-    ("version: 1\ninstances:\n  a:\n    type: mtty-1\n", 4, "instances.a"),
-    ("version: 1\ninstances:\n  a:\n    type: mtty-1\n    parent: mtty\n    uuid: nope\n", 6, "instances.a.uuid"),
-    ("version: 1\ninstances:\n  a:\n    type: mtty-1\n    parent: ../x\n", 5, "instances.a.parent"),
-    ("version: 1\ninstances:\n  a:\n    type: mtty-1\n    parent: mtty\n    attach: live\n", 6, "instances.a.attach"),
-    ("version: 1\ninstances:\n  a: {type: t, parent: p}\n  a: {type: t, parent: p}\n", 4, "instances.a"),
-    ("version: 1\ninstances:\n  a: {type: t, parent: p, uuid: 83b8f4f2-509f-382f-3c1e-e6bfe0fa1001}\n"
-     "  b: {type: t, parent: p, uuid: 83B8F4F2-509F-382F-3C1E-E6BFE0FA1001}\n", 4, "instances.b.uuid"),
-    ("version: 1\ninstances: [a]\n", 2, "instances"),
-    ("version: 1\n  x: : :\n", 2, None),
-])
+@pytest.mark.parametrize(
+    "text,line,key",
+    [
+        ("version: 1\nbogus: 1\n", 2, "bogus"),
+        ("version: 2\n", 1, "version"),
+        ("instances: {}\n", 1, "version"),
+        (
+            "version: 1\ninstances:\n  a:\n    type: mtty-1\n    parent: mtty\n    colour: red\n",
+            6,
+            "instances.a.colour",
+        ),
+        ("version: 1\ninstances:\n  a:\n    parent: mtty\n", 4, "instances.a.type"),
+        ("version: 1\ninstances:\n  a:\n    type: mtty-1\n", 4, "instances.a"),
+        ("version: 1\ninstances:\n  a:\n    type: mtty-1\n    parent: mtty\n    uuid: nope\n", 6, "instances.a.uuid"),
+        ("version: 1\ninstances:\n  a:\n    type: mtty-1\n    parent: ../x\n", 5, "instances.a.parent"),
+        (
+            "version: 1\ninstances:\n  a:\n    type: mtty-1\n    parent: mtty\n    attach: live\n",
+            6,
+            "instances.a.attach",
+        ),
+        ("version: 1\ninstances:\n  a: {type: t, parent: p}\n  a: {type: t, parent: p}\n", 4, "instances.a"),
+        (
+            "version: 1\ninstances:\n  a: {type: t, parent: p, uuid: 83b8f4f2-509f-382f-3c1e-e6bfe0fa1001}\n"
+            "  b: {type: t, parent: p, uuid: 83B8F4F2-509F-382F-3C1E-E6BFE0FA1001}\n",
+            4,
+            "instances.b.uuid",
+        ),
+        ("version: 1\ninstances: [a]\n", 2, "instances"),
+        ("version: 1\n  x: : :\n", 2, None),
+    ],
+)
 def test_strict_errors(text, line, key):
     with pytest.raises(ConfigError) as e:
         parse(text, path="f.yaml")
@@ -111,9 +127,11 @@ def test_validate_capacity_with_max_instance():
 
 
 def test_list_does_not_import_yaml():
-    code = ("import sys; from vgpuctl.cli import cli\n"
-            "try:\n    cli.main(['--root', '/nonexistent', 'list'], standalone_mode=False)\nexcept SystemExit: pass\n"
-            "print('yaml' in sys.modules)")
+    code = (
+        "import sys; from vgpuctl.cli import cli\n"
+        "try:\n    cli.main(['--root', '/nonexistent', 'list'], standalone_mode=False)\nexcept SystemExit: pass\n"
+        "print('yaml' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip().splitlines()[-1] == "False", out.stderr
 
@@ -134,26 +152,45 @@ gpus:
 def test_parse_gpus():
     a, b = parse(GPUS, path="x.yaml").gpus
     assert (a.gpu, a.scheduler.policy, a.scheduler.timeslice_ms, a.heterogeneous) == (
-        "0000:4a:00.0", "equal-share", 2.0, False)
+        "0000:4a:00.0",
+        "equal-share",
+        2.0,
+        False,
+    )
     assert (b.gpu, b.scheduler.text(), b.heterogeneous, b.mark.line) == ("0000:ca:00.0", "best-effort", None, 6)
 
 
-@pytest.mark.parametrize("text,line,key", [
-    ("version: 1\ngpus:\n  nope:\n    heterogeneous: true\n", 3, "gpus.nope"),
-    ("version: 1\ngpus:\n  4a:00.0:\n    colour: red\n", 4, "gpus.0000:4a:00.0.colour"),
-    ("version: 1\ngpus:\n  4a:00.0: {}\n", 3, "gpus.0000:4a:00.0"),
-    ("version: 1\ngpus:\n  4a:00.0:\n    heterogeneous: yes please\n", 4, "gpus.0000:4a:00.0.heterogeneous"),
-    ("version: 1\ngpus:\n  4a:00.0:\n    scheduler: {timeslice_ms: 2}\n", 4, "gpus.0000:4a:00.0.scheduler.policy"),
-    ("version: 1\ngpus:\n  4a:00.0:\n    scheduler: {policy: fair}\n", 4, "gpus.0000:4a:00.0.scheduler.policy"),
-    ("version: 1\ngpus:\n  4a:00.0:\n    scheduler:\n      policy: equal-share\n      timeslice_ms: 0\n", 6,
-     "gpus.0000:4a:00.0.scheduler.timeslice_ms"),
-    ("version: 1\ngpus:\n  4a:00.0:\n    scheduler:\n      policy: best-effort\n      timeslice_ms: 2\n", 6,
-     "gpus.0000:4a:00.0.scheduler.timeslice_ms"),
-    ("version: 1\ngpus:\n  4a:00.0:\n    scheduler: {policy: fixed-share}\n    heterogeneous: true\n", 4,
-     "gpus.0000:4a:00.0.scheduler.policy"),
-    ("version: 1\ngpus:\n  4a:00.0: {heterogeneous: true}\n  0000:4A:00.0: {heterogeneous: true}\n", 4,
-     "gpus.0000:4a:00.0"),
-])
+@pytest.mark.parametrize(
+    "text,line,key",
+    [
+        ("version: 1\ngpus:\n  nope:\n    heterogeneous: true\n", 3, "gpus.nope"),
+        ("version: 1\ngpus:\n  4a:00.0:\n    colour: red\n", 4, "gpus.0000:4a:00.0.colour"),
+        ("version: 1\ngpus:\n  4a:00.0: {}\n", 3, "gpus.0000:4a:00.0"),
+        ("version: 1\ngpus:\n  4a:00.0:\n    heterogeneous: yes please\n", 4, "gpus.0000:4a:00.0.heterogeneous"),
+        ("version: 1\ngpus:\n  4a:00.0:\n    scheduler: {timeslice_ms: 2}\n", 4, "gpus.0000:4a:00.0.scheduler.policy"),
+        ("version: 1\ngpus:\n  4a:00.0:\n    scheduler: {policy: fair}\n", 4, "gpus.0000:4a:00.0.scheduler.policy"),
+        (
+            "version: 1\ngpus:\n  4a:00.0:\n    scheduler:\n      policy: equal-share\n      timeslice_ms: 0\n",
+            6,
+            "gpus.0000:4a:00.0.scheduler.timeslice_ms",
+        ),
+        (
+            "version: 1\ngpus:\n  4a:00.0:\n    scheduler:\n      policy: best-effort\n      timeslice_ms: 2\n",
+            6,
+            "gpus.0000:4a:00.0.scheduler.timeslice_ms",
+        ),
+        (
+            "version: 1\ngpus:\n  4a:00.0:\n    scheduler: {policy: fixed-share}\n    heterogeneous: true\n",
+            4,
+            "gpus.0000:4a:00.0.scheduler.policy",
+        ),
+        (
+            "version: 1\ngpus:\n  4a:00.0: {heterogeneous: true}\n  0000:4A:00.0: {heterogeneous: true}\n",
+            4,
+            "gpus.0000:4a:00.0",
+        ),
+    ],
+)
 def test_gpus_errors_name_file_line_key(text, line, key):
     with pytest.raises(ConfigError) as e:
         parse(text, path="g.yaml")
@@ -165,4 +202,6 @@ def test_gpu_configured_in_two_files(tmp_path):
     write(tmp_path, "conf.d/10-x.yaml", "version: 1\ngpus:\n  4a:00.0: {heterogeneous: false}\n")
     with pytest.raises(ConfigError) as e:
         load(tmp_path / "etc" / "vgpuctl")
-    assert e.value.path.endswith("10-x.yaml") and e.value.key == "gpus.0000:4a:00.0" and "vgpuctl.yaml:3" in str(e.value)
+    assert (
+        e.value.path.endswith("10-x.yaml") and e.value.key == "gpus.0000:4a:00.0" and "vgpuctl.yaml:3" in str(e.value)
+    )

@@ -1,4 +1,5 @@
 """The systemd unit passes systemd-analyze verify (skipped where systemd-analyze is not installed)."""
+
 import shutil
 import subprocess
 import sys
@@ -11,8 +12,14 @@ UNIT = Path(__file__).resolve().parents[2] / "systemd" / "vgpuctl.service"
 
 def test_unit_has_what_the_service_needs():
     text = UNIT.read_text()
-    for line in ("Type=notify", "Restart=on-failure", "Before=libvirt-guests.service", "ExecReload=",
-                 "After=libvirtd.service virtqemud.service", "ExecStart=/usr/bin/vgpuctl service"):
+    for line in (
+        "Type=notify",
+        "Restart=on-failure",
+        "Before=libvirt-guests.service",
+        "ExecReload=",
+        "After=libvirtd.service virtqemud.service",
+        "ExecStart=/usr/bin/vgpuctl service",
+    ):
         assert line in text
     assert "nvidia-vgpu-mgr.service" in text and "nvidia-sriov.service" in text
 

@@ -1,4 +1,5 @@
 """The mounted simulator, through ordinary file operations from this and other processes."""
+
 from __future__ import annotations
 
 import errno
@@ -71,8 +72,22 @@ def test_layout_reads_like_sysfs(sim_factory):
     assert errno_of(os.open, create, os.O_RDONLY) == errno.EACCES  # even for root, as kernfs
     assert errno_of(os.open, parent / "vendor", os.O_WRONLY) == errno.EACCES
     assert sorted(os.listdir(sim.control_dir)) == [
-        "README", "events", "fail_next", "gpu_instances", "gpu_processes", "heterogeneous", "iommu", "mig", "modules",
-        "pid", "profile", "reboot", "register", "remove_block_seconds", "unregister"]
+        "README",
+        "events",
+        "fail_next",
+        "gpu_instances",
+        "gpu_processes",
+        "heterogeneous",
+        "iommu",
+        "mig",
+        "modules",
+        "pid",
+        "profile",
+        "reboot",
+        "register",
+        "remove_block_seconds",
+        "unregister",
+    ]
     assert (sim.control_dir / "profile").read_text() == "t4x2\n"
 
 
@@ -191,8 +206,14 @@ def test_remove_returns_when_holder_lets_go_and_others_go_on_meanwhile(sim_facto
     sim = sim_factory("mtty")
     sim.create("mtty", "mtty-1", U1)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); print(flush=True);"
-         " time.sleep(1.0)", str(sim.paths.dev_vfio / str(sim.group_of(U1)))], stdout=subprocess.PIPE)
+        [
+            sys.executable,
+            "-c",
+            "import os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); print(flush=True); time.sleep(1.0)",
+            str(sim.paths.dev_vfio / str(sim.group_of(U1))),
+        ],
+        stdout=subprocess.PIPE,
+    )
     holder.stdout.readline()  # it holds the group now
     done = []
     t0 = time.monotonic()
@@ -236,8 +257,10 @@ def test_two_processes_racing_for_the_last_slot(sim_factory):
     sim.create(T4, "nvidia-233", U1)
     for _ in range(3):
         at = time.time() + 0.4
-        procs = [subprocess.Popen([sys.executable, "-c", RACER, str(create), u, str(at)], stdout=subprocess.PIPE,
-                                  text=True) for u in (U2, U3)]
+        procs = [
+            subprocess.Popen([sys.executable, "-c", RACER, str(create), u, str(at)], stdout=subprocess.PIPE, text=True)
+            for u in (U2, U3)
+        ]
         results = sorted(p.communicate(timeout=10)[0].strip() for p in procs)
         assert results == ["ENOSPC", "ok"]
         assert len(sim.instances()) == 2
@@ -263,8 +286,9 @@ def test_cli_start_status_stop(tmp_path):
         err = cli("start", "mtty", str(root), check_rc=1).stderr
         assert "already mounted" in err and len(err.strip().splitlines()) == 1
         cli("ctl", str(root), "fail-next", "create", "EIO")
-        assert errno_of(write_attr, root / "sys/class/mdev_bus/mtty/mdev_supported_types/mtty-1/create",
-                        U1) == errno.EIO
+        assert (
+            errno_of(write_attr, root / "sys/class/mdev_bus/mtty/mdev_supported_types/mtty-1/create", U1) == errno.EIO
+        )
         cli("ctl", str(root), "reboot")
         assert "reboot" in cli("ctl", str(root), "events").stdout
         assert (root / "run/vgpusim.log").stat().st_size > 0

@@ -5,6 +5,7 @@ a write returns, every path the write removed or re-pointed (machine.changed_pat
 (so the kernel has them cached), change the host, and read again.  The real-kernel stage pins the other half: the
 kernel itself never changes the kind or mode of a path that stays (tests/realkernel/test_sim_pin.py).
 """
+
 from __future__ import annotations
 
 import os
@@ -113,8 +114,10 @@ def _step(m: Machine, kind: int, a: int, b: int) -> None:
 
 
 @settings(max_examples=30, deadline=None)
-@given(name=st.sampled_from(sorted(PROFILES)),
-       steps=st.lists(st.tuples(st.integers(0, 5), st.integers(0, 1000), st.integers(0, 1000)), max_size=25))
+@given(
+    name=st.sampled_from(sorted(PROFILES)),
+    steps=st.lists(st.tuples(st.integers(0, 5), st.integers(0, 1000), st.integers(0, 1000)), max_size=25),
+)
 def test_every_change_a_cache_could_keep_is_in_changed_paths(name, steps):
     """What changed_paths leaves out (paths in both trees) keeps its kind, its mode and its link target: the
     kernel's cached attributes and links of those stay true.  Fails if the simulator changes a file's mode, or a

@@ -1,4 +1,5 @@
 """The simulated host's rules, on the in-memory model (no FUSE): errnos, capacity, vendor rules, controls."""
+
 from __future__ import annotations
 
 import errno
@@ -42,13 +43,16 @@ def test_uuid_accepted_36_or_37_bytes_uppercase_lowered(data):
     assert parse_uuid_write(data.encode()) == U1
 
 
-@pytest.mark.parametrize("data", ["", "\n", U1[:-1], U1 + "\n\n", U1.replace("-", "_"), "g" + U1[1:],
-                                  U1 + "00", "{" + U1 + "}"])
+@pytest.mark.parametrize(
+    "data", ["", "\n", U1[:-1], U1 + "\n\n", U1.replace("-", "_"), "g" + U1[1:], U1 + "00", "{" + U1 + "}"]
+)
 def test_malformed_uuid_is_einval(data):
     assert err_of(parse_uuid_write, data.encode()) == errno.EINVAL
 
 
-@pytest.mark.parametrize("text,value", [("0", 0), ("1", 1), ("1\n", 1), ("0x10", 16), ("010", 8), ("+5", 5), ("00", 0), ("0X1f\n", 31)])
+@pytest.mark.parametrize(
+    "text,value", [("0", 0), ("1", 1), ("1\n", 1), ("0x10", 16), ("010", 8), ("+5", 5), ("00", 0), ("0X1f\n", 31)]
+)
 def test_kstrtoul(text, value):
     assert kstrtoul(text.encode()) == value
 
@@ -230,8 +234,10 @@ def test_unregister_loses_instances_and_register_brings_parent_back_empty(tmp_pa
     m.register("mtty")
     assert "/class/mdev_bus/mtty" in m.tree and avail(m, "mtty", "mtty-1") == 24
     assert [e.split()[1:3] for e in m.events][-3:] == [
-        ["remove", f"/devices/virtual/mtty/mtty/{U1}"], ["change", "/devices/virtual/mtty/mtty"],
-        ["change", "/devices/virtual/mtty/mtty"]]
+        ["remove", f"/devices/virtual/mtty/mtty/{U1}"],
+        ["change", "/devices/virtual/mtty/mtty"],
+        ["change", "/devices/virtual/mtty/mtty"],
+    ]
     assert err_of(m.unregister, "nosuch") == errno.ENODEV
 
 

@@ -1,4 +1,5 @@
 """Capacity invariants of the simulated host under random create/remove sequences."""
+
 from __future__ import annotations
 
 

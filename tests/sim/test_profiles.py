@@ -1,4 +1,5 @@
 """Profiles load and validate; materialize writes the same tree the daemon serves (no FUSE needed)."""
+
 from __future__ import annotations
 
 import os
@@ -22,10 +23,16 @@ def test_t4_table_matches_the_user_guide():
     t4 = {t.id: t for t in load_profile("t4x2").devices[0].model.types}
     assert t4["nvidia-230"].name == "GRID T4-1Q"
     assert t4["nvidia-230"].description == (
-        "num_heads=4, frl_config=60, framebuffer=1024M, max_resolution=5120x2880, max_instance=16")
+        "num_heads=4, frl_config=60, framebuffer=1024M, max_resolution=5120x2880, max_instance=16"
+    )
     by_profile = {t.name.split()[-1]: t.max_instance for t in t4.values()}
     assert {k: by_profile[k] for k in ("T4-1Q", "T4-2Q", "T4-4Q", "T4-8Q", "T4-16Q")} == {
-        "T4-1Q": 16, "T4-2Q": 8, "T4-4Q": 4, "T4-8Q": 2, "T4-16Q": 1}
+        "T4-1Q": 16,
+        "T4-2Q": 8,
+        "T4-4Q": 4,
+        "T4-8Q": 2,
+        "T4-16Q": 1,
+    }
     assert {"T4-1B", "T4-1A", "T4-4C"} <= set(by_profile)
 
 
@@ -35,16 +42,25 @@ def test_include_overrides_model_keys():
     assert names == {"t4": "NVIDIA T4-1B", "a16": "NVIDIA A16-1B"}
 
 
-@pytest.mark.parametrize("text,key", [
-    ("version: 2\ndevices: []\n", "version"),
-    ("version: 1\nbogus: 1\n", None),
-    ("version: 1\ndevices: [{virtual: x, model: nope}]\n", "devices[0]"),
-    ("version: 1\nmodels: {m: {kind: virtual, class_name: m, mdev_driver: m, pool: {a: 1},"
-     " types: [{id: m-1, colour: red}]}}\ndevices: [{virtual: m, model: m}]\n", "models.m.types[0]"),
-    ("version: 1\nmodels: {m: {kind: pci, mdev_driver: m, capacity: nvidia,"
-     " types: [{id: m-1}]}}\ndevices: [{pci: '0000:01:00.0', model: m}]\n", "models.m.types[0]"),
-    ("version: 1\n: :\n", None),
-])
+@pytest.mark.parametrize(
+    "text,key",
+    [
+        ("version: 2\ndevices: []\n", "version"),
+        ("version: 1\nbogus: 1\n", None),
+        ("version: 1\ndevices: [{virtual: x, model: nope}]\n", "devices[0]"),
+        (
+            "version: 1\nmodels: {m: {kind: virtual, class_name: m, mdev_driver: m, pool: {a: 1},"
+            " types: [{id: m-1, colour: red}]}}\ndevices: [{virtual: m, model: m}]\n",
+            "models.m.types[0]",
+        ),
+        (
+            "version: 1\nmodels: {m: {kind: pci, mdev_driver: m, capacity: nvidia,"
+            " types: [{id: m-1}]}}\ndevices: [{pci: '0000:01:00.0', model: m}]\n",
+            "models.m.types[0]",
+        ),
+        ("version: 1\n: :\n", None),
+    ],
+)
 def test_bad_profiles_are_config_errors(tmp_path, text, key):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -105,11 +121,17 @@ def test_materialize_a16_sriov_and_samples(tmp_path):
     assert os.path.realpath(s / "class/mdev_bus/mtty") == str(mtty)
     assert sorted(os.listdir(mtty / "mdev_supported_types")) == ["mtty-1", "mtty-2"]
     assert sorted(os.listdir(mtty / "mdev_supported_types/mtty-1")) == [
-        "available_instances", "create", "device_api", "devices", "name"]  # no description, as the sample
+        "available_instances",
+        "create",
+        "device_api",
+        "devices",
+        "name",
+    ]  # no description, as the sample
     assert (mtty / "mdev_supported_types/mtty-2/available_instances").read_text() == "12\n"
     assert (mtty / "mdev_supported_types/mtty-1/name").read_text() == "Single port serial\n"
     assert (s / "devices/virtual/mdpy/mdpy/mdev_supported_types/mdpy-xga/description").read_text() == (
-        "virtual display, 1024x768 framebuffer\n")
+        "virtual display, 1024x768 framebuffer\n"
+    )
     g = materialize("gvtg", tmp_path / "g")
     desc = g / "class/mdev_bus/0000:00:02.0/mdev_supported_types/i915-GVTg_V5_4/description"
     assert desc.read_text() == "low_gm_size: 128MB\nhigh_gm_size: 512MB\nfence: 4\nresolution: 1920x1200\nweight: 4\n"

@@ -1,4 +1,5 @@
 """The simulator's NVIDIA vendor-VFIO layout (h200, l40s): creatable lists, errnos, rules; and vgpuctl on it."""
+
 from __future__ import annotations
 
 import errno
@@ -31,11 +32,14 @@ def test_layout_and_creatable_format():
     assert f"/class/mdev_bus/{VF}" not in tree  # no mdev on this path
 
 
-@pytest.mark.parametrize("first,second,err", [
-    (1105, 1114, 0),  # L40S-4Q then L40S-4A: 4 GB both, equal size -> allowed
-    (1105, 1103, errno.EINVAL),  # 4Q then 2Q: sizes differ
-    (None, 9999, errno.ENODEV),  # unknown type
-])
+@pytest.mark.parametrize(
+    "first,second,err",
+    [
+        (1105, 1114, 0),  # L40S-4Q then L40S-4A: 4 GB both, equal size -> allowed
+        (1105, 1103, errno.EINVAL),  # 4Q then 2Q: sizes differ
+        (None, 9999, errno.ENODEV),  # unknown type
+    ],
+)
 def test_equal_size_rule_and_errnos(first, second, err):
     m = machine()
     if first:
@@ -92,12 +96,14 @@ def test_gpu_instance_placements_and_refusals():
     for _ in range(3):
         m.gpu_instance_control(f"{MIGPF} create 2g.35gb")
     assert [(g.start, g.size) for g in m.gis[MIGPF]] == [(0, 2), (2, 2), (4, 2)]
-    for text, err in [(f"{MIGPF} create 3g.71gb", errno.ENOSPC),  # 0 and 4 overlap
-                      (f"{MIGPF} create 1g.18gb 3", errno.ENOSPC),  # inside the second instance
-                      (f"{MIGPF} create 1g.18gb 7", errno.EINVAL),  # not a placement of 1g
-                      (f"{MIGPF} create 5g.99gb", errno.EINVAL),  # no such profile on H200
-                      ("0000:4a:00.0 create 1g.18gb", errno.EINVAL),  # not in MIG mode
-                      (f"{MIGPF} destroy 9", errno.ENOENT)]:
+    for text, err in [
+        (f"{MIGPF} create 3g.71gb", errno.ENOSPC),  # 0 and 4 overlap
+        (f"{MIGPF} create 1g.18gb 3", errno.ENOSPC),  # inside the second instance
+        (f"{MIGPF} create 1g.18gb 7", errno.EINVAL),  # not a placement of 1g
+        (f"{MIGPF} create 5g.99gb", errno.EINVAL),  # no such profile on H200
+        ("0000:4a:00.0 create 1g.18gb", errno.EINVAL),  # not in MIG mode
+        (f"{MIGPF} destroy 9", errno.ENOENT),
+    ]:
         with pytest.raises(SimError) as ei:
             m.gpu_instance_control(text)
         assert ei.value.errno == err, text

@@ -1,5 +1,6 @@
 """The service's Prometheus metrics on the simulated host: scraped over HTTP on 127.0.0.1 (a free port), values
 matching ``list``/``status``; the node_exporter textfile is replaced atomically (readers never see a part)."""
+
 from __future__ import annotations
 
 import json
@@ -62,9 +63,23 @@ def test_service_metrics_over_http_and_textfile(sim_factory, tmp_path):
     prom.parent.mkdir()
     env = dict(os.environ, VGPUCTL_ROOT=str(sim.root), VGPUCTL_LIBVIRT_URI="none")
     log = open(tmp_path / "service.log", "w+")
-    proc = subprocess.Popen(VGPUCTL + ["service", "--watch", "poll", "--poll-interval", "0.05",
-                                       "--metrics-address", f"127.0.0.1:{port}", "--metrics-textfile", str(prom)],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        VGPUCTL
+        + [
+            "service",
+            "--watch",
+            "poll",
+            "--poll-interval",
+            "0.05",
+            "--metrics-address",
+            f"127.0.0.1:{port}",
+            "--metrics-textfile",
+            str(prom),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     try:
         url = f"http://127.0.0.1:{port}/metrics"
         body, end = "", time.monotonic() + 60

@@ -2,6 +2,7 @@
 the picture's rules on in-memory hosts (domains, colour, fragmentation).
 
 ``VGPUCTL_REGEN_GOLDEN=1`` rewrites the golden files; a missing one fails (tests/golden.py)."""
+
 from __future__ import annotations
 
 import json
@@ -25,10 +26,14 @@ VGPUCTL = [sys.executable, "-m", "vgpuctl.cli"]
 
 #: (uuid suffix, parent given to create, type)
 HALF_FULL = [
-    (1, "0000:3b:00.0", "T4-4Q"), (2, "0000:3b:00.0", "T4-4Q"),
+    (1, "0000:3b:00.0", "T4-4Q"),
+    (2, "0000:3b:00.0", "T4-4Q"),
     (3, "0000:d8:00.0", "T4-2Q"),
-    (4, "0000:86:00.0", "A16-4Q"), (5, "0000:86:00.0", "A16-4Q"),
-    (6, "0000:87:00.0", "A16-1Q"), (7, "0000:87:00.0", "A16-1Q"), (8, "0000:87:00.0", "A16-1Q"),
+    (4, "0000:86:00.0", "A16-4Q"),
+    (5, "0000:86:00.0", "A16-4Q"),
+    (6, "0000:87:00.0", "A16-1Q"),
+    (7, "0000:87:00.0", "A16-1Q"),
+    (8, "0000:87:00.0", "A16-1Q"),
 ]
 
 

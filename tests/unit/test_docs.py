@@ -1,4 +1,5 @@
 """The generated docs match the CLI and the error table; every error class's exit code is documented."""
+
 import importlib.util
 import inspect
 from pathlib import Path

@@ -1,4 +1,5 @@
 """The example configuration shipped in /usr/share/doc/vgpuctl/examples parses with vgpuctl's own strict readers."""
+
 from pathlib import Path
 
 from vgpuctl import spec

@@ -1,5 +1,6 @@
 """The fresh-machine stage's own logic, without building a root: the apt sources it takes from the host, the commands
 it reads from the README, and the skip check it runs after them (tests/freshroot/, docs/freshroot.md)."""
+
 import os
 import shutil
 import subprocess
@@ -13,8 +14,9 @@ STAGE = REPO / "tests" / "freshroot"
 
 
 def host_sources(root: Path, suite: str = "bookworm") -> list:
-    p = subprocess.run([sys.executable, str(STAGE / "host-sources.py"), suite, str(root)],
-                       capture_output=True, text=True, check=True)
+    p = subprocess.run(
+        [sys.executable, str(STAGE / "host-sources.py"), suite, str(root)], capture_output=True, text=True, check=True
+    )
     return p.stdout.splitlines()
 
 
@@ -25,7 +27,9 @@ def write(path: Path, text: str) -> None:
 
 def test_sources_come_from_the_hosts_deb822_and_one_line_files(tmp_path):
     d = tmp_path / "etc/apt/sources.list.d"
-    write(d / "debian.sources", """Types: deb deb-src
+    write(
+        d / "debian.sources",
+        """Types: deb deb-src
 # a comment
 URIs: http://mirror.example/debian
 Suites: bookworm bookworm-updates trixie
@@ -47,13 +51,19 @@ Types: deb-src
 URIs: http://src.example/debian
 Suites: bookworm
 Components: main
-""")
-    write(tmp_path / "etc/apt/sources.list", "deb [arch=amd64] http://old.example/debian bookworm main # hi\n"
-                                             "# deb http://commented.example/debian bookworm main\n"
-                                             "deb http://other.example/ubuntu jammy main\n")
+""",
+    )
+    write(
+        tmp_path / "etc/apt/sources.list",
+        "deb [arch=amd64] http://old.example/debian bookworm main # hi\n"
+        "# deb http://commented.example/debian bookworm main\n"
+        "deb http://other.example/ubuntu jammy main\n",
+    )
     write(d / "thirdparty.list.disabled-by-someone", "deb http://disabled.example/x bookworm main\n")
-    write(d / "nodesource.sources", "Types: deb\nURIs: https://node.example/node_20.x\nSuites: nodistro\n"
-                                    "Components: main\n")
+    write(
+        d / "nodesource.sources",
+        "Types: deb\nURIs: https://node.example/node_20.x\nSuites: nodistro\nComponents: main\n",
+    )
     assert host_sources(tmp_path) == [
         "deb http://old.example/debian bookworm main",
         "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://mirror.example/debian bookworm "
@@ -84,8 +94,11 @@ def test_the_commands_are_the_readmes():
 
 
 def test_a_readme_edit_changes_the_commands(tmp_path):
-    run = stage_copy(tmp_path, "# x\n\n## Two commands (as root)\n\ntext\n\n```sh\n./a.sh --x   # one\n\n"
-                               "  ./b.sh\n```\n\n```sh\n./not-this.sh\n```\n")
+    run = stage_copy(
+        tmp_path,
+        "# x\n\n## Two commands (as root)\n\ntext\n\n```sh\n./a.sh --x   # one\n\n"
+        "  ./b.sh\n```\n\n```sh\n./not-this.sh\n```\n",
+    )
     p = subprocess.run([str(run), "--print-commands"], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines() == ["./a.sh --x", "./b.sh"]
@@ -104,24 +117,38 @@ def skip_check(tmp_path: Path, log: str):
     (logs / "01.log").write_text(log)
     (logs / "02.log").write_text("SKIPPED [1] tests/x.py:1: only a check's own output, not read\n")
     (logs / "steps").write_text(f"{logs}/01.log\t./scripts/test.sh\n{logs}/02.log\tcheck 10-x.sh\n")
-    return subprocess.run(["bash", str(STAGE / "checks.d" / "20-no-unexpected-skips.sh")], cwd=REPO,
-                          env={**os.environ, "FRESHROOT_LOGS": str(logs)}, capture_output=True, text=True)
+    return subprocess.run(
+        ["bash", str(STAGE / "checks.d" / "20-no-unexpected-skips.sh")],
+        cwd=REPO,
+        env={**os.environ, "FRESHROOT_LOGS": str(logs)},
+        capture_output=True,
+        text=True,
+    )
 
 
 def test_skip_check_allows_the_expected_skips(tmp_path):
-    p = skip_check(tmp_path, "..s..\n=== short test summary info ===\n"
-                             "SKIPPED [26] tests/realkernel/test_smoke.py:12: real-kernel test: runs only inside "
-                             "the QEMU guest (tests/realkernel/run)\n1 passed, 26 skipped\n")
+    p = skip_check(
+        tmp_path,
+        "..s..\n=== short test summary info ===\n"
+        "SKIPPED [26] tests/realkernel/test_smoke.py:12: real-kernel test: runs only inside "
+        "the QEMU guest (tests/realkernel/run)\n1 passed, 26 skipped\n",
+    )
     assert p.returncode == 0, p.stderr
     assert "skips on the fresh root: 26, every one expected" in p.stdout
 
 
-@pytest.mark.parametrize("reason", [
-    "libvirtd is not installed (apt-get install libvirt-daemon-system)",
-    "ansible-test sanity needs git",
-])
+@pytest.mark.parametrize(
+    "reason",
+    [
+        "libvirtd is not installed (apt-get install libvirt-daemon-system)",
+        "ansible-test sanity needs git",
+    ],
+)
 def test_skip_check_fails_on_a_skip_for_a_missing_tool(tmp_path, reason):
-    p = skip_check(tmp_path, "SKIPPED [26] tests/realkernel/test_smoke.py:12: real-kernel test: runs only inside "
-                             f"the QEMU guest (tests/realkernel/run)\nSKIPPED [2] tests/virt/libvirtd.py:99: {reason}\n")
+    p = skip_check(
+        tmp_path,
+        "SKIPPED [26] tests/realkernel/test_smoke.py:12: real-kernel test: runs only inside "
+        f"the QEMU guest (tests/realkernel/run)\nSKIPPED [2] tests/virt/libvirtd.py:99: {reason}\n",
+    )
     assert p.returncode == 1
     assert f"unexpected skip on the fresh root (2 test(s)): {reason}" in p.stderr

@@ -1,4 +1,5 @@
 """The golden-file rule (tests/golden.py): a missing file fails, only VGPUCTL_REGEN_GOLDEN=1 writes one."""
+
 from __future__ import annotations
 
 import pytest

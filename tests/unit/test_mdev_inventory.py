@@ -1,4 +1,5 @@
 """The mdev backend's readers against a static tmp tree (no FUSE, no kernel)."""
+
 import os
 import subprocess
 import sys
@@ -46,7 +47,13 @@ def test_types_parsed(host):
     inv = host.inventory()
     q = inv.type_on("0000:3b:00.0", "nvidia-231")
     assert (q.name, q.available, q.framebuffer_mib, q.max_instance, q.series, q.profile) == (
-        "GRID T4-2Q", 7, 2048, 8, "Q", "T4-2Q")
+        "GRID T4-2Q",
+        7,
+        2048,
+        8,
+        "Q",
+        "T4-2Q",
+    )
     g = inv.type_on("0000:00:02.0", "i915-GVTg_V5_4")
     assert (g.weight, g.framebuffer_mib, g.max_resolution) == (4, 512, "1920x1200")
     m = inv.type_on("mtty", "mtty-1")

@@ -33,8 +33,15 @@ def test_round_trip_and_mode(paths):
     assert [f for f in os.listdir(paths.state_dir) if f.startswith(".state.")] == []  # no temp files left
 
 
-@pytest.mark.parametrize("content", ["{", "[]", '{"schema": "other/v9", "owned": [], "pending": []}',
-                                     '{"schema": "vgpuctl.state/v1", "owned": [{"uuid": 1}], "pending": []}'])
+@pytest.mark.parametrize(
+    "content",
+    [
+        "{",
+        "[]",
+        '{"schema": "other/v9", "owned": [], "pending": []}',
+        '{"schema": "vgpuctl.state/v1", "owned": [{"uuid": 1}], "pending": []}',
+    ],
+)
 def test_corrupt_state_is_a_typed_error(paths, content):
     paths.state_dir.mkdir(parents=True)
     paths.state_file.write_text(content)

@@ -1,5 +1,6 @@
 """The shared toolkit's small promises: NVML reasons said once, error classes that carry the fields they claim
 (``str(e)`` and ``e.args`` agree), and one rule for an ambiguous type name on every path that resolves one."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,13 +16,16 @@ def test_reason_for_says_an_unknown_code_once():
     assert reason_for(None, "nvmlInit") == "NVML error in nvmlInit (no error code)"
 
 
-@pytest.mark.parametrize("err", [
-    errors.AttachedElsewhere("u1", ["web"]),
-    errors.GpuBusy("0000:4a:00.0", "scheduler", ["0000:4a:00.4"]),
-    errors.ForeignManaged("u1", "/etc/mdevctl.d/p/u1", "auto"),
-    errors.ProfileLimit("gold", "acme", 2, 2, "profiles.yaml:3"),
-    errors.SriovDisabled("0000:4a:00.0"),
-])
+@pytest.mark.parametrize(
+    "err",
+    [
+        errors.AttachedElsewhere("u1", ["web"]),
+        errors.GpuBusy("0000:4a:00.0", "scheduler", ["0000:4a:00.4"]),
+        errors.ForeignManaged("u1", "/etc/mdevctl.d/p/u1", "auto"),
+        errors.ProfileLimit("gold", "acme", 2, 2, "profiles.yaml:3"),
+        errors.SriovDisabled("0000:4a:00.0"),
+    ],
+)
 def test_message_args_and_str_agree(err):
     assert err.args == (err.message,)
     assert str(err) == " ".join(err.message.split()) and err.message
@@ -32,8 +36,11 @@ def test_subclasses_carry_their_own_fields_not_a_parents_fakes():
     assert e.exit_code == 4 and not isinstance(e, errors.NoCapacity) and not hasattr(e, "parent")
     assert (e.profile, e.tenant, e.held, e.limit) == ("gold", "acme", 2, 2)
     g = errors.GpuBusy("0000:4a:00.0", "scheduler", ["vm1"])
-    assert g.exit_code == 6 and not hasattr(g, "uuid") and (g.gpu, g.setting, g.running) == (
-        "0000:4a:00.0", "scheduler", ("vm1",))
+    assert (
+        g.exit_code == 6
+        and not hasattr(g, "uuid")
+        and (g.gpu, g.setting, g.running) == ("0000:4a:00.0", "scheduler", ("vm1",))
+    )
     s = errors.SriovDisabled("0000:4a:00.0")
     assert s.exit_code == 3 and not isinstance(s, errors.UnknownParent) and s.gpu == "0000:4a:00.0"
     a = errors.AttachedElsewhere("u1", ["web"])
@@ -47,8 +54,10 @@ def _twice():
     from vgpuctl.model import Parent, VgpuType, sorted_inventory
 
     p = "0000:3b:00.0"
-    types = [VgpuType(parent=p, type_id="nvidia-1", name="GRID T4-2Q", available=4),
-             VgpuType(parent=p, type_id="nvidia-2", name="NVIDIA T4-2Q", available=4)]
+    types = [
+        VgpuType(parent=p, type_id="nvidia-1", name="GRID T4-2Q", available=4),
+        VgpuType(parent=p, type_id="nvidia-2", name="NVIDIA T4-2Q", available=4),
+    ]
     return sorted_inventory([Parent(name=p, pci=True)], types, [])
 
 
@@ -130,12 +139,19 @@ def test_inventory_helpers():
     from vgpuctl.model import BackendKind, Instance, Parent, sorted_inventory
 
     gpu = "0000:4a:00.0"
-    vfs = [Parent(name=f"0000:4a:00.{n}", backend=BackendKind.NVIDIA_VF, pci=True, physical_gpu=gpu, is_vf=True)
-           for n in (4, 5)]
-    inv = sorted_inventory(vfs + [Parent(name="mtty")], [], [
-        Instance(uuid="0000:4a:00.4", parent="0000:4a:00.4", type_id="nvidia-1", backend=BackendKind.NVIDIA_VF),
-        Instance(uuid="83b8f4f2-509f-382f-3c1e-e6bfe0fa1001", parent="mtty", type_id="mtty-1"),
-        Instance(uuid="83b8f4f2-509f-382f-3c1e-e6bfe0fa1002", parent="gone", type_id="mtty-1")])
+    vfs = [
+        Parent(name=f"0000:4a:00.{n}", backend=BackendKind.NVIDIA_VF, pci=True, physical_gpu=gpu, is_vf=True)
+        for n in (4, 5)
+    ]
+    inv = sorted_inventory(
+        vfs + [Parent(name="mtty")],
+        [],
+        [
+            Instance(uuid="0000:4a:00.4", parent="0000:4a:00.4", type_id="nvidia-1", backend=BackendKind.NVIDIA_VF),
+            Instance(uuid="83b8f4f2-509f-382f-3c1e-e6bfe0fa1001", parent="mtty", type_id="mtty-1"),
+            Instance(uuid="83b8f4f2-509f-382f-3c1e-e6bfe0fa1002", parent="gone", type_id="mtty-1"),
+        ],
+    )
     assert inv.find_parent("0000:4A:00.5") is vfs[1] and inv.find_parent("MTTY").name == "mtty"
     assert inv.find_parent(None) is None and inv.find_parent("0000:4a:00.6") is None
     assert inv.gpu_of("0000:4a:00.5") == gpu and inv.gpu_of("mtty") == "mtty" and inv.gpu_of("gone") == "gone"

@@ -7,6 +7,7 @@
   ``VGPUCTL_REGEN_GOLDEN=1`` rewrites them all).
 * ``libvirtd`` (tests marked ``libvirtd``): see ``tests/virt/libvirtd.py``.
 """
+
 from __future__ import annotations
 
 from golden import assert_golden
@@ -74,7 +75,11 @@ def cli(sim, uri):
 
     def run(*args: str, connect: str = "", input: str = ""):
         runner = CliRunner()
-        return runner.invoke(group, ["--root", str(sim.root), "--connect", connect or uri, "--lock-timeout", "2",
-                                     *args], input=input or None, catch_exceptions=False)
+        return runner.invoke(
+            group,
+            ["--root", str(sim.root), "--connect", connect or uri, "--lock-timeout", "2", *args],
+            input=input or None,
+            catch_exceptions=False,
+        )
 
     return run

@@ -6,6 +6,7 @@ real one, so nothing it writes reaches the host.  Its sockets live in a temporar
 clients connect with ``qemu:///system?socket=<dir>/libvirt-sock``.  Starts in well under a second; the first
 domain definition waits for QEMU's capability probe (several seconds, once per session).
 """
+
 from __future__ import annotations
 
 import os
@@ -62,8 +63,12 @@ def start_libvirtd(timeout: float = 10.0) -> Daemon:
     with open(os.path.join(work, "libvirtd.conf"), "w") as f:
         f.write(CONF.format(sock=sock, work=work))
     log = open(os.path.join(work, "stdout.log"), "w")
-    proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", SCRIPT],
-                            env={**os.environ, "WORK": work}, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", SCRIPT],
+        env={**os.environ, "WORK": work},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     path = os.path.join(sock, "libvirt-sock")
     deadline = time.monotonic() + timeout
     while not os.path.exists(path):

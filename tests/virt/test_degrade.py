@@ -12,6 +12,7 @@ Commands run as an operator runs them, ``vgpuctl`` in a subprocess, with NVML of
 libvirt line.  What needs libvirt for its safety (destroy, attach, detach, apply's destroys and attaches) still
 refuses with exit 12 and changes nothing.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,12 @@ U_OWNED = "cccccccc-0000-4000-8000-000000000001"  # made by apply: desired, doma
 U_GONE = "cccccccc-0000-4000-8000-000000000002"  # made by apply, then dropped from the desired state
 U_HAND = "cccccccc-0000-4000-8000-000000000003"  # made by 'vgpuctl create' (never apply's to destroy)
 U_NEW = "cccccccc-0000-4000-8000-000000000004"  # desired later, pinned: apply may create it without libvirt
-DEFAULT_SOCKETS = ("/run/libvirt/libvirt-sock", "/run/libvirt/libvirt-sock-ro", "/run/libvirt/virtqemud-sock",
-                   "/run/libvirt/virtqemud-sock-ro")
+DEFAULT_SOCKETS = (
+    "/run/libvirt/libvirt-sock",
+    "/run/libvirt/libvirt-sock-ro",
+    "/run/libvirt/virtqemud-sock",
+    "/run/libvirt/virtqemud-sock-ro",
+)
 
 
 def desired(*, gone: bool, new: bool = False, tenant: bool = False) -> str:
@@ -167,7 +172,8 @@ def check_read_only_views(sim, uri, cause: str) -> None:
 
     # profiles: where each could go, from sysfs and the policy
     (sim.root / "etc" / "vgpuctl" / "profiles.yaml").write_text(
-        "version: 1\nprofiles:\n  small:\n    series: Q\n    framebuffer: 2G\n")
+        "version: 1\nprofiles:\n  small:\n    series: Q\n    framebuffer: 2G\n"
+    )
     p = vgpuctl(sim, "profiles", "--json", uri=uri)
     assert p.returncode == 0, p.stderr
     one_libvirt_line(p)
@@ -176,8 +182,7 @@ def check_read_only_views(sim, uri, cause: str) -> None:
 
     # sched show / hetero show ask NVML only: exactly what they say with libvirt off
     for args in (["sched", "show"], ["hetero", "show"]):
-        p, off = vgpuctl(sim, *args, uri=uri, VGPUCTL_NVML="auto"), vgpuctl(sim, *args, uri="none",
-                                                                           VGPUCTL_NVML="auto")
+        p, off = vgpuctl(sim, *args, uri=uri, VGPUCTL_NVML="auto"), vgpuctl(sim, *args, uri="none", VGPUCTL_NVML="auto")
         assert (p.returncode, p.stdout, p.stderr) == (off.returncode, off.stdout, off.stderr), args
 
     # plan: the owned, undesired U_GONE would be destroyed, but a domain might reference it: blocked, and so is
@@ -188,7 +193,9 @@ def check_read_only_views(sim, uri, cause: str) -> None:
     doc = json.loads(p.stdout)
     assert cause in doc["libvirt_error"] and doc["converged"] is False
     assert [(a["op"], a["uuid"], a["blocked"]) for a in doc["actions"]] == [
-        ("destroy", U_GONE, "libvirt-unreachable"), ("attach", U_OWNED, "libvirt-unreachable")]
+        ("destroy", U_GONE, "libvirt-unreachable"),
+        ("attach", U_OWNED, "libvirt-unreachable"),
+    ]
     p = vgpuctl(sim, "plan", uri=uri)
     assert p.returncode == 0
     assert [ln.split()[:2] for ln in p.stdout.splitlines()] == [["-", "destroy"], ["~", "attach"]]
@@ -210,9 +217,13 @@ def check_read_only_views(sim, uri, cause: str) -> None:
 def check_changes_refused(sim, uri, cause: str) -> None:
     """What needs libvirt for its safety refuses with exit 12 and changes nothing; a safe create still works."""
     before = host_now(sim)
-    for args in (["destroy", U_GONE], ["destroy", U_HAND, "--foreign"],
-                 ["attach", "web1", "--uuid", U_OWNED, "--config"], ["detach", "web1"],
-                 ["create", "--type", "T4-2Q", "--tenant", "acme"]):
+    for args in (
+        ["destroy", U_GONE],
+        ["destroy", U_HAND, "--foreign"],
+        ["attach", "web1", "--uuid", U_OWNED, "--config"],
+        ["detach", "web1"],
+        ["create", "--type", "T4-2Q", "--tenant", "acme"],
+    ):
         p = vgpuctl(sim, *args, uri=uri)
         assert p.returncode == 12, (args, p.stderr)
         assert p.stdout == "" and len(p.stderr.splitlines()) == 1 and cause in p.stderr, args
@@ -224,10 +235,15 @@ def check_changes_refused(sim, uri, cause: str) -> None:
     assert p.returncode == 12, p.stderr
     doc = json.loads(p.stdout)
     assert cause in doc["libvirt_error"]
-    assert sorted((a["op"], a["uuid"] if a["op"] != "create" or a["blocked"] is None else "", a["outcome"])
-                  for a in doc["actions"]) == [
-        ("attach", U_OWNED, "blocked"), ("create", "", "blocked"), ("create", U_NEW, "done"),
-        ("destroy", U_GONE, "blocked")]
+    assert sorted(
+        (a["op"], a["uuid"] if a["op"] != "create" or a["blocked"] is None else "", a["outcome"])
+        for a in doc["actions"]
+    ) == [
+        ("attach", U_OWNED, "blocked"),
+        ("create", "", "blocked"),
+        ("create", U_NEW, "done"),
+        ("destroy", U_GONE, "blocked"),
+    ]
     assert sorted(sim.instances()) == sorted([U_OWNED, U_GONE, U_HAND, U_NEW])
 
     # a create that needs no libvirt: pinned, or placed without tenant and domain
@@ -332,9 +348,11 @@ def test_private_libvirtd_stopped_between_commands(t4):
         assert recs[U_OWNED]["domains"] == ["web1"] and "libvirt_error" not in recs[U_OWNED]
         assert json.loads(vgpuctl(t4, "check", "--json", uri=d.uri).stdout)["actions"][0]["op"] == "destroy"
         # a change already connected when the daemon wedges: keepalive closes the connection, the call fails
-        code = ("import os, signal, sys\nfrom vgpuctl.virt import Virt\nfrom vgpuctl.errors import LibvirtError\n"
-                f"v = Virt.open({d.uri!r}, timeout=2)\nos.kill({d.pid}, signal.SIGSTOP)\n"
-                "try:\n    v.snapshot()\nexcept LibvirtError as e:\n    print(e.exit_code, e)\n")
+        code = (
+            "import os, signal, sys\nfrom vgpuctl.virt import Virt\nfrom vgpuctl.errors import LibvirtError\n"
+            f"v = Virt.open({d.uri!r}, timeout=2)\nos.kill({d.pid}, signal.SIGSTOP)\n"
+            "try:\n    v.snapshot()\nexcept LibvirtError as e:\n    print(e.exit_code, e)\n"
+        )
         try:
             out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
         finally:

@@ -1,5 +1,6 @@
 """doctor's libvirt and qemu checks against real libvirt: a private libvirtd with QEMU (ok), the test driver (reachable,
 no QEMU), no socket, and a socket that accepts and never answers (bounded: a fail line, never a hang)."""
+
 from __future__ import annotations
 
 import socket
@@ -12,8 +13,12 @@ from vgpuctl.paths import HostPaths
 
 
 def doctor(tmp_path, uri, timeout=5.0):
-    return {r.check: r for r in run_checks(Context(paths=HostPaths.from_root(tmp_path), connect=uri, timeout=timeout),
-                                           ["libvirt", "qemu"])}
+    return {
+        r.check: r
+        for r in run_checks(
+            Context(paths=HostPaths.from_root(tmp_path), connect=uri, timeout=timeout), ["libvirt", "qemu"]
+        )
+    }
 
 
 @pytest.mark.libvirtd

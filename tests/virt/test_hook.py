@@ -1,4 +1,5 @@
 """The qemu hook: on-demand vGPUs at prepare/begin, destroyed at release/end; bounded; never aborts a stop."""
+
 import io
 import time
 
@@ -15,12 +16,16 @@ DOM_UUID = "6695eb01-f6a4-8304-79aa-97f2502e10ff"
 
 
 def domain_xml(*vgpus, name="guest"):
-    devs = "".join(f"<hostdev mode='subsystem' type='mdev' model='vfio-pci'><source><address uuid='{u}'/>"
-                   "</source></hostdev>" for u, _ in vgpus)
+    devs = "".join(
+        f"<hostdev mode='subsystem' type='mdev' model='vfio-pci'><source><address uuid='{u}'/></source></hostdev>"
+        for u, _ in vgpus
+    )
     md = "".join(f"<vgpuctl:vgpu uuid='{u}' parent='mtty' type='{t}' backend='mdev'/>" for u, t in vgpus)
-    return (f"<domain type='kvm'><name>{name}</name><uuid>{DOM_UUID}</uuid><metadata>"
-            f"<vgpuctl:vgpus xmlns:vgpuctl='https://vgpuctl.dev/xmlns/1'>{md}</vgpuctl:vgpus></metadata>"
-            f"<devices>{devs}</devices></domain>")
+    return (
+        f"<domain type='kvm'><name>{name}</name><uuid>{DOM_UUID}</uuid><metadata>"
+        f"<vgpuctl:vgpus xmlns:vgpuctl='https://vgpuctl.dev/xmlns/1'>{md}</vgpuctl:vgpus></metadata>"
+        f"<devices>{devs}</devices></domain>"
+    )
 
 
 @pytest.fixture
@@ -49,6 +54,7 @@ def test_prepare_creates_release_destroys_only_its_own(hook):
 def test_release_keeps_vgpus_it_did_not_create(hook, sim):
     h, _, host = hook
     from .conftest import U_FREE
+
     xml = domain_xml((U_FREE, "mtty-1"))
     assert h.run(["qemu", "guest", "prepare", "begin", "-"], lambda: xml) == 0
     assert h.run(["qemu", "guest", "release", "end", "-"], lambda: xml) == 0
@@ -64,16 +70,19 @@ def test_failed_prepare_rolls_back_and_aborts_the_start(hook, sim):
     assert err.getvalue().count("\n") == 1 and "error:" in err.getvalue()
 
 
-@pytest.mark.parametrize("argv, xml, code", [
-    ([], "", 0),
-    (["qemu"], "", 0),
-    (["lxc", "guest", "prepare", "begin", "-"], "junk", 0),
-    (["qemu", "guest", "prepare", "begin", "-"], "junk<", 12),
-    (["qemu", "guest", "prepare", "begin", "-"], "", 12),
-    (["qemu", "other", "prepare", "begin", "-"], domain_xml(), 12),
-    (["qemu", "guest", "release", "end", "-"], "junk<", 0),
-    (["qemu", "guest", "release", "end", "-"], "<domain><name>guest</name></domain>", 0),
-])
+@pytest.mark.parametrize(
+    "argv, xml, code",
+    [
+        ([], "", 0),
+        (["qemu"], "", 0),
+        (["lxc", "guest", "prepare", "begin", "-"], "junk", 0),
+        (["qemu", "guest", "prepare", "begin", "-"], "junk<", 12),
+        (["qemu", "guest", "prepare", "begin", "-"], "", 12),
+        (["qemu", "other", "prepare", "begin", "-"], domain_xml(), 12),
+        (["qemu", "guest", "release", "end", "-"], "junk<", 0),
+        (["qemu", "guest", "release", "end", "-"], "<domain><name>guest</name></domain>", 0),
+    ],
+)
 def test_garbage_is_one_log_line_and_aborts_only_a_start(hook, argv, xml, code):
     h, err, _ = hook
     assert h.run(argv, lambda: xml) == code
@@ -91,8 +100,16 @@ def test_bounded_time_when_the_host_lock_is_held(hook, sim):
 
 
 def test_hook_cli_never_asks_libvirt(cli):
-    r = cli("hook", "qemu", "guest", "prepare", "begin", "-", input=domain_xml((NEW1, "mtty-1")),
-            connect="qemu:///system?socket=/nonexistent")
+    r = cli(
+        "hook",
+        "qemu",
+        "guest",
+        "prepare",
+        "begin",
+        "-",
+        input=domain_xml((NEW1, "mtty-1")),
+        connect="qemu:///system?socket=/nonexistent",
+    )
     assert r.exit_code == 0, r.stderr
     r = cli("hook", "qemu", "guest", "release", "end", "-", input=domain_xml((NEW1, "mtty-1")))
     assert r.exit_code == 0, r.stderr
@@ -127,6 +144,7 @@ def test_migrate_begin_creates_here_rewrites_the_parent_and_release_frees_it(hoo
 def test_migrate_begin_gives_a_fresh_uuid_when_the_uuid_is_taken_here(hook, sim):
     h, err, host = hook
     from .conftest import U_FREE
+
     out = io.StringIO()
     h.out = out
     xml = domain_xml((U_FREE, "mtty-1"))  # U_FREE exists here already (someone else's)

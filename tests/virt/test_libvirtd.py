@@ -3,6 +3,7 @@
 Live attach, starting a domain with the device and refusing a second running domain need vfio: they belong to the
 real-kernel stage, which can reuse ``tests/virt/libvirtd.py``.
 """
+
 import json
 import xml.etree.ElementTree as ET
 
@@ -46,7 +47,9 @@ def test_attach_detach_config_with_metadata(cli, libvirtd, domains):
     raw = v.lookup(ODD_NAME).XMLDesc(2)
     assert ET.fromstring(raw).find("metadata/{https://vgpuctl.dev/xmlns/1}vgpus") is not None
 
-    assert json.loads(cli("attach", ODD_NAME, "--uuid", U_FREE, "--json", connect=libvirtd.uri).stdout)["changed"] is False
+    assert (
+        json.loads(cli("attach", ODD_NAME, "--uuid", U_FREE, "--json", connect=libvirtd.uri).stdout)["changed"] is False
+    )
     r = cli("attach", "second", "--uuid", U_FREE, connect=libvirtd.uri)
     assert r.exit_code == 6 and repr(ODD_NAME) in r.stderr
     r = cli("destroy", U_FREE, connect=libvirtd.uri)

@@ -1,6 +1,7 @@
 """Several vGPUs in one VM: NVIDIA's multi-vGPU rule at attach (same board type and series), and the shipped
 templates turning display/ramfb on for at most one vGPU per domain; libvirt's test driver and the mixed (T4 + A16)
 simulator."""
+
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
@@ -34,10 +35,13 @@ def mixed(sim_factory, virt, uri):
 
 
 @pytest.mark.sim
-@pytest.mark.parametrize("parent, vtype, why", [
-    (A16VF, "A16-4Q", "another board"),
-    (T4, "T4-4C", "another series"),
-])
+@pytest.mark.parametrize(
+    "parent, vtype, why",
+    [
+        (A16VF, "A16-4Q", "another board"),
+        (T4, "T4-4C", "another series"),
+    ],
+)
 def test_attach_refuses_a_second_vgpu_the_rule_forbids(mixed, parent, vtype, why):
     sim, lc, att, first = mixed
     before = sorted(i.uuid for i in lc.host.inventory().instances)

@@ -1,6 +1,7 @@
 """Placement with what libvirt knows: existing VMs' tenants count toward quotas, their domains toward anti-affinity,
 a domain's numatune/vCPU pinning gives the request's NUMA nodes.  libvirt's test driver (tests/data/virt/
 placement-node.xml) over the simulated two-T4 host (0000:3b:00.0 on NUMA node 0, 0000:d8:00.0 on node 1)."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,9 @@ anti_affinity:
 
 
 def run(root, *args, connect=URI):
-    return CliRunner().invoke(group, ["--root", str(root), "--connect", connect, "--nvml", "off",
-                                      "--lock-timeout", "2", *args])
+    return CliRunner().invoke(
+        group, ["--root", str(root), "--connect", connect, "--nvml", "off", "--lock-timeout", "2", *args]
+    )
 
 
 def place(root, *args, connect=URI):

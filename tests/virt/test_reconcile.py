@@ -6,6 +6,7 @@ The test driver keeps its domains per connection, and libvirt 9.0's lacks attach
 changes), and does CONFIG-only device changes as redefinition of the persistent XML, which is what libvirtd does
 for a CONFIG attach.  Everything else is vgpuctl's own code path.
 """
+
 import json
 import re
 import shutil
@@ -85,8 +86,7 @@ def shared(tmp_path, monkeypatch):
             return orig_detach(dom, xml, flags)
         ident = re.search(r"uuid=['\"]([^'\"]+)", xml).group(1)
         text = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
-        text = re.sub(r"<hostdev\b.*?</hostdev>", lambda m: "" if ident in m.group(0) else m.group(0), text,
-                      flags=re.S)
+        text = re.sub(r"<hostdev\b.*?</hostdev>", lambda m: "" if ident in m.group(0) else m.group(0), text, flags=re.S)
         dom.connect().defineXML(text)
         return 0
 
@@ -135,7 +135,8 @@ def test_attach_config_apply_check_then_detach(sim, run, shared):
     assert [a["outcome"] for a in doc["actions"]] == ["done", "done"]
     odd, db = config_of(conn, ODD_NAME), config_of(conn, "db")
     assert odd.devices == (U_FREE,) and [(m.uuid, m.parent, m.type_id) for m in odd.managed] == [
-        (U_FREE, "mtty", "mtty-1")]
+        (U_FREE, "mtty", "mtty-1")
+    ]
     assert db.devices == (U_DB,) and [m.uuid for m in db.managed] == [U_DB]
     assert json.loads(run("plan", "--json").stdout)["actions"] == []
     assert run("check").exit_code == 0
@@ -161,22 +162,29 @@ def test_attach_config_apply_check_then_detach(sim, run, shared):
     configure(sim, spec(free_domain=ODD_NAME))
     r = run("apply", "--json")
     assert r.exit_code == 0, r.stderr
-    assert acts(json.loads(r.stdout)) == [("detach", U_FREE, "db", "config", None),
-                                          ("attach", U_FREE, ODD_NAME, "config", None)]
+    assert acts(json.loads(r.stdout)) == [
+        ("detach", U_FREE, "db", "config", None),
+        ("attach", U_FREE, ODD_NAME, "config", None),
+    ]
     assert config_of(conn, "db").devices == (U_DB,) and config_of(conn, ODD_NAME).devices == (U_FREE,)
     assert run("check").exit_code == 0
 
 
 def test_attach_to_missing_domain_fails_and_the_rest_converges(sim, run, shared):
     _, conn = shared
-    configure(sim, spec(free_domain="nope", extra="  new: {type: mtty-2, parent: mtty, domain: web1, attach: config}\n"))
+    configure(
+        sim, spec(free_domain="nope", extra="  new: {type: mtty-2, parent: mtty, domain: web1, attach: config}\n")
+    )
     r = run("apply", "--json")
     assert r.exit_code == 13 and "Traceback" not in r.stderr
     doc = json.loads(r.stdout)
     out = {(a["op"], a["domain"]): (a["outcome"], a["error"]) for a in doc["actions"]}
     assert out[("attach", "nope")][0] == "failed" and "'nope'" in out[("attach", "nope")][1]
     assert {k: v[0] for k, v in out.items() if k != ("attach", "nope")} == {
-        ("create", None): "done", ("attach", "db"): "done", ("attach", "web1"): "done"}
+        ("create", None): "done",
+        ("attach", "db"): "done",
+        ("attach", "web1"): "done",
+    }
     assert [(a["op"], a["domain"]) for a in doc["remaining"]] == [("attach", "nope")]
     new = next(a["uuid"] for a in doc["actions"] if a["op"] == "create")
     assert new in config_of(conn, "web1").devices
@@ -206,9 +214,12 @@ def test_dropped_instance_keeps_its_domain_and_is_not_destroyed(sim, run, shared
     _, conn = shared
     configure(sim, spec())
     assert run("apply").exit_code == 0
-    configure(sim, "version: 1\ninstances:\n"
-                   f"  web: {{uuid: {U_WEB}, type: mtty-1, parent: mtty, domain: web1, attach: both}}\n"
-                   f"  db: {{uuid: {U_DB}, type: mtty-1, parent: mtty, domain: db}}\n")
+    configure(
+        sim,
+        "version: 1\ninstances:\n"
+        f"  web: {{uuid: {U_WEB}, type: mtty-1, parent: mtty, domain: web1, attach: both}}\n"
+        f"  db: {{uuid: {U_DB}, type: mtty-1, parent: mtty, domain: db}}\n",
+    )
     doc = json.loads(run("plan", "--json").stdout)
     assert acts(doc) == [("destroy", U_FREE, None, None, "in-use")]
     assert run("apply").exit_code == 13
@@ -232,20 +243,24 @@ def test_desired_state_on_a_real_libvirtd(cli, sim, libvirtd):
         for n in ("first", "second"):
             v.conn.defineXML(SKELETON.format(name=n))
         try:
-            configure(sim, spec(free_domain="first").replace(", domain: web1, attach: both", "")
-                      .replace(", domain: db", ""))
+            configure(
+                sim, spec(free_domain="first").replace(", domain: web1, attach: both", "").replace(", domain: db", "")
+            )
             r = cli("apply", "--json", connect=libvirtd.uri)
             assert r.exit_code == 0, r.stderr
             assert acts(json.loads(r.stdout)) == [("attach", U_FREE, "first", "config", None)]
             cfg = v.info(v.lookup("first")).config
             assert cfg.devices == (U_FREE,) and [m.uuid for m in cfg.managed] == [U_FREE]
             assert cli("check", connect=libvirtd.uri).exit_code == 0
-            configure(sim, spec(free_domain="second").replace(", domain: web1, attach: both", "")
-                      .replace(", domain: db", ""))
+            configure(
+                sim, spec(free_domain="second").replace(", domain: web1, attach: both", "").replace(", domain: db", "")
+            )
             r = cli("apply", "--json", connect=libvirtd.uri)
             assert r.exit_code == 0, r.stderr
-            assert acts(json.loads(r.stdout)) == [("detach", U_FREE, "first", "config", None),
-                                                  ("attach", U_FREE, "second", "config", None)]
+            assert acts(json.loads(r.stdout)) == [
+                ("detach", U_FREE, "first", "config", None),
+                ("attach", U_FREE, "second", "config", None),
+            ]
             assert v.info(v.lookup("first")).config.devices == ()
             assert v.info(v.lookup("second")).config.devices == (U_FREE,)
             assert cli("check", connect=libvirtd.uri).exit_code == 0
@@ -260,8 +275,7 @@ def test_hook_made_vgpus_are_not_the_desired_states(sim, run):
     configure(sim, spec())
     assert run("apply").exit_code == 0  # apply claims the declared devices: from now on they are its to destroy
     configure(sim, "\n".join(line for line in spec().splitlines() if "free:" not in line) + "\n")
-    assert [(a["op"], a["uuid"]) for a in json.loads(run("plan", "--json").stdout)["actions"]] == [
-        ("destroy", U_FREE)]
+    assert [(a["op"], a["uuid"]) for a in json.loads(run("plan", "--json").stdout)["actions"]] == [("destroy", U_FREE)]
     HookRecords(sim.paths).save("6695eb01-f6a4-8304-79aa-97f2502e1003", ODD_NAME, [U_FREE])
     assert json.loads(run("plan", "--json").stdout)["actions"] == []
     assert run("apply").exit_code == 0 and run("check").exit_code == 0

@@ -1,5 +1,6 @@
 """Device templates: every rendered XML is defined (and started) on libvirt's test driver; bad templates are typed
 errors naming file and line; overrides; escaping."""
+
 import os
 import xml.etree.ElementTree as ET
 
@@ -41,12 +42,15 @@ def override(tmp_path, name, body):
     return d / name
 
 
-@pytest.mark.parametrize("case, kw", [
-    ("mdev-default", {}),
-    ("mdev-display", {"display": True}),
-    ("mdev-no-display", {"display": False}),
-    ("mdev-ramfb", {"display": True, "ramfb": True}),
-])
+@pytest.mark.parametrize(
+    "case, kw",
+    [
+        ("mdev-default", {}),
+        ("mdev-display", {"display": True}),
+        ("mdev-no-display", {"display": False}),
+        ("mdev-ramfb", {"display": True, "ramfb": True}),
+    ],
+)
 def test_mdev_renders_and_libvirt_accepts(templates, virt, golden, case, kw):
     r = templates.for_instance(MTTY, MTTY_T, domain="guest", **kw)
     golden(f"{case}.xml", r.xml + "\n")
@@ -63,32 +67,40 @@ def test_pci_vf_renders_and_libvirt_accepts(templates, virt, golden):
 
 
 def test_override_wins_and_escapes_every_value(tmp_path, virt):
-    path = override(tmp_path, "mdev-hostdev.xml.j2",
-                    "<hostdev mode='subsystem' type='mdev' model='{{ model }}'>"
-                    "<source><address uuid='{{ uuid }}'/></source>"
-                    "<alias name='ua-{{ domain|length }}'/></hostdev>\n"
-                    "{# {{ domain }} #}")
+    path = override(
+        tmp_path,
+        "mdev-hostdev.xml.j2",
+        "<hostdev mode='subsystem' type='mdev' model='{{ model }}'>"
+        "<source><address uuid='{{ uuid }}'/></source>"
+        "<alias name='ua-{{ domain|length }}'/></hostdev>\n"
+        "{# {{ domain }} #}",
+    )
     t = Templates(HostPaths.from_root(tmp_path))
     r = t.for_instance(MTTY, MTTY_T, domain=ODD_NAME)
     assert r.template == str(path)
     # the name itself, in an attribute: escaped, parses back to the same string, and libvirt takes it
-    path.write_text("<hostdev mode='subsystem' type='mdev' model='vfio-pci' x-name='{{ domain }}'>"
-                    "<source><address uuid='{{ uuid }}'/></source></hostdev>")
+    path.write_text(
+        "<hostdev mode='subsystem' type='mdev' model='vfio-pci' x-name='{{ domain }}'>"
+        "<source><address uuid='{{ uuid }}'/></source></hostdev>"
+    )
     r = Templates(HostPaths.from_root(tmp_path)).for_instance(MTTY, MTTY_T, domain=ODD_NAME)
     assert ET.fromstring(r.xml).get("x-name") == ODD_NAME
     assert "<1>" not in r.xml
 
 
-@pytest.mark.parametrize("body, line, fragment", [
-    ("<hostdev>\n{% if %}\n</hostdev>", 2, "Expected an expression"),
-    ("<hostdev>\n\n{{ no_such_name }}</hostdev>", 3, "undefined"),
-    ("<hostdev>{{ ''.__class__.__mro__ }}</hostdev>", 1, "unsafe"),
-    ("<hostdev><source></hostdev>", None, "not well-formed"),
-    ("<hostdev/><hostdev/>", None, "renders 2 <hostdev>"),
-    ("<devices><hostdev/></devices>", None, "under <devices>"),
-    ("<controller/>", None, "renders 0 <hostdev>"),
-    ("<!DOCTYPE x [<!ENTITY a 'b'>]><hostdev>&a;</hostdev>", None, "DOCTYPE"),
-])
+@pytest.mark.parametrize(
+    "body, line, fragment",
+    [
+        ("<hostdev>\n{% if %}\n</hostdev>", 2, "Expected an expression"),
+        ("<hostdev>\n\n{{ no_such_name }}</hostdev>", 3, "undefined"),
+        ("<hostdev>{{ ''.__class__.__mro__ }}</hostdev>", 1, "unsafe"),
+        ("<hostdev><source></hostdev>", None, "not well-formed"),
+        ("<hostdev/><hostdev/>", None, "renders 2 <hostdev>"),
+        ("<devices><hostdev/></devices>", None, "under <devices>"),
+        ("<controller/>", None, "renders 0 <hostdev>"),
+        ("<!DOCTYPE x [<!ENTITY a 'b'>]><hostdev>&a;</hostdev>", None, "DOCTYPE"),
+    ],
+)
 def test_broken_template_names_file_and_line(tmp_path, body, line, fragment):
     path = override(tmp_path, "mdev-hostdev.xml.j2", body)
     with pytest.raises(TemplateError) as e:

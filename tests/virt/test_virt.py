@@ -1,17 +1,24 @@
 """The libvirt side against the test driver (and the simulated mtty host where devices are created/destroyed)."""
+
 import json
 import subprocess
 import sys
 
 import pytest
 
-from vgpuctl.errors import (AttachedElsewhere, DeviceInUse, DomainNotFound, LibvirtConnectError, LibvirtRefused,
-                            NotAttached, TemplateError)
+from vgpuctl.errors import (
+    AttachedElsewhere,
+    DeviceInUse,
+    DomainNotFound,
+    LibvirtConnectError,
+    LibvirtRefused,
+    NotAttached,
+    TemplateError,
+)
 from vgpuctl.host import Host
 from vgpuctl.lifecycle import Lifecycle, ProcessHolders
 from vgpuctl.virt.templates import Templates
-from vgpuctl.virt import (Attachments, DomainUsers, ManagedVgpu, Virt, metadata_xml, parse_domain, resolve_scope,
-                          Scope)
+from vgpuctl.virt import Attachments, DomainUsers, ManagedVgpu, Virt, metadata_xml, parse_domain, resolve_scope, Scope
 
 from .conftest import ODD_NAME, U_DB, U_FREE, U_WEB
 
@@ -41,17 +48,28 @@ def test_metadata_round_trips_through_libvirt_with_special_characters(virt):
     assert sorted(m.type_id for m in virt.info(virt.lookup(ODD_NAME)).config.managed) == sorted([ODD, "mtty-2"])
 
 
-@pytest.mark.parametrize("text", ["", "garbage", "<domain/>", "<node><name>x</name></node>",
-                                  "<!DOCTYPE d [<!ENTITY x 'y'>]><domain><name>&x;</name></domain>", "<domain><name>"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "garbage",
+        "<domain/>",
+        "<node><name>x</name></node>",
+        "<!DOCTYPE d [<!ENTITY x 'y'>]><domain><name>&x;</name></domain>",
+        "<domain><name>",
+    ],
+)
 def test_parse_domain_refuses_garbage(text):
     with pytest.raises(ValueError):
         parse_domain(text)
 
 
 def test_pci_hostdev_identity():
-    dx = parse_domain("<domain><name>v</name><devices><hostdev mode='subsystem' type='pci'><source>"
-                      "<address domain='0x0000' bus='0x41' slot='0x00' function='0x4'/></source></hostdev>"
-                      "</devices></domain>")
+    dx = parse_domain(
+        "<domain><name>v</name><devices><hostdev mode='subsystem' type='pci'><source>"
+        "<address domain='0x0000' bus='0x41' slot='0x00' function='0x4'/></source></hostdev>"
+        "</devices></domain>"
+    )
     assert dx.devices == ("0000:41:00.4",)
 
 
@@ -179,9 +197,11 @@ def test_cli_errors_are_one_line(cli, tmp_path):
 
 
 def test_list_without_libvirt_imports_neither_libvirt_nor_jinja2(tmp_path):
-    code = ("import sys\nfrom vgpuctl.cli import cli\n"
-            f"try:\n cli.main(['--root', {str(tmp_path)!r}, '--connect', 'none', 'list'])\n"
-            "except SystemExit:\n pass\nprint(sorted(m for m in ('libvirt', 'jinja2') if m in sys.modules))")
+    code = (
+        "import sys\nfrom vgpuctl.cli import cli\n"
+        f"try:\n cli.main(['--root', {str(tmp_path)!r}, '--connect', 'none', 'list'])\n"
+        "except SystemExit:\n pass\nprint(sorted(m for m in ('libvirt', 'jinja2') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -198,7 +218,7 @@ def test_metadata_carries_the_type_name_for_another_host_but_not_as_identity():
     (back,) = dx.managed
     assert back.type_name == "GRID T4-4Q"
     assert back == ManagedVgpu(U_FREE, "0000:3b:00.0", "nvidia-232", "mdev")
-    assert 'name=' not in metadata_xml([ManagedVgpu(U_FREE, "mtty", "mtty-1")])
+    assert "name=" not in metadata_xml([ManagedVgpu(U_FREE, "mtty", "mtty-1")])
 
 
 def test_domains_lists_what_attach_takes(cli):
@@ -209,7 +229,11 @@ def test_domains_lists_what_attach_takes(cli):
     assert set(recs) == {"web1", "db", ODD_NAME}
     assert all(x["schema"] == "vgpuctl.domain/v1" for x in recs.values())
     assert (recs["web1"]["running"], recs["web1"]["state"], recs["web1"]["vgpus"], recs["web1"]["managed"]) == (
-        True, "running", [U_WEB], [U_WEB])
+        True,
+        "running",
+        [U_WEB],
+        [U_WEB],
+    )
     assert (recs["db"]["running"], recs["db"]["vgpus"], recs["db"]["managed"]) == (False, [U_DB], [])
     assert recs[ODD_NAME]["vgpus"] == [] and recs[ODD_NAME]["uuid"] == "6695eb01-f6a4-8304-79aa-97f2502e1003"
     table = cli("domains").stdout.splitlines()

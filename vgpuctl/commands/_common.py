@@ -1,4 +1,5 @@
 """What every sub-command shares: settings, the object graph, the --json switch and rendering."""
+
 from __future__ import annotations
 
 import json
@@ -126,7 +127,11 @@ def libvirt_down() -> Optional[str]:
 
 def json_option(f: Callable) -> Callable:
     return click.option(
-        "--json", "as_json", is_flag=True, envvar="VGPUCTL_JSON", help="Print JSON records for machines. [env VGPUCTL_JSON]"
+        "--json",
+        "as_json",
+        is_flag=True,
+        envvar="VGPUCTL_JSON",
+        help="Print JSON records for machines. [env VGPUCTL_JSON]",
     )(f)
 
 

@@ -3,6 +3,7 @@
 Each is called by click while the shell completes a word (``_VGPUCTL_COMPLETE``), before any command runs.  They
 must never fail: without a host, a libvirt daemon or a config file they offer nothing.
 """
+
 from __future__ import annotations
 
 import os

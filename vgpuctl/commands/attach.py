@@ -1,4 +1,5 @@
 """``vgpuctl attach``, ``detach`` and ``hook``: give libvirt domains their vGPUs."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,7 @@ ATTACHED_SCHEMA = "vgpuctl.attached/v1"
 DETACHED_SCHEMA = "vgpuctl.detached/v1"
 
 scope_options = [
-    click.option("--config", "config", is_flag=True,
-                 help="Change the persistent definition (survives restarts)."),
+    click.option("--config", "config", is_flag=True, help="Change the persistent definition (survives restarts)."),
     click.option("--live", "live", is_flag=True, help="Change the running domain (hot-plug)."),
 ]
 
@@ -39,22 +39,46 @@ def _attachments():  # type: ignore[no-untyped-def]
 
 @click.command()
 @click.argument("domain", shell_complete=complete_domains)
-@click.option("--uuid", "-u", metavar="UUID", shell_complete=complete_instances,
-              help="The vGPU to attach; with --parent/--type, the new one's uuid.")
-@click.option("--parent", "-p", metavar="PARENT", shell_complete=complete_parents,
-              help="Create a new vGPU on this parent (with --type) and attach it.")
-@click.option("--type", "-t", "type_id", metavar="TYPE", shell_complete=complete_types,
-              help="Type of the new vGPU (id or name).")
+@click.option(
+    "--uuid",
+    "-u",
+    metavar="UUID",
+    shell_complete=complete_instances,
+    help="The vGPU to attach; with --parent/--type, the new one's uuid.",
+)
+@click.option(
+    "--parent",
+    "-p",
+    metavar="PARENT",
+    shell_complete=complete_parents,
+    help="Create a new vGPU on this parent (with --type) and attach it.",
+)
+@click.option(
+    "--type", "-t", "type_id", metavar="TYPE", shell_complete=complete_types, help="Type of the new vGPU (id or name)."
+)
 @profile_option
-@click.option("--tenant", metavar="TENANT",
-              help="Whose vGPU it is (quotas, profile limits); recorded in the domain's vgpuctl metadata.")
+@click.option(
+    "--tenant",
+    metavar="TENANT",
+    help="Whose vGPU it is (quotas, profile limits); recorded in the domain's vgpuctl metadata.",
+)
 @_scope
 @click.option("--display/--no-display", default=None, help="Use the vGPU as the domain's display (default: libvirt's).")
 @click.option("--ramfb", is_flag=True, default=None, help="Boot display through ramfb (implies --display).")
 @json_option
-def attach(domain: str, uuid: Optional[str], parent: Optional[str], type_id: Optional[str],
-           profile_name: Optional[str], tenant: Optional[str], config: bool, live: bool,
-           display: Optional[bool], ramfb: Optional[bool], as_json: bool) -> None:
+def attach(
+    domain: str,
+    uuid: Optional[str],
+    parent: Optional[str],
+    type_id: Optional[str],
+    profile_name: Optional[str],
+    tenant: Optional[str],
+    config: bool,
+    live: bool,
+    display: Optional[bool],
+    ramfb: Optional[bool],
+    as_json: bool,
+) -> None:
     """Attach a vGPU to DOMAIN, creating it first with --type (on --parent, or where the placement policy puts it
     for DOMAIN: its tenant, groups and NUMA nodes).
 
@@ -69,19 +93,53 @@ def attach(domain: str, uuid: Optional[str], parent: Optional[str], type_id: Opt
     a = _attachments()
     try:
         if profile_name is not None:
-            r = _attach_profiled(a, domain, profile_name, uuid=uuid, parent=parent, type_id=type_id, tenant=tenant,
-                                 live=live, config=config, display=display, ramfb=ramfb)
+            r = _attach_profiled(
+                a,
+                domain,
+                profile_name,
+                uuid=uuid,
+                parent=parent,
+                type_id=type_id,
+                tenant=tenant,
+                live=live,
+                config=config,
+                display=display,
+                ramfb=ramfb,
+            )
         else:
             if type_id is not None and parent is None:
                 parent = _place(domain, type_id, tenant)
-            r = a.attach(domain, uuid=uuid, parent=parent, type_id=type_id, live=live, config=config,
-                         display=display, ramfb=ramfb, tenant=tenant)
+            r = a.attach(
+                domain,
+                uuid=uuid,
+                parent=parent,
+                type_id=type_id,
+                live=live,
+                config=config,
+                display=display,
+                ramfb=ramfb,
+                tenant=tenant,
+            )
     finally:
         a.virt.close()
     if as_json:
-        click.echo(json.dumps(record(ATTACHED_SCHEMA, domain=r.domain, domain_uuid=r.domain_uuid, uuid=r.instance.uuid,
-                                     parent=r.instance.parent, type_id=r.instance.type_id, live=r.scope.live,
-                                     config=r.scope.config, created=r.created, changed=r.changed), indent=2))
+        click.echo(
+            json.dumps(
+                record(
+                    ATTACHED_SCHEMA,
+                    domain=r.domain,
+                    domain_uuid=r.domain_uuid,
+                    uuid=r.instance.uuid,
+                    parent=r.instance.parent,
+                    type_id=r.instance.type_id,
+                    live=r.scope.live,
+                    config=r.scope.config,
+                    created=r.created,
+                    changed=r.changed,
+                ),
+                indent=2,
+            )
+        )
         return
     click.echo(r.instance.uuid)
     made = "created and " if r.created else ""
@@ -105,9 +163,20 @@ def _place(domain: str, type_id: str, tenant: Optional[str]) -> str:
     return d.parent
 
 
-def _attach_profiled(a, domain: str, name: str, *, uuid: Optional[str], parent: Optional[str],  # type: ignore[no-untyped-def]
-                     type_id: Optional[str], tenant: Optional[str], live: bool, config: bool,
-                     display: Optional[bool], ramfb: Optional[bool]):
+def _attach_profiled(
+    a,
+    domain: str,
+    name: str,
+    *,
+    uuid: Optional[str],
+    parent: Optional[str],  # type: ignore[no-untyped-def]
+    type_id: Optional[str],
+    tenant: Optional[str],
+    live: bool,
+    config: bool,
+    display: Optional[bool],
+    ramfb: Optional[bool],
+):
     from .profiles import ProfiledCreate, load_settings_profiles, resolve
 
     if type_id is not None:
@@ -118,9 +187,17 @@ def _attach_profiled(a, domain: str, name: str, *, uuid: Optional[str], parent: 
 
     def make():  # type: ignore[no-untyped-def]
         pname, tid = resolve(s, profile, parent=parent, tenant=tenant, domain=domain)
-        return a.attach(domain, uuid=uuid, parent=pname, type_id=tid, live=live, config=config,
-                        display=profile.display if display is None else display,
-                        ramfb=profile.ramfb if ramfb is None else ramfb, tenant=tenant)
+        return a.attach(
+            domain,
+            uuid=uuid,
+            parent=pname,
+            type_id=tid,
+            live=live,
+            config=config,
+            display=profile.display if display is None else display,
+            ramfb=profile.ramfb if ramfb is None else ramfb,
+            tenant=tenant,
+        )
 
     return ProfiledCreate(ps, profile, tenant).run(s, make)
 
@@ -139,9 +216,23 @@ def detach(domain: str, uuid: Optional[str], destroy: bool, config: bool, live: 
     finally:
         a.virt.close()
     if as_json:
-        click.echo(json.dumps([record(DETACHED_SCHEMA, domain=r.domain, domain_uuid=r.domain_uuid, uuid=r.uuid,
-                                      live=r.scope.live, config=r.scope.config, destroyed=r.destroyed)
-                               for r in results], indent=2))
+        click.echo(
+            json.dumps(
+                [
+                    record(
+                        DETACHED_SCHEMA,
+                        domain=r.domain,
+                        domain_uuid=r.domain_uuid,
+                        uuid=r.uuid,
+                        live=r.scope.live,
+                        config=r.scope.config,
+                        destroyed=r.destroyed,
+                    )
+                    for r in results
+                ],
+                indent=2,
+            )
+        )
         return
     for r in results:
         click.echo(r.uuid)
@@ -149,8 +240,14 @@ def detach(domain: str, uuid: Optional[str], destroy: bool, config: bool, live: 
 
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@click.option("--timeout", type=FiniteFloat(min=0.1), default=20.0, show_default=True, metavar="SECONDS",
-              help="Give up after this long (libvirt waits for the hook while it holds the domain).")
+@click.option(
+    "--timeout",
+    type=FiniteFloat(min=0.1),
+    default=20.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Give up after this long (libvirt waits for the hook while it holds the domain).",
+)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def hook(timeout: float, args: Tuple[str, ...]) -> None:
     """libvirt qemu hook: create a domain's vGPUs at prepare/begin (and at migrate/begin on a migration's
@@ -194,15 +291,17 @@ def domains(as_json: bool) -> None:
     recs = []
     for d in snap.domains:
         xmls = [x for x in (d.live, d.config) if x is not None]
-        recs.append(record(
-            DOMAIN_SCHEMA,
-            name=d.name,
-            uuid=d.uuid,
-            running=d.running,
-            state="running" if d.running else "shut off",
-            persistent=d.persistent,
-            vgpus=sorted({u for x in xmls for u in x.devices}),
-            managed=sorted({m.uuid for x in xmls for m in x.managed}),
-            tenant=next((x.tenant for x in xmls if x.tenant), None),
-        ))
+        recs.append(
+            record(
+                DOMAIN_SCHEMA,
+                name=d.name,
+                uuid=d.uuid,
+                running=d.running,
+                state="running" if d.running else "shut off",
+                persistent=d.persistent,
+                vgpus=sorted({u for x in xmls for u in x.devices}),
+                managed=sorted({m.uuid for x in xmls for m in x.managed}),
+                tenant=next((x.tenant for x in xmls if x.tenant), None),
+            )
+        )
     render(recs, DOMAIN_COLUMNS, as_json=as_json, empty=f"no domains at {s.connect}")

@@ -1,4 +1,5 @@
 """``vgpuctl adopt --from-mdevctl``: take over mdevctl's definitions as desired-state instances."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -22,11 +23,18 @@ ADOPTED_COLUMNS = [
 
 @click.command()
 @click.argument("uuids", nargs=-1, metavar="[UUID]...")
-@click.option("--from-mdevctl", "from_mdevctl", is_flag=True,
-              help="Adopt mdevctl's definitions (etc/mdevctl.d/PARENT/UUID); the only source so far, required.")
-@click.option("--undefine", is_flag=True,
-              help="Also retire mdevctl's definitions, so that vgpuctl alone keeps the instances (without it they "
-              "stay double-managed, and plan/check report them).")
+@click.option(
+    "--from-mdevctl",
+    "from_mdevctl",
+    is_flag=True,
+    help="Adopt mdevctl's definitions (etc/mdevctl.d/PARENT/UUID); the only source so far, required.",
+)
+@click.option(
+    "--undefine",
+    is_flag=True,
+    help="Also retire mdevctl's definitions, so that vgpuctl alone keeps the instances (without it they "
+    "stay double-managed, and plan/check report them).",
+)
 @json_option
 def adopt(uuids: Sequence[str], from_mdevctl: bool, undefine: bool, as_json: bool) -> None:
     """Write mdevctl's definitions (all, or the UUIDs given) as desired-state instances into
@@ -42,9 +50,18 @@ def adopt(uuids: Sequence[str], from_mdevctl: bool, undefine: bool, as_json: boo
     adopter = Adopter(build_lifecycle(settings()))
     done = adopter.adopt(uuids, undefine=undefine)
     recs = [
-        record("vgpuctl.adopted/v1", name=a.name, uuid=a.definition.uuid, parent=a.definition.parent,
-               type_id=a.definition.type_id, start=a.definition.start, active=a.active, new=a.new,
-               undefined=a.definition.path if a.undefined else None, file=adopter.dropin)
+        record(
+            "vgpuctl.adopted/v1",
+            name=a.name,
+            uuid=a.definition.uuid,
+            parent=a.definition.parent,
+            type_id=a.definition.type_id,
+            start=a.definition.start,
+            active=a.active,
+            new=a.new,
+            undefined=a.definition.path if a.undefined else None,
+            file=adopter.dropin,
+        )
         for a in done
     ]
     render(recs, ADOPTED_COLUMNS, as_json=as_json, empty="mdevctl has no definitions to adopt")
@@ -57,5 +74,7 @@ def adopt(uuids: Sequence[str], from_mdevctl: bool, undefine: bool, as_json: boo
     else:
         auto = [a for a in done if a.definition.auto]
         if auto:
-            info(f"{len(auto)} instance(s) stay double-managed (mdevctl also starts them at boot), and plan and "
-                 "check report them: re-run with --undefine to let vgpuctl alone keep them")
+            info(
+                f"{len(auto)} instance(s) stay double-managed (mdevctl also starts them at boot), and plan and "
+                "check report them: re-run with --undefine to let vgpuctl alone keep them"
+            )

@@ -1,4 +1,5 @@
 """``vgpuctl create`` and ``vgpuctl destroy``."""
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -14,20 +15,34 @@ from .records import instance_record
 
 @click.command()
 @click.option(
-    "--parent", "-p", metavar="PARENT", shell_complete=complete_parents,
+    "--parent",
+    "-p",
+    metavar="PARENT",
+    shell_complete=complete_parents,
     help="Parent device: PCI address or name (mtty); default: placed by the policy.",
 )
-@click.option("--type", "-t", "type_id", metavar="TYPE", shell_complete=complete_types,
-              help="Type id (nvidia-222) or name (T4-2Q); or give --profile.")
+@click.option(
+    "--type",
+    "-t",
+    "type_id",
+    metavar="TYPE",
+    shell_complete=complete_types,
+    help="Type id (nvidia-222) or name (T4-2Q); or give --profile.",
+)
 @profile_option
 @click.option("--uuid", "-u", metavar="UUID", help="UUID for the new device (default: a fresh random one).")
 @click.option("--tenant", metavar="TENANT", help="Tenant for quotas, reserved GPUs and profile limits.")
 @click.option("--domain", "-d", metavar="DOMAIN", help="Without --parent: the domain (anti-affinity groups).")
 @click.option("--policy", "policy_file", metavar="FILE", help="Without --parent: placement policy file.")
-@click.option("--param", "params", metavar="KEY=VALUE", multiple=True,
-              help="NVIDIA vGPU parameter for nvidia/vgpu_params (repeatable): frame_rate_limiter, disable_vnc, "
-              "enable_uvm, enable_debugging, enable_profiling; written before any VM can start with it.  With "
-              "--profile they replace the profile's.")
+@click.option(
+    "--param",
+    "params",
+    metavar="KEY=VALUE",
+    multiple=True,
+    help="NVIDIA vGPU parameter for nvidia/vgpu_params (repeatable): frame_rate_limiter, disable_vnc, "
+    "enable_uvm, enable_debugging, enable_profiling; written before any VM can start with it.  With "
+    "--profile they replace the profile's.",
+)
 @json_option
 def create(
     parent: Optional[str],
@@ -52,8 +67,9 @@ def create(
 
     wanted = parse_option(params) if params else None  # checked before anything is touched
     if profile_name is not None:
-        inst, inv = _create_profiled(s, profile_name, parent=parent, uuid=uuid, tenant=tenant, domain=domain,
-                                     params=wanted)
+        inst, inv = _create_profiled(
+            s, profile_name, parent=parent, uuid=uuid, tenant=tenant, domain=domain, params=wanted
+        )
     else:
         assert type_id is not None
         placer = None
@@ -61,8 +77,9 @@ def create(
             from .place import placer_for
 
             placer = placer_for(s, type_id, tenant=tenant, domain=domain, policy_file=policy_file)
-        inst, inv = build_lifecycle(s).create_with_inventory(parent=parent, type_id=type_id, uuid=uuid, placer=placer,
-                                                             params=wanted)
+        inst, inv = build_lifecycle(s).create_with_inventory(
+            parent=parent, type_id=type_id, uuid=uuid, placer=placer, params=wanted
+        )
     if as_json:
         import json
 
@@ -73,8 +90,16 @@ def create(
         info(f"created {inst.uuid} ({inst.type_id} on {inst.parent})")
 
 
-def _create_profiled(s, name: str, *, parent: Optional[str], uuid: Optional[str], tenant: Optional[str],  # type: ignore[no-untyped-def]
-                     domain: Optional[str], params=None):
+def _create_profiled(
+    s,
+    name: str,
+    *,
+    parent: Optional[str],
+    uuid: Optional[str],
+    tenant: Optional[str],  # type: ignore[no-untyped-def]
+    domain: Optional[str],
+    params=None,
+):
     """``create --profile``: the GPU model (so the type) is chosen now, the parent under the lifecycle lock.
     Returns the instance and the inventory the create read."""
     from .profiles import ProfiledCreate, load_settings_profiles, placer_for_profile, resolve
@@ -86,11 +111,16 @@ def _create_profiled(s, name: str, *, parent: Optional[str], uuid: Optional[str]
 
     def make():  # type: ignore[no-untyped-def]
         pname, tid = resolve(s, profile, parent=parent, tenant=tenant, domain=domain)
-        placer = None if parent is not None else placer_for_profile(s, profile, tenant=tenant, domain=domain,
-                                                                     type_id=tid)
-        inst, inv = build_lifecycle(s).create_with_inventory(parent=pname if parent is not None else None,
-                                                             type_id=tid, uuid=uuid, placer=placer,
-                                                             params=params if params is not None else profile.params)
+        placer = (
+            None if parent is not None else placer_for_profile(s, profile, tenant=tenant, domain=domain, type_id=tid)
+        )
+        inst, inv = build_lifecycle(s).create_with_inventory(
+            parent=pname if parent is not None else None,
+            type_id=tid,
+            uuid=uuid,
+            placer=placer,
+            params=params if params is not None else profile.params,
+        )
         seen.append(inv)
         return inst
 
@@ -127,10 +157,19 @@ def destroy(uuid: str, foreign: bool, force: bool, undefine: bool, as_json: bool
     if as_json:
         import json
 
-        click.echo(json.dumps(record(
-            "vgpuctl.destroyed/v1", uuid=inst.uuid if inst else (defn.uuid if defn else uuid),
-            parent=inst.parent if inst else None, type_id=inst.type_id if inst else None,
-            destroyed=inst is not None, undefined=undefined), indent=2))
+        click.echo(
+            json.dumps(
+                record(
+                    "vgpuctl.destroyed/v1",
+                    uuid=inst.uuid if inst else (defn.uuid if defn else uuid),
+                    parent=inst.parent if inst else None,
+                    type_id=inst.type_id if inst else None,
+                    destroyed=inst is not None,
+                    undefined=undefined,
+                ),
+                indent=2,
+            )
+        )
         return
     if inst is not None:
         info(f"destroyed {inst.uuid} ({inst.type_id} on {inst.parent})")

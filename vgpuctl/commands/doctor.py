@@ -1,4 +1,5 @@
 """``vgpuctl doctor``: run the checks of ``vgpuctl.doctor`` and render their lines; nothing on the host changes."""
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -28,10 +29,21 @@ def _help() -> str:
 
 
 @click.command(help=_help())
-@click.option("--check", "names", multiple=True, metavar="NAME", type=click.Choice([c.name for c in checks()]),
-              help="Run only this check (repeat for several).")
-@click.option("--timeout", type=FiniteFloat(min=0, min_open=True), default=None, metavar="SECONDS",
-              help="Bound on each wait on a peer (libvirtd, NVML, systemctl); default: --libvirt-timeout.")
+@click.option(
+    "--check",
+    "names",
+    multiple=True,
+    metavar="NAME",
+    type=click.Choice([c.name for c in checks()]),
+    help="Run only this check (repeat for several).",
+)
+@click.option(
+    "--timeout",
+    type=FiniteFloat(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Bound on each wait on a peer (libvirtd, NVML, systemctl); default: --libvirt-timeout.",
+)
 @json_option
 def doctor(names: Sequence[str], timeout: Optional[float], as_json: bool) -> None:
     s = settings()

@@ -1,4 +1,5 @@
 """``vgpuctl parents``, ``types`` and ``list``: read-only views of the host."""
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -53,8 +54,12 @@ def types(parent: Optional[str], as_json: bool) -> None:
 
 @click.command("list")
 @parent_option
-@click.option("--defined", "-d", is_flag=True,
-              help="Also show mdevctl's definitions that have no device yet (as 'mdevctl list --defined' does).")
+@click.option(
+    "--defined",
+    "-d",
+    is_flag=True,
+    help="Also show mdevctl's definitions that have no device yet (as 'mdevctl list --defined' does).",
+)
 @json_option
 def list_instances(parent: Optional[str], defined: bool, as_json: bool) -> None:
     """Existing vGPU instances, who owns them, who defines them (vgpuctl's desired state, mdevctl, the hook), who uses
@@ -69,8 +74,11 @@ def list_instances(parent: Optional[str], defined: bool, as_json: bool) -> None:
     shown = [i for i in inv.instances if only is None or i.parent == only]
     defs = mdevctl.read_checked(lc.host.paths, inv)
     by_uuid = defs.by_uuid()
-    dormant = [d for d in by_uuid.values() if defined and inv.instance(d.uuid) is None
-               and (only is None or d.parent.lower() == only.lower())]
+    dormant = [
+        d
+        for d in by_uuid.values()
+        if defined and inv.instance(d.uuid) is None and (only is None or d.parent.lower() == only.lower())
+    ]
     down: List[VgpuctlError] = []
     users = lc.users(shown, unreachable=down)  # the one read of libvirt, when it is enabled
     if down:  # processes holding a device are still known; the domains are not
@@ -85,13 +93,22 @@ def list_instances(parent: Optional[str], defined: bool, as_json: bool) -> None:
 
     def extra(uuid: str) -> Dict[str, Any]:
         dev = nodedevs.get(uuid) if nodedevs is not None else None
-        return {"defined_by": definers(uuid, defs=by_uuid, desired=names, hook=hook),
-                "nodedev": dev.name if dev is not None else None,
-                "nodedev_known": None if nodedevs is None else dev is not None}
+        return {
+            "defined_by": definers(uuid, defs=by_uuid, desired=names, hook=hook),
+            "nodedev": dev.name if dev is not None else None,
+            "nodedev_known": None if nodedevs is None else dev is not None,
+        }
 
     recs = [
-        instance_record(i, inv, owned=i.uuid in state.owned, used_by=users.get(i.uuid, ()), nvml=details.get(i.uuid),
-                        **doms.get(i.uuid, {}), **extra(i.uuid))
+        instance_record(
+            i,
+            inv,
+            owned=i.uuid in state.owned,
+            used_by=users.get(i.uuid, ()),
+            nvml=details.get(i.uuid),
+            **doms.get(i.uuid, {}),
+            **extra(i.uuid),
+        )
         for i in shown
     ]
     recs += [definition_record(d, owned=d.uuid in state.owned, **extra(d.uuid)) for d in dormant]

@@ -1,4 +1,5 @@
 """``vgpuctl migrate check``: the live-migration pre-flight, run on the candidate target host.  Changes nothing."""
+
 from __future__ import annotations
 
 import sys
@@ -10,8 +11,15 @@ from ..errors import InvalidInput, MigrationIncompatible, MigrationNoCapacity
 from ._common import build_host, info, json_option, record, render, settings
 
 SCHEMA = "vgpuctl.migration-check/v1"
-COLUMNS = [("VGPU", "uuid"), ("TYPE", "type_id"), ("NAME", "type_name"), ("FIT", "fit"), ("PARENT", "parent"),
-           ("TARGET_UUID", "target_uuid"), ("REASON", "reason")]
+COLUMNS = [
+    ("VGPU", "uuid"),
+    ("TYPE", "type_id"),
+    ("NAME", "type_name"),
+    ("FIT", "fit"),
+    ("PARENT", "parent"),
+    ("TARGET_UUID", "target_uuid"),
+    ("REASON", "reason"),
+]
 #: at most this much domain XML is read (a domain definition is a few KiB)
 MAX_XML = 4 * 1024 * 1024
 
@@ -60,22 +68,46 @@ def driver_version(root_paths: Any) -> Optional[str]:
 
 
 def fit_record(f: Any) -> Dict[str, Any]:
-    return record(SCHEMA, uuid=f.uuid, type_id=f.type_id, type_name=f.type_name, fit=str(f.fit), parent=f.parent,
-                  gpu=f.gpu, target_uuid=f.target_uuid, keeps_uuid=f.keeps_uuid if f.target_uuid else None,
-                  reason=f.reason or None)
+    return record(
+        SCHEMA,
+        uuid=f.uuid,
+        type_id=f.type_id,
+        type_name=f.type_name,
+        fit=str(f.fit),
+        parent=f.parent,
+        gpu=f.gpu,
+        target_uuid=f.target_uuid,
+        keeps_uuid=f.keeps_uuid if f.target_uuid else None,
+        reason=f.reason or None,
+    )
 
 
 @migrate.command("check")
 @click.option("--xml", "xml_path", metavar="FILE", help="The domain XML from the source host (- for stdin).")
 @click.option("--domain", metavar="NAME", help="Read the domain's XML from the source's libvirt (with --source).")
-@click.option("--source", "source_uri", metavar="URI",
-              help="The source host's libvirt URI (qemu+ssh://src/system), read-only, with --domain.")
-@click.option("--source-driver", metavar="VERSION",
-              help="The source's NVIDIA vGPU manager version; NVIDIA migrates only between equal versions.")
-@click.option("--policy", "policy_file", metavar="FILE", help="Placement policy file (default: etc/vgpuctl/policy.yaml).")
+@click.option(
+    "--source",
+    "source_uri",
+    metavar="URI",
+    help="The source host's libvirt URI (qemu+ssh://src/system), read-only, with --domain.",
+)
+@click.option(
+    "--source-driver",
+    metavar="VERSION",
+    help="The source's NVIDIA vGPU manager version; NVIDIA migrates only between equal versions.",
+)
+@click.option(
+    "--policy", "policy_file", metavar="FILE", help="Placement policy file (default: etc/vgpuctl/policy.yaml)."
+)
 @json_option
-def check(xml_path: Optional[str], domain: Optional[str], source_uri: Optional[str], source_driver: Optional[str],
-          policy_file: Optional[str], as_json: bool) -> None:
+def check(
+    xml_path: Optional[str],
+    domain: Optional[str],
+    source_uri: Optional[str],
+    source_driver: Optional[str],
+    policy_file: Optional[str],
+    as_json: bool,
+) -> None:
     """Can this host take the domain's vGPUs, and where would each land?  Exit 0 if all fit, 4 if capacity is
     short now, 15 if this host cannot run one at all.  Creates nothing."""
     from ..migration import Fit, SourceFacts, TargetFacts, check as preflight, verdict
@@ -98,9 +130,14 @@ def check(xml_path: Optional[str], domain: Optional[str], source_uri: Optional[s
     if not dx.devices:
         raise InvalidInput(f"domain {dx.name!r} has no vGPU (no mdev or PCI hostdev): nothing to check")
     inv = build_host(s).inventory()
-    fits = preflight(dx, inv, policy, usage=build_usage(s, inv),
-                     source=SourceFacts(driver_version=source_driver),
-                     target=TargetFacts(driver_version=driver_version(s.paths)))
+    fits = preflight(
+        dx,
+        inv,
+        policy,
+        usage=build_usage(s, inv),
+        source=SourceFacts(driver_version=source_driver),
+        target=TargetFacts(driver_version=driver_version(s.paths)),
+    )
     render([fit_record(f) for f in fits], COLUMNS, as_json=as_json)
     answer = verdict(fits)
     reasons: Sequence[str] = [f"{f.uuid}: {f.reason}" for f in fits if f.fit is answer]

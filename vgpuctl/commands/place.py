@@ -1,4 +1,5 @@
 """``vgpuctl place`` and ``vgpuctl defrag --plan``: ask the placement engine, print its answer, change nothing."""
+
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -11,8 +12,19 @@ from ..observe import complete_request as complete, cpu_nodes, domain_facts as o
 from ..placement import Decision, DefragPlan, Request, Usage, Verdict, place as place_request, plan_defrag
 from ..policy import NumaMode, Policy
 from ..virt.domxml import DomainFacts, needs_cpus
-from ._common import (Settings, build_host, app, domain_snapshot, info, json_option, libvirt_down, record, render,
-                      settings, table)
+from ._common import (
+    Settings,
+    build_host,
+    app,
+    domain_snapshot,
+    info,
+    json_option,
+    libvirt_down,
+    record,
+    render,
+    settings,
+    table,
+)
 
 PLACEMENT_SCHEMA = "vgpuctl.placement/v1"
 VERDICT_SCHEMA = "vgpuctl.placement-verdict/v1"
@@ -163,13 +175,27 @@ def decision_record(d: Decision, inv: Inventory, *, numa_from: Sequence[str] = (
 
 
 @click.command()
-@click.option("--type", "-t", "type_name", required=True, multiple=True, metavar="TYPE",
-              help="Type id (nvidia-231) or name (T4-2Q); repeat to ask about several types in one call (each gets "
-                   "its own records; exit 4 if any has no placement).")
-@click.option("--domain", "-d", metavar="DOMAIN",
-              help="The domain the vGPU is for: anti-affinity groups; with libvirt, its tenant and NUMA nodes too.")
-@click.option("--tenant", metavar="TENANT",
-              help="Tenant label for quotas and reserved GPUs (default: the domain's, from its vgpuctl metadata).")
+@click.option(
+    "--type",
+    "-t",
+    "type_name",
+    required=True,
+    multiple=True,
+    metavar="TYPE",
+    help="Type id (nvidia-231) or name (T4-2Q); repeat to ask about several types in one call (each gets "
+    "its own records; exit 4 if any has no placement).",
+)
+@click.option(
+    "--domain",
+    "-d",
+    metavar="DOMAIN",
+    help="The domain the vGPU is for: anti-affinity groups; with libvirt, its tenant and NUMA nodes too.",
+)
+@click.option(
+    "--tenant",
+    metavar="TENANT",
+    help="Tenant label for quotas and reserved GPUs (default: the domain's, from its vgpuctl metadata).",
+)
 @click.option(
     "--numa-node",
     "numa_nodes",
@@ -220,9 +246,11 @@ def place(
         d = place_request(inv, policy, req, usage=usage)  # req is complete
         if n == 0:  # the domain's facts are the same for every type: say them once
             if explain and facts is not None:
-                info(f"domain {facts.name}: tenant {facts.tenant or '-'}, groups {','.join(facts.groups) or '-'}, "
-                     f"NUMA nodes {','.join(map(str, req.numa_nodes)) or '-'} "
-                     f"(from {' and '.join(numa_from) or 'nothing'})")
+                info(
+                    f"domain {facts.name}: tenant {facts.tenant or '-'}, groups {','.join(facts.groups) or '-'}, "
+                    f"NUMA nodes {','.join(map(str, req.numa_nodes)) or '-'} "
+                    f"(from {' and '.join(numa_from) or 'nothing'})"
+                )
             for note in facts.notes if facts is not None and (explain or not facts.found) else ():
                 info(note)
         if as_json:
@@ -282,7 +310,9 @@ def plan_record(p: DefragPlan, total_gpus: int) -> Dict[str, Any]:
 def defrag(plan_only: bool, policy_file: Optional[str], as_json: bool) -> None:
     """Plan the moves that would free the most whole GPUs; each move needs its VM restarted.  Prints only."""
     if not plan_only:
-        raise click.UsageError("defrag only plans: pass --plan (moving a vGPU means restarting its VM; do that yourself)")
+        raise click.UsageError(
+            "defrag only plans: pass --plan (moving a vGPU means restarting its VM; do that yourself)"
+        )
     s = settings()
     inv = build_host(s).inventory()
     policy = load_settings_policy(s, policy_file)
@@ -310,5 +340,13 @@ def _move_line(m: Any, inv: Inventory) -> str:
     return f"~ move {m.uuid} {name} {m.from_parent} -> {m.to_parent}{who}: restart needed"
 
 
-__all__: Sequence[str] = ["place", "defrag", "placement_for", "placer_for", "build_usage", "complete_request",
-                          "require_domains", "domain_facts"]
+__all__: Sequence[str] = [
+    "place",
+    "defrag",
+    "placement_for",
+    "placer_for",
+    "build_usage",
+    "complete_request",
+    "require_domains",
+    "domain_facts",
+]

@@ -1,5 +1,6 @@
 """``vgpuctl profiles`` and what ``create --profile`` / ``attach --profile`` share: the service profiles of
 ``etc/vgpuctl/profiles.yaml`` (``vgpuctl.profiles``), resolved on this host and placed by the policy."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,7 +31,10 @@ PROFILE_COLUMNS = [
 ]
 
 profile_option = click.option(
-    "--profile", "profile_name", metavar="PROFILE", shell_complete=complete_profiles,
+    "--profile",
+    "profile_name",
+    metavar="PROFILE",
+    shell_complete=complete_profiles,
     help="A service profile of etc/vgpuctl/profiles.yaml: its type for the chosen GPU, options and limits.",
 )
 
@@ -105,8 +109,9 @@ def placer_for_profile(
     return choose
 
 
-def resolve(s: Settings, profile: Profile, *, parent: Optional[str], tenant: Optional[str],
-            domain: Optional[str]) -> Tuple[Optional[str], str]:
+def resolve(
+    s: Settings, profile: Profile, *, parent: Optional[str], tenant: Optional[str], domain: Optional[str]
+) -> Tuple[Optional[str], str]:
     """(parent or None, type id) for one vGPU of ``profile``: on ``parent``, else where the policy places it now."""
     from ..errors import UnknownType
 
@@ -116,8 +121,11 @@ def resolve(s: Settings, profile: Profile, *, parent: Optional[str], tenant: Opt
         pname = host.resolve_parent(parent, inv)
         t = profile.type_on(inv, pname)
         if t is None:
-            raise UnknownType(f"profile {profile.name} ({profile.selector})", pname,
-                              [x.profile or x.type_id for x in inv.types_on(pname)])
+            raise UnknownType(
+                f"profile {profile.name} ({profile.selector})",
+                pname,
+                [x.profile or x.type_id for x in inv.types_on(pname)],
+            )
         return pname, t.type_id
     from .place import require_domains
 
@@ -144,8 +152,9 @@ def profile_record(profiles: Profiles, p: Profile, inv: Inventory, d: Optional[D
     limits = dict(p.tenant_limits)
     limit = None
     if p.per_tenant is not None or limits:
-        limit = ",".join(([f"{p.per_tenant}/tenant"] if p.per_tenant is not None else [])
-                         + [f"{t}={n}" for t, n in limits.items()])
+        limit = ",".join(
+            ([f"{p.per_tenant}/tenant"] if p.per_tenant is not None else []) + [f"{t}={n}" for t, n in limits.items()]
+        )
     return record(
         PROFILE_SCHEMA,
         profile=p.name,
@@ -191,5 +200,11 @@ def profiles(as_json: bool) -> None:
     render(recs, PROFILE_COLUMNS, as_json=as_json, empty=empty)
 
 
-__all__: List[str] = ["profiles", "profile_option", "ProfiledCreate", "resolve", "placer_for_profile",
-                      "load_settings_profiles"]
+__all__: List[str] = [
+    "profiles",
+    "profile_option",
+    "ProfiledCreate",
+    "resolve",
+    "placer_for_profile",
+    "load_settings_profiles",
+]

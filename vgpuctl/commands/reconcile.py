@@ -4,6 +4,7 @@ Text output is one line per action (``+ create``, ``- destroy``, ``~ attach``; b
 one object ``{"schema": "vgpuctl.reconcile/v1", "command", "changed", "converged", "actions", "before", "after"}``
 that the Ansible module passes through (``changed`` is what a real run would change, or did).
 """
+
 from __future__ import annotations
 
 import errno
@@ -29,7 +30,11 @@ def build_reconciler(s: Any) -> Any:
 
 def config_option(f: Any) -> Any:
     return click.option(
-        "--config", "configs", multiple=True, type=click.Path(dir_okay=False), metavar="FILE",
+        "--config",
+        "configs",
+        multiple=True,
+        type=click.Path(dir_okay=False),
+        metavar="FILE",
         help="Read the desired state from FILE instead of the config dir's vgpuctl.yaml and conf.d/*.yaml; "
         "repeat to merge several, in the order given (profiles.yaml and policy.yaml still come from the config dir).",
     )(f)
@@ -67,9 +72,7 @@ def action_record(a: Action, *, outcome: Optional[str] = None, error: Optional[s
 
 def instances_of(inv: Inventory, owned: Sequence[str]) -> List[Dict[str, Any]]:
     own = set(owned)
-    return [
-        {"uuid": i.uuid, "parent": i.parent, "type_id": i.type_id, "owned": i.uuid in own} for i in inv.instances
-    ]
+    return [{"uuid": i.uuid, "parent": i.parent, "type_id": i.type_id, "owned": i.uuid in own} for i in inv.instances]
 
 
 def _emit(doc: Dict[str, Any]) -> None:
@@ -116,9 +119,20 @@ def plan_cmd(configs: Sequence[str], as_json: bool) -> None:
     p = obs.plan
     if as_json:
         after = [{"uuid": u, "parent": par, "type_id": t} for u, par, t in predicted(obs.inventory, p)]
-        _emit(_libvirt(obs, record(SCHEMA, command="plan", changed=bool(p.runnable), converged=_converged(p),
-                                   actions=[action_record(a) for a in p.actions],
-                                   before=instances_of(obs.inventory, list(obs.state.owned)), after=after)))
+        _emit(
+            _libvirt(
+                obs,
+                record(
+                    SCHEMA,
+                    command="plan",
+                    changed=bool(p.runnable),
+                    converged=_converged(p),
+                    actions=[action_record(a) for a in p.actions],
+                    before=instances_of(obs.inventory, list(obs.state.owned)),
+                    after=after,
+                ),
+            )
+        )
         return
     _libvirt(obs, {})
     for a in p.actions:
@@ -155,11 +169,21 @@ def apply(configs: Sequence[str], as_json: bool) -> None:
                 actions.append(action_record(a, outcome="blocked" if a.block else "skipped", error=None))
         for s in later:
             actions.append(action_record(s.action, outcome="done" if s.ok else "failed", error=s.error))
-        _emit(_libvirt(result.after, record(
-            SCHEMA, command="apply", changed=result.changed, converged=result.converged,
-            actions=actions, remaining=[action_record(a) for a in result.after.plan.actions],
-            before=instances_of(result.before.inventory, list(result.before.state.owned)),
-            after=instances_of(result.after.inventory, list(result.after.state.owned)))))
+        _emit(
+            _libvirt(
+                result.after,
+                record(
+                    SCHEMA,
+                    command="apply",
+                    changed=result.changed,
+                    converged=result.converged,
+                    actions=actions,
+                    remaining=[action_record(a) for a in result.after.plan.actions],
+                    before=instances_of(result.before.inventory, list(result.before.state.owned)),
+                    after=instances_of(result.after.inventory, list(result.after.state.owned)),
+                ),
+            )
+        )
     else:
         _libvirt(result.after, {})
         for s in result.steps:
@@ -184,10 +208,20 @@ def check(configs: Sequence[str], as_json: bool) -> None:
     obs = rec.observe(desired_state(s, rec, configs))
     p = obs.plan
     if as_json:
-        _emit(_libvirt(obs, record(SCHEMA, command="check", changed=False, converged=_converged(p),
-                                   actions=[action_record(a) for a in p.actions],
-                                   before=instances_of(obs.inventory, list(obs.state.owned)),
-                                   after=instances_of(obs.inventory, list(obs.state.owned)))))
+        _emit(
+            _libvirt(
+                obs,
+                record(
+                    SCHEMA,
+                    command="check",
+                    changed=False,
+                    converged=_converged(p),
+                    actions=[action_record(a) for a in p.actions],
+                    before=instances_of(obs.inventory, list(obs.state.owned)),
+                    after=instances_of(obs.inventory, list(obs.state.owned)),
+                ),
+            )
+        )
     else:
         _libvirt(obs, {})
         for a in p.actions:
@@ -198,8 +232,14 @@ def check(configs: Sequence[str], as_json: bool) -> None:
 
 
 @click.command()
-@click.option("--output", "-o", type=click.Path(dir_okay=False, allow_dash=True), default="-", show_default=True,
-              help="Write the desired-state file here ('-': stdout).")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    default="-",
+    show_default=True,
+    help="Write the desired-state file here ('-': stdout).",
+)
 @json_option
 def export(output: str, as_json: bool) -> None:
     """Write the host's vgpuctl-owned instances as a desired-state file (explicit uuids and parents)."""
@@ -215,8 +255,18 @@ def export(output: str, as_json: bool) -> None:
     doc = export_doc(inv, list(state.owned), desired)
     if as_json:
         owned = instances_of(inv, list(state.owned))
-        _emit(record(SCHEMA, command="export", changed=False, converged=True, actions=[], before=owned, after=owned,
-                     desired=doc))
+        _emit(
+            record(
+                SCHEMA,
+                command="export",
+                changed=False,
+                converged=True,
+                actions=[],
+                before=owned,
+                after=owned,
+                desired=doc,
+            )
+        )
         return
     text = render_doc(doc)
     if output == "-":
@@ -231,18 +281,47 @@ def export(output: str, as_json: bool) -> None:
 
 
 @click.command()
-@click.option("--resync-interval", type=FiniteFloat(min=1), default=300.0, show_default=True,
-              metavar="SECONDS", help="Full re-check of the host this often, whatever the events say.")
-@click.option("--watch", type=click.Choice(["auto", "udev", "poll"]), default="auto", show_default=True,
-              help="How to notice host changes: kernel uevents (pyudev), polling sysfs, or udev when available.")
-@click.option("--poll-interval", type=FiniteFloat(min=0.05), default=2.0, show_default=True,
-              metavar="SECONDS", help="With --watch poll: how often to list the parent and mdev directories.")
-@click.option("--metrics-address", metavar="[HOST:]PORT",
-              help="Serve Prometheus metrics here (a bare PORT listens on 127.0.0.1); off by default.")
-@click.option("--metrics-textfile", type=click.Path(dir_okay=False), metavar="FILE",
-              help="Write the metrics to FILE (atomically) after every pass, for node_exporter's textfile collector.")
-def service(resync_interval: float, watch: str, poll_interval: float, metrics_address: Optional[str],
-            metrics_textfile: Optional[str]) -> None:
+@click.option(
+    "--resync-interval",
+    type=FiniteFloat(min=1),
+    default=300.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Full re-check of the host this often, whatever the events say.",
+)
+@click.option(
+    "--watch",
+    type=click.Choice(["auto", "udev", "poll"]),
+    default="auto",
+    show_default=True,
+    help="How to notice host changes: kernel uevents (pyudev), polling sysfs, or udev when available.",
+)
+@click.option(
+    "--poll-interval",
+    type=FiniteFloat(min=0.05),
+    default=2.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="With --watch poll: how often to list the parent and mdev directories.",
+)
+@click.option(
+    "--metrics-address",
+    metavar="[HOST:]PORT",
+    help="Serve Prometheus metrics here (a bare PORT listens on 127.0.0.1); off by default.",
+)
+@click.option(
+    "--metrics-textfile",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="Write the metrics to FILE (atomically) after every pass, for node_exporter's textfile collector.",
+)
+def service(
+    resync_interval: float,
+    watch: str,
+    poll_interval: float,
+    metrics_address: Optional[str],
+    metrics_textfile: Optional[str],
+) -> None:
     """Run the reconciling service in the foreground (for systemd Type=notify)."""
     from ..service import Service, ServiceOptions, Watch
 

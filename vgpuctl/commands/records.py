@@ -1,4 +1,5 @@
 """Flat JSON records (one per parent, type or instance) and the table columns that show them."""
+
 from __future__ import annotations
 
 from typing import Any, Dict, Optional, Sequence
@@ -49,10 +50,15 @@ INSTANCE_COLUMNS = [
 
 
 #: Extra table columns shown when NVML answered (``list`` on an NVIDIA vGPU host).
-NVML_INSTANCE_COLUMNS = [("VM", "vm_id"), ("FB_USED", "fb_used_mib"), ("SM%", "sm_util"), ("MEM%", "mem_util"),
-                         ("LICENSE", "license"), ("LICENSE_EXPIRY", "license_expiry")]
+NVML_INSTANCE_COLUMNS = [
+    ("VM", "vm_id"),
+    ("FB_USED", "fb_used_mib"),
+    ("SM%", "sm_util"),
+    ("MEM%", "mem_util"),
+    ("LICENSE", "license"),
+    ("LICENSE_EXPIRY", "license_expiry"),
+]
 NVML_INSTANCE_KEYS = ("nvml_id", "vm_id", "fb_used_mib", "sm_util", "mem_util", "enc_util", "dec_util")
-
 
 
 def parent_record(p: Parent, inv: Inventory, gpu_name: Optional[str] = None) -> Dict[str, Any]:
@@ -140,8 +146,14 @@ def instance_record(
     )
 
 
-def definition_record(d: Any, *, owned: bool = False, defined_by: Sequence[str] = (), nodedev: Optional[str] = None,
-                      nodedev_known: Optional[bool] = None) -> Dict[str, Any]:
+def definition_record(
+    d: Any,
+    *,
+    owned: bool = False,
+    defined_by: Sequence[str] = (),
+    nodedev: Optional[str] = None,
+    nodedev_known: Optional[bool] = None,
+) -> Dict[str, Any]:
     """An mdevctl definition that has no device (``list --defined``): an instance record with ``active`` false."""
     return record(
         INSTANCE_SCHEMA,
@@ -181,5 +193,9 @@ def license_fields(lic: Optional[Any]) -> Dict[str, Any]:
         from ..nvml import UNKNOWN_LICENSE
 
         lic = UNKNOWN_LICENSE
-    return {"license": lic.state, "licensed": lic.licensed, "license_expiry": lic.expiry_text,
-            "license_expiry_seconds": lic.expiry}
+    return {
+        "license": lic.state,
+        "licensed": lic.licensed,
+        "license_expiry": lic.expiry_text,
+        "license_expiry_seconds": lic.expiry,
+    }

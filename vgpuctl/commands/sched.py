@@ -1,4 +1,5 @@
 """``vgpuctl sched`` and ``vgpuctl hetero``: NVIDIA's time-slice scheduler and heterogeneous mode, through NVML."""
+
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -81,14 +82,18 @@ def _sched_record(sc: Any, gpu_info: Any) -> Dict[str, Any]:
         arr_mode=sc.arr_mode if sc else None,
         timeslice_ms=ms(sc.timeslice_us) if sc else None,
         supported=list(sc.supported) if sc else [],
-        timeslice_range_ms=(f"{ms(sc.min_timeslice_us):g}..{ms(sc.max_timeslice_us):g}"
-                            if sc and sc.min_timeslice_us is not None and sc.max_timeslice_us is not None else None),
+        timeslice_range_ms=(
+            f"{ms(sc.min_timeslice_us):g}..{ms(sc.max_timeslice_us):g}"
+            if sc and sc.min_timeslice_us is not None and sc.max_timeslice_us is not None
+            else None
+        ),
         heterogeneous=sc.heterogeneous if sc else None,
     )
 
 
-def _while_idle(s: Any, pci: str, what: str, change: Callable[[Any, Any], Dict[str, Any]], *,
-                existing: bool) -> Callable[[Any], Dict[str, Any]]:
+def _while_idle(
+    s: Any, pci: str, what: str, change: Callable[[Any, Any], Dict[str, Any]], *, existing: bool
+) -> Callable[[Any], Dict[str, Any]]:
     """An NVML action that makes ``change(nv, gpu)`` under the host lock, once the GPU is known to be a vGPU host
     with no vGPU running on it (``existing``: with no vGPU at all), else ``GpuBusy`` naming ``what``."""
 
@@ -127,8 +132,12 @@ def sched_show(gpu: Optional[str], as_json: bool) -> None:
 @sched.command("set")
 @click.argument("gpu")
 @click.option("--policy", required=True, type=click.Choice([p.value for p in SchedulerPolicy]))
-@click.option("--timeslice", type=FiniteFloat(min=0, min_open=True), metavar="MS",
-              help="Time slice in milliseconds (equal-share, fixed-share); within the GPU's range.")
+@click.option(
+    "--timeslice",
+    type=FiniteFloat(min=0, min_open=True),
+    metavar="MS",
+    help="Time slice in milliseconds (equal-share, fixed-share); within the GPU's range.",
+)
 @json_option
 def sched_set(gpu: str, policy: str, timeslice: Optional[float], as_json: bool) -> None:
     """Set the GPU's vGPU scheduler; refused while any vGPU on it runs (NVIDIA allows changes only then).  Not
@@ -163,8 +172,13 @@ def hetero_show(gpu: Optional[str], as_json: bool) -> None:
     from ..nvml import required
 
     def rec(nv: Any, pci: str, g: Any) -> Dict[str, Any]:
-        return record("vgpuctl.heterogeneous/v1", gpu=pci, name=g.name, vgpu_host=g.vgpu_host,
-                      heterogeneous=nv.heterogeneous(pci) if g.vgpu_host else None)
+        return record(
+            "vgpuctl.heterogeneous/v1",
+            gpu=pci,
+            name=g.name,
+            vgpu_host=g.vgpu_host,
+            heterogeneous=nv.heterogeneous(pci) if g.vgpu_host else None,
+        )
 
     render(required(_per_gpu(gpu, rec)), HETERO_COLUMNS, as_json=as_json, empty="no NVIDIA GPU found by NVML")
 
@@ -182,11 +196,13 @@ def hetero_set(gpu: str, mode: str, as_json: bool) -> None:
 
     def change(nv: Any, g: Any) -> Dict[str, Any]:
         nv.set_heterogeneous(pci, mode == "on")
-        return record("vgpuctl.heterogeneous/v1", gpu=pci, name=g.name, vgpu_host=True,
-                      heterogeneous=nv.heterogeneous(pci))
+        return record(
+            "vgpuctl.heterogeneous/v1", gpu=pci, name=g.name, vgpu_host=True, heterogeneous=nv.heterogeneous(pci)
+        )
 
-    render([required(_while_idle(s, pci, "heterogeneous mode", change, existing=True))], HETERO_COLUMNS,
-           as_json=as_json)
+    render(
+        [required(_while_idle(s, pci, "heterogeneous mode", change, existing=True))], HETERO_COLUMNS, as_json=as_json
+    )
 
 
 __all__: Sequence[str] = ["sched", "hetero"]

@@ -1,4 +1,5 @@
 """``vgpuctl status``: a picture of every physical GPU (``vgpuctl.status``), and ``vgpuctl completion``."""
+
 from __future__ import annotations
 
 import os
@@ -71,8 +72,13 @@ def use_colour(stream=None) -> bool:  # type: ignore[no-untyped-def]
 
 
 @click.command()
-@click.option("--policy", "policy_file", metavar="FILE", type=click.Path(dir_okay=False),
-              help="Placement policy (default: ROOT/etc/vgpuctl/policy.yaml): allowed types and rules per GPU.")
+@click.option(
+    "--policy",
+    "policy_file",
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
+    help="Placement policy (default: ROOT/etc/vgpuctl/policy.yaml): allowed types and rules per GPU.",
+)
 @json_option
 def status(policy_file: Optional[str], as_json: bool) -> None:
     """A picture of every physical GPU: its slots (used by which type and domain, free, unusable because of the
@@ -88,8 +94,14 @@ def status(policy_file: Optional[str], as_json: bool) -> None:
     s = settings()
     inv = build_host(s).inventory()
     policy = load_settings_policy(s, policy_file)
-    st = host_status(inv, policy, domains=domains_of(s, [i.uuid for i in inv.instances]), usage=build_usage(s, inv),
-                     defined_by=defined_by(s, inv), licenses=licenses_of(s, inv))
+    st = host_status(
+        inv,
+        policy,
+        domains=domains_of(s, [i.uuid for i in inv.instances]),
+        usage=build_usage(s, inv),
+        defined_by=defined_by(s, inv),
+        licenses=licenses_of(s, inv),
+    )
     if as_json:
         down = libvirt_down()
         render([dict(r, libvirt_error=down) if down else r for r in records(st)], [], as_json=True)

@@ -17,6 +17,7 @@ Every check is read-only: it never writes a file, a sysfs attribute or a libvirt
 (libvirtd, NVML, systemctl) is bounded by ``Context.timeout``.  A check that raises is reported as its own ``fail``
 line ("check crashed"), never as a traceback of the whole command.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -32,8 +33,13 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Type
 from ..paths import HostPaths
 
 #: Modules that define checks, in the order their checks are shown.
-CHECK_MODULES = ("vgpuctl.doctor.kernel", "vgpuctl.doctor.nvidia", "vgpuctl.doctor.libvirt", "vgpuctl.doctor.own",
-                 "vgpuctl.doctor.mdevctl")
+CHECK_MODULES = (
+    "vgpuctl.doctor.kernel",
+    "vgpuctl.doctor.nvidia",
+    "vgpuctl.doctor.libvirt",
+    "vgpuctl.doctor.own",
+    "vgpuctl.doctor.mdevctl",
+)
 
 SCHEMA = "vgpuctl.doctor/v1"
 DEFAULT_TIMEOUT = 5.0
@@ -74,8 +80,14 @@ class Result:
         return cls(check, Status.FAIL, seen, fix, subject)
 
     def record(self) -> Dict[str, Any]:
-        return {"schema": SCHEMA, "check": self.check, "status": str(self.status), "subject": self.subject or None,
-                "seen": self.seen, "fix": self.fix or None}
+        return {
+            "schema": SCHEMA,
+            "check": self.check,
+            "status": str(self.status),
+            "subject": self.subject or None,
+            "seen": self.seen,
+            "fix": self.fix or None,
+        }
 
 
 CheckFn = Callable[["Context"], Union[Result, Iterable[Result]]]
@@ -186,8 +198,9 @@ class Context:
     def run(self, argv: Sequence[str]) -> Command:
         """A bounded subprocess (``timeout``); never raises for a missing program or a timeout."""
         try:
-            p = subprocess.run(list(argv), capture_output=True, text=True, timeout=self.timeout,
-                               stdin=subprocess.DEVNULL)
+            p = subprocess.run(
+                list(argv), capture_output=True, text=True, timeout=self.timeout, stdin=subprocess.DEVNULL
+            )
         except FileNotFoundError:
             return Command(None, "", f"{argv[0]}: not found")
         except subprocess.TimeoutExpired:
@@ -212,8 +225,13 @@ def run_checks(ctx: Context, names: Optional[Sequence[str]] = None) -> List[Resu
             got = c.fn(ctx)
             results = [got] if isinstance(got, Result) else list(got)
         except Exception as e:  # a bug in one check must not hide the others
-            results = [Result.fail(c.name, f"check crashed: {type(e).__name__}: {' '.join(str(e).split())}",
-                                   "report this as a vgpuctl bug, with the command line")]
+            results = [
+                Result.fail(
+                    c.name,
+                    f"check crashed: {type(e).__name__}: {' '.join(str(e).split())}",
+                    "report this as a vgpuctl bug, with the command line",
+                )
+            ]
         out += results
     return out
 

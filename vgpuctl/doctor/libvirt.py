@@ -1,4 +1,5 @@
 """Checks of libvirt: libvirtd reachable at the URI (bounded), and its QEMU present (domain capabilities)."""
+
 from __future__ import annotations
 
 import os
@@ -38,8 +39,10 @@ def _domain_caps(v: Any, found: Probe) -> Probe:
     root = ET.fromstring(xml)
     seen = []
     host_arch = root.findtext("host/cpu/arch")
-    guests = sorted(root.findall("guest"), key=lambda g: (g.find("arch") is None
-                                                          or g.find("arch").get("name") != host_arch))  # type: ignore[union-attr]
+    guests = sorted(
+        root.findall("guest"),
+        key=lambda g: g.find("arch") is None or g.find("arch").get("name") != host_arch,  # type: ignore[union-attr]
+    )
     for guest in guests:
         arch = guest.find("arch")
         if arch is None:
@@ -58,6 +61,7 @@ def _domain_caps(v: Any, found: Probe) -> Probe:
 def probe(ctx: Context) -> Probe:
     """Whether libvirt answers (``virt.reachability``, bounded by ``ctx.timeout``), then its capabilities (bounded by
     the longer ``QEMU_PROBE_TIMEOUT``, through ``virt.bounded``); read once per run."""
+
     def make() -> Probe:
         from ..errors import LibvirtConnectError, LibvirtTimeout, LibvirtUnavailable
         from ..virt.conn import Virt, bounded, reachability
@@ -96,8 +100,11 @@ def libvirt(ctx: Context) -> Result:
     return Result.ok("libvirt", f"{ctx.connect} answers: libvirt {p.version}")
 
 
-@check("qemu", "libvirt's QEMU is present: its capabilities list a QEMU (kvm or qemu) guest emulator",
-       "apt-get install qemu-system-x86, then systemctl restart libvirtd")
+@check(
+    "qemu",
+    "libvirt's QEMU is present: its capabilities list a QEMU (kvm or qemu) guest emulator",
+    "apt-get install qemu-system-x86, then systemctl restart libvirtd",
+)
 def qemu(ctx: Context) -> Result:
     if ctx.connect == "none":
         return Result.na("qemu", "libvirt is turned off (--connect none)")
@@ -105,7 +112,10 @@ def qemu(ctx: Context) -> Result:
     if not p.reachable:
         return Result.na("qemu", "libvirt unreachable (see the libvirt line)")
     if p.emulator is None:
-        return Result.fail("qemu", f"no usable QEMU: {p.caps_error}",
-                           "apt-get install qemu-system-x86, then systemctl restart libvirtd")
+        return Result.fail(
+            "qemu",
+            f"no usable QEMU: {p.caps_error}",
+            "apt-get install qemu-system-x86, then systemctl restart libvirtd",
+        )
     path, kind, machine, _ = p.emulator
     return Result.ok("qemu", f"{path} ({kind}, machine {machine})")

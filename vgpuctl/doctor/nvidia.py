@@ -1,4 +1,5 @@
 """Checks of the NVIDIA side: the vGPU manager on each GPU (types, vendor-VFIO VFs, SR-IOV), its daemons, NVML."""
+
 from __future__ import annotations
 
 import os
@@ -16,6 +17,7 @@ DAEMONS = (("nvidia-vgpu-mgr.service", True), ("nvidia-vgpud.service", False))
 
 def nvidia_gpus(ctx: Context) -> List[str]:
     """Physical NVIDIA display/3D controllers in sysfs (PCI functions that are not VFs), sorted."""
+
     def make() -> List[str]:
         out = []
         for d in listdir(ctx.paths.pci_devices):
@@ -43,9 +45,12 @@ def _id_order(type_id: str) -> "tuple[str, int]":
     return (head, int(num)) if num.isdigit() else (type_id, -1)
 
 
-@check("vgpu-manager", "each NVIDIA GPU offers vGPUs: mdev types on the GPU or its VFs, or vendor-VFIO VFs with "
-       "nvidia/; a GPU that needs SR-IOV VFs has them enabled (sriov_numvfs)",
-       f"{SRIOV_MANAGE} -e <GPU> (after every boot); or install the NVIDIA vGPU manager for the GPU")
+@check(
+    "vgpu-manager",
+    "each NVIDIA GPU offers vGPUs: mdev types on the GPU or its VFs, or vendor-VFIO VFs with "
+    "nvidia/; a GPU that needs SR-IOV VFs has them enabled (sriov_numvfs)",
+    f"{SRIOV_MANAGE} -e <GPU> (after every boot); or install the NVIDIA vGPU manager for the GPU",
+)
 def vgpu_manager(ctx: Context) -> List[Result]:
     gpus = nvidia_gpus(ctx)
     if not gpus:
@@ -62,21 +67,38 @@ def vgpu_manager(ctx: Context) -> List[Result]:
         total = read_int(f / "sriov_totalvfs") or 0
         enabled = read_int(f / "sriov_numvfs") or 0
         if driver != "nvidia":
-            out.append(Result.fail("vgpu-manager", f"bound to {driver or 'no driver'}, not to nvidia", MANAGER_FIX,
-                                   gpu))
+            out.append(
+                Result.fail("vgpu-manager", f"bound to {driver or 'no driver'}, not to nvidia", MANAGER_FIX, gpu)
+            )
         elif total and not enabled:
-            out.append(Result.fail(
-                "vgpu-manager", f"SR-IOV VFs disabled (sriov_numvfs 0 of {total}): this GPU hosts vGPUs on its VFs",
-                f"{SRIOV_MANAGE} -e {gpu} (needed after every boot)", gpu))
+            out.append(
+                Result.fail(
+                    "vgpu-manager",
+                    f"SR-IOV VFs disabled (sriov_numvfs 0 of {total}): this GPU hosts vGPUs on its VFs",
+                    f"{SRIOV_MANAGE} -e {gpu} (needed after every boot)",
+                    gpu,
+                )
+            )
         elif vfio:
-            out.append(Result.ok("vgpu-manager", f"vendor VFIO: {len(vfio)} VF(s) with nvidia/ "
-                                 f"({enabled} of {total} VFs enabled)", gpu))
+            out.append(
+                Result.ok(
+                    "vgpu-manager",
+                    f"vendor VFIO: {len(vfio)} VF(s) with nvidia/ ({enabled} of {total} VFs enabled)",
+                    gpu,
+                )
+            )
         elif mdev and types:
             where = "on the GPU" if mdev == [gpu] else f"on each of {len(mdev)} VF(s) ({enabled} of {total} enabled)"
             out.append(Result.ok("vgpu-manager", f"mdev: {len(types)} type(s) {where}, e.g. {types[0]}", gpu))
         else:
-            out.append(Result.fail("vgpu-manager", "no vGPU types on this GPU: the vGPU manager is not loaded or does "
-                                   "not support it", MANAGER_FIX, gpu))
+            out.append(
+                Result.fail(
+                    "vgpu-manager",
+                    "no vGPU types on this GPU: the vGPU manager is not loaded or does not support it",
+                    MANAGER_FIX,
+                    gpu,
+                )
+            )
     return out
 
 
@@ -109,8 +131,12 @@ def unit_state(ctx: Context, unit: str) -> "tuple[Optional[str], str]":
     return None, c.err or f"systemctl is-enabled exited {c.rc}"
 
 
-@check("nvidia-daemons", "nvidia-vgpu-mgr (and nvidia-vgpud, where the release has it) is active; without a running "
-       "systemd, its unit is enabled under the root", "systemctl enable --now nvidia-vgpu-mgr.service")
+@check(
+    "nvidia-daemons",
+    "nvidia-vgpu-mgr (and nvidia-vgpud, where the release has it) is active; without a running "
+    "systemd, its unit is enabled under the root",
+    "systemctl enable --now nvidia-vgpu-mgr.service",
+)
 def nvidia_daemons(ctx: Context) -> List[Result]:
     if not nvidia_gpus(ctx):
         return [Result.na("nvidia-daemons", "no NVIDIA GPU on this host")]
@@ -129,19 +155,32 @@ def nvidia_daemons(ctx: Context) -> List[Result]:
             if state == "active":
                 out.append(Result.ok("nvidia-daemons", "active", unit))
             else:
-                out.append((Result.fail if required else Result.warn)("nvidia-daemons", f"{state}, not active", fix,
-                                                                      unit))
+                out.append(
+                    (Result.fail if required else Result.warn)("nvidia-daemons", f"{state}, not active", fix, unit)
+                )
         elif state in ("enabled", "enabled-runtime", "static", "alias", "indirect", "generated"):
-            out.append(Result.ok("nvidia-daemons", f"{state} (systemd is not running for {ctx.paths.root}: whether "
-                                 "it runs now is unknown)", unit))
+            out.append(
+                Result.ok(
+                    "nvidia-daemons",
+                    f"{state} (systemd is not running for {ctx.paths.root}: whether it runs now is unknown)",
+                    unit,
+                )
+            )
         else:
-            out.append((Result.fail if required else Result.warn)("nvidia-daemons", f"{state}: it will not start at "
-                                                                  "boot", fix, unit))
+            out.append(
+                (Result.fail if required else Result.warn)(
+                    "nvidia-daemons", f"{state}: it will not start at boot", fix, unit
+                )
+            )
     return out
 
 
-@check("nvml", "NVML (libnvidia-ml) is usable, each GPU is in vGPU host mode, and its driver version equals "
-       "sys/module/nvidia/version", "reboot (or reload the nvidia module) after a driver upgrade")
+@check(
+    "nvml",
+    "NVML (libnvidia-ml) is usable, each GPU is in vGPU host mode, and its driver version equals "
+    "sys/module/nvidia/version",
+    "reboot (or reload the nvidia module) after a driver upgrade",
+)
 def nvml(ctx: Context) -> Result:
     from ..nvml import VIRT_MODES, Nvml, NvmlUnavailable
 
@@ -169,35 +208,52 @@ def nvml(ctx: Context) -> Result:
         return Result.fail("nvml", str(e), "check the nvidia driver (dmesg | grep -i nvrm); reboot if it is hung")
     except NvmlUnavailable as e:
         if e.code == 18:
-            return Result.fail("nvml", f"{e.reason} (sys/module/nvidia/version: {module or 'none'})",
-                               "reboot (or reload the nvidia module) so the kernel module and libnvidia-ml match")
+            return Result.fail(
+                "nvml",
+                f"{e.reason} (sys/module/nvidia/version: {module or 'none'})",
+                "reboot (or reload the nvidia module) so the kernel module and libnvidia-ml match",
+            )
         if e.code is None:
             fix = "pip install 'vgpuctl[nvidia]'"
         elif e.code == 9:
             fix = "modprobe nvidia"
         else:
             fix = "install the NVIDIA vGPU manager's user space (libnvidia-ml.so.1)"
-        return Result.warn("nvml", f"not usable: {e.reason}; vgpuctl works from sysfs, but 'sched', 'hetero' and "
-                           "NVML details need it", fix)
+        return Result.warn(
+            "nvml",
+            f"not usable: {e.reason}; vgpuctl works from sysfs, but 'sched', 'hetero' and NVML details need it",
+            fix,
+        )
     if module is None:
-        return Result.fail("nvml", f"NVML says driver {version}, but sys/module/nvidia/version is missing "
-                           "(the nvidia module is not loaded)", "modprobe nvidia")
+        return Result.fail(
+            "nvml",
+            f"NVML says driver {version}, but sys/module/nvidia/version is missing (the nvidia module is not loaded)",
+            "modprobe nvidia",
+        )
     if version != module:
-        return Result.fail("nvml", f"NVML's library is driver {version}, the loaded kernel module "
-                           f"{module} (sys/module/nvidia/version)",
-                           "reboot (or reload the nvidia module) so the kernel module and libnvidia-ml match")
+        return Result.fail(
+            "nvml",
+            f"NVML's library is driver {version}, the loaded kernel module {module} (sys/module/nvidia/version)",
+            "reboot (or reload the nvidia module) so the kernel module and libnvidia-ml match",
+        )
     bad = {g: m for g, m in modes.items() if m != 3}
     if bad:
         g, m = sorted(bad.items())[0]
         what = m if isinstance(m, str) else f"virtualization mode {m}: {VIRT_MODES.get(m, 'unknown')}"
-        return Result.fail("nvml", f"GPU {g} is not a vGPU host ({what})",
-                           "install and load the NVIDIA vGPU manager (not the data-centre driver) for this GPU")
+        return Result.fail(
+            "nvml",
+            f"GPU {g} is not a vGPU host ({what})",
+            "install and load the NVIDIA vGPU manager (not the data-centre driver) for this GPU",
+        )
     return Result.ok("nvml", f"driver {version} (= sys/module/nvidia/version); {len(modes)} GPU(s) in vGPU host mode")
 
 
-@check("vgpu-license", "every running NVIDIA vGPU holds a license (NVML nvmlVgpuInstanceGetLicenseInfo_v2); an "
-       "unlicensed one runs at full speed only for a grace period, then degrades",
-       "license the guest: install the NVIDIA client configuration token in the VM and restart nvidia-gridd there")
+@check(
+    "vgpu-license",
+    "every running NVIDIA vGPU holds a license (NVML nvmlVgpuInstanceGetLicenseInfo_v2); an "
+    "unlicensed one runs at full speed only for a grace period, then degrades",
+    "license the guest: install the NVIDIA client configuration token in the VM and restart nvidia-gridd there",
+)
 def vgpu_license(ctx: Context) -> List[Result]:
     from ..nvml import NvmlUnavailable, enrich, gather, placements_of
 
@@ -232,7 +288,13 @@ def vgpu_license(ctx: Context) -> List[Result]:
             until = f" until {lic.expiry_text}" if lic.expiry_text else ""
             out.append(Result.ok("vgpu-license", f"{lic.state}{until}{vm}", subject=uuid))
         else:
-            out.append(Result.warn("vgpu-license", f"running unlicensed: {lic.state}{vm}",
-                                   "license the guest: install the NVIDIA client configuration token in the VM and "
-                                   "restart nvidia-gridd there", subject=uuid))
+            out.append(
+                Result.warn(
+                    "vgpu-license",
+                    f"running unlicensed: {lic.state}{vm}",
+                    "license the guest: install the NVIDIA client configuration token in the VM and "
+                    "restart nvidia-gridd there",
+                    subject=uuid,
+                )
+            )
     return out

@@ -8,6 +8,7 @@ inventories into one ``Inventory`` and routes create/remove to the backend that 
 with defaults for a backend that lacks a notion; ``rules.py`` holds the rules the pure core asks about a backend's
 instances and GPUs (named by the VF, one per VF, mixing modes), so no module outside ``host/`` tests a backend kind.
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Set
@@ -24,7 +25,9 @@ from .nvidia_vf import NvidiaVfBackend
 class Host:
     def __init__(self, paths: HostPaths, backends: Optional[Sequence[Backend]] = None) -> None:
         self.paths = paths
-        self.backends: List[Backend] = list(backends) if backends is not None else [MdevBackend(paths), NvidiaVfBackend(paths)]
+        self.backends: List[Backend] = (
+            list(backends) if backends is not None else [MdevBackend(paths), NvidiaVfBackend(paths)]
+        )
 
     @classmethod
     def at(cls, root: str = "/") -> "Host":

@@ -1,4 +1,5 @@
 """The interface every host backend implements (``Backend``), and what it hands the service (``WatchSpec``)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

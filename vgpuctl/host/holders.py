@@ -3,6 +3,7 @@
 QEMU opens ``/dev/vfio/<group>`` for every assigned device; on current kernels a write to an mdev's ``remove`` then
 blocks until QEMU lets go.  So before removing, vgpuctl looks for that path among every process's open files.
 """
+
 from __future__ import annotations
 
 import os
@@ -66,8 +67,10 @@ def find_holders(paths: HostPaths, groups: Iterable[int]) -> Dict[int, List[Hold
     """Map each group in ``groups`` that some process holds open to its holders (one scan of the process table)."""
     wanted = {group_path(paths, g): g for g in groups}
     proc = os.fspath(paths.proc)
-    return {wanted[target]: [Holder(pid, _comm(proc, str(pid)), target) for pid in pids]
-            for target, pids in open_by(wanted, proc).items()}
+    return {
+        wanted[target]: [Holder(pid, _comm(proc, str(pid)), target) for pid in pids]
+        for target, pids in open_by(wanted, proc).items()
+    }
 
 
 def _comm(proc: str, pid: str) -> str:

@@ -7,6 +7,7 @@ Layout (Documentation/driver-api/vfio-mediated-device.rst)::
     sys/bus/mdev/devices/<uuid> -> ../../../devices/.../<parent>/<uuid>
         {mdev_type ->, driver ->, iommu_group ->, remove}
 """
+
 from __future__ import annotations
 
 import errno
@@ -121,8 +122,11 @@ class MdevBackend(Backend):
     def remove(self, instance: Instance) -> None:
         self.write_remove(instance)
         if os.path.lexists(self.paths.mdev_devices / instance.uuid):
-            raise HostIOError(os.fspath(self.paths.mdev_devices / instance.uuid / "remove"), errno.EIO,
-                              action=f"remove {instance.uuid} left the device in place:")
+            raise HostIOError(
+                os.fspath(self.paths.mdev_devices / instance.uuid / "remove"),
+                errno.EIO,
+                action=f"remove {instance.uuid} left the device in place:",
+            )
 
     def write_remove(self, instance: Instance) -> None:
         path = self.paths.mdev_devices / instance.uuid / "remove"

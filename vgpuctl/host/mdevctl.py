@@ -18,6 +18,7 @@ truncated JSON, a symlink, too large) is still a definition of its uuid, with ``
 at boot, so vgpuctl must not fight it either.  Every such file gives one ``Problem`` naming it, which the commands show
 as a one-line warning; nothing is ever rewritten to "fix" it.
 """
+
 from __future__ import annotations
 
 import errno
@@ -121,19 +122,19 @@ def parse_definition(data: bytes, *, uuid: str, parent: str, path: str = "") -> 
     mdev_type = doc.get("mdev_type")
     start = doc.get("start")
     if not isinstance(mdev_type, str) or not mdev_type or "/" in mdev_type or mdev_type in (".", ".."):
-        raise DefinitionError("has no valid \"mdev_type\"")
+        raise DefinitionError('has no valid "mdev_type"')
     if start not in (AUTO, MANUAL):
         # mdevctl treats anything but "auto" as manual; vgpuctl does not guess either way
-        raise DefinitionError(f"\"start\" is {json.dumps(start)[:40]}, not \"auto\" or \"manual\"")
+        raise DefinitionError(f'"start" is {json.dumps(start)[:40]}, not "auto" or "manual"')
     raw = doc.get("attrs")
     attrs: List[Tuple[str, str]] = []
     if raw is not None:
         if not isinstance(raw, list):
-            raise DefinitionError("\"attrs\" is not a list")
+            raise DefinitionError('"attrs" is not a list')
         for a in raw:
             if not isinstance(a, dict) or len(a) != 1:
-                raise DefinitionError("an entry of \"attrs\" is not an object with one key")
-            (k, v), = a.items()
+                raise DefinitionError('an entry of "attrs" is not an object with one key')
+            ((k, v),) = a.items()
             if not isinstance(v, str):
                 raise DefinitionError(f"attribute {k!r} has a value that is not a string")
             attrs.append((k, v))
@@ -151,8 +152,9 @@ def check(defs: Definitions, parents: Iterable[str], has_type: Callable[[str, st
             continue
         p = registered.get(d.parent.lower())
         if p is None:
-            out.append(Problem(d.path, f"defines {d.uuid} on parent {d.parent}, which is not registered for "
-                                       "mediated devices"))
+            out.append(
+                Problem(d.path, f"defines {d.uuid} on parent {d.parent}, which is not registered for mediated devices")
+            )
         elif not has_type(p, d.type_id or ""):
             out.append(Problem(d.path, f"defines {d.uuid} with type {d.type_id}, which {p} does not offer"))
     return tuple(out)
@@ -198,8 +200,9 @@ def read_definitions(paths: HostPaths) -> Definitions:
         except OSError:
             continue  # removed while we looked
         if stat.S_ISLNK(st.st_mode):
-            problems.append(Problem(pdir, "is a symlink; vgpuctl does not follow it (mdevctl does): replace it "
-                                          "with a directory"))
+            problems.append(
+                Problem(pdir, "is a symlink; vgpuctl does not follow it (mdevctl does): replace it with a directory")
+            )
             continue
         if not stat.S_ISDIR(st.st_mode):
             continue  # mdevctl ignores plain files here too
@@ -221,8 +224,11 @@ def read_definitions(paths: HostPaths) -> Definitions:
     for d in sorted(defs, key=lambda x: (x.parent, x.uuid)):
         first = seen.setdefault(d.uuid, d)
         if first is not d:
-            problems.append(Problem(d.path, f"defines {d.uuid} again (also in {first.path}); mdevctl uses one of "
-                                            "them: remove the other"))
+            problems.append(
+                Problem(
+                    d.path, f"defines {d.uuid} again (also in {first.path}); mdevctl uses one of them: remove the other"
+                )
+            )
     return Definitions(tuple(sorted(defs, key=lambda x: (x.parent, x.uuid))), tuple(problems))
 
 
@@ -249,8 +255,13 @@ def _read_one(path: str, parent: str, name: str, problems: List[Problem]) -> Opt
         return None
     unreadable = Definition(uuid=uuid, parent=parent, type_id=None, start=None, path=path)
     if stat.S_ISLNK(st.st_mode):
-        problems.append(Problem(path, "is a symlink; vgpuctl does not follow it (mdevctl does), and counts it as an "
-                                      "mdevctl definition it cannot read: replace it with the file itself"))
+        problems.append(
+            Problem(
+                path,
+                "is a symlink; vgpuctl does not follow it (mdevctl does), and counts it as an "
+                "mdevctl definition it cannot read: replace it with the file itself",
+            )
+        )
         return unreadable
     if not stat.S_ISREG(st.st_mode):
         problems.append(Problem(path, "is not a regular file; ignored"))
@@ -329,6 +340,7 @@ def read_checked(paths: HostPaths, inventory: Optional[Inventory] = None) -> Def
     defs = read_definitions(paths)
     problems: Sequence[Problem] = defs.problems
     if inventory is not None and defs.definitions:
+
         def has_type(parent: str, type_id: str) -> bool:
             return os.path.isdir(paths.mdev_bus / parent / "mdev_supported_types" / type_id)
 

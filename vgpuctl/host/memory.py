@@ -14,6 +14,7 @@ temporary directory in tests), and holders are found by the ordinary ``/proc`` s
 
 Not modelled here (use the FUSE host): ``vgpu_params`` files, mdevctl, the CLI's process boundary, uevents.
 """
+
 from __future__ import annotations
 
 import errno
@@ -63,8 +64,9 @@ class _MachineBackend(Backend):
 
     def watch(self) -> WatchSpec:
         """No uevents; the machine's event counter as the polled signature."""
-        return WatchSpec(name=f"memory-{self.kind}", uevent=lambda subsystem, props: False,
-                         signature=lambda: self.m.event_seq)
+        return WatchSpec(
+            name=f"memory-{self.kind}", uevent=lambda subsystem, props: False, signature=lambda: self.m.event_seq
+        )
 
 
 def _parent(fn: "Function", backend: BackendKind) -> Parent:
@@ -94,8 +96,11 @@ class MemoryMdevBackend(_MachineBackend):
             fns = sorted(self.m.parents(), key=lambda f: f.name)
             parents = [_parent(fn, self.kind) for fn in fns]
             names = {fn.name for fn in fns}
-            instances = [self._instance(i) for i in sorted(self.m.instances.values(), key=lambda i: i.uuid)
-                         if not i.removing and i.parent in names]
+            instances = [
+                self._instance(i)
+                for i in sorted(self.m.instances.values(), key=lambda i: i.uuid)
+                if not i.removing and i.parent in names
+            ]
             vtypes: List[VgpuType] = []
             if types is TypeScope.ALL:
                 for fn in fns:
@@ -109,21 +114,35 @@ class MemoryMdevBackend(_MachineBackend):
         t = self.m.type_spec(parent, type_id)
         name = t.name.strip() if t.name is not None else None
         description = (t.description or "").strip()
-        return VgpuType(parent=parent, type_id=type_id, name=name, device_api=t.device_api.strip(),
-                        available=self.m.available(parent, type_id), description=description,
-                        **typed_fields(description, name))  # type: ignore[arg-type]
+        return VgpuType(
+            parent=parent,
+            type_id=type_id,
+            name=name,
+            device_api=t.device_api.strip(),
+            available=self.m.available(parent, type_id),
+            description=description,
+            **typed_fields(description, name),  # type: ignore[arg-type]
+        )
 
     def _instance(self, inst: "object") -> Instance:
         i = inst  # a sim.machine.Instance
-        return Instance(uuid=i.uuid, parent=i.parent, type_id=i.type_id, backend=self.kind,  # type: ignore[attr-defined]
-                        iommu_group=i.group,  # type: ignore[attr-defined]
-                        driver=self.m.functions[i.parent].model.mdev_driver)  # type: ignore[attr-defined]
+        return Instance(
+            uuid=i.uuid,  # type: ignore[attr-defined]
+            parent=i.parent,  # type: ignore[attr-defined]
+            type_id=i.type_id,  # type: ignore[attr-defined]
+            backend=self.kind,  # type: ignore[attr-defined]
+            iommu_group=i.group,  # type: ignore[attr-defined]
+            driver=self.m.functions[i.parent].model.mdev_driver,  # type: ignore[attr-defined]
+        )
 
     def _type_path(self, parent: str, type_id: str) -> Optional[str]:
         """The tree path of ``create`` (None where the parent or type is not there: the write finds no file)."""
         fn = self.m.functions.get(parent)
-        if fn is None or not (fn.is_parent and fn.registered and fn.present) or all(t.id != type_id
-                                                                                  for t in fn.model.types):
+        if (
+            fn is None
+            or not (fn.is_parent and fn.registered and fn.present)
+            or all(t.id != type_id for t in fn.model.types)
+        ):
             return None
         return f"{fn.devpath}/mdev_supported_types/{type_id}/create"
 
@@ -187,8 +206,11 @@ class MemoryMdevBackend(_MachineBackend):
         self.write_remove(instance)
         inst = self.m.instances.get(instance.uuid)
         if inst is not None and not inst.removing:
-            raise HostIOError(os.fspath(self.paths.mdev_devices / instance.uuid / "remove"), errno.EIO,
-                              action=f"remove {instance.uuid} left the device in place:")
+            raise HostIOError(
+                os.fspath(self.paths.mdev_devices / instance.uuid / "remove"),
+                errno.EIO,
+                action=f"remove {instance.uuid} left the device in place:",
+            )
 
     def present(self, ids: Collection[str]) -> Set[str]:
         with self.m.lock:
@@ -231,13 +253,24 @@ class MemoryVfBackend(_MachineBackend):
         return parents, vtypes, instances
 
     def _type(self, vf: str, number: int, name: Optional[str], available: int) -> VgpuType:
-        return VgpuType(parent=vf, type_id=_vf.type_id_of(number), name=name, device_api="vfio-pci",
-                        available=available, **_vf.name_fields(name))  # type: ignore[arg-type]
+        return VgpuType(
+            parent=vf,
+            type_id=_vf.type_id_of(number),
+            name=name,
+            device_api="vfio-pci",
+            available=available,
+            **_vf.name_fields(name),  # type: ignore[arg-type]
+        )
 
     def _instance(self, fn: "Function") -> Instance:
-        return Instance(uuid=fn.name, parent=fn.name, type_id=_vf.type_id_of(self.m.vf_type[fn.name]),
-                        backend=self.kind, iommu_group=fn.group if self.m.iommu else None,
-                        driver=fn.model.driver or None)
+        return Instance(
+            uuid=fn.name,
+            parent=fn.name,
+            type_id=_vf.type_id_of(self.m.vf_type[fn.name]),
+            backend=self.kind,
+            iommu_group=fn.group if self.m.iommu else None,
+            driver=fn.model.driver or None,
+        )
 
     def _fn(self, vf: str) -> "Optional[Function]":
         fn = self.m.functions.get(vf)
@@ -301,8 +334,11 @@ class MemoryVfBackend(_MachineBackend):
         try:
             self._set(fn, 0)
         except OSError as e:
-            raise _vf._remove_error(e, path=os.fspath(self.paths.pci_devices / instance.uuid / "nvidia"
-                                                      / "current_vgpu_type"), instance=instance) from None
+            raise _vf._remove_error(
+                e,
+                path=os.fspath(self.paths.pci_devices / instance.uuid / "nvidia" / "current_vgpu_type"),
+                instance=instance,
+            ) from None
 
     def remove(self, instance: Instance) -> None:
         self.write_remove(instance)

@@ -19,6 +19,7 @@ Framebuffer from the name: NVIDIA profile names end in ``-<GB><series>`` (``L40S
 mdev descriptions say ``framebuffer=4096M`` for ``-4Q``); for MIG-backed types it is the MIG profile's rounded
 memory size (``1g.18gb``), a few percent above what the guest gets.  NVML's exact size replaces it when available.
 """
+
 from __future__ import annotations
 
 import errno
@@ -66,7 +67,7 @@ def type_id_of(number: int) -> str:
 
 def type_number(type_id: str) -> Optional[int]:
     """``nvidia-1414`` (or ``1414``) -> 1414; None for anything else."""
-    text = type_id[len(TYPE_PREFIX):] if type_id.startswith(TYPE_PREFIX) else type_id
+    text = type_id[len(TYPE_PREFIX) :] if type_id.startswith(TYPE_PREFIX) else type_id
     return int(text) if text.isdigit() else None
 
 
@@ -118,8 +119,9 @@ class NvidiaVfBackend(Backend):
         names = _NameCache(self, parents)
         for p in parents:
             if types is TypeScope.ALL and p.name not in current:
-                offered = parse_creatable(read_attr(self.paths.pci_devices / p.name / "nvidia" / "creatable_vgpu_types")
-                                          or "")
+                offered = parse_creatable(
+                    read_attr(self.paths.pci_devices / p.name / "nvidia" / "creatable_vgpu_types") or ""
+                )
                 names.learn(p.gpu, offered)
                 vtypes += [self._type(p.name, n, name, 1) for n, name in offered]
         for p in parents:
@@ -159,8 +161,14 @@ class NvidiaVfBackend(Backend):
         )
 
     def _type(self, vf: str, number: int, name: Optional[str], available: int) -> VgpuType:
-        return VgpuType(parent=vf, type_id=type_id_of(number), name=name, device_api="vfio-pci", available=available,
-                        **name_fields(name))  # type: ignore[arg-type]
+        return VgpuType(
+            parent=vf,
+            type_id=type_id_of(number),
+            name=name,
+            device_api="vfio-pci",
+            available=available,
+            **name_fields(name),  # type: ignore[arg-type]
+        )
 
     def details(self, vf: str) -> Dict[str, Optional[str]]:
         """The VF's other vGPU attributes, as text (None where absent)."""
@@ -190,8 +198,9 @@ class NvidiaVfBackend(Backend):
             return None
         return read_int(f / "sriov_numvfs") or 0, total
 
-    def set_vfs(self, pf: str, n: int, *, expect_types: bool = True, timeout: float = 30.0,
-                manage: Optional[str] = None) -> None:
+    def set_vfs(
+        self, pf: str, n: int, *, expect_types: bool = True, timeout: float = 30.0, manage: Optional[str] = None
+    ) -> None:
         """Make ``pf`` have ``n`` VFs: ``manage`` (NVIDIA's ``sriov-manage``, used for enabling all VFs of a GPU
         where it is installed and the host root is ``/``) or ``sriov_numvfs`` (0 first when another count is
         enabled: the PCI core refuses a change between two non-zero counts).  Success is what sysfs shows, not an
@@ -208,32 +217,46 @@ class NvidiaVfBackend(Backend):
         if now[0] == n:
             return
         tool = manage if manage is not None else SRIOV_MANAGE
-        if n == now[1] and n and self.paths.root == type(self.paths.root)("/") and os.access(tool, os.X_OK) \
-                and not now[0]:
+        if (
+            n == now[1]
+            and n
+            and self.paths.root == type(self.paths.root)("/")
+            and os.access(tool, os.X_OK)
+            and not now[0]
+        ):
             try:
                 r = subprocess.run([tool, "-e", pf], capture_output=True, text=True, timeout=timeout)
                 if r.returncode:
-                    raise HostIOError(tool, errno.EIO, action=f"exit status {r.returncode} ({r.stderr.strip()[-200:]}):"
-                                      f" enabling the VFs of GPU {pf} with")
+                    raise HostIOError(
+                        tool,
+                        errno.EIO,
+                        action=f"exit status {r.returncode} ({r.stderr.strip()[-200:]}):"
+                        f" enabling the VFs of GPU {pf} with",
+                    )
             except subprocess.TimeoutExpired:
-                raise HostIOError(tool, errno.ETIMEDOUT, action=f"{timeout:g}s passed: enabling the VFs of GPU {pf} "
-                                  "with") from None
+                raise HostIOError(
+                    tool, errno.ETIMEDOUT, action=f"{timeout:g}s passed: enabling the VFs of GPU {pf} with"
+                ) from None
         else:
             try:
                 if now[0] and n:
                     write_attr(f / "sriov_numvfs", "0")
                 write_attr(f / "sriov_numvfs", str(n))
             except OSError as e:
-                raise HostIOError(str(f / "sriov_numvfs"), e.errno or errno.EIO,
-                                  action=f"set {n} VFs on GPU {pf}: write") from None
+                raise HostIOError(
+                    str(f / "sriov_numvfs"), e.errno or errno.EIO, action=f"set {n} VFs on GPU {pf}: write"
+                ) from None
         deadline = time.monotonic() + timeout
         while True:
             problem = self._vfs_problem(pf, n, expect_types)
             if problem is None:
                 return
             if time.monotonic() >= deadline:
-                raise HostIOError(str(f / "sriov_numvfs"), errno.EIO,
-                                  action=f"GPU {pf}: {problem} after {timeout:g}s: setting {n} VFs through")
+                raise HostIOError(
+                    str(f / "sriov_numvfs"),
+                    errno.EIO,
+                    action=f"GPU {pf}: {problem} after {timeout:g}s: setting {n} VFs through",
+                )
             time.sleep(0.2)
 
     def _vfs_problem(self, pf: str, n: int, expect_types: bool) -> Optional[str]:
@@ -352,8 +375,10 @@ def vf_identity(parent: str, requested: Optional[str]) -> str:
 
 
 def sriov_hint(pf: str) -> str:
-    return (f"GPU {pf} can do SR-IOV but has no VFs enabled, so it can host no vendor-VFIO vGPUs; "
-            f"enable them with: {SRIOV_MANAGE} -e {pf} (needed after every boot)")
+    return (
+        f"GPU {pf} can do SR-IOV but has no VFs enabled, so it can host no vendor-VFIO vGPUs; "
+        f"enable them with: {SRIOV_MANAGE} -e {pf} (needed after every boot)"
+    )
 
 
 def _remove_error(e: OSError, *, path: str, instance: Instance) -> Exception:

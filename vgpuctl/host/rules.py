@@ -27,6 +27,7 @@ follow rules none of the ``GpuRules`` below describe, a new ``GpuRules`` value; 
 - ``modes``: whether heterogeneous modes apply at all (False: always homogeneous);
 - ``mix_rule``: the homogeneous mixing rule in words, for messages.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -67,10 +68,20 @@ class GpuRules:
     mix_rule: str = ""
 
 
-TIME_SLICED = GpuRules(GpuKind.TIME_SLICED, counted=True, one_per_parent=False, modes=True,
-                       mix_rule="NVIDIA time-sliced GPUs run one type at a time")
-SRIOV = GpuRules(GpuKind.SRIOV, counted=True, one_per_parent=True, modes=True,
-                 mix_rule="NVIDIA GPUs run one vGPU type at a time unless heterogeneous mode is on")
+TIME_SLICED = GpuRules(
+    GpuKind.TIME_SLICED,
+    counted=True,
+    one_per_parent=False,
+    modes=True,
+    mix_rule="NVIDIA time-sliced GPUs run one type at a time",
+)
+SRIOV = GpuRules(
+    GpuKind.SRIOV,
+    counted=True,
+    one_per_parent=True,
+    modes=True,
+    mix_rule="NVIDIA GPUs run one vGPU type at a time unless heterogeneous mode is on",
+)
 OTHER = GpuRules(GpuKind.OTHER, counted=False, one_per_parent=False, modes=False)
 GPU_RULES: Dict[GpuKind, GpuRules] = {r.kind: r for r in (TIME_SLICED, SRIOV, OTHER)}
 #: in equal-size heterogeneous mode the rule is the mode's, whatever the GPU's kind
@@ -90,8 +101,14 @@ class BackendRules:
 
 
 MDEV_RULES = BackendRules(BackendKind.MDEV)
-NVIDIA_VF_RULES = BackendRules(BackendKind.NVIDIA_VF, named_by_parent=True, one_per_parent=True,
-                               typed_offers_own_type=True, mode_mixing=True, unknown_mode=MixMode.MIXED_SIZE)
+NVIDIA_VF_RULES = BackendRules(
+    BackendKind.NVIDIA_VF,
+    named_by_parent=True,
+    one_per_parent=True,
+    typed_offers_own_type=True,
+    mode_mixing=True,
+    unknown_mode=MixMode.MIXED_SIZE,
+)
 _BY_KIND: Dict[BackendKind, BackendRules] = {r.kind: r for r in (MDEV_RULES, NVIDIA_VF_RULES)}
 
 
@@ -125,8 +142,9 @@ def parent_named(inventory: Inventory, name: Optional[str]) -> Optional[Parent]:
 def named_parents_of_gpu(inventory: Inventory, gpu: str) -> List[Parent]:
     """The parents of physical GPU ``gpu`` (case-insensitive) whose instances are named by them, in address order."""
     low = gpu.lower()
-    return sorted((p for p in inventory.parents if named_by_parent(p.backend) and p.gpu.lower() == low),
-                  key=lambda p: p.name)
+    return sorted(
+        (p for p in inventory.parents if named_by_parent(p.backend) and p.gpu.lower() == low), key=lambda p: p.name
+    )
 
 
 def mode_gpus(inventory: Inventory, parents: Optional[Iterable[str]] = None) -> Set[str]:
@@ -138,13 +156,15 @@ def mode_gpus(inventory: Inventory, parents: Optional[Iterable[str]] = None) -> 
     return {by_name[n.lower()].gpu for n in parents if n and n.lower() in by_name}
 
 
-def predicted_modes(inventory: Inventory, heterogeneous: Mapping[str, bool],
-                    known: Optional[Mapping[str, MixMode]] = None) -> Dict[str, MixMode]:
+def predicted_modes(
+    inventory: Inventory, heterogeneous: Mapping[str, bool], known: Optional[Mapping[str, MixMode]] = None
+) -> Dict[str, MixMode]:
     """``known`` completed for the GPUs whose mixing depends on their mode: mixed-size or equal-size where
     ``heterogeneous`` (NVML: GPU -> enabled) says, else what ``known`` has, else the backend's ``unknown_mode``."""
     modes = dict(known or {})
-    unknown = {p.gpu: backend_rules(p.backend).unknown_mode for p in inventory.parents
-               if backend_rules(p.backend).mode_mixing}
+    unknown = {
+        p.gpu: backend_rules(p.backend).unknown_mode for p in inventory.parents if backend_rules(p.backend).mode_mixing
+    }
     for gpu, default in unknown.items():
         if gpu in heterogeneous:
             modes[gpu] = MixMode.MIXED_SIZE if heterogeneous[gpu] else MixMode.EQUAL_SIZE

@@ -4,6 +4,7 @@ Reads return ``None`` for a missing attribute rather than raising, because sysfs
 Writes go through ``os.open``/``os.write``/``os.close`` so that an error the kernel reports at write (or, through a
 buffered layer, at flush) reaches the caller as an ``OSError`` with its errno; nothing is buffered here.
 """
+
 from __future__ import annotations
 
 import errno

@@ -4,6 +4,7 @@
 static tree as plain files.  See ``vgpuctl/sim/profile.py`` for the profile schema and ROOT/sys/.vgpusim/README
 (``machine.CONTROL_README``) for the test controls.
 """
+
 from __future__ import annotations
 
 from vgpuctl.sim.control import SimHost

@@ -1,13 +1,14 @@
 """``vgpuctl-sim``: run a simulated vGPU host (a FUSE sysfs) under a root directory.
 
-    vgpuctl-sim start PROFILE ROOT      mount at ROOT/sys in a daemon; returns once the mount answers
-    vgpuctl-sim stop ROOT               unmount and wait for the daemon (idempotent)
-    vgpuctl-sim status ROOT             profile and pid, or exit 3 when not running
-    vgpuctl-sim profiles                shipped profiles
-    vgpuctl-sim materialize PROFILE ROOT   write the static tree as plain files (no daemon)
-    vgpuctl-sim ctl ROOT fail-next TARGET ERRNO | unregister PARENT | register PARENT | reboot
-                         | remove-block-seconds N | events
+vgpuctl-sim start PROFILE ROOT      mount at ROOT/sys in a daemon; returns once the mount answers
+vgpuctl-sim stop ROOT               unmount and wait for the daemon (idempotent)
+vgpuctl-sim status ROOT             profile and pid, or exit 3 when not running
+vgpuctl-sim profiles                shipped profiles
+vgpuctl-sim materialize PROFILE ROOT   write the static tree as plain files (no daemon)
+vgpuctl-sim ctl ROOT fail-next TARGET ERRNO | unregister PARENT | register PARENT | reboot
+                     | remove-block-seconds N | events
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("root")
     s = sub.add_parser("ctl", help="test controls of a running simulator")
     s.add_argument("root")
-    s.add_argument("action", choices=["fail-next", "unregister", "register", "reboot", "remove-block-seconds",
-                                      "events"])
+    s.add_argument(
+        "action", choices=["fail-next", "unregister", "register", "reboot", "remove-block-seconds", "events"]
+    )
     s.add_argument("args", nargs="*")
     s = sub.add_parser("_serve")  # the daemon itself
     s.add_argument("profile")

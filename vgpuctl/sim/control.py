@@ -3,6 +3,7 @@
 Everything goes through the mounted filesystem, as any other process would: the control methods write to
 ROOT/sys/.vgpusim/*, the convenience methods read and write ordinary sysfs attributes.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -35,8 +36,13 @@ def errno_name(err: Union[int, str]) -> str:
 class SimHost:
     """``with SimHost("t4x2", tmp_path) as sim:`` mounts the profile at tmp_path/sys in a daemon process."""
 
-    def __init__(self, profile: "str | os.PathLike[str]", root: "str | os.PathLike[str]", *,
-                 start_timeout: float = daemon.START_TIMEOUT) -> None:
+    def __init__(
+        self,
+        profile: "str | os.PathLike[str]",
+        root: "str | os.PathLike[str]",
+        *,
+        start_timeout: float = daemon.START_TIMEOUT,
+    ) -> None:
         self.profile = profile
         self.root = Path(os.path.abspath(os.fspath(root)))
         self.paths = HostPaths.from_root(self.root)

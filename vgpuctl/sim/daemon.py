@@ -4,6 +4,7 @@ Layout under ROOT: ``sys`` (the FUSE mount), ``dev/vfio`` (one ordinary file per
 by the daemon), ``etc``, ``var``, ``run`` (ordinary directories), ``run/vgpusim.log`` (the daemon's log) and
 ``run/vgpusim.pid``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -58,8 +59,10 @@ def install_vgpu_manager_units(root: Path, prof: Profile) -> None:
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
         daemon = unit.split(".")[0]
-        path.write_text(f"[Unit]\nDescription=NVIDIA {daemon} (simulated host: nothing runs)\n\n[Service]\n"
-                        f"Type=forking\nExecStart=/usr/bin/{daemon}\n\n[Install]\nWantedBy=multi-user.target\n")
+        path.write_text(
+            f"[Unit]\nDescription=NVIDIA {daemon} (simulated host: nothing runs)\n\n[Service]\n"
+            f"Type=forking\nExecStart=/usr/bin/{daemon}\n\n[Install]\nWantedBy=multi-user.target\n"
+        )
         wants = root / WANTS_DIR
         wants.mkdir(parents=True, exist_ok=True)
         if not os.path.lexists(wants / unit):
@@ -115,8 +118,13 @@ def _last_log_line(root: Path) -> str:
     return lines[-1] if lines else ""
 
 
-def start(profile: "str | os.PathLike[str]", root: "str | os.PathLike[str]", *,
-          timeout: float = START_TIMEOUT, python: Optional[str] = None) -> int:
+def start(
+    profile: "str | os.PathLike[str]",
+    root: "str | os.PathLike[str]",
+    *,
+    timeout: float = START_TIMEOUT,
+    python: Optional[str] = None,
+) -> int:
     """Mount the profile's tree at ROOT/sys in a detached daemon; return its pid once the mount answers."""
     root = Path(os.path.abspath(os.fspath(root)))
     prof = load_profile(profile)  # fail here, in the caller, on a bad profile
@@ -133,7 +141,12 @@ def start(profile: "str | os.PathLike[str]", root: "str | os.PathLike[str]", *,
     with open(log_path, "ab") as logf, open(os.devnull, "rb") as devnull:
         proc = subprocess.Popen(
             [python or sys.executable, "-m", "vgpuctl.sim.cli", "_serve", prof.path, str(root)],
-            stdin=devnull, stdout=logf, stderr=logf, start_new_session=True, env=env, cwd="/",
+            stdin=devnull,
+            stdout=logf,
+            stderr=logf,
+            start_new_session=True,
+            env=env,
+            cwd="/",
         )
     pid_file = mnt / CONTROL_DIR / "pid"
     deadline = time.monotonic() + timeout
@@ -216,8 +229,7 @@ def serve_main(profile_file: str, root: str) -> int:
     from vgpuctl.sim.fs import serve
 
     rootp = Path(root)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("vgpusim")
     prof = load_profile(profile_file)
     dev_vfio = rootp / "dev" / "vfio"
@@ -239,8 +251,11 @@ def serve_main(profile_file: str, root: str) -> int:
     return 0
 
 
-def materialize(profile: "str | os.PathLike[str] | Profile", root: "str | os.PathLike[str]",
-                instances: Iterable[Tuple[str, str, str]] = ()) -> Path:
+def materialize(
+    profile: "str | os.PathLike[str] | Profile",
+    root: "str | os.PathLike[str]",
+    instances: Iterable[Tuple[str, str, str]] = (),
+) -> Path:
     """Write a profile's tree as plain directories, files and relative symlinks under ROOT/sys (no behaviour, no
     control directory), and make ROOT/dev/vfio, etc, var, run.  ``instances``: (parent, type_id, uuid) mdevs to
     create first, with their ROOT/dev/vfio/<group> files.  Returns ROOT/sys."""

@@ -10,6 +10,7 @@ lacks fails with EACCES even for root (kernfs does the same).  Writes go to the 
 simulated kernel says.  A ``remove`` of an mdev whose ``dev/vfio/<group>`` some process holds open blocks, outside
 the machine's lock, until the holder lets go or ``remove_block_seconds`` pass (then EBUSY).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -128,7 +129,7 @@ class SimFS(mfusepy.Operations):
         node = self.m.tree.get(path)
         if not isinstance(node, File):
             raise mfusepy.FuseOSError(errno.ENODEV)  # the attribute went away under an open file
-        return node.content[offset:offset + size]
+        return node.content[offset : offset + size]
 
     def truncate(self, path: str, length: int, fh: Any = None) -> int:
         node = self._node(path)
@@ -233,8 +234,9 @@ class SimFS(mfusepy.Operations):
         elif name == "heterogeneous":
             m.set_heterogeneous(text)
         elif name in ("mig", "gpu_instances", "gpu_processes"):
-            {"mig": m.set_mig_mode, "gpu_instances": m.gpu_instance_control,
-             "gpu_processes": m.gpu_process_control}[name](text)
+            {"mig": m.set_mig_mode, "gpu_instances": m.gpu_instance_control, "gpu_processes": m.gpu_process_control}[
+                name
+            ](text)
         elif name == "modules":
             m.module_control(text)
         elif name == "iommu":
@@ -247,5 +249,13 @@ def serve(machine: Machine, mountpoint: str) -> None:
     """Mount and serve until unmounted or signalled (blocks)."""
     # A held `remove` keeps its worker thread; libfuse's default cap (10 workers) would let ten of them stall every
     # other operation, so allow many more.
-    mfusepy.FUSE(SimFS(machine), mountpoint, raw_fi=True, foreground=True, allow_other=True, fsname="vgpusim",
-                 subtype="vgpusim", max_threads=MAX_THREADS)
+    mfusepy.FUSE(
+        SimFS(machine),
+        mountpoint,
+        raw_fi=True,
+        foreground=True,
+        allow_other=True,
+        fsname="vgpusim",
+        subtype="vgpusim",
+        max_threads=MAX_THREADS,
+    )

@@ -8,6 +8,7 @@ are stored as absolute tree paths and written relative to the link, as sysfs doe
 Locking: every method that reads or changes the state takes ``self.lock``; the FUSE layer does the blocking part of
 a held ``remove`` outside it (see ``begin_remove`` / ``finish_remove``).
 """
+
 from __future__ import annotations
 
 import errno
@@ -190,7 +191,7 @@ def vf_address(pf: str, offset: int, stride: int, index: int) -> str:
     domain, bus, devfn = pf.split(":")
     dev, fn = devfn.split(".")
     rid = (int(bus, 16) << 8 | int(dev, 16) << 3 | int(fn)) + offset + index * stride
-    return f"{domain}:{rid >> 8 & 0xff:02x}:{rid >> 3 & 0x1f:02x}.{rid & 7}"
+    return f"{domain}:{rid >> 8 & 0xFF:02x}:{rid >> 3 & 0x1F:02x}.{rid & 7}"
 
 
 def parse_uuid_write(data: bytes) -> str:
@@ -253,8 +254,14 @@ def profile_modules(profile: Profile) -> Dict[str, Optional[str]]:
 class Machine:
     """The simulated host.  ``dev_vfio``: directory where a group's file appears while its mdev exists (None: none)."""
 
-    def __init__(self, profile: Profile, *, dev_vfio: Optional[str] = None, pid: Optional[int] = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        profile: Profile,
+        *,
+        dev_vfio: Optional[str] = None,
+        pid: Optional[int] = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.profile = profile
         self.dev_vfio = dev_vfio
         self.pid = pid
@@ -301,12 +308,20 @@ class Machine:
             m = dev.model
             if m.kind == "virtual":
                 self.functions[dev.name] = Function(
-                    name=dev.name, model=m, devpath=f"/devices/virtual/{m.class_name}/{dev.name}", is_parent=True)
+                    name=dev.name, model=m, devpath=f"/devices/virtual/{m.class_name}/{dev.name}", is_parent=True
+                )
                 continue
             vfio = m.vgpu == "vendor-vfio"
-            pf = Function(name=dev.name, model=m, devpath=f"/devices/pci0000:00/{dev.name}",
-                          group=group(dev.iommu_group), numa_node=dev.numa_node,
-                          is_parent=m.mdev_on == "pf" and not vfio, mig=dev.mig, heterogeneous=dev.heterogeneous)
+            pf = Function(
+                name=dev.name,
+                model=m,
+                devpath=f"/devices/pci0000:00/{dev.name}",
+                group=group(dev.iommu_group),
+                numa_node=dev.numa_node,
+                is_parent=m.mdev_on == "pf" and not vfio,
+                mig=dev.mig,
+                heterogeneous=dev.heterogeneous,
+            )
             self.functions[pf.name] = pf
             if m.sriov:
                 boot = dev.boot_numvfs
@@ -316,9 +331,16 @@ class Machine:
                     if i < boot:
                         pf.vfs.append(addr)
                     self.functions[addr] = Function(
-                        name=addr, model=m, devpath=f"/devices/pci0000:00/{addr}", group=group(None),
-                        numa_node=dev.numa_node, physfn=pf.name, is_parent=m.mdev_on == "vf" and not vfio,
-                        vendor_vfio=vfio, present=i < boot)
+                        name=addr,
+                        model=m,
+                        devpath=f"/devices/pci0000:00/{addr}",
+                        group=group(None),
+                        numa_node=dev.numa_node,
+                        physfn=pf.name,
+                        is_parent=m.mdev_on == "vf" and not vfio,
+                        vendor_vfio=vfio,
+                        present=i < boot,
+                    )
 
     def _vf_group_files(self) -> None:
         """A vendor-VFIO VF is a VFIO device from the start: its group file exists (QEMU opens it) while the VF is
@@ -390,8 +412,9 @@ class Machine:
             if (spec.mig_slices is not None) != pf.mig:
                 mode = "MIG" if pf.mig else "time-sliced"
                 return errno.EINVAL, f"type {number} does not fit the GPU's {mode} mode"
-            typed = [(v, self.vfio_spec(v, t)) for v, t in self.vf_type.items()
-                     if t and self.functions[v].physfn == pf.name]
+            typed = [
+                (v, self.vfio_spec(v, t)) for v, t in self.vf_type.items() if t and self.functions[v].physfn == pf.name
+            ]
             specs = [t for _, t in typed if t is not None]
             same = sum(1 for t in specs if t.id == spec.id)
             fb_used = sum(t.framebuffer or 0 for t in specs)
@@ -571,8 +594,12 @@ class Machine:
             if sum(slices.get(g.profile, 0) for g in mine) + prof.slices > pf.model.mig_slices:
                 raise SimError(errno.ENOSPC, f"no compute slices left for {prof.name} on {pf.name}")
             ids = {g.id for g in mine}
-            gi = GpuInstance(id=min(n for n in range(1, len(mine) + 2) if n not in ids), profile=prof.name,
-                             start=start, size=prof.size)
+            gi = GpuInstance(
+                id=min(n for n in range(1, len(mine) + 2) if n not in ids),
+                profile=prof.name,
+                start=start,
+                size=prof.size,
+            )
             mine.append(gi)
             self._event("change", pf.devpath, NVIDIA_GPU_INSTANCE=f"+{gi.id}")
             self.rerender()
@@ -670,8 +697,12 @@ class Machine:
         vGPUs, the version file says VERSION)."""
         with self.lock:
             parts = text.split()
-            if not parts or parts[0] not in ("unload", "load", "reload") or len(parts) not in (2, 3) \
-                    or (len(parts) == 3 and parts[0] != "reload"):
+            if (
+                not parts
+                or parts[0] not in ("unload", "load", "reload")
+                or len(parts) not in (2, 3)
+                or (len(parts) == 3 and parts[0] != "reload")
+            ):
                 raise SimError(errno.EINVAL, "write 'unload NAME', 'load NAME' or 'reload NAME [VERSION]'")
             op, name = parts[0], parts[1]
             known = profile_modules(self.profile)
@@ -683,11 +714,17 @@ class Machine:
                 if name not in self.modules:
                     raise SimError(errno.ENOENT, f"module {name} is not loaded")
                 gone = self._dependents(name)
-                affected = [fn for fn in self.functions.values()
-                            if (fn.is_parent and any(g in fn.model.modules for g in gone))
-                            or (fn.vendor_vfio and fn.model.driver in gone)]
-                for pf in {self.functions[fn.physfn].name: self.functions[fn.physfn] for fn in affected
-                           if fn.vendor_vfio and fn.physfn}.values():
+                affected = [
+                    fn
+                    for fn in self.functions.values()
+                    if (fn.is_parent and any(g in fn.model.modules for g in gone))
+                    or (fn.vendor_vfio and fn.model.driver in gone)
+                ]
+                for pf in {
+                    self.functions[fn.physfn].name: self.functions[fn.physfn]
+                    for fn in affected
+                    if fn.vendor_vfio and fn.physfn
+                }.values():
                     self._reset_mig(pf)  # MIG mode and GPU instances do not survive a driver reload
                 for fn in affected:
                     for inst in [i for i in self.instances.values() if i.parent == fn.name]:
@@ -999,8 +1036,7 @@ def render(m: Machine) -> Tree:
             b.link(f"{idir}/driver", f"/bus/mdev/drivers/{md.mdev_driver}")
             b.link(f"{idir}/subsystem", "/bus/mdev")
             if md.vendor == "0x10de":  # NVIDIA's vGPU manager adds nvidia/ to its mdevs
-                b.file(f"{idir}/nvidia/vgpu_params", f"{m.vf_params.get(inst.uuid, '')}\n", RW,
-                       ("params", inst.uuid))
+                b.file(f"{idir}/nvidia/vgpu_params", f"{m.vf_params.get(inst.uuid, '')}\n", RW, ("params", inst.uuid))
             b.file(f"{idir}/uevent", f"DRIVER={md.mdev_driver}\n", RW)  # 6.1 puts no MDEV_TYPE in it
             b.mkdir(f"{idir}/power")
             b.link(f"/bus/mdev/drivers/{md.mdev_driver}/{inst.uuid}", idir)
@@ -1047,8 +1083,11 @@ def _render_pci(b: _Builder, m: Machine, fn: Function) -> None:
     if fn.vendor_vfio:
         nv = f"{base}/nvidia"
         number = m.vf_type.get(fn.name, 0)
-        text = "" if number else "ID    : vGPU Name\n" + "".join(
-            f"{int(t.id):<5d} : {t.name}\n" for t in m.creatable(fn.name))
+        text = (
+            ""
+            if number
+            else "ID    : vGPU Name\n" + "".join(f"{int(t.id):<5d} : {t.name}\n" for t in m.creatable(fn.name))
+        )
         b.file(f"{nv}/creatable_vgpu_types", text)
         b.file(f"{nv}/current_vgpu_type", f"{number}\n", RW, ("vgpu_type", fn.name))
         b.file(f"{nv}/vgpu_params", f"{m.vf_params.get(fn.name, '')}\n", RW, ("vf_attr", fn.name, "vgpu_params"))
@@ -1059,23 +1098,45 @@ def _render_pci(b: _Builder, m: Machine, fn: Function) -> None:
 def _render_control(b: _Builder, m: Machine) -> None:
     c = f"/{CONTROL_DIR}"
     b.file(f"{c}/README", CONTROL_README)
-    b.file(f"{c}/fail_next", "".join(f"{s} {errno.errorcode.get(e, e)}\n" for s, e in m.fail_rules), RW,
-           ("ctl", "fail_next"))
+    b.file(
+        f"{c}/fail_next",
+        "".join(f"{s} {errno.errorcode.get(e, e)}\n" for s, e in m.fail_rules),
+        RW,
+        ("ctl", "fail_next"),
+    )
     b.file(f"{c}/unregister", "", WO, ("ctl", "unregister"))
     b.file(f"{c}/register", "", WO, ("ctl", "register"))
     b.file(f"{c}/reboot", "", WO, ("ctl", "reboot"))
-    b.file(f"{c}/heterogeneous", "".join(f"{f.name} {int(f.heterogeneous)}\n" for f in m.functions.values()
-                                         if f.all_vfs and m.functions[f.all_vfs[0]].vendor_vfio), RW, ("ctl", "heterogeneous"))
+    b.file(
+        f"{c}/heterogeneous",
+        "".join(
+            f"{f.name} {int(f.heterogeneous)}\n"
+            for f in m.functions.values()
+            if f.all_vfs and m.functions[f.all_vfs[0]].vendor_vfio
+        ),
+        RW,
+        ("ctl", "heterogeneous"),
+    )
     vfio_pfs = [f for f in m.functions.values() if f.all_vfs and m.functions[f.all_vfs[0]].vendor_vfio]
     b.file(f"{c}/mig", "".join(f"{f.name} {int(f.mig)}\n" for f in vfio_pfs), RW, ("ctl", "mig"))
-    b.file(f"{c}/gpu_instances", "".join(f"{f.name} {g.id} {g.profile} {g.start} {g.size}\n" for f in vfio_pfs
-                                         for g in sorted(m.gis.get(f.name, []), key=lambda g: g.id)),
-           RW, ("ctl", "gpu_instances"))
-    b.file(f"{c}/gpu_processes", "".join(f"{f.name} {pid} {name}\n" for f in vfio_pfs
-                                         for pid, name in m.gpu_procs.get(f.name, [])), RW, ("ctl", "gpu_processes"))
+    b.file(
+        f"{c}/gpu_instances",
+        "".join(
+            f"{f.name} {g.id} {g.profile} {g.start} {g.size}\n"
+            for f in vfio_pfs
+            for g in sorted(m.gis.get(f.name, []), key=lambda g: g.id)
+        ),
+        RW,
+        ("ctl", "gpu_instances"),
+    )
+    b.file(
+        f"{c}/gpu_processes",
+        "".join(f"{f.name} {pid} {name}\n" for f in vfio_pfs for pid, name in m.gpu_procs.get(f.name, [])),
+        RW,
+        ("ctl", "gpu_processes"),
+    )
     b.file(f"{c}/iommu", f"{int(m.iommu)}\n", RW, ("ctl", "iommu"))
-    b.file(f"{c}/modules", "".join(f"{k} {v or '-'}\n" for k, v in sorted(m.modules.items())), RW,
-           ("ctl", "modules"))
+    b.file(f"{c}/modules", "".join(f"{k} {v or '-'}\n" for k, v in sorted(m.modules.items())), RW, ("ctl", "modules"))
     b.file(f"{c}/remove_block_seconds", f"{m.remove_block_seconds:g}\n", RW, ("ctl", "remove_block_seconds"))
     b.file(f"{c}/events", "".join(e + "\n" for e in m.events))
     b.file(f"{c}/profile", f"{m.profile.name}\n")

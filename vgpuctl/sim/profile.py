@@ -71,6 +71,7 @@ MIG profiles: ``name`` (``1g.18gb``), ``id`` (NVML's profile id, ``nvidia-smi mi
 ``NVML_GPU_INSTANCE_PROFILE_*`` index NVML is asked with), ``slices`` (compute), ``memory`` (MiB), ``size`` and
 ``placements`` (the memory slices one instance spans, and where one may start: ``nvidia-smi mig -lgipp``).
 """
+
 from __future__ import annotations
 
 import errno as _errno
@@ -85,16 +86,51 @@ PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 
 _TOP_KEYS = {"version", "summary", "include", "first_iommu_group", "models", "devices"}
 _MODEL_KEYS = {
-    "kind", "vendor", "device", "subsystem_vendor", "subsystem_device", "class", "driver", "sriov", "mdev_on",
-    "class_name", "mdev_driver", "capacity", "pool", "full_errno", "description", "name_prefix", "types",
-    "vgpu", "mix", "framebuffer", "mig_slices", "module", "driver_version", "mig_profiles",
+    "kind",
+    "vendor",
+    "device",
+    "subsystem_vendor",
+    "subsystem_device",
+    "class",
+    "driver",
+    "sriov",
+    "mdev_on",
+    "class_name",
+    "mdev_driver",
+    "capacity",
+    "pool",
+    "full_errno",
+    "description",
+    "name_prefix",
+    "types",
+    "vgpu",
+    "mix",
+    "framebuffer",
+    "mig_slices",
+    "module",
+    "driver_version",
+    "mig_profiles",
 }
 _MIG_KEYS = {"name", "id", "index", "slices", "memory", "size", "placements"}
 _SRIOV_KEYS = {"totalvfs", "numvfs", "offset", "stride"}
 _TYPE_KEYS = {
-    "id", "name", "device_api", "cost", "max_instance", "text",
-    "num_heads", "frl_config", "framebuffer", "max_resolution",
-    "low_gm_size", "high_gm_size", "fence", "resolution", "weight", "mig_slices", "mig_profile",
+    "id",
+    "name",
+    "device_api",
+    "cost",
+    "max_instance",
+    "text",
+    "num_heads",
+    "frl_config",
+    "framebuffer",
+    "max_resolution",
+    "low_gm_size",
+    "high_gm_size",
+    "fence",
+    "resolution",
+    "weight",
+    "mig_slices",
+    "mig_profile",
 }
 _DEVICE_KEYS = {"pci", "virtual", "model", "numa_node", "iommu_group", "mig", "heterogeneous", "numvfs"}
 
@@ -233,8 +269,9 @@ def load_profile(name_or_path: "str | os.PathLike[str]") -> Profile:
         name = str(dev.get("pci") or dev.get("virtual"))
         model = models.get(dev.get("model"))
         if model is None:
-            raise ConfigError(str(path), f"unknown model {dev.get('model')!r}; known: {', '.join(sorted(models))}",
-                              key=where)
+            raise ConfigError(
+                str(path), f"unknown model {dev.get('model')!r}; known: {', '.join(sorted(models))}", key=where
+            )
         if ("pci" in dev) != (model.kind == "pci"):
             raise ConfigError(str(path), f"model {model.key} is of kind {model.kind}", key=where)
         if "pci" in dev:
@@ -250,16 +287,27 @@ def load_profile(name_or_path: "str | os.PathLike[str]") -> Profile:
             if flag in dev and (not isinstance(dev[flag], bool) or model.vgpu != "vendor-vfio"):
                 raise ConfigError(str(path), f"{flag} must be true or false, on a vendor-vfio model", key=where)
         numvfs = _opt_int(path, dev, "numvfs", where)
-        if numvfs is not None and (model.sriov is None or not 0 <= numvfs <= model.sriov.totalvfs
-                                   or (model.mdev_on == "vf" and numvfs < 1)):
+        if numvfs is not None and (
+            model.sriov is None or not 0 <= numvfs <= model.sriov.totalvfs or (model.mdev_on == "vf" and numvfs < 1)
+        ):
             raise ConfigError(str(path), "numvfs must be 0..sriov.totalvfs, on a model with sriov", key=where)
-        specs.append(DeviceSpec(name=name, model=model, numa_node=_opt_int(path, dev, "numa_node", where),
-                                iommu_group=_opt_int(path, dev, "iommu_group", where),
-                                mig=bool(dev.get("mig", False)), heterogeneous=bool(dev.get("heterogeneous", False)),
-                                numvfs=numvfs))
+        specs.append(
+            DeviceSpec(
+                name=name,
+                model=model,
+                numa_node=_opt_int(path, dev, "numa_node", where),
+                iommu_group=_opt_int(path, dev, "iommu_group", where),
+                mig=bool(dev.get("mig", False)),
+                heterogeneous=bool(dev.get("heterogeneous", False)),
+                numvfs=numvfs,
+            )
+        )
     return Profile(
-        name=path.stem, path=str(path), summary=str(raw.get("summary", "")),
-        first_iommu_group=int(raw.get("first_iommu_group", 10)), devices=tuple(specs),
+        name=path.stem,
+        path=str(path),
+        summary=str(raw.get("summary", "")),
+        first_iommu_group=int(raw.get("first_iommu_group", 10)),
+        devices=tuple(specs),
     )
 
 
@@ -271,14 +319,16 @@ def _read_yaml(path: Path) -> Dict[str, Any]:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        raise ConfigError(str(path), f"not valid YAML: {getattr(e, 'problem', e)}",
-                          line=mark.line + 1 if mark else None) from None
+        raise ConfigError(
+            str(path), f"not valid YAML: {getattr(e, 'problem', e)}", line=mark.line + 1 if mark else None
+        ) from None
     if not isinstance(raw, dict):
         raise ConfigError(str(path), "a profile is a YAML mapping")
     _mapping(path, raw, None, _TOP_KEYS)
     if raw.get("version") != 1:
-        raise ConfigError(str(path), f"unsupported version {raw.get('version')!r} (this simulator reads 1)",
-                          key="version")
+        raise ConfigError(
+            str(path), f"unsupported version {raw.get('version')!r} (this simulator reads 1)", key="version"
+        )
     return raw
 
 
@@ -309,7 +359,9 @@ def _raw_models(path: Path, raw: Mapping[str, Any], seen: Tuple[str, ...]) -> Di
         inc_path = profile_path(inc)
         if str(inc_path) in seen:
             raise ConfigError(str(path), f"include loop through {inc}", key="include")
-        out.update({k: dict(v) for k, v in _raw_models(inc_path, _read_yaml(inc_path), seen + (str(inc_path),)).items()})
+        out.update(
+            {k: dict(v) for k, v in _raw_models(inc_path, _read_yaml(inc_path), seen + (str(inc_path),)).items()}
+        )
     for key, model in (raw.get("models") or {}).items():
         _mapping(path, model, f"models.{key}", _MODEL_KEYS)
         out.setdefault(key, {}).update(model)
@@ -343,8 +395,12 @@ def _model(path: Path, key: str, m: Mapping[str, Any]) -> ModelSpec:
     if m.get("sriov") is not None:
         _mapping(path, m["sriov"], f"{where}.sriov", _SRIOV_KEYS)
         s = m["sriov"]
-        sriov = SriovSpec(totalvfs=int(s["totalvfs"]), numvfs=int(s.get("numvfs", s["totalvfs"])),
-                          offset=int(s.get("offset", 1)), stride=int(s.get("stride", 1)))
+        sriov = SriovSpec(
+            totalvfs=int(s["totalvfs"]),
+            numvfs=int(s.get("numvfs", s["totalvfs"])),
+            offset=int(s.get("offset", 1)),
+            stride=int(s.get("stride", 1)),
+        )
     if mdev_on == "vf" and (sriov is None or sriov.numvfs < 1):
         raise ConfigError(str(path), "mdev_on: vf needs sriov with numvfs >= 1", key=where)
     if kind == "virtual" and not m.get("class_name"):
@@ -391,17 +447,19 @@ def _model(path: Path, key: str, m: Mapping[str, Any]) -> ModelSpec:
                     cost.append((res, c))
             if not cost:
                 raise ConfigError(str(path), "type costs nothing from the pool", key=twhere)
-        types.append(TypeSpec(
-            id=str(t["id"]),
-            name=(prefix + str(t["name"])) if t.get("name") is not None else None,
-            device_api=str(t.get("device_api", "vfio-pci")),
-            description=_description(path, desc_format, t, twhere),
-            max_instance=t.get("max_instance"),
-            cost=tuple(cost),
-            framebuffer=t.get("framebuffer") if isinstance(t.get("framebuffer"), int) else None,
-            mig_slices=t.get("mig_slices"),
-            mig_profile=str(t["mig_profile"]) if t.get("mig_profile") is not None else None,
-        ))
+        types.append(
+            TypeSpec(
+                id=str(t["id"]),
+                name=(prefix + str(t["name"])) if t.get("name") is not None else None,
+                device_api=str(t.get("device_api", "vfio-pci")),
+                description=_description(path, desc_format, t, twhere),
+                max_instance=t.get("max_instance"),
+                cost=tuple(cost),
+                framebuffer=t.get("framebuffer") if isinstance(t.get("framebuffer"), int) else None,
+                mig_slices=t.get("mig_slices"),
+                mig_profile=str(t["mig_profile"]) if t.get("mig_profile") is not None else None,
+            )
+        )
     if not types:
         raise ConfigError(str(path), "a model needs at least one type", key=where)
     migs = []
@@ -409,25 +467,50 @@ def _model(path: Path, key: str, m: Mapping[str, Any]) -> ModelSpec:
         mwhere = f"{where}.mig_profiles[{i}]"
         _mapping(path, mp, mwhere, _MIG_KEYS)
         ints = ("id", "index", "slices", "memory", "size")
-        if not mp.get("name") or any(not isinstance(mp.get(k), int) for k in ints) \
-                or not isinstance(mp.get("placements"), list):
+        if (
+            not mp.get("name")
+            or any(not isinstance(mp.get(k), int) for k in ints)
+            or not isinstance(mp.get("placements"), list)
+        ):
             raise ConfigError(str(path), f"a MIG profile needs name, {', '.join(ints)} and placements", key=mwhere)
-        migs.append(MigProfileSpec(name=str(mp["name"]), id=mp["id"], index=mp["index"], slices=mp["slices"],
-                                   memory=mp["memory"], size=mp["size"],
-                                   placements=tuple(int(x) for x in mp["placements"])))
+        migs.append(
+            MigProfileSpec(
+                name=str(mp["name"]),
+                id=mp["id"],
+                index=mp["index"],
+                slices=mp["slices"],
+                memory=mp["memory"],
+                size=mp["size"],
+                placements=tuple(int(x) for x in mp["placements"]),
+            )
+        )
     names = {p.name for p in migs}
     for t in types:
         if t.mig_profile is not None and t.mig_profile not in names:
-            raise ConfigError(str(path), f"type {t.id} needs MIG profile {t.mig_profile}, which the model lacks",
-                              key=where)
+            raise ConfigError(
+                str(path), f"type {t.id} needs MIG profile {t.mig_profile}, which the model lacks", key=where
+            )
     return ModelSpec(
-        key=key, kind=kind, mdev_driver=str(m.get("mdev_driver", "")), capacity=capacity,
-        full_errno=_errno_value(path, m.get("full_errno", "ENOSPC"), where), types=tuple(types),
-        vendor=_hex(m.get("vendor")), device=_hex(m.get("device")),
-        subsystem_vendor=_hex(m.get("subsystem_vendor")), subsystem_device=_hex(m.get("subsystem_device")),
-        pci_class=_hex(m.get("class")), driver=m.get("driver"), sriov=sriov, mdev_on=mdev_on,
-        class_name=m.get("class_name"), pool=pool, vgpu=vgpu, mix=mix,
-        framebuffer=m.get("framebuffer"), mig_slices=int(m.get("mig_slices", 7)),
+        key=key,
+        kind=kind,
+        mdev_driver=str(m.get("mdev_driver", "")),
+        capacity=capacity,
+        full_errno=_errno_value(path, m.get("full_errno", "ENOSPC"), where),
+        types=tuple(types),
+        vendor=_hex(m.get("vendor")),
+        device=_hex(m.get("device")),
+        subsystem_vendor=_hex(m.get("subsystem_vendor")),
+        subsystem_device=_hex(m.get("subsystem_device")),
+        pci_class=_hex(m.get("class")),
+        driver=m.get("driver"),
+        sriov=sriov,
+        mdev_on=mdev_on,
+        class_name=m.get("class_name"),
+        pool=pool,
+        vgpu=vgpu,
+        mix=mix,
+        framebuffer=m.get("framebuffer"),
+        mig_slices=int(m.get("mig_slices", 7)),
         module=str(m["module"]) if m.get("module") else None,
         driver_version=str(m["driver_version"]) if m.get("driver_version") is not None else None,
         mig_profiles=tuple(migs),
@@ -453,8 +536,12 @@ def _description(path: Path, fmt: str, t: Mapping[str, Any], where: str) -> Opti
         return str(t["text"])
     if fmt == "nvidia":
         need("num_heads", "frl_config", "framebuffer", "max_resolution", "max_instance")
-        return (f"num_heads={t['num_heads']}, frl_config={t['frl_config']}, framebuffer={t['framebuffer']}M, "
-                f"max_resolution={t['max_resolution']}, max_instance={t['max_instance']}")
+        return (
+            f"num_heads={t['num_heads']}, frl_config={t['frl_config']}, framebuffer={t['framebuffer']}M, "
+            f"max_resolution={t['max_resolution']}, max_instance={t['max_instance']}"
+        )
     need("low_gm_size", "high_gm_size", "fence", "resolution", "weight")
-    return (f"low_gm_size: {t['low_gm_size']}MB\nhigh_gm_size: {t['high_gm_size']}MB\nfence: {t['fence']}\n"
-            f"resolution: {t['resolution']}\nweight: {t['weight']}")
+    return (
+        f"low_gm_size: {t['low_gm_size']}MB\nhigh_gm_size: {t['high_gm_size']}MB\nfence: {t['fence']}\n"
+        f"resolution: {t['resolution']}\nweight: {t['weight']}"
+    )

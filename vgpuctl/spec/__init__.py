@@ -39,6 +39,7 @@ The package, by job (each module imports only those listed above it):
 
 Callers import from ``vgpuctl.spec``; the names below are its interface (``NAME_RE`` is ``model.NAME_RE``).
 """
+
 from __future__ import annotations
 
 from ..model import NAME_RE
@@ -61,13 +62,48 @@ from .schema import (
     PlacementRequest,
     derive_uuid,
 )
-from .validation import (ambiguity, bind, desired_type, host_parent, no_type_reason, suggest_vf, validate,
-                         vf_issues, vf_parent)
+from .validation import (
+    ambiguity,
+    bind,
+    desired_type,
+    host_parent,
+    no_type_reason,
+    suggest_vf,
+    validate,
+    vf_issues,
+    vf_parent,
+)
 
 __all__ = [
-    "DROPIN_DIR", "MAIN_FILE", "NAME_RE", "SCHED_POLICIES", "SPEC_VERSION", "UUID_NAMESPACE",
-    "AttachMode", "DesiredGpu", "DesiredInstance", "DesiredScheduler", "DesiredState", "Mark", "PlacementRequest",
-    "ambiguity", "bind", "bind_profiles", "derive_uuid", "desired_type", "export_doc", "host_parent", "load",
-    "load_files", "merge",
-    "no_type_reason", "parse", "render_doc", "spec_files", "suggest_vf", "validate", "vf_issues", "vf_parent",
+    "DROPIN_DIR",
+    "MAIN_FILE",
+    "NAME_RE",
+    "SCHED_POLICIES",
+    "SPEC_VERSION",
+    "UUID_NAMESPACE",
+    "AttachMode",
+    "DesiredGpu",
+    "DesiredInstance",
+    "DesiredScheduler",
+    "DesiredState",
+    "Mark",
+    "PlacementRequest",
+    "ambiguity",
+    "bind",
+    "bind_profiles",
+    "derive_uuid",
+    "desired_type",
+    "export_doc",
+    "host_parent",
+    "load",
+    "load_files",
+    "merge",
+    "no_type_reason",
+    "parse",
+    "render_doc",
+    "spec_files",
+    "suggest_vf",
+    "validate",
+    "vf_issues",
+    "vf_parent",
 ]

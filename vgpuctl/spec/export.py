@@ -1,4 +1,5 @@
 """``vgpuctl export``'s document: the desired state that keeps the host's vgpuctl-owned instances as they are."""
+
 from __future__ import annotations
 
 from typing import Any, Dict, Optional, Sequence

@@ -1,5 +1,6 @@
 """The desired-state files under ``etc/vgpuctl`` (``vgpuctl.yaml``, then ``conf.d/*.yaml`` by name): finding them,
 reading them strictly (``configfile.read_config``) and merging what they say."""
+
 from __future__ import annotations
 
 import os
@@ -44,8 +45,9 @@ def load(config_dir: "os.PathLike[str] | str") -> DesiredState:
     return load_files(spec_files(config_dir), config_dir, follow=False)
 
 
-def load_files(paths: "Sequence[os.PathLike[str] | str]", config_dir: "os.PathLike[str] | str", *,
-               follow: bool = True) -> DesiredState:
+def load_files(
+    paths: "Sequence[os.PathLike[str] | str]", config_dir: "os.PathLike[str] | str", *, follow: bool = True
+) -> DesiredState:
     """Read and merge the desired-state files ``paths`` in the order given (``vgpuctl plan --config FILE``), with
     the same strict parsing as ``load``; ``profile:`` names are bound to ``config_dir``'s ``profiles.yaml``.  A
     missing or unreadable file is a ``ConfigError``; no file at all is an empty desired state.  ``follow``: the
@@ -60,4 +62,3 @@ def load_files(paths: "Sequence[os.PathLike[str] | str]", config_dir: "os.PathLi
     if any(d.profile for d in parsed):
         parsed = bind_profiles(parsed, config_dir)
     return merge(parsed, files=tuple(os.fspath(p) for p in paths), gpus=gpus)
-

@@ -1,5 +1,6 @@
 """Strict parsing of one desired-state document (``parse``): the schema of docs/desired-state.md over
 ``configfile.NodeReader``.  No merging across files, no host checks."""
+
 from __future__ import annotations
 
 from typing import Any, List
@@ -8,8 +9,17 @@ from ..configfile import NodeReader, compose_yaml
 from ..errors import ConfigError
 from ..model import NAME_RE, canonical_parent_name, canonical_uuid
 from .merge import merge
-from .schema import (SCHED_POLICIES, AttachMode, DesiredGpu, DesiredInstance, DesiredScheduler,
-                     DesiredState, Mark, PlacementRequest, derive_uuid)
+from .schema import (
+    SCHED_POLICIES,
+    AttachMode,
+    DesiredGpu,
+    DesiredInstance,
+    DesiredScheduler,
+    DesiredState,
+    Mark,
+    PlacementRequest,
+    derive_uuid,
+)
 
 _TOP_KEYS = ("version", "instances", "gpus")
 _GPU_KEYS = ("scheduler", "heterogeneous", "mig", "sriov")
@@ -61,7 +71,7 @@ class _Parser(NodeReader):
     def gpu(self, name: str, knode: Any, node: Any) -> DesiredGpu:
         canon = canonical_parent_name(name)
         if canon is None or ":" not in canon:
-            raise self.fail(knode, f"gpus.{name}", f"{name!r} is not a PCI address (e.g. \"0000:4a:00.0\")")
+            raise self.fail(knode, f"gpus.{name}", f'{name!r} is not a PCI address (e.g. "0000:4a:00.0")')
         key = f"gpus.{canon}"
         fields = self.mapping(node, key, _GPU_KEYS)
         if not fields:
@@ -75,14 +85,24 @@ class _Parser(NodeReader):
                 raise self.fail(fields["heterogeneous"][1], f"{key}.heterogeneous", "must be true or false")
             hetero = v
         if hetero and sched is not None and sched.policy == "fixed-share":
-            raise self.fail(fields["scheduler"][1], f"{key}.scheduler.policy",
-                            "fixed-share is not available in heterogeneous mode (best-effort or equal-share)")
+            raise self.fail(
+                fields["scheduler"][1],
+                f"{key}.scheduler.policy",
+                "fixed-share is not available in heterogeneous mode (best-effort or equal-share)",
+            )
         from .. import gpuwide
 
         mig = gpuwide.parse_mig(self, fields["mig"][1], f"{key}.mig") if "mig" in fields else None
         sriov = gpuwide.parse_sriov(self, fields["sriov"][1], f"{key}.sriov") if "sriov" in fields else None
-        return DesiredGpu(gpu=canon, scheduler=sched, heterogeneous=hetero, mig=mig, sriov=sriov,
-                          mark=Mark(self.path, knode.start_mark.line + 1), key_lines=lines)
+        return DesiredGpu(
+            gpu=canon,
+            scheduler=sched,
+            heterogeneous=hetero,
+            mig=mig,
+            sriov=sriov,
+            mark=Mark(self.path, knode.start_mark.line + 1),
+            key_lines=lines,
+        )
 
     def scheduler(self, node: Any, key: str) -> DesiredScheduler:
         f = self.mapping(node, key, _SCHED_KEYS)
@@ -115,8 +135,12 @@ class _Parser(NodeReader):
             profile = self.string(fields["profile"][1], f"{key}.profile").strip()
             vtype = f"profile {profile}"
         elif "type" not in fields:
-            raise self.fail(node, f"{key}.type", "is required (a type id such as nvidia-231 or a name such as T4-2Q), "
-                            "or a service profile ('profile: gold')")
+            raise self.fail(
+                node,
+                f"{key}.type",
+                "is required (a type id such as nvidia-231 or a name such as T4-2Q), "
+                "or a service profile ('profile: gold')",
+            )
         else:
             vtype = self.string(fields["type"][1], f"{key}.type")
         uuid, derived = None, False
@@ -155,8 +179,17 @@ class _Parser(NodeReader):
 
             params = from_node(self, fields["params"][1], f"{key}.params")
         return DesiredInstance(
-            name=name, uuid=uuid, type=vtype, parent=parent, placement=placement, domain=domain, attach=attach,
-            uuid_derived=derived, mark=Mark(self.path, knode.start_mark.line + 1), key_lines=lines, profile=profile,
+            name=name,
+            uuid=uuid,
+            type=vtype,
+            parent=parent,
+            placement=placement,
+            domain=domain,
+            attach=attach,
+            uuid_derived=derived,
+            mark=Mark(self.path, knode.start_mark.line + 1),
+            key_lines=lines,
+            profile=profile,
             params=params,
         )
 
@@ -168,4 +201,3 @@ class _Parser(NodeReader):
             tenant=self.string(f["tenant"][1], f"{key}.tenant") if "tenant" in f else None,
             numa_node=self.integer(f["numa_node"][1], f"{key}.numa_node") if "numa_node" in f else None,
         )
-

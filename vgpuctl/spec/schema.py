@@ -1,5 +1,6 @@
 """The desired state as data: ``DesiredState`` of ``DesiredInstance``s and ``DesiredGpu``s, the constants of the
 schema and the derived instance uuid.  Pure: no file, no host."""
+
 from __future__ import annotations
 
 import uuid as uuidlib
@@ -119,4 +120,3 @@ class DesiredState:
 def derive_uuid(name: str) -> str:
     """The stable uuid of an instance the file gives no uuid for."""
     return str(uuidlib.uuid5(UUID_NAMESPACE, "vgpuctl-instance:" + name))
-

@@ -1,6 +1,7 @@
 """The desired state against the host's inventory: what a type name means on a parent, the identity a vendor-VFIO
 instance gets (its VF: ``bind``), what the desired state cannot mean there (``vf_issues``) and the checks
 ``validate`` raises ``ConfigError`` for.  Pure: the inventory is passed in."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -121,8 +122,11 @@ def vf_issues(desired: DesiredState, inventory: Inventory) -> Dict[str, Tuple[st
         p = vf_parent(inventory, d.parent)
         if p is not None:
             if not d.uuid_derived:
-                out[d.name] = ("uuid", f"a vGPU on NVIDIA vendor-VFIO VF {p.name} is named by the VF's address, "
-                                       "not a uuid: drop 'uuid' (the instance is the VF given as 'parent')")
+                out[d.name] = (
+                    "uuid",
+                    f"a vGPU on NVIDIA vendor-VFIO VF {p.name} is named by the VF's address, "
+                    "not a uuid: drop 'uuid' (the instance is the VF given as 'parent')",
+                )
             else:
                 pins.setdefault(p.name, d)
     for d in desired.instances:
@@ -130,18 +134,20 @@ def vf_issues(desired: DesiredState, inventory: Inventory) -> Dict[str, Tuple[st
             continue
         vfs = _vf_gpu(inventory, d.parent)
         if vfs:
-            out[d.name] = ("parent", f"{d.parent} is an NVIDIA GPU whose vGPUs live on its SR-IOV VFs and are named "
-                                     f"by the VF: pin one VF as 'parent' ({suggest_vf(inventory, vfs, d, pins)})")
+            out[d.name] = (
+                "parent",
+                f"{d.parent} is an NVIDIA GPU whose vGPUs live on its SR-IOV VFs and are named "
+                f"by the VF: pin one VF as 'parent' ({suggest_vf(inventory, vfs, d, pins)})",
+            )
     return out
 
 
-def suggest_vf(inventory: Inventory, vfs: Sequence[Parent], d: DesiredInstance,
-               pinned: Collection[str]) -> str:
+def suggest_vf(inventory: Inventory, vfs: Sequence[Parent], d: DesiredInstance, pinned: Collection[str]) -> str:
     """Words naming the lowest VF of ``vfs`` that is free, offers ``d``'s type and no desired instance pins."""
     used = inventory.used_parents() | set(pinned)
     for p in vfs:
         if p.name not in used and desired_type(inventory, p.name, d) is not None:
-            return f"the lowest free VF offering {d.type} is \"{p.name}\""
+            return f'the lowest free VF offering {d.type} is "{p.name}"'
     return f"none of its VFs {vfs[0].name}..{vfs[-1].name} is free and offers {d.type} now"
 
 
@@ -181,8 +187,11 @@ def _check_vf_pins(desired: DesiredState, inventory: Inventory) -> None:
         first = vf_pins.setdefault(p.name, d)
         if first is not d:
             raise ConfigError(
-                d.mark.path, f"VF {p.name} holds one vGPU and instance {first.name} ({first.mark.path}:"
-                f"{first.mark.line}) already pins it", line=d.line_of("parent"), key=f"instances.{d.name}.parent",
+                d.mark.path,
+                f"VF {p.name} holds one vGPU and instance {first.name} ({first.mark.path}:"
+                f"{first.mark.line}) already pins it",
+                line=d.line_of("parent"),
+                key=f"instances.{d.name}.parent",
             )
 
 
@@ -194,10 +203,12 @@ def _check_placed(desired: DesiredState, inventory: Inventory, d: DesiredInstanc
     if offering and len(vfs) == len(offering):
         pins = [x.parent for x in desired.instances if x.parent is not None]
         raise ConfigError(
-            d.mark.path, f"only NVIDIA vendor-VFIO VFs offer type {d.type}, and a vGPU there is named by its "
+            d.mark.path,
+            f"only NVIDIA vendor-VFIO VFs offer type {d.type}, and a vGPU there is named by its "
             f"VF: give this instance a 'parent' VF instead of 'placement' "
             f"({suggest_vf(inventory, vfs, d, pins)})",
-            line=d.line_of("placement"), key=f"instances.{d.name}.placement",
+            line=d.line_of("placement"),
+            key=f"instances.{d.name}.placement",
         )
     if not offering:
         amb = next((a for a in (ambiguity(inventory, p.name, d) for p in inventory.parents) if a), None)
@@ -216,8 +227,9 @@ def _check_pinned(inventory: Inventory, d: DesiredInstance, pinned: Counter) -> 
     if tid is None:
         amb = ambiguity(inventory, parent, d)
         offered = ", ".join(t.type_id for t in inventory.types_on(parent)) or "none"
-        problem = (str(amb) if amb is not None
-                   else f"parent {parent} does not offer type {d.type} (it offers: {offered})")
+        problem = (
+            str(amb) if amb is not None else f"parent {parent} does not offer type {d.type} (it offers: {offered})"
+        )
         raise ConfigError(d.mark.path, problem, line=d.line_of("type"), key=f"instances.{d.name}.type")
     pinned[(parent, tid)] += 1
     vt = inventory.type_on(parent, tid)
@@ -226,5 +238,6 @@ def _check_pinned(inventory: Inventory, d: DesiredInstance, pinned: Counter) -> 
         raise ConfigError(
             d.mark.path,
             f"{pinned[(parent, tid)]} instances of {tid} pinned to {parent}, which holds at most {limit}",
-            line=d.line_of("parent"), key=f"instances.{d.name}.parent",
+            line=d.line_of("parent"),
+            key=f"instances.{d.name}.parent",
         )

@@ -6,6 +6,7 @@
 * ``check_multi_vgpu``: NVIDIA's rule for several vGPUs in one VM.
 * ``VirtLock``: serialises attach and detach.
 """
+
 from __future__ import annotations
 
 import logging
@@ -43,8 +44,9 @@ def board_and_series(vtype: Optional[VgpuType]) -> Tuple[Optional[str], Optional
     return profile.split("-", 1)[0].upper(), (vtype.series if vtype is not None else None)
 
 
-def check_multi_vgpu(inv: Inventory, planned: Instance, vtype: Optional[VgpuType], others: Sequence[str], *,
-                     domain: str) -> None:
+def check_multi_vgpu(
+    inv: Inventory, planned: Instance, vtype: Optional[VgpuType], others: Sequence[str], *, domain: str
+) -> None:
     """NVIDIA's rule for several vGPUs in one VM (Virtual GPU Software User Guide, "Multiple vGPU Support"): every
     vGPU assigned to a VM must be of the same board type and the same series.  ``others``: the vGPUs the domain
     has already; a second NVIDIA vGPU that breaks the rule is ``MultiVgpuConflict``."""
@@ -64,8 +66,13 @@ def check_multi_vgpu(inv: Inventory, planned: Instance, vtype: Optional[VgpuType
         if (board and ob and board != ob) or (series and os_ and series != os_):
             from ..errors import MultiVgpuConflict
 
-            raise MultiVgpuConflict(domain, planned.uuid, (vtype.profile if vtype else None) or planned.type_id,
-                                    ident, (ot.profile if ot else None) or inst.type_id)
+            raise MultiVgpuConflict(
+                domain,
+                planned.uuid,
+                (vtype.profile if vtype else None) or planned.type_id,
+                ident,
+                (ot.profile if ot else None) or inst.type_id,
+            )
 
 
 # --- attach and detach ---------------------------------------------------------------------------------------------
@@ -144,8 +151,18 @@ class Attachments:
         if want is None:
             raise BadUuid(uuid or "")
         with VirtLock(self.lc.host.paths, self.lc.lock_timeout):
-            return self.attach_held(domain, uuid=want, creating=creating, parent=parent, type_id=type_id, live=live,
-                                    config=config, display=display, ramfb=ramfb, tenant=tenant)
+            return self.attach_held(
+                domain,
+                uuid=want,
+                creating=creating,
+                parent=parent,
+                type_id=type_id,
+                live=live,
+                config=config,
+                display=display,
+                ramfb=ramfb,
+                tenant=tenant,
+            )
 
     def attach_held(
         self,
@@ -175,8 +192,7 @@ class Attachments:
 
             pname = self.lc.host.resolve_parent(parent, inv)
             vtype = find_type(inv, pname, type_id or "")
-            planned = Instance(uuid=want, parent=pname, type_id=vtype.type_id,
-                               backend=inv.parent(pname).backend)  # type: ignore[union-attr]
+            planned = Instance(uuid=want, parent=pname, type_id=vtype.type_id, backend=inv.parent(pname).backend)  # type: ignore[union-attr]
         else:
             existing = inv.instance(want)
             if existing is None:
@@ -187,22 +203,36 @@ class Attachments:
         if others:
             raise AttachedElsewhere(planned.uuid, others)
         xmls = info.xml_for(scope)
-        check_multi_vgpu(inv, planned, vtype, sorted({d for x in xmls for d in x.devices} - {planned.uuid}),
-                         domain=info.name)
+        check_multi_vgpu(
+            inv, planned, vtype, sorted({d for x in xmls for d in x.devices} - {planned.uuid}), domain=info.name
+        )
         display_taken = any(d != planned.uuid for x in xmls for d in x.displays)
         if display_taken and (display or ramfb):
-            log.info("domain %r has a vGPU with its display on already: %s gets display and ramfb off (a second "
-                     "ramfb stops the VM from starting)", info.name, planned.uuid)
-        rendered = self.templates.for_instance(planned, vtype, domain=info.name, display=display, ramfb=ramfb,
-                                               display_taken=display_taken)
-        entry = ManagedVgpu(planned.uuid, planned.parent, planned.type_id, str(planned.backend),
-                            (vtype.name or "") if vtype is not None else "")
+            log.info(
+                "domain %r has a vGPU with its display on already: %s gets display and ramfb off (a second "
+                "ramfb stops the VM from starting)",
+                info.name,
+                planned.uuid,
+            )
+        rendered = self.templates.for_instance(
+            planned, vtype, domain=info.name, display=display, ramfb=ramfb, display_taken=display_taken
+        )
+        entry = ManagedVgpu(
+            planned.uuid,
+            planned.parent,
+            planned.type_id,
+            str(planned.backend),
+            (vtype.name or "") if vtype is not None else "",
+        )
         missing = Scope(
             live=scope.live and planned.uuid not in (info.live.devices if info.live else ()),
             config=scope.config and planned.uuid not in (info.config.devices if info.config else ()),
         )
-        unrecorded = [x for x in info.xml_for(scope)
-                      if x.managed_entry(planned.uuid) != entry or (tenant is not None and x.tenant != tenant)]
+        unrecorded = [
+            x
+            for x in info.xml_for(scope)
+            if x.managed_entry(planned.uuid) != entry or (tenant is not None and x.tenant != tenant)
+        ]
         if not missing and not unrecorded:
             return AttachResult(info.name, info.uuid, planned, scope, created=False, changed=False)
 
@@ -215,8 +245,9 @@ class Attachments:
             for x, one in ((info.live, Scope(True, False)), (info.config, Scope(False, True))):
                 if x is not None and (scope.live if one.live else scope.config):
                     kept = [m for m in x.managed if m.uuid != entry.uuid]
-                    self.virt.set_managed(dom, info.name, kept + [entry], one, tenant=tenant or x.tenant,
-                                          groups=x.groups)
+                    self.virt.set_managed(
+                        dom, info.name, kept + [entry], one, tenant=tenant or x.tenant, groups=x.groups
+                    )
         except BaseException:
             self._undo(dom, info.name, inst.uuid, missing if attached else Scope(False, False), created=creating)
             raise
@@ -302,7 +333,6 @@ class Attachments:
         return out
 
 
-
 class AttachmentSource:
     """The reconciler's libvirt side (``apply.AttachmentBackend``): the attach lock, and the attach/detach steps of
     ``vgpuctl apply``, done by ``Attachments`` (same templates, metadata and scopes as ``vgpuctl attach
@@ -335,7 +365,8 @@ class AttachmentSource:
         The caller holds ``lock()``."""
         live, config = _mode_scope(action)
         r = Attachments(self.libvirt.connection(write=True), self.lc, self.templates).attach_held(
-            action.domain or "", uuid=action.uuid, live=live, config=config)
+            action.domain or "", uuid=action.uuid, live=live, config=config
+        )
         return r.changed
 
     def detach(self, action: "Action") -> None:
@@ -343,7 +374,8 @@ class AttachmentSource:
         ``lock()``."""
         live, config = _mode_scope(action)
         Attachments(self.libvirt.connection(write=True), self.lc, self.templates).detach_held(
-            action.domain or "", uuid=action.uuid, live=live, config=config)
+            action.domain or "", uuid=action.uuid, live=live, config=config
+        )
 
 
 def _mode_scope(action: "Action") -> Tuple[bool, bool]:

@@ -7,6 +7,7 @@
   afresh on every call, as a check that guards a change must.
 * ``reachability`` (is libvirt there, and why not) and ``mdev_nodedevs`` (libvirt's node devices for mdevs).
 """
+
 from __future__ import annotations
 
 import threading
@@ -23,8 +24,22 @@ from ..errors import (
     LibvirtUnavailable,
 )
 from ..model import Instance
-from .domxml import (METADATA_ELEMENT, NS, NS_KEY, XML_INACTIVE, DomainInfo, DomainXml, ManagedVgpu, NodeDev, Scope,
-                     Snapshot, _nodedev_uuid, metadata_xml, parse_domain)
+from .domxml import (
+    METADATA_ELEMENT,
+    NS,
+    NS_KEY,
+    XML_INACTIVE,
+    DomainInfo,
+    DomainXml,
+    ManagedVgpu,
+    NodeDev,
+    Scope,
+    Snapshot,
+    _nodedev_uuid,
+    metadata_xml,
+    parse_domain,
+)
+
 
 # --- the connection ------------------------------------------------------------------------------------------------
 def _binding() -> Any:
@@ -98,8 +113,12 @@ def bounded(uri: str, timeout: float, fn: Callable[[], _T]) -> _T:
     with _stuck_lock:
         old = _stuck.get(uri)
         if old is not None and old.is_alive():
-            raise LibvirtTimeout(uri, timeout, "an earlier connection is still waiting for an answer "
-                                 "(libvirtd accepts connections but does not respond)")
+            raise LibvirtTimeout(
+                uri,
+                timeout,
+                "an earlier connection is still waiting for an answer "
+                "(libvirtd accepts connections but does not respond)",
+            )
         _stuck.pop(uri, None)
     box: Dict[str, Any] = {}
     done = threading.Event()
@@ -176,8 +195,13 @@ class Virt:
         code = e.get_error_code() if hasattr(e, "get_error_code") else None
         if code == self.lv.VIR_ERR_NO_DOMAIN:
             return DomainNotFound(domain, self.uri)
-        if code in (self.lv.VIR_ERR_SYSTEM_ERROR, self.lv.VIR_ERR_RPC, self.lv.VIR_ERR_NO_CONNECT,
-                    self.lv.VIR_ERR_INVALID_CONN, self.lv.VIR_ERR_AUTH_FAILED):
+        if code in (
+            self.lv.VIR_ERR_SYSTEM_ERROR,
+            self.lv.VIR_ERR_RPC,
+            self.lv.VIR_ERR_NO_CONNECT,
+            self.lv.VIR_ERR_INVALID_CONN,
+            self.lv.VIR_ERR_AUTH_FAILED,
+        ):
             return LibvirtConnectError(self.uri, _detail(e))
         return LibvirtRefused(action, domain, _detail(e))
 
@@ -226,8 +250,16 @@ class Virt:
         except self.lv.libvirtError as e:
             raise self._error(e, f"detach a device ({scope}) from", name) from None
 
-    def set_managed(self, dom: Any, name: str, entries: Sequence[ManagedVgpu], scope: Scope, *,
-                    tenant: Optional[str] = None, groups: Sequence[str] = ()) -> None:
+    def set_managed(
+        self,
+        dom: Any,
+        name: str,
+        entries: Sequence[ManagedVgpu],
+        scope: Scope,
+        *,
+        tenant: Optional[str] = None,
+        groups: Sequence[str] = (),
+    ) -> None:
         """Replace vgpuctl's metadata in ``scope`` (one definition at a time); nothing to record removes it."""
         text = metadata_xml(entries, tenant=tenant, groups=groups) if entries or tenant or groups else None
         try:
@@ -339,8 +371,9 @@ class DomainUsers:
     alone no longer counts, but a running domain that has the device always does.
     """
 
-    def __init__(self, libvirt: "Libvirt | str", *, include_stale: bool = True,
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self, libvirt: "Libvirt | str", *, include_stale: bool = True, timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
         self.libvirt = Libvirt(libvirt, timeout=timeout) if isinstance(libvirt, str) else libvirt
         self.include_stale = include_stale
 
@@ -413,7 +446,6 @@ def reachability(uri: str, *, timeout: float = DEFAULT_TIMEOUT) -> Reachability:
     except (LibvirtConnectError, LibvirtUnavailable) as e:
         return Reachability(uri, False, kind=e.kind, reason=str(e), error=e)
     return Reachability(uri, True, hypervisor=hypervisor, version=version)
-
 
 
 def mdev_nodedevs(uri: str, *, timeout: float = 5.0) -> Dict[str, NodeDev]:

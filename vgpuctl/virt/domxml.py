@@ -19,6 +19,7 @@ Ownership metadata, in the domain XML (persistent and/or live, like the device i
 ``tenant`` (at most one; ``vgpuctl attach --tenant`` records it) and ``group`` (anti-affinity labels, any number;
 written by hand) label the domain for placement: quotas count the tenant's instances, groups keep members apart.
 """
+
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
@@ -165,8 +166,13 @@ def parse_domain(text: str) -> DomainXml:
     if not name:
         raise ValueError("the domain XML has no <name>")
     devices = sorted({i for i in (hostdev_identity(h) for h in root.iterfind("devices/hostdev")) if i})
-    displays = sorted({i for i, h in ((hostdev_identity(h), h) for h in root.iterfind("devices/hostdev"))
-                       if i and "on" in (h.get("display"), h.get("ramfb"))})
+    displays = sorted(
+        {
+            i
+            for i, h in ((hostdev_identity(h), h) for h in root.iterfind("devices/hostdev"))
+            if i and "on" in (h.get("display"), h.get("ramfb"))
+        }
+    )
     managed: List[ManagedVgpu] = []
     tenant: Optional[str] = None
     groups: List[str] = []
@@ -184,17 +190,27 @@ def parse_domain(text: str) -> DomainXml:
             elif kind == "vgpu":
                 ident = canonical_uuid(v.get("uuid", "")) or canonical_parent_name(v.get("uuid", ""))
                 if ident:
-                    managed.append(ManagedVgpu(ident, v.get("parent", ""), v.get("type", ""),
-                                               v.get("backend", "mdev"), v.get("name", "")))
+                    managed.append(
+                        ManagedVgpu(
+                            ident, v.get("parent", ""), v.get("type", ""), v.get("backend", "mdev"), v.get("name", "")
+                        )
+                    )
     pins: set = set()
     for pin in root.iterfind("cputune/vcpupin"):
         pins.update(_cpuset_attr(pin, "cpuset"))
     if not pins:
         pins.update(_cpuset_attr(root.find("vcpu"), "cpuset"))
-    return DomainXml(name=name, uuid=(root.findtext("uuid") or "").strip(), devices=tuple(devices),
-                     managed=tuple(managed), tenant=tenant, groups=tuple(groups),
-                     memory_nodes=_cpuset_attr(root.find("numatune/memory"), "nodeset"),
-                     vcpu_cpus=tuple(sorted(pins)), displays=tuple(displays))
+    return DomainXml(
+        name=name,
+        uuid=(root.findtext("uuid") or "").strip(),
+        devices=tuple(devices),
+        managed=tuple(managed),
+        tenant=tenant,
+        groups=tuple(groups),
+        memory_nodes=_cpuset_attr(root.find("numatune/memory"), "nodeset"),
+        vcpu_cpus=tuple(sorted(pins)),
+        displays=tuple(displays),
+    )
 
 
 def metadata_xml(entries: Iterable[ManagedVgpu], *, tenant: Optional[str] = None, groups: Sequence[str] = ()) -> str:
@@ -217,9 +233,16 @@ def match_xml(ident: str) -> str:
     m = PCI_ADDR_RE.match(ident)
     if m and canonical_uuid(ident) is None:
         h = ET.Element("hostdev", {"mode": "subsystem", "type": "pci", "managed": "no"})
-        ET.SubElement(ET.SubElement(h, "source"), "address", {
-            "domain": "0x" + (m.group("domain") or "0000"), "bus": "0x" + m.group("bus"),
-            "slot": "0x" + m.group("slot"), "function": "0x" + m.group("fn")})
+        ET.SubElement(
+            ET.SubElement(h, "source"),
+            "address",
+            {
+                "domain": "0x" + (m.group("domain") or "0000"),
+                "bus": "0x" + m.group("bus"),
+                "slot": "0x" + m.group("slot"),
+                "function": "0x" + m.group("fn"),
+            },
+        )
     else:
         h = ET.Element("hostdev", {"mode": "subsystem", "type": "mdev", "model": "vfio-pci"})
         ET.SubElement(ET.SubElement(h, "source"), "address", {"uuid": ident})
@@ -280,7 +303,6 @@ class Snapshot:
         return tuple(sorted(out, key=lambda u: u.domain))
 
 
-
 # --- the desired state's view of libvirt ---------------------------------------------------------------------------
 def domain_attachments(snap: Snapshot, inventory: Inventory) -> Dict[str, FrozenSet["DomainAttachment"]]:
     """uuid -> the domains whose live or persistent XML references it, or whose vgpuctl metadata records it.
@@ -306,16 +328,17 @@ def domain_attachments(snap: Snapshot, inventory: Inventory) -> Dict[str, Frozen
                 idents.update(x.devices)
                 idents.update(m.uuid for m in x.managed)
         for ident in idents:
-            out.setdefault(ident, set()).add(DomainAttachment(
-                domain=d.name,
-                running=d.running,
-                live=d.live is not None and ident in d.live.devices,
-                config=d.config is not None and ident in d.config.devices,
-                recorded_live=recorded(d.live, ident),
-                recorded_config=recorded(d.config, ident),
-            ))
+            out.setdefault(ident, set()).add(
+                DomainAttachment(
+                    domain=d.name,
+                    running=d.running,
+                    live=d.live is not None and ident in d.live.devices,
+                    config=d.config is not None and ident in d.config.devices,
+                    recorded_live=recorded(d.live, ident),
+                    recorded_config=recorded(d.config, ident),
+                )
+            )
     return {k: frozenset(v) for k, v in out.items()}
-
 
 
 # --- what placement takes from the domains -------------------------------------------------------------------------
@@ -368,8 +391,10 @@ def facts_of(info: DomainInfo, cpus: Optional[Dict[int, int]], node_dir: str) ->
     notes: List[str] = []
     if x.vcpu_cpus:
         if cpus is None:
-            notes.append(f"vCPU pinning of {info.name!r} not used: no cpulist files under {node_dir}; "
-                         + ("only <numatune> counts" if x.memory_nodes else "no NUMA affinity"))
+            notes.append(
+                f"vCPU pinning of {info.name!r} not used: no cpulist files under {node_dir}; "
+                + ("only <numatune> counts" if x.memory_nodes else "no NUMA affinity")
+            )
         else:
             pinned = {cpus[c] for c in x.vcpu_cpus if c in cpus}
             if pinned:
@@ -377,12 +402,21 @@ def facts_of(info: DomainInfo, cpus: Optional[Dict[int, int]], node_dir: str) ->
                 sources.append("vcpupin")
             unknown = [c for c in x.vcpu_cpus if c not in cpus]
             if unknown:
-                notes.append(f"vCPU pinning of {info.name!r}: CPU(s) {','.join(map(str, unknown))} are on no "
-                             f"NUMA node under {node_dir}")
+                notes.append(
+                    f"vCPU pinning of {info.name!r}: CPU(s) {','.join(map(str, unknown))} are on no "
+                    f"NUMA node under {node_dir}"
+                )
     tenant = next((y.tenant for y in xs if y.tenant), None)
     groups = tuple(dict.fromkeys(g for y in xs for g in y.groups))
-    return DomainFacts(info.name, found=True, tenant=tenant, groups=groups, numa_nodes=tuple(sorted(nodes)),
-                       numa_from=tuple(sources), notes=tuple(notes))
+    return DomainFacts(
+        info.name,
+        found=True,
+        tenant=tenant,
+        groups=groups,
+        numa_nodes=tuple(sorted(nodes)),
+        numa_from=tuple(sources),
+        notes=tuple(notes),
+    )
 
 
 def needs_cpus(info: DomainInfo) -> bool:

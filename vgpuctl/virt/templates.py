@@ -10,6 +10,7 @@ parsed and must be exactly one ``<hostdev>`` element; any failure is a ``Templat
 
 jinja2 is imported only when something is rendered, so importing this module costs nothing.
 """
+
 from __future__ import annotations
 
 import os
@@ -128,8 +129,10 @@ class Templates:
         for d in self.search:
             if os.path.lexists(d / name):  # an override of the wrong kind is refused when read, never skipped
                 return d / name
-        raise ConfigError(os.fspath(self.search[-1] / name), "template not found (looked in "
-                          + ", ".join(os.fspath(d) for d in self.search) + ")")
+        raise ConfigError(
+            os.fspath(self.search[-1] / name),
+            "template not found (looked in " + ", ".join(os.fspath(d) for d in self.search) + ")",
+        )
 
     def render(self, name: str, context: Dict[str, Any]) -> Rendered:
         path = self.source_of(name)
@@ -140,8 +143,11 @@ class Templates:
         try:
             text = _within_cpu_budget(lambda: env.get_template(name).render(**context), self._files)
         except _OverBudget:
-            raise TemplateError(os.fspath(path), f"rendering used more than {RENDER_CPU_SECONDS:g} s of CPU (a loop "
-                                "that does not end?); a device template renders one <hostdev>") from None
+            raise TemplateError(
+                os.fspath(path),
+                f"rendering used more than {RENDER_CPU_SECONDS:g} s of CPU (a loop "
+                "that does not end?); a device template renders one <hostdev>",
+            ) from None
         except TemplateError:
             raise
         except jinja2.TemplateSyntaxError as e:
@@ -151,11 +157,16 @@ class Templates:
         except RecursionError:
             raise TemplateError(os.fspath(path), "rendering recursed too deeply (a macro that calls itself?)") from None
         except Exception as e:  # whatever the sandboxed template did wrong (range too big, 1/0, ...): its error
-            raise TemplateError(os.fspath(path), f"rendering failed: {type(e).__name__}: {_one_line(e)}",
-                                line=_template_line(e, os.fspath(path))) from None
+            raise TemplateError(
+                os.fspath(path),
+                f"rendering failed: {type(e).__name__}: {_one_line(e)}",
+                line=_template_line(e, os.fspath(path)),
+            ) from None
         if len(text) > TEMPLATE_LIMIT:
-            raise TemplateError(os.fspath(path), f"renders more than {TEMPLATE_LIMIT} characters; a device template "
-                                "renders one <hostdev>")
+            raise TemplateError(
+                os.fspath(path),
+                f"renders more than {TEMPLATE_LIMIT} characters; a device template renders one <hostdev>",
+            )
         return Rendered(xml=check_hostdev(text, os.fspath(path)), template=os.fspath(path))
 
     def for_instance(
@@ -168,8 +179,9 @@ class Templates:
         ramfb: Optional[bool] = None,
         display_taken: bool = False,
     ) -> Rendered:
-        name, ctx = device_context(instance, vtype, domain=domain, display=display, ramfb=ramfb,
-                                   display_taken=display_taken)
+        name, ctx = device_context(
+            instance, vtype, domain=domain, display=display, ramfb=ramfb, display_taken=display_taken
+        )
         return self.render(name, ctx)
 
 
@@ -233,7 +245,7 @@ def _bounded_sandbox() -> Any:
 
             def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
                 if operator == "**":
-                    if isinstance(right, int) and abs(right) > 64 or isinstance(left, int) and abs(left) > 2 ** 64:
+                    if isinstance(right, int) and abs(right) > 64 or isinstance(left, int) and abs(left) > 2**64:
                         raise OverflowError("the power is too large for a device template")
                 elif operator == "*":
                     for seq, n in ((left, right), (right, left)):
@@ -249,20 +261,25 @@ def check_hostdev(text: str, source: str) -> str:
     """``text`` stripped, if it is exactly one well-formed ``<hostdev>`` element; else a ``TemplateError``."""
     body = text.strip()
     if "<!" in body.replace("<!--", ""):
-        raise TemplateError(source, "rendered XML contains a DOCTYPE, ENTITY or CDATA section; a device template may not")
+        raise TemplateError(
+            source, "rendered XML contains a DOCTYPE, ENTITY or CDATA section; a device template may not"
+        )
     try:
         root = ET.fromstring(body)
     except ET.ParseError as e:
         try:  # several top-level elements: say how many devices, not "junk after document element"
             root = ET.fromstring(f"<_>{body}</_>")
         except ET.ParseError:
-            raise TemplateError(source, f"rendered XML is not well-formed ({_one_line(e)} of the rendered text)") from None
+            raise TemplateError(
+                source, f"rendered XML is not well-formed ({_one_line(e)} of the rendered text)"
+            ) from None
     count = sum(1 for el in root.iter() if el.tag == "hostdev")
     if root.tag != "hostdev" or count != 1:
         where = "" if root.tag == "_" else f" under <{root.tag}>"
         raise TemplateError(
-            source, f"renders {count} <hostdev> element(s){where}; a device template must render exactly one "
-            "<hostdev> as its only top-level element"
+            source,
+            f"renders {count} <hostdev> element(s){where}; a device template must render exactly one "
+            "<hostdev> as its only top-level element",
         )
     return body
 

@@ -5,6 +5,7 @@ own hostname, ``host_uuid``, config, sockets, domain state and logs, and its own
 hook installed as the Debian package installs it. They share the kernel (one mtty parent, so a uuid used on one is
 taken on the other) and the loopback network, over which QEMU 10 streams the migration.
 """
+
 from __future__ import annotations
 
 import json
@@ -78,9 +79,23 @@ class LibvirtHost:
                 shutil.copy2(f, CAPS_DIR / f.name)
         log = open(self.dir / "libvirtd.log", "ab")
         self.proc = subprocess.Popen(
-            ["unshare", "--mount", "--uts", "--propagation", "private", "--", "bash", str(HERE / "libvirt-host"),
-             self.name, str(self.dir)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            [
+                "unshare",
+                "--mount",
+                "--uts",
+                "--propagation",
+                "private",
+                "--",
+                "bash",
+                str(HERE / "libvirt-host"),
+                self.name,
+                str(self.dir),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         log.close()
         sock = self.dir / "run-libvirt/libvirt-sock"
         deadline = time.monotonic() + timeout
@@ -105,9 +120,13 @@ class LibvirtHost:
     def vgpuctl(self, *args: str, input: Optional[str] = None, timeout: float = 180) -> subprocess.CompletedProcess:
         """vgpuctl run as on this host: in its mount and UTS namespaces (its etc/run/state), no libvirt."""
         # -r -w: the daemon's root and cwd (the guest runs chrooted; entering a mount namespace resets them)
-        return subprocess.run(["nsenter", "-t", str(self.proc.pid), "-m", "-u", "-r", "-w", "--", VGPUCTL,
-                               "--connect", "none",
-                               *args], capture_output=True, text=True, input=input, timeout=timeout)
+        return subprocess.run(
+            ["nsenter", "-t", str(self.proc.pid), "-m", "-u", "-r", "-w", "--", VGPUCTL, "--connect", "none", *args],
+            capture_output=True,
+            text=True,
+            input=input,
+            timeout=timeout,
+        )
 
     def hook_record(self, dom_uuid: str) -> List[str]:
         path = self.dir / "run-vgpuctl/hook" / f"{dom_uuid}.json"
@@ -161,7 +180,9 @@ def _realkernel_clean_state():
 def hosts():
     """Two libvirt hosts, ``rk-a`` and ``rk-b``, each with vgpuctl's hook; stopped at the end."""
     if not g.IN_GUEST or g.FLAVOUR != "bookworm-backports":
-        pytest.skip("real-kernel test: runs only inside the QEMU guest (tests/realkernel/run --flavour bookworm-backports)")
+        pytest.skip(
+            "real-kernel test: runs only inside the QEMU guest (tests/realkernel/run --flavour bookworm-backports)"
+        )
     # both names resolve (libvirt's default migration URI is the destination's hostname)
     with open("/etc/hosts", "a") as f:
         f.write("127.0.0.1 rk-a rk-b\n")

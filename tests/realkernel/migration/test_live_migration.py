@@ -5,6 +5,7 @@ Kernel 6.12's mtty migrates its device state (its 16550 registers and loop-back 
 I/O BAR and halts; the test writes to the port through QEMU's monitor (``o``, ``i``: port I/O in the guest's
 address space, as the guest's own ``outb``/``inb`` would), so no guest kernel has to boot under nested TCG.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,13 +31,15 @@ def hmp(host: LibvirtHost, name: str, cmd: str) -> str:
 
 def mtty_port(host: LibvirtHost, name: str) -> int:
     """The I/O address SeaBIOS gave the mtty's BAR0 (waits until it has), from QEMU's ``info pci``."""
+
     def bar():
         for block in hmp(host, name, "info pci").split("Bus ")[1:]:
             if "4348:3253" in block:  # mtty's vendor:device
                 m = re.search(r"BAR0: I/O at (0x[0-9a-f]+)", block)
-                if m and int(m.group(1), 16) not in (0, 0xffff, 0xfffe):
+                if m and int(m.group(1), 16) not in (0, 0xFFFF, 0xFFFE):
                     return int(m.group(1), 16)
         return None
+
     return g.wait_until(bar, 240, interval=1, what="SeaBIOS to assign the mtty's I/O BAR")
 
 
@@ -50,8 +53,7 @@ def inb(host, name, port) -> int:
 
 
 def migrate(src: LibvirtHost, dst: LibvirtHost, name: str, check: bool = True):
-    return src.virsh("migrate", "--live", name, dst.uri, "--migrateuri", "tcp://127.0.0.1", check=check,
-                     timeout=600)
+    return src.virsh("migrate", "--live", name, dst.uri, "--migrateuri", "tcp://127.0.0.1", check=check, timeout=600)
 
 
 def dumpxml(host: LibvirtHost, name: str, tag: str) -> str:
@@ -88,8 +90,11 @@ def held_by_qemu(host: LibvirtHost, name: str, uuid: str) -> None:
     path of another mount namespace may carry a prefix)."""
     group = os.path.basename(os.readlink(f"/sys/bus/mdev/devices/{uuid}/iommu_group"))
     try:
-        g.wait_until(lambda: any(f.endswith(f"/dev/vfio/{group}") for f in qemu_vfio_fds(host, name)), 30,
-                     what=f"QEMU to hold {uuid}")
+        g.wait_until(
+            lambda: any(f.endswith(f"/dev/vfio/{group}") for f in qemu_vfio_fds(host, name)),
+            30,
+            what=f"QEMU to hold {uuid}",
+        )
     except TimeoutError:
         raise AssertionError(f"{uuid} (group {group}) not held; QEMU's vfio fds: {qemu_vfio_fds(host, name)}") from None
 
@@ -155,22 +160,29 @@ def test_live_migration_there_and_back_keeps_the_device_state(hosts, domain):
     transcript(f"rk-a: {name} running with vGPU {vgpu} (made by rk-a's hook)")
 
     port = mtty_port(a, name)
-    outb(a, name, port + UART_FCR, 0x01)          # FIFO on, nothing cleared
+    outb(a, name, port + UART_FCR, 0x01)  # FIFO on, nothing cleared
     for ch in b"vg":
-        outb(a, name, port + UART_RX, ch)         # THR: mtty loops it back into its receive FIFO
+        outb(a, name, port + UART_RX, ch)  # THR: mtty loops it back into its receive FIFO
     outb(a, name, port + UART_SCR, 0x5A)
     transcript(f"rk-a: wrote 'v','g' to the mtty's THR and 0x5a to its scratch register (port {port:#x})")
 
     # the pre-flight on the target: it fits, with a fresh uuid (the source's is taken on this shared kernel)
     xml = dumpxml(a, name, "to-b")
     pre = b.vgpuctl("migrate", "check", "--xml", xml)
-    transcript("rk-b$ vgpuctl migrate check --xml " + os.path.basename(xml) + f"  (exit {pre.returncode})\n"
-               + pre.stdout + pre.stderr)
+    transcript(
+        "rk-b$ vgpuctl migrate check --xml "
+        + os.path.basename(xml)
+        + f"  (exit {pre.returncode})\n"
+        + pre.stdout
+        + pre.stderr
+    )
     assert pre.returncode == 0, pre.stderr
     assert "fits" in pre.stdout
 
     p = migrate(a, b, name, check=False)
-    assert p.returncode == 0, f"{p.stderr}\n--- rk-b libvirtd ---\n{b.log_tail()}\n--- rk-b qemu ---\n{b.qemu_log(name)}"
+    assert p.returncode == 0, (
+        f"{p.stderr}\n--- rk-b libvirtd ---\n{b.log_tail()}\n--- rk-b qemu ---\n{b.qemu_log(name)}"
+    )
     transcript(f"rk-a$ virsh migrate --live {name} <rk-b> --migrateuri tcp://127.0.0.1  (exit 0)")
     assert running_on(b, name) and not running_on(a, name)
     # the target's hook made the vGPU (a fresh uuid), recorded it and rewrote the XML: rk-b's QEMU holds it
@@ -193,7 +205,9 @@ def test_live_migration_there_and_back_keeps_the_device_state(hosts, domain):
 
     # and back: rk-a's hook makes yet another vGPU, rk-b's is released, the last byte is still there
     p = migrate(b, a, name, check=False)
-    assert p.returncode == 0, f"{p.stderr}\n--- rk-a libvirtd ---\n{a.log_tail()}\n--- rk-a qemu ---\n{a.qemu_log(name)}"
+    assert p.returncode == 0, (
+        f"{p.stderr}\n--- rk-a libvirtd ---\n{a.log_tail()}\n--- rk-a qemu ---\n{a.qemu_log(name)}"
+    )
     back = a.hook_record(DOM_UUID)
     assert len(back) == 1 and back[0] not in (vgpu, there[0]), back
     assert running_on(a, name) and live_mdevs(a, name) == back
@@ -203,8 +217,10 @@ def test_live_migration_there_and_back_keeps_the_device_state(hosts, domain):
     assert inb(a, name, port_a + UART_SCR) == 0x5A
     assert inb(a, name, port_a + UART_RX) == ord("g")
     assert not inb(a, name, port_a + UART_LSR) & LSR_DR
-    transcript(f"rk-b$ virsh migrate --live {name} <rk-a>  (exit 0): rk-a's hook made {back[0]}, "
-               f"rk-b's {there[0]} released, 'g' read back")
+    transcript(
+        f"rk-b$ virsh migrate --live {name} <rk-a>  (exit 0): rk-a's hook made {back[0]}, "
+        f"rk-b's {there[0]} released, 'g' read back"
+    )
 
 
 def fill(parent: str = "mtty", type_id: str = "mtty-1"):
@@ -223,8 +239,11 @@ def test_a_full_target_is_refused_by_the_preflight_and_the_hook_and_the_source_k
         before = set(g.list_mdevs())
         xml = dumpxml(a, name, "to-full-b")
         pre = b.vgpuctl("migrate", "check", "--xml", xml)
-        transcript(f"rk-b (full)$ vgpuctl migrate check --xml {os.path.basename(xml)}  (exit {pre.returncode})\n"
-                   + pre.stdout + pre.stderr)
+        transcript(
+            f"rk-b (full)$ vgpuctl migrate check --xml {os.path.basename(xml)}  (exit {pre.returncode})\n"
+            + pre.stdout
+            + pre.stderr
+        )
         assert pre.returncode == 4, (pre.stdout, pre.stderr)
         assert "no-capacity" in pre.stdout
 

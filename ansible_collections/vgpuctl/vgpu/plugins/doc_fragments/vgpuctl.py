@@ -2,6 +2,7 @@
 # Copyright: vgpuctl developers
 # Apache License 2.0 (see LICENSE in the vgpuctl repository)
 """Options every vgpuctl.vgpu module shares: where vgpuctl is and which host it looks at."""
+
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type

@@ -7,6 +7,7 @@ Every module talks to the host only through ``Vgpuctl``: it builds ``vgpuctl [--
 parses stdout, and turns a non-zero exit into ``fail_json`` with vgpuctl's one-line stderr message (``msg``) and its
 exit code (``rc``).  Python 3.9 syntax (the managed host's interpreter may be old).
 """
+
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
@@ -74,7 +75,7 @@ def error_line(stderr):
     lines = [ln.strip() for ln in (stderr or "").splitlines() if ln.strip()]
     for ln in reversed(lines):
         if ln.startswith("vgpuctl: error: "):
-            return ln[len("vgpuctl: error: "):]
+            return ln[len("vgpuctl: error: ") :]
     return lines[-1] if lines else "vgpuctl failed without a message"
 
 
@@ -118,18 +119,23 @@ class Vgpuctl(object):
         (with the parsed stdout, if any, in ``data``: apply and check print their record before exiting 13)."""
         cmd = self.argv(*args) + ["--json"]
         # a VGPUCTL_* variable for a command option (VGPUCTL_CREATE_UUID...) must not change what the module asked
-        env = dict((k, "") for k in os.environ if k.startswith("VGPUCTL_") and k not in ("VGPUCTL_ROOT",
-                                                                                       "VGPUCTL_LIBVIRT_URI",
-                                                                                       "VGPUCTL_LOCK_TIMEOUT"))
-        rc, out, err = self.module.run_command(cmd, environ_update=env, check_rc=False, data=kw.get("data"),
-                                               binary_data=True)
+        env = dict(
+            (k, "")
+            for k in os.environ
+            if k.startswith("VGPUCTL_") and k not in ("VGPUCTL_ROOT", "VGPUCTL_LIBVIRT_URI", "VGPUCTL_LOCK_TIMEOUT")
+        )
+        rc, out, err = self.module.run_command(
+            cmd, environ_update=env, check_rc=False, data=kw.get("data"), binary_data=True
+        )
         data = None
         if out.strip():
             try:
                 data = json.loads(out)
             except ValueError:
                 if rc == 0:
-                    raise VgpuctlError("vgpuctl printed something that is not JSON: %s" % out[:200], 1, cmd, out, err) from None
+                    raise VgpuctlError(
+                        "vgpuctl printed something that is not JSON: %s" % out[:200], 1, cmd, out, err
+                    ) from None
         if rc != 0:
             raise VgpuctlError(error_line(err), rc, cmd, out, err, data)
         return data

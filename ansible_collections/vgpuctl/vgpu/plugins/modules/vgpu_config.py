@@ -161,7 +161,7 @@ ARGUMENT_SPEC = dict(
     src=dict(type="path"),
     dest=dict(type="path", default="vgpuctl.yaml"),
     state=dict(type="str", choices=["present", "absent"], default="present"),
-    **COMMON_ARGS
+    **COMMON_ARGS,
 )
 RULES = dict(
     mutually_exclusive=[("config", "src")],
@@ -187,16 +187,23 @@ def read_bytes(path):
 
 
 def instance_lines(records):
-    return "".join("%s %s on %s\n" % (r.get("uuid"), r.get("type_id"), r.get("parent"))
-                   for r in sorted(records or [], key=lambda r: (r.get("uuid") or "")))
+    return "".join(
+        "%s %s on %s\n" % (r.get("uuid"), r.get("type_id"), r.get("parent"))
+        for r in sorted(records or [], key=lambda r: r.get("uuid") or "")
+    )
 
 
 def action_line(a):
     if a.get("op") == "attach":
         text = "~ attach %s to %s (%s)" % (a.get("uuid"), a.get("domain"), a.get("mode"))
     else:
-        text = "%s %s %s %s on %s" % ({"create": "+", "destroy": "-"}.get(a.get("op"), "?"), a.get("op"),
-                                      a.get("uuid"), a.get("type_id"), a.get("parent") or "?")
+        text = "%s %s %s %s on %s" % (
+            {"create": "+", "destroy": "-"}.get(a.get("op"), "?"),
+            a.get("op"),
+            a.get("uuid"),
+            a.get("type_id"),
+            a.get("parent") or "?",
+        )
     if a.get("blocked"):
         text += " [blocked: %s: %s]" % (a["blocked"], a.get("detail") or "")
     return text
@@ -218,11 +225,15 @@ class ConfigTask(object):
         full = dest if os.path.isabs(dest) else os.path.join(self.config_dir, dest)
         rel = os.path.relpath(os.path.normpath(full), self.config_dir)
         parts = rel.split(os.sep)
-        ok = parts == ["vgpuctl.yaml"] or (len(parts) == 2 and parts[0] == "conf.d" and parts[1].endswith(".yaml")
-                                          and not parts[1].startswith("."))
+        ok = parts == ["vgpuctl.yaml"] or (
+            len(parts) == 2 and parts[0] == "conf.d" and parts[1].endswith(".yaml") and not parts[1].startswith(".")
+        )
         if not ok:
-            self.module.fail_json(msg="dest %s is not a file vgpuctl reads: use %s/vgpuctl.yaml or %s/conf.d/NAME.yaml"
-                                  % (dest, self.config_dir, self.config_dir), rc=2)
+            self.module.fail_json(
+                msg="dest %s is not a file vgpuctl reads: use %s/vgpuctl.yaml or %s/conf.d/NAME.yaml"
+                % (dest, self.config_dir, self.config_dir),
+                rc=2,
+            )
         return rel
 
     def _new_content(self):
@@ -297,7 +308,7 @@ class ConfigTask(object):
         if wanted:
             avail = dict(((t["parent"], t["type_id"]), t.get("available") or 0) for t in self.cli.types())
             for key, creates in sorted(wanted.items()):
-                failing += creates[avail.get(key, 0):]
+                failing += creates[avail.get(key, 0) :]
         return blocked, failing
 
     # --- the one place that writes -------------------------------------------------------------------------------
@@ -322,18 +333,25 @@ def main():
     try:
         plan = task.plan()  # validates the new document before anything is written
         if module.check_mode:
-            result.update(changed=task.file_changed or bool(plan.get("changed")), actions=plan.get("actions", []),
-                          before=plan.get("before", []), after=plan.get("after", []),
-                          converged=not plan.get("actions"))
+            result.update(
+                changed=task.file_changed or bool(plan.get("changed")),
+                actions=plan.get("actions", []),
+                before=plan.get("before", []),
+                after=plan.get("after", []),
+                converged=not plan.get("actions"),
+            )
             blocked, failing = task.predicted_failures(plan)
             _diff(module, task, result)
             if blocked or failing:
                 left = len(blocked) + len(failing)
                 module.fail_json(
                     msg="the host does not match the desired state: %d action(s) left (%d blocked, %d failed); see "
-                        "the list above" % (left, len(blocked), len(failing)),
-                    rc=RC_NOT_CONVERGED, predicted=True,
-                    blocked=[action_line(a) for a in blocked + failing], **result)
+                    "the list above" % (left, len(blocked), len(failing)),
+                    rc=RC_NOT_CONVERGED,
+                    predicted=True,
+                    blocked=[action_line(a) for a in blocked + failing],
+                    **result,
+                )
             module.exit_json(**result)
         if task.file_changed:
             task.write()
@@ -341,15 +359,25 @@ def main():
             applied = task.cli.run("apply")
         except VgpuctlError as e:
             data = e.data if isinstance(e.data, dict) else {}
-            result.update(changed=task.file_changed or bool(data.get("changed")), actions=data.get("actions", []),
-                          before=data.get("before", []), after=data.get("after", []), converged=False)
+            result.update(
+                changed=task.file_changed or bool(data.get("changed")),
+                actions=data.get("actions", []),
+                before=data.get("before", []),
+                after=data.get("after", []),
+                converged=False,
+            )
             _diff(module, task, result)
             remaining = data.get("remaining", [])
-            module.fail_json(msg=e.msg, rc=e.rc, cmd=e.cmd, stderr=e.stderr,
-                             blocked=[action_line(a) for a in remaining], **result)
-        result.update(changed=task.file_changed or bool(applied.get("changed")), actions=applied.get("actions", []),
-                      before=applied.get("before", []), after=applied.get("after", []),
-                      converged=bool(applied.get("converged")))
+            module.fail_json(
+                msg=e.msg, rc=e.rc, cmd=e.cmd, stderr=e.stderr, blocked=[action_line(a) for a in remaining], **result
+            )
+        result.update(
+            changed=task.file_changed or bool(applied.get("changed")),
+            actions=applied.get("actions", []),
+            before=applied.get("before", []),
+            after=applied.get("after", []),
+            converged=bool(applied.get("converged")),
+        )
         _diff(module, task, result)
     except VgpuctlError as e:
         fail(module, e, **result)
@@ -360,10 +388,18 @@ def _diff(module, task, result):
     if not module._diff:
         return
     result["diff"] = [
-        dict(before_header=task.dest, after_header=task.dest,
-             before=(task.old or b"").decode("utf-8", "replace"), after=(task.new or b"").decode("utf-8", "replace")),
-        dict(before_header="vgpu instances", after_header="vgpu instances",
-             before=instance_lines(result.get("before")), after=instance_lines(result.get("after"))),
+        dict(
+            before_header=task.dest,
+            after_header=task.dest,
+            before=(task.old or b"").decode("utf-8", "replace"),
+            after=(task.new or b"").decode("utf-8", "replace"),
+        ),
+        dict(
+            before_header="vgpu instances",
+            after_header="vgpu instances",
+            before=instance_lines(result.get("before")),
+            after=instance_lines(result.get("after")),
+        ),
     ]
 
 

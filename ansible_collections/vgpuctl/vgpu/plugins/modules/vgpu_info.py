@@ -99,9 +99,13 @@ from ansible_collections.vgpuctl.vgpu.plugins.module_utils.vgpuctl import COMMON
 
 ARGUMENT_SPEC = dict(
     parent=dict(type="str"),
-    gather=dict(type="list", elements="str", choices=["parents", "types", "instances"],
-                default=["parents", "types", "instances"]),
-    **COMMON_ARGS
+    gather=dict(
+        type="list",
+        elements="str",
+        choices=["parents", "types", "instances"],
+        default=["parents", "types", "instances"],
+    ),
+    **COMMON_ARGS,
 )
 
 

@@ -178,16 +178,19 @@ ARGUMENT_SPEC = dict(
     name=dict(type="str"),
     type=dict(type="str"),
     parent=dict(type="str"),
-    placement=dict(type="dict", options=dict(
-        tenant=dict(type="str"),
-        numa_node=dict(type="int"),
-        group=dict(type="str"),
-    )),
+    placement=dict(
+        type="dict",
+        options=dict(
+            tenant=dict(type="str"),
+            numa_node=dict(type="int"),
+            group=dict(type="str"),
+        ),
+    ),
     domain=dict(type="str"),
     attach=dict(type="str", choices=["live", "config", "both"]),
     foreign=dict(type="bool", default=False),
     force=dict(type="bool", default=False),
-    **COMMON_ARGS
+    **COMMON_ARGS,
 )
 RULES = dict(
     mutually_exclusive=[("uuid", "name"), ("parent", "placement")],
@@ -256,17 +259,28 @@ class InstanceTask(object):
             parent = self._parent()
             vtype = self._creatable(parent)
             self.actions.append(["create", "--parent", parent, "--type", vtype["type_id"], "--uuid", self.uuid])
-            after = dict(uuid=self.uuid, parent=parent, type_id=vtype["type_id"], type_name=vtype.get("name"),
-                         owned=True, domains=[] if self._libvirt() else None, used_by=[])
+            after = dict(
+                uuid=self.uuid,
+                parent=parent,
+                type_id=vtype["type_id"],
+                type_name=vtype.get("name"),
+                owned=True,
+                domains=[] if self._libvirt() else None,
+                used_by=[],
+            )
         else:
             self._same_device(before)
             after = dict(before)
         domain = self.p["domain"]
         if domain:
             if not self._libvirt():
-                raise Refusal("attaching %s to domain %s needs libvirt, and libvirt_uri is none" % (self.uuid, domain), 2)
+                raise Refusal(
+                    "attaching %s to domain %s needs libvirt, and libvirt_uri is none" % (self.uuid, domain), 2
+                )
             if domain not in (after.get("domains") or []):
-                self.actions.append(["attach", domain, "--uuid", self.uuid] + ATTACH_FLAGS[self.p["attach"] or "config"])
+                self.actions.append(
+                    ["attach", domain, "--uuid", self.uuid] + ATTACH_FLAGS[self.p["attach"] or "config"]
+                )
                 after["domains"] = sorted((after.get("domains") or []) + [domain])
         return after
 
@@ -288,10 +302,15 @@ class InstanceTask(object):
             decision = decision[0] if decision else {}
         decision = decision if isinstance(decision, dict) else {}
         if not decision.get("placed") or not decision.get("parent"):
-            why = "; ".join("%s: %s %s" % (r.get("gpu"), r.get("reason"), r.get("detail") or "")
-                            for r in decision.get("refusals") or [])
-            raise Refusal("no GPU can take a vGPU of type %s under the placement policy%s"
-                          % (self.p["type"], (": " + why) if why else ""), RC_NO_CAPACITY)
+            why = "; ".join(
+                "%s: %s %s" % (r.get("gpu"), r.get("reason"), r.get("detail") or "")
+                for r in decision.get("refusals") or []
+            )
+            raise Refusal(
+                "no GPU can take a vGPU of type %s under the placement policy%s"
+                % (self.p["type"], (": " + why) if why else ""),
+                RC_NO_CAPACITY,
+            )
         return decision["parent"]
 
     def _creatable(self, parent):
@@ -299,37 +318,62 @@ class InstanceTask(object):
         create = ["create", "--parent", parent, "--type", self.p["type"], "--uuid", self.uuid]
         parents = [r.get("parent") for r in self.cli.parents()]
         if parent not in parents:
-            raise Refusal("parent %s is not registered for mediated devices; known parents: %s"
-                          % (parent, ", ".join(parents) or "none"), RC_NOT_FOUND, create)
+            raise Refusal(
+                "parent %s is not registered for mediated devices; known parents: %s"
+                % (parent, ", ".join(parents) or "none"),
+                RC_NOT_FOUND,
+                create,
+            )
         types = self.cli.types(parent)
         vtype = resolve_type(types, parent, self.p["type"])
         if vtype is None:
-            raise Refusal("type %s is not offered on parent %s; types there: %s"
-                          % (self.p["type"], parent, ", ".join(t["type_id"] for t in types)), RC_NOT_FOUND, create)
+            raise Refusal(
+                "type %s is not offered on parent %s; types there: %s"
+                % (self.p["type"], parent, ", ".join(t["type_id"] for t in types)),
+                RC_NOT_FOUND,
+                create,
+            )
         if (vtype.get("available") or 0) <= 0:
-            raise Refusal("no available instances of %s on %s (available_instances is 0); destroy one or choose "
-                          "another parent" % (vtype["type_id"], parent), RC_NO_CAPACITY, create)
+            raise Refusal(
+                "no available instances of %s on %s (available_instances is 0); destroy one or choose "
+                "another parent" % (vtype["type_id"], parent),
+                RC_NO_CAPACITY,
+                create,
+            )
         return vtype
 
     def _same_device(self, rec):
         vtype = resolve_type(self.cli.types(rec["parent"]), rec["parent"], self.p["type"])
         parent = canonical_parent(self.p["parent"]) if self.p["parent"] else None
         if vtype is None or vtype["type_id"] != rec["type_id"] or (parent and parent != rec["parent"]):
-            raise Refusal("uuid %s is already taken by %s on %s; destroy it first (state: absent) to change its type "
-                          "or parent" % (self.uuid, rec["type_id"], rec["parent"]), RC_EXISTS)
+            raise Refusal(
+                "uuid %s is already taken by %s on %s; destroy it first (state: absent) to change its type "
+                "or parent" % (self.uuid, rec["type_id"], rec["parent"]),
+                RC_EXISTS,
+            )
 
     # --- absent --------------------------------------------------------------------------------------------------
     def absent(self, before):
         if before is None:
             return None
-        destroy = ["destroy", self.uuid] + (["--foreign"] if self.p["foreign"] else []) + (
-            ["--force"] if self.p["force"] else [])
+        destroy = (
+            ["destroy", self.uuid]
+            + (["--foreign"] if self.p["foreign"] else [])
+            + (["--force"] if self.p["force"] else [])
+        )
         if not before.get("owned") and not self.p["foreign"]:
-            raise Refusal("device %s was not created by vgpuctl (use --foreign to destroy it anyway)" % self.uuid,
-                          RC_NOT_OWNED, destroy)
+            raise Refusal(
+                "device %s was not created by vgpuctl (use --foreign to destroy it anyway)" % self.uuid,
+                RC_NOT_OWNED,
+                destroy,
+            )
         if before.get("used_by"):
-            raise Refusal("device %s is in use by %s; stop or detach the VM first (nothing was changed)"
-                          % (self.uuid, ", ".join(before["used_by"])), RC_IN_USE, destroy)
+            raise Refusal(
+                "device %s is in use by %s; stop or detach the VM first (nothing was changed)"
+                % (self.uuid, ", ".join(before["used_by"])),
+                RC_IN_USE,
+                destroy,
+            )
         domain = self.p["domain"]
         if domain and domain in (before.get("domains") or []):
             self.actions.append(["detach", domain, "--uuid", self.uuid] + ATTACH_FLAGS[self.p["attach"] or "config"])
@@ -352,8 +396,14 @@ def main():
             after = task.present(before) if module.params["state"] == "present" else task.absent(before)
         except Refusal as e:
             if module.check_mode or e.command is None:
-                module.fail_json(msg=e.msg, rc=e.rc, changed=False, uuid=task.uuid, instance=instance_view(before),
-                                 predicted=module.check_mode)
+                module.fail_json(
+                    msg=e.msg,
+                    rc=e.rc,
+                    changed=False,
+                    uuid=task.uuid,
+                    instance=instance_view(before),
+                    predicted=module.check_mode,
+                )
             task.actions = [e.command]  # let vgpuctl refuse it: its message, its exit code
             after = None
         changed = bool(task.actions)
@@ -362,8 +412,9 @@ def main():
             after = task.current()
     except VgpuctlError as e:
         fail(module, e, changed=task.done > 0, uuid=task.uuid)
-    result = dict(changed=changed, uuid=task.uuid, instance=instance_view(after),
-                  actions=[" ".join(a) for a in task.actions])
+    result = dict(
+        changed=changed, uuid=task.uuid, instance=instance_view(after), actions=[" ".join(a) for a in task.actions]
+    )
     if module._diff:
         result["diff"] = dict(before=instance_view(before), after=instance_view(after))
     module.exit_json(**result)

@@ -117,19 +117,28 @@ ARGUMENT_SPEC = dict(
     source_uri=dict(type="str"),
     source_driver=dict(type="str"),
     policy=dict(type="path"),
-    **COMMON_ARGS
+    **COMMON_ARGS,
 )
 
 
 def main():
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True,
-                           required_one_of=[("xml", "domain")], mutually_exclusive=[("xml", "domain")],
-                           required_together=[("domain", "source_uri")])
+    module = AnsibleModule(
+        argument_spec=ARGUMENT_SPEC,
+        supports_check_mode=True,
+        required_one_of=[("xml", "domain")],
+        mutually_exclusive=[("xml", "domain")],
+        required_together=[("domain", "source_uri")],
+    )
     p = module.params
     cli = Vgpuctl(module)
     try:
-        records = cli.migrate_check(xml=p["xml"], domain=p["domain"], source_uri=p["source_uri"],
-                                    source_driver=p["source_driver"], policy=p["policy"])
+        records = cli.migrate_check(
+            xml=p["xml"],
+            domain=p["domain"],
+            source_uri=p["source_uri"],
+            source_driver=p["source_driver"],
+            policy=p["policy"],
+        )
         module.exit_json(changed=False, fits=True, fit="fits", vgpus=records or [], reason="")
     except VgpuctlError as e:
         if e.rc in (RC_NO_CAPACITY, RC_MIGRATION_INCOMPATIBLE) and isinstance(e.data, list):
