@@ -14,7 +14,8 @@ The safety rules live here, in one place the property tests check:
 - an instance pinned to an NVIDIA vendor-VFIO VF is the vGPU on that VF (``spec.bind``: its id is the VF's
   address); one the desired state cannot mean there (``spec.vf_issues``: an explicit uuid, a second pin of one VF,
   the physical GPU as parent, placement landing on a VF) is blocked ``config`` and changes nothing;
-- what the libvirt hook created for a running domain (``on_demand``) is the hook's to destroy, not the plan's;
+- what the libvirt hook created for a running domain (``on_demand``) is the hook's to destroy and detach, not the
+  plan's;
 - only attachments vgpuctl made (recorded in the domain's vgpuctl metadata) are ever detached, and only from a
   desired instance whose ``domain`` no longer names that domain; an instance dropped from the desired state keeps
   its domain, and its destroy stays blocked while the domain references it;
@@ -623,9 +624,12 @@ def plan(
         current = sorted(
             attachments.get(d.uuid, frozenset()) if attachments is not None else (), key=lambda a: a.domain
         )
+        # the hook's attachments (an instance it made for a running domain, e.g. one exported into the desired
+        # state) are the hook's, like the hook's destroys: never detached here, and an attach elsewhere waits
+        ours = d.uuid not in on_demand
         for att in current:
             mode = att.present
-            if att.domain != d.domain and att.recorded and mode is not None:
+            if att.domain != d.domain and att.recorded and ours and mode is not None:
                 why = f"desired in domain {d.domain}" if d.domain else "no domain desired"
                 detaches.append(Action(Op.DETACH, d.uuid, parent, type_id, d.name, att.domain, mode, why=why))
         if d.domain is None:
@@ -649,7 +653,9 @@ def plan(
         here = next((a for a in current if a.domain == d.domain), None)
         if here is not None and here.satisfies(d.attach) and create is None:
             continue
-        foreign = [a.domain for a in current if a.domain != d.domain and not a.recorded and (a.live or a.config)]
+        foreign = [
+            a.domain for a in current if a.domain != d.domain and (not a.recorded or not ours) and (a.live or a.config)
+        ]
         if create is not None and create.block is not None:
             attaches.append(
                 Action(

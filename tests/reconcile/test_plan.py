@@ -140,6 +140,27 @@ def test_detach_only_what_vgpuctl_attached_and_before_the_attach_elsewhere():
     assert ops(p) == [("destroy", U1, "mtty", "mtty-1", "in-use")]
 
 
+def test_the_hooks_attachment_is_never_detached_by_the_plan():
+    """An instance the libvirt hook made for a running domain, written into the desired state without a domain (as
+    ``export`` writes it), must not be hot-unplugged from that VM: the hook's attachments are the hook's."""
+    inv, st_ = inventory([(U1, "mtty", "mtty-1")]), state([(U1, "mtty", "mtty-1")], origin=ORIGIN_HOOK)
+    hooked = recorded("guest", live=True, running=True)
+    p = plan(inv, st_, desired(want("a", "mtty-1", uuid=U1)), attachments={U1: frozenset({hooked})}, on_demand={U1})
+    assert p.empty, [a.line() for a in p.actions]
+    # an attach elsewhere waits for the hook's domain to let it go, as for an attachment made by hand
+    p = plan(
+        inv,
+        st_,
+        desired(want("a", "mtty-1", uuid=U1, domain="new")),
+        attachments={U1: frozenset({hooked})},
+        on_demand={U1},
+    )
+    assert [(str(a.op), a.block) for a in p.actions] == [("attach", Block.IN_USE)] and "'guest'" in p.actions[0].detail
+    # the same attachment made by apply (not the hook's) is detached as before
+    p = plan(inv, st_, desired(want("a", "mtty-1", uuid=U1)), attachments={U1: frozenset({hooked})})
+    assert [(str(a.op), a.domain) for a in p.actions] == [("detach", "guest")]
+
+
 def test_action_lines():
     d = desired(want("a", "mtty-1", uuid=U1))
     (a,) = plan(inventory(), state(), d).actions
